@@ -1,0 +1,112 @@
+//! Exchange definitions and their compiled routers.
+
+use std::sync::Arc;
+
+use super::routing::{Dest, direct::Direct, fanout::Fanout, headers::Headers, topic::Topic};
+use crate::protocol::FieldTable;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "direct" => Self::Direct,
+            "fanout" => Self::Fanout,
+            "topic" => Self::Topic,
+            "headers" => Self::Headers,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ExchangeDef {
+    pub name: Arc<str>,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// The destination of a binding, by name (the topology's view; `Dest` is the router's).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum DestName {
+    Queue(Arc<str>),
+    Exchange(Arc<str>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Binding {
+    pub dest: DestName,
+    pub key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug)]
+pub enum Router {
+    Direct(Direct),
+    Fanout(Fanout),
+    Topic(Topic),
+    Headers(Headers),
+}
+
+impl Router {
+    pub fn new(kind: ExchangeKind) -> Self {
+        match kind {
+            ExchangeKind::Direct => Router::Direct(Direct::default()),
+            ExchangeKind::Fanout => Router::Fanout(Fanout::default()),
+            ExchangeKind::Topic => Router::Topic(Topic::default()),
+            ExchangeKind::Headers => Router::Headers(Headers::default()),
+        }
+    }
+
+    pub fn bind(&mut self, key: &str, args: &FieldTable, dest: Dest) {
+        match self {
+            Router::Direct(r) => r.bind(key, dest),
+            Router::Fanout(r) => r.bind(dest),
+            Router::Topic(r) => r.bind(key, dest),
+            Router::Headers(r) => r.bind(args, dest),
+        }
+    }
+
+    pub fn needs_headers(&self) -> bool {
+        matches!(self, Router::Headers(_))
+    }
+
+    pub fn route<'a>(
+        &'a self,
+        routing_key: &[u8],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<&'a Dest>,
+    ) {
+        match self {
+            Router::Direct(r) => r.route(routing_key, out),
+            Router::Fanout(r) => r.route(out),
+            Router::Topic(r) => r.route(routing_key, out),
+            Router::Headers(r) => r.route(headers, out),
+        }
+    }
+}
+
+/// An exchange as publishers see it in the routing snapshot.
+#[derive(Debug)]
+pub struct ExchangeRoute {
+    pub internal: bool,
+    pub router: Router,
+}

@@ -1,0 +1,458 @@
+//! A queue is one task that owns its ready messages, its unacked set and its consumers; other
+//! tasks talk to it through a bounded inbox (publishers wait when it is full: that is the
+//! back-pressure that slows a publisher faster than its queue). The task itself never waits on
+//! anyone but its inbox: deliveries go out with `send` on unbounded connection inboxes whose
+//! content is bounded by consumer credit, so one slow consumer cannot stall a queue.
+//!
+//! Invariant: `ready` is sorted by `seq`, so a requeued message goes back to where it was.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use super::consumer::{ConnEvent, ConsumerSpec};
+use super::message::Message;
+use super::vhost::VHost;
+use crate::error::Error;
+use crate::protocol::FieldTable;
+
+pub type ConnId = u64;
+
+/// A channel of a connection: the owner of consumers and unacked deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ChannelKey {
+    pub conn: ConnId,
+    pub channel: u16,
+}
+
+/// A message in a queue, with the position it was enqueued at.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub seq: u64,
+    pub msg: Arc<Message>,
+    pub redelivered: bool,
+}
+
+/// What a `basic.get` returns: the message and how many are left ready.
+pub type GetReply = Option<(Entry, u32)>;
+
+#[derive(Debug)]
+pub enum QueueCmd {
+    Publish(Vec<Arc<Message>>),
+    Consume(ConsumerSpec, oneshot::Sender<Result<(), Error>>),
+    Cancel {
+        owner: ChannelKey,
+        tag: Arc<str>,
+        reply: oneshot::Sender<()>,
+    },
+    Get {
+        owner: ChannelKey,
+        no_ack: bool,
+        reply: oneshot::Sender<GetReply>,
+    },
+    Ack(Vec<u64>),
+    /// Back to its place, marked redelivered (nack/reject requeue, recover).
+    Requeue(Vec<u64>),
+    /// Settled without delivery (nack/reject without requeue).
+    Discard(Vec<u64>),
+    /// Deliveries a connection could not hand to a consumer (cancelled or channel gone):
+    /// back to their place unchanged. `no_ack` ones were forgotten by the queue already.
+    Return { entries: Vec<Entry>, no_ack: bool },
+    /// The channel closed: drop its consumers and requeue everything it held.
+    ChannelClosed(ChannelKey),
+    /// (ready messages, consumers)
+    Stat(oneshot::Sender<(u32, u32)>),
+    Purge(oneshot::Sender<u32>),
+    Delete {
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<Result<u32, Error>>,
+    },
+}
+
+/// What everyone else holds of a queue: its identity, declared properties and inbox.
+#[derive(Debug)]
+pub struct QueueShared {
+    pub name: Arc<str>,
+    pub id: u64,
+    pub durable: bool,
+    pub exclusive_owner: Option<ConnId>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    tx: mpsc::Sender<QueueCmd>,
+    wake: Notify,
+}
+
+pub type QueueHandle = Arc<QueueShared>;
+
+impl QueueShared {
+    /// Send a command; false if the queue is gone (deleted meanwhile).
+    pub async fn send(&self, cmd: QueueCmd) -> bool {
+        self.tx.send(cmd).await.is_ok()
+    }
+
+    /// Ask the queue something; None if it is gone.
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> QueueCmd) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(make(tx)).await {
+            return None;
+        }
+        rx.await.ok()
+    }
+
+    /// A consumer regained credit: try delivering again.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+}
+
+pub struct QueueSpec {
+    pub name: Arc<str>,
+    pub id: u64,
+    pub durable: bool,
+    pub exclusive_owner: Option<ConnId>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+    pub inbox: usize,
+}
+
+/// Start a queue task; it ends when the queue is deleted.
+pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
+    let (tx, rx) = mpsc::channel(spec.inbox.max(1));
+    let shared = Arc::new(QueueShared {
+        name: spec.name,
+        id: spec.id,
+        durable: spec.durable,
+        exclusive_owner: spec.exclusive_owner,
+        auto_delete: spec.auto_delete,
+        arguments: spec.arguments,
+        tx,
+        wake: Notify::new(),
+    });
+    let q = Queue {
+        shared: shared.clone(),
+        vhost,
+        ready: VecDeque::new(),
+        unacked: HashMap::new(),
+        consumers: Vec::new(),
+        rr: 0,
+        next_seq: 0,
+        ever_consumed: false,
+    };
+    tokio::spawn(q.run(rx));
+    shared
+}
+
+struct Held {
+    entry: Entry,
+    owner: ChannelKey,
+    /// None for basic.get deliveries.
+    consumer: Option<Arc<str>>,
+}
+
+struct ConsumerState {
+    spec: ConsumerSpec,
+    unacked: u32,
+}
+
+struct Queue {
+    shared: QueueHandle,
+    vhost: Weak<VHost>,
+    ready: VecDeque<Entry>,
+    unacked: HashMap<u64, Held>,
+    consumers: Vec<ConsumerState>,
+    rr: usize,
+    next_seq: u64,
+    ever_consumed: bool,
+}
+
+/// Commands taken from the inbox per wake-up, so publishes arrive in batches.
+const BATCH: usize = 64;
+
+impl Queue {
+    async fn run(mut self, mut rx: mpsc::Receiver<QueueCmd>) {
+        let shared = self.shared.clone();
+        let mut cmds = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut cmds, BATCH) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for cmd in cmds.drain(..) {
+                        if self.handle(cmd) {
+                            return;
+                        }
+                    }
+                }
+                _ = shared.wake.notified() => {}
+            }
+            self.dispatch();
+        }
+    }
+
+    /// Returns true when the queue has been deleted and the task must end.
+    fn handle(&mut self, cmd: QueueCmd) -> bool {
+        match cmd {
+            QueueCmd::Publish(msgs) => {
+                for msg in msgs {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    self.ready.push_back(Entry {
+                        seq,
+                        msg,
+                        redelivered: false,
+                    });
+                }
+            }
+            QueueCmd::Consume(spec, reply) => {
+                let _ = reply.send(self.add_consumer(spec));
+            }
+            QueueCmd::Cancel { owner, tag, reply } => {
+                self.consumers
+                    .retain(|c| !(c.spec.owner == owner && c.spec.tag == tag));
+                let _ = reply.send(());
+                return self.maybe_auto_delete();
+            }
+            QueueCmd::Get {
+                owner,
+                no_ack,
+                reply,
+            } => {
+                let got = self.ready.pop_front().map(|entry| {
+                    if !no_ack {
+                        self.unacked.insert(
+                            entry.seq,
+                            Held {
+                                entry: entry.clone(),
+                                owner,
+                                consumer: None,
+                            },
+                        );
+                    }
+                    (entry, self.ready.len() as u32)
+                });
+                let _ = reply.send(got);
+            }
+            QueueCmd::Ack(seqs) | QueueCmd::Discard(seqs) => {
+                for seq in seqs {
+                    self.settle(seq);
+                }
+            }
+            QueueCmd::Requeue(seqs) => {
+                for seq in seqs {
+                    if let Some(mut e) = self.settle(seq) {
+                        e.redelivered = true;
+                        self.insert_ready(e);
+                    }
+                }
+            }
+            QueueCmd::Return { entries, no_ack } => {
+                for e in entries {
+                    if no_ack {
+                        self.insert_ready(e);
+                    } else if let Some(e) = self.settle(e.seq) {
+                        self.insert_ready(e);
+                    }
+                }
+            }
+            QueueCmd::ChannelClosed(owner) => {
+                self.consumers.retain(|c| c.spec.owner != owner);
+                let mut held: Vec<u64> = self
+                    .unacked
+                    .iter()
+                    .filter(|(_, h)| h.owner == owner)
+                    .map(|(s, _)| *s)
+                    .collect();
+                held.sort_unstable();
+                for seq in held {
+                    if let Some(mut e) = self.settle(seq) {
+                        e.redelivered = true;
+                        self.insert_ready(e);
+                    }
+                }
+                return self.maybe_auto_delete();
+            }
+            QueueCmd::Stat(reply) => {
+                let _ = reply.send((self.ready.len() as u32, self.consumers.len() as u32));
+            }
+            QueueCmd::Purge(reply) => {
+                let n = self.ready.len() as u32;
+                self.ready.clear();
+                let _ = reply.send(n);
+            }
+            QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                let vhost = self.vhost_name();
+                if if_unused && !self.consumers.is_empty() {
+                    let _ = reply.send(Err(Error::precondition(format!(
+                        "queue '{}' in vhost '{vhost}' in use",
+                        self.shared.name
+                    ))));
+                    return false;
+                }
+                if if_empty && !self.ready.is_empty() {
+                    let _ = reply.send(Err(Error::precondition(format!(
+                        "queue '{}' in vhost '{vhost}' is not empty",
+                        self.shared.name
+                    ))));
+                    return false;
+                }
+                let n = self.ready.len() as u32;
+                self.delete();
+                let _ = reply.send(Ok(n));
+                return true;
+            }
+        }
+        false
+    }
+
+    fn vhost_name(&self) -> String {
+        self.vhost
+            .upgrade()
+            .map(|v| v.name.clone())
+            .unwrap_or_default()
+    }
+
+    fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), Error> {
+        let locked = self.consumers.iter().any(|c| c.spec.exclusive)
+            || (spec.exclusive && !self.consumers.is_empty());
+        if locked {
+            return Err(Error::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.shared.name,
+                self.vhost_name()
+            )));
+        }
+        self.ever_consumed = true;
+        self.consumers.push(ConsumerState { spec, unacked: 0 });
+        Ok(())
+    }
+
+    /// Remove a delivery from the unacked set, giving its consumer back one prefetch slot.
+    fn settle(&mut self, seq: u64) -> Option<Entry> {
+        let held = self.unacked.remove(&seq)?;
+        if let Some(tag) = &held.consumer
+            && let Some(c) = self
+                .consumers
+                .iter_mut()
+                .find(|c| c.spec.owner == held.owner && &c.spec.tag == tag)
+        {
+            c.unacked = c.unacked.saturating_sub(1);
+        }
+        Some(held.entry)
+    }
+
+    fn insert_ready(&mut self, e: Entry) {
+        let at = self.ready.partition_point(|r| r.seq < e.seq);
+        self.ready.insert(at, e);
+    }
+
+    /// Auto-delete queues go once their last consumer has gone (never if none ever came).
+    fn maybe_auto_delete(&mut self) -> bool {
+        if self.shared.auto_delete && self.ever_consumed && self.consumers.is_empty() {
+            self.delete();
+            return true;
+        }
+        false
+    }
+
+    fn delete(&mut self) {
+        for c in self.consumers.drain(..) {
+            let _ = c.spec.events.send(ConnEvent::Cancelled {
+                channel: c.spec.owner.channel,
+                consumer_tag: c.spec.tag.clone(),
+            });
+        }
+        if let Some(v) = self.vhost.upgrade() {
+            v.remove_queue(&self.shared);
+        }
+    }
+
+    fn can_take(&mut self, i: usize, batched: usize) -> bool {
+        let c = &self.consumers[i];
+        if !c.spec.flow.has_room(batched as u32) {
+            return false;
+        }
+        if c.spec.no_ack {
+            return true;
+        }
+        if c.spec.prefetch != 0 && c.unacked >= c.spec.prefetch {
+            return false;
+        }
+        c.spec.channel_limit.try_acquire()
+    }
+
+    /// Hand ready messages to consumers, one each in turn, then send each consumer its batch.
+    fn dispatch(&mut self) {
+        if self.ready.is_empty() || self.consumers.is_empty() {
+            return;
+        }
+        let n = self.consumers.len();
+        let mut batches: Vec<Vec<Entry>> = vec![Vec::new(); n];
+        let mut progress = true;
+        while progress && !self.ready.is_empty() {
+            progress = false;
+            for k in 0..n {
+                let i = (self.rr + k) % n;
+                if self.ready.is_empty() {
+                    break;
+                }
+                if !self.can_take(i, batches[i].len()) {
+                    continue;
+                }
+                let Some(entry) = self.ready.pop_front() else {
+                    break;
+                };
+                let c = &mut self.consumers[i];
+                if !c.spec.no_ack {
+                    c.unacked += 1;
+                    self.unacked.insert(
+                        entry.seq,
+                        Held {
+                            entry: entry.clone(),
+                            owner: c.spec.owner,
+                            consumer: Some(c.spec.tag.clone()),
+                        },
+                    );
+                }
+                batches[i].push(entry);
+                progress = true;
+            }
+            self.rr = (self.rr + 1) % n;
+        }
+        let mut gone = Vec::new();
+        for (i, entries) in batches.into_iter().enumerate() {
+            if entries.is_empty() {
+                continue;
+            }
+            let c = &self.consumers[i];
+            c.spec.flow.sent(entries.len() as u32);
+            let ev = ConnEvent::Deliver {
+                channel: c.spec.owner.channel,
+                consumer_tag: c.spec.tag.clone(),
+                no_ack: c.spec.no_ack,
+                queue: self.shared.clone(),
+                flow: c.spec.flow.clone(),
+                entries,
+            };
+            if let Err(mpsc::error::SendError(ev)) = c.spec.events.send(ev) {
+                // The connection is gone; its close will requeue what it held.
+                gone.push(i);
+                if let ConnEvent::Deliver { entries, .. } = ev {
+                    for e in entries {
+                        let e = self.settle(e.seq).unwrap_or(e);
+                        self.insert_ready(e);
+                    }
+                }
+            }
+        }
+        for i in gone.into_iter().rev() {
+            self.consumers.remove(i);
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! A virtual host: its exchanges, queues and bindings. Declares, binds and deletes take one
+//! std mutex (never held across an await; the critical sections do no I/O), then publish a new
+//! immutable routing snapshot; publishers only ever read the current snapshot, without a lock.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+
+use arc_swap::ArcSwap;
+
+use super::exchange::{Binding, DestName, ExchangeDef, ExchangeKind, ExchangeRoute, Router};
+use super::message::Message;
+use super::queue::{self, ConnId, QueueHandle, QueueShared, QueueSpec};
+use super::routing::Dest;
+use crate::error::{Error, code};
+use crate::protocol::{AMQPValue, FieldTable};
+
+/// Queue arguments whose values must match on redeclare, as RabbitMQ checks them.
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDecl {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueDecl {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Default)]
+struct Topology {
+    exchanges: HashMap<Arc<str>, ExchangeDef>,
+    queues: HashMap<Arc<str>, QueueHandle>,
+    /// Bindings by source exchange.
+    bindings: HashMap<Arc<str>, Vec<Binding>>,
+    next_queue_id: u64,
+}
+
+/// The immutable view publishers route with.
+#[derive(Default)]
+pub struct Routes {
+    exchanges: HashMap<Arc<str>, Arc<ExchangeRoute>>,
+    queues: Arc<HashMap<Arc<str>, QueueHandle>>,
+}
+
+pub struct VHost {
+    pub name: String,
+    topo: Mutex<Topology>,
+    routes: ArcSwap<Routes>,
+    weak: Weak<VHost>,
+    queue_inbox: usize,
+}
+
+fn inequivalent(what: &str, arg: &str, name: &str, vhost: &str, got: &str, cur: &str) -> Error {
+    Error::precondition(format!(
+        "inequivalent arg '{arg}' for {what} '{name}' in vhost '{vhost}': received '{got}' but current is '{cur}'"
+    ))
+}
+
+fn default_exchange_refused() -> Error {
+    Error::access_refused("operation not permitted on the default exchange")
+}
+
+impl VHost {
+    pub fn new(name: &str, queue_inbox: usize) -> Arc<VHost> {
+        let vhost = Arc::new_cyclic(|weak| VHost {
+            name: name.to_string(),
+            topo: Mutex::new(Topology::default()),
+            routes: ArcSwap::from_pointee(Routes::default()),
+            weak: weak.clone(),
+            queue_inbox,
+        });
+        let builtin = [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ];
+        {
+            let mut t = vhost.lock();
+            for (n, kind) in builtin {
+                t.exchanges.insert(
+                    n.into(),
+                    ExchangeDef {
+                        name: n.into(),
+                        kind,
+                        durable: true,
+                        auto_delete: false,
+                        internal: false,
+                        arguments: FieldTable::default(),
+                    },
+                );
+            }
+            let names: Vec<Arc<str>> = t.exchanges.keys().cloned().collect();
+            vhost.publish(&t, &names, true);
+        }
+        vhost
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Topology> {
+        // A panic elsewhere must not take routing down with it: the topology stays consistent
+        // because every mutation below completes before it publishes.
+        self.topo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The routing snapshot; cheap, lock-free.
+    pub fn routes(&self) -> arc_swap::Guard<Arc<Routes>> {
+        self.routes.load()
+    }
+
+    fn no_exchange(&self, name: &str) -> Error {
+        Error::not_found(format!("no exchange '{name}' in vhost '{}'", self.name))
+    }
+
+    fn no_queue(&self, name: &str) -> Error {
+        Error::not_found(format!("no queue '{name}' in vhost '{}'", self.name))
+    }
+
+    fn locked(&self, name: &str) -> Error {
+        Error::channel(
+            code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.name
+            ),
+        )
+    }
+
+    /// Rebuild the routers of `changed` exchanges (and the queue map) into a new snapshot.
+    fn publish(&self, t: &Topology, changed: &[Arc<str>], queues_changed: bool) {
+        let old = self.routes.load();
+        let mut exchanges = old.exchanges.clone();
+        for name in changed {
+            let Some(def) = t.exchanges.get(name) else {
+                exchanges.remove(name);
+                continue;
+            };
+            let mut router = Router::new(def.kind);
+            for b in t.bindings.get(name).into_iter().flatten() {
+                let dest = match &b.dest {
+                    DestName::Queue(q) => match t.queues.get(q) {
+                        Some(h) => Dest::Queue(h.clone()),
+                        None => continue,
+                    },
+                    DestName::Exchange(x) => Dest::Exchange(x.clone()),
+                };
+                router.bind(&b.key, &b.arguments, dest);
+            }
+            exchanges.insert(
+                name.clone(),
+                Arc::new(ExchangeRoute {
+                    internal: def.internal,
+                    router,
+                }),
+            );
+        }
+        let queues = if queues_changed {
+            Arc::new(t.queues.clone())
+        } else {
+            old.queues.clone()
+        };
+        self.routes.store(Arc::new(Routes { exchanges, queues }));
+    }
+
+    pub fn declare_exchange(&self, d: &ExchangeDecl) -> Result<(), Error> {
+        if d.name.is_empty() && !d.passive {
+            return Err(default_exchange_refused());
+        }
+        let kind = if d.passive {
+            None
+        } else {
+            Some(ExchangeKind::parse(&d.kind).ok_or_else(|| {
+                Error::connection(
+                    code::COMMAND_INVALID,
+                    format!("unknown exchange type '{}'", d.kind),
+                )
+            })?)
+        };
+        let mut t = self.lock();
+        if let Some(x) = t.exchanges.get(d.name.as_str()) {
+            let Some(kind) = kind else { return Ok(()) };
+            let check = |arg: &str, got: String, cur: String| {
+                if got != cur {
+                    Err(inequivalent(
+                        "exchange", arg, &d.name, &self.name, &got, &cur,
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            check("type", kind.as_str().into(), x.kind.as_str().into())?;
+            check("durable", d.durable.to_string(), x.durable.to_string())?;
+            check("auto_delete", d.auto_delete.to_string(), x.auto_delete.to_string())?;
+            check("internal", d.internal.to_string(), x.internal.to_string())?;
+            return Ok(());
+        }
+        let Some(kind) = kind else {
+            return Err(self.no_exchange(&d.name));
+        };
+        if d.name.starts_with("amq.") {
+            return Err(Error::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let name: Arc<str> = d.name.as_str().into();
+        t.exchanges.insert(
+            name.clone(),
+            ExchangeDef {
+                name: name.clone(),
+                kind,
+                durable: d.durable,
+                auto_delete: d.auto_delete,
+                internal: d.internal,
+                arguments: d.arguments.clone(),
+            },
+        );
+        self.publish(&t, &[name], false);
+        Ok(())
+    }
+
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(Error::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
+            )));
+        }
+        let mut t = self.lock();
+        if !t.exchanges.contains_key(name) {
+            return Ok(());
+        }
+        if if_unused && t.bindings.get(name).is_some_and(|b| !b.is_empty()) {
+            return Err(Error::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.name
+            )));
+        }
+        let mut changed = Vec::new();
+        remove_exchange(&mut t, name, &mut changed);
+        self.publish(&t, &changed, false);
+        Ok(())
+    }
+
+    fn check_dest(&self, t: &Topology, dest: &DestName, conn: ConnId) -> Result<(), Error> {
+        match dest {
+            DestName::Queue(q) => {
+                let h = t.queues.get(q).ok_or_else(|| self.no_queue(q))?;
+                if h.exclusive_owner.is_some_and(|o| o != conn) {
+                    return Err(self.locked(q));
+                }
+            }
+            DestName::Exchange(x) if x.is_empty() => return Err(default_exchange_refused()),
+            DestName::Exchange(x) => {
+                if !t.exchanges.contains_key(x) {
+                    return Err(self.no_exchange(x));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn bind(
+        &self,
+        source: &str,
+        dest: DestName,
+        key: &str,
+        arguments: &FieldTable,
+        conn: ConnId,
+    ) -> Result<(), Error> {
+        if source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        let mut t = self.lock();
+        // RabbitMQ reports a missing destination before a missing source.
+        self.check_dest(&t, &dest, conn)?;
+        let Some((source, _)) = t.exchanges.get_key_value(source) else {
+            return Err(self.no_exchange(source));
+        };
+        let source = source.clone();
+        let list = t.bindings.entry(source.clone()).or_default();
+        if list
+            .iter()
+            .any(|b| b.dest == dest && b.key == key && &b.arguments == arguments)
+        {
+            return Ok(());
+        }
+        list.push(Binding {
+            dest,
+            key: key.to_string(),
+            arguments: arguments.clone(),
+        });
+        self.publish(&t, &[source], false);
+        Ok(())
+    }
+
+    pub fn unbind(
+        &self,
+        source: &str,
+        dest: DestName,
+        key: &str,
+        arguments: &FieldTable,
+        conn: ConnId,
+    ) -> Result<(), Error> {
+        if source.is_empty() || dest == DestName::Exchange("".into()) {
+            return Err(default_exchange_refused());
+        }
+        let mut t = self.lock();
+        if let DestName::Queue(q) = &dest
+            && t
+                .queues
+                .get(q)
+                .is_some_and(|h| h.exclusive_owner.is_some_and(|o| o != conn))
+        {
+            return Err(self.locked(q));
+        }
+        let Some(list) = t.bindings.get_mut(source) else {
+            return Ok(());
+        };
+        let before = list.len();
+        list.retain(|b| !(b.dest == dest && b.key == key && &b.arguments == arguments));
+        if list.len() == before {
+            return Ok(());
+        }
+        let mut changed = vec![Arc::<str>::from(source)];
+        maybe_auto_delete_exchange(&mut t, source, &mut changed);
+        self.publish(&t, &changed, false);
+        Ok(())
+    }
+
+    /// Declare (or check) a queue; returns its handle.
+    pub fn declare_queue(&self, d: &QueueDecl, conn: ConnId) -> Result<QueueHandle, Error> {
+        let mut t = self.lock();
+        if let Some(q) = t.queues.get(d.name.as_str()) {
+            if q.exclusive_owner.is_some_and(|o| o != conn) {
+                return Err(self.locked(&d.name));
+            }
+            if d.passive {
+                return Ok(q.clone());
+            }
+            if q.exclusive_owner.is_some() != d.exclusive {
+                return Err(self.locked(&d.name));
+            }
+            let check = |arg: &str, got: bool, cur: bool| {
+                if got != cur {
+                    Err(inequivalent(
+                        "queue",
+                        arg,
+                        &d.name,
+                        &self.name,
+                        &got.to_string(),
+                        &cur.to_string(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            check("durable", d.durable, q.durable)?;
+            check("auto_delete", d.auto_delete, q.auto_delete)?;
+            for arg in EQUIVALENT_QUEUE_ARGS {
+                let got = d.arguments.inner().get(*arg);
+                let cur = q.arguments.inner().get(*arg);
+                if got != cur {
+                    return Err(inequivalent(
+                        "queue",
+                        arg,
+                        &d.name,
+                        &self.name,
+                        &show(got),
+                        &show(cur),
+                    ));
+                }
+            }
+            return Ok(q.clone());
+        }
+        if d.passive {
+            return Err(self.no_queue(&d.name));
+        }
+        if d.name.starts_with("amq.") {
+            return Err(Error::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        Ok(self.create_queue(&mut t, d, conn))
+    }
+
+    /// A server-named queue (`amq.gen-…`), as for a declare with an empty name.
+    pub fn declare_server_named(&self, d: &QueueDecl, conn: ConnId) -> QueueHandle {
+        let mut t = self.lock();
+        let mut d = d.clone();
+        loop {
+            d.name = server_name();
+            if !t.queues.contains_key(d.name.as_str()) {
+                break;
+            }
+        }
+        self.create_queue(&mut t, &d, conn)
+    }
+
+    fn create_queue(&self, t: &mut Topology, d: &QueueDecl, conn: ConnId) -> QueueHandle {
+        t.next_queue_id += 1;
+        let name: Arc<str> = d.name.as_str().into();
+        let h = queue::spawn(
+            QueueSpec {
+                name: name.clone(),
+                id: t.next_queue_id,
+                durable: d.durable,
+                exclusive_owner: d.exclusive.then_some(conn),
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+                inbox: self.queue_inbox,
+            },
+            self.weak.clone(),
+        );
+        t.queues.insert(name, h.clone());
+        self.publish(t, &[], true);
+        h
+    }
+
+    /// Look up a queue for use by `conn` (404 if missing, 405 if exclusive to another).
+    pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, Error> {
+        let t = self.lock();
+        let q = t.queues.get(name).ok_or_else(|| self.no_queue(name))?;
+        if q.exclusive_owner.is_some_and(|o| o != conn) {
+            return Err(self.locked(name));
+        }
+        Ok(q.clone())
+    }
+
+    /// Called by a queue task as it ends: forget the queue and every binding to it.
+    pub fn remove_queue(&self, q: &QueueShared) {
+        let mut t = self.lock();
+        if t.queues.get(&q.name).is_none_or(|h| h.id != q.id) {
+            return;
+        }
+        t.queues.remove(&q.name);
+        let mut changed = Vec::new();
+        drop_bindings_to(&mut t, &DestName::Queue(q.name.clone()), &mut changed);
+        self.publish(&t, &changed, true);
+    }
+}
+
+impl Routes {
+    pub fn exchange(&self, name: &str) -> Option<&Arc<ExchangeRoute>> {
+        self.exchanges.get(name)
+    }
+
+    /// Every queue `msg` reaches from `exchange` (which must exist), each once, following
+    /// exchange-to-exchange bindings (cycles are cut).
+    pub fn route(&self, exchange: &str, msg: &Message, out: &mut Vec<QueueHandle>) {
+        if exchange.is_empty() {
+            if let Ok(key) = std::str::from_utf8(&msg.routing_key)
+                && let Some(q) = self.queues.get(key)
+            {
+                out.push(q.clone());
+            }
+            return;
+        }
+        let mut headers: Option<Option<FieldTable>> = None;
+        let mut visited: Vec<&str> = vec![exchange];
+        let mut pending: Vec<&str> = vec![exchange];
+        let mut dests = Vec::new();
+        while let Some(name) = pending.pop() {
+            let Some(x) = self.exchanges.get(name) else {
+                continue;
+            };
+            if x.router.needs_headers() && headers.is_none() {
+                headers = Some(msg.headers());
+            }
+            dests.clear();
+            x.router
+                .route(&msg.routing_key, headers.as_ref().and_then(|h| h.as_ref()), &mut dests);
+            for d in &dests {
+                match d {
+                    Dest::Queue(q) => {
+                        if !out.iter().any(|o| o.id == q.id) {
+                            out.push(q.clone());
+                        }
+                    }
+                    Dest::Exchange(next) => {
+                        if !visited.contains(&&**next) {
+                            visited.push(next);
+                            pending.push(next);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn show(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongUInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortUInt(n)) => n.to_string(),
+        Some(AMQPValue::Boolean(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+fn server_name() -> String {
+    use rand::RngExt;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::rng();
+    let tail: String = (0..22)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect();
+    format!("amq.gen-{tail}")
+}
+
+/// Remove an exchange, its bindings, and bindings to it (which may auto-delete others).
+fn remove_exchange(t: &mut Topology, name: &str, changed: &mut Vec<Arc<str>>) {
+    let Some((key, _)) = t.exchanges.remove_entry(name) else {
+        return;
+    };
+    t.bindings.remove(name);
+    changed.push(key.clone());
+    drop_bindings_to(t, &DestName::Exchange(key), changed);
+}
+
+fn drop_bindings_to(t: &mut Topology, dest: &DestName, changed: &mut Vec<Arc<str>>) {
+    let mut emptied = Vec::new();
+    for (source, list) in t.bindings.iter_mut() {
+        let before = list.len();
+        list.retain(|b| &b.dest != dest);
+        if list.len() != before {
+            changed.push(source.clone());
+            emptied.push(source.clone());
+        }
+    }
+    for source in emptied {
+        maybe_auto_delete_exchange(t, &source, changed);
+    }
+}
+
+/// Auto-delete exchanges go when their last binding (as source) goes.
+fn maybe_auto_delete_exchange(t: &mut Topology, name: &str, changed: &mut Vec<Arc<str>>) {
+    let unused = t.bindings.get(name).is_none_or(|b| b.is_empty());
+    if unused && t.exchanges.get(name).is_some_and(|x| x.auto_delete) {
+        remove_exchange(t, name, changed);
+    }
+}

@@ -1,0 +1,166 @@
+//! Configuration: built-in defaults, overridden by a TOML file (`--config`), overridden by
+//! `WARREN_*` environment variables and command-line flags. Every limit lives here and is
+//! documented with its default in config/warren.toml.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub http_listen: String,
+    pub default_user: String,
+    pub default_pass: String,
+    pub default_vhost: String,
+    /// Users that may only connect from loopback addresses (RabbitMQ's loopback_users).
+    pub loopback_users: Vec<String>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat: u16,
+    pub max_message_size: u64,
+    pub max_connections: usize,
+    pub handshake_timeout_ms: u64,
+    pub queue_inbox: usize,
+    pub writer_queue: usize,
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:5672".into(),
+            data_dir: "./warren-data".into(),
+            http_listen: "127.0.0.1:15672".into(),
+            default_user: "guest".into(),
+            default_pass: "guest".into(),
+            default_vhost: "/".into(),
+            loopback_users: vec!["guest".into()],
+            frame_max: 131_072,
+            channel_max: 2047,
+            heartbeat: 60,
+            max_message_size: 128 * 1024 * 1024,
+            max_connections: 10_000,
+            handshake_timeout_ms: 10_000,
+            queue_inbox: 1024,
+            writer_queue: 64,
+            shutdown_timeout_ms: 5_000,
+        }
+    }
+}
+
+/// The command line; each flag can also come from its `WARREN_*` variable.
+#[derive(Debug, Parser)]
+#[command(name = "warren", version, about = "An AMQP 0-9-1 message broker")]
+pub struct Args {
+    /// TOML configuration file (see config/warren.toml)
+    #[arg(long, env = "WARREN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// AMQP listener, HOST:PORT
+    #[arg(long, env = "WARREN_LISTEN")]
+    pub listen: Option<String>,
+    /// Data directory
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// HTTP listener (management API and /metrics), HOST:PORT
+    #[arg(long, env = "WARREN_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+}
+
+impl Config {
+    /// Defaults < config file < environment < flags; then validated.
+    pub fn load(args: &Args) -> Result<Config, String> {
+        let mut config = match &args.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &args.listen {
+            config.listen = v.clone();
+        }
+        if let Some(v) = &args.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = &args.http_listen {
+            config.http_listen = v.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let msg = e.message().replace('\n', " ");
+            format!("invalid config {}: {msg}", path.display())
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        resolve(&self.listen, "listen")?;
+        resolve(&self.http_listen, "http_listen")?;
+        if self.frame_max < crate::protocol::FRAME_MIN_SIZE {
+            return Err(format!(
+                "frame_max {} is below the minimum {}",
+                self.frame_max,
+                crate::protocol::FRAME_MIN_SIZE
+            ));
+        }
+        if self.channel_max == 0 {
+            return Err("channel_max must be at least 1".into());
+        }
+        if self.max_message_size == 0 || self.max_message_size > 512 * 1024 * 1024 {
+            return Err("max_message_size must be between 1 and 536870912 bytes".into());
+        }
+        if self.queue_inbox == 0 || self.writer_queue == 0 {
+            return Err("queue_inbox and writer_queue must be at least 1".into());
+        }
+        if self.default_vhost.is_empty() {
+            return Err("default_vhost must not be empty".into());
+        }
+        Ok(())
+    }
+
+    pub fn listen_addr(&self) -> Result<SocketAddr, String> {
+        resolve(&self.listen, "listen")
+    }
+}
+
+fn resolve(addr: &str, what: &str) -> Result<SocketAddr, String> {
+    addr.to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("invalid {what} address '{addr}': expected HOST:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_file_overrides() {
+        Config::default().validate().unwrap();
+        let c: Config = toml::from_str("frame_max = 8192\nlisten = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(c.frame_max, 8192);
+        assert_eq!(c.channel_max, 2047);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(toml::from_str::<Config>("nonsense = 1").is_err());
+        let c = Config {
+            frame_max: 100,
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+        let c = Config {
+            listen: "nowhere".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,762 @@
+//! One task per client socket. It reads frames in batches (every whole frame in the buffer
+//! before the next read), drives the channels' state, talks to the broker, and queues encoded
+//! output for the writer task. It also receives deliveries from queues on its inbox, assigns
+//! delivery tags in the order it writes them, and sends and checks heartbeats.
+//!
+//! Flow control: waiting on a full queue inbox or a full writer queue stops this task from
+//! reading its socket, which is what slows down a publisher or a client that does not read.
+
+mod handshake;
+mod methods;
+mod writer;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::{mpsc, watch};
+
+use crate::broker::Broker;
+use crate::broker::consumer::{ConnEvent, ConnSender};
+use crate::broker::message::Message;
+use crate::broker::queue::{ChannelKey, ConnId, QueueCmd, QueueHandle};
+use crate::broker::vhost::VHost;
+use crate::channel::{Channel, State};
+use crate::error::{Error, code};
+use crate::protocol::codec::{self, Frame, Method};
+use crate::protocol::{AMQPClass, basic, channel, connection, encode};
+
+/// Flush the output buffer to the writer once it holds this much.
+const FLUSH_AT: usize = 64 * 1024;
+/// How long to wait for close-ok after we close a connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How a connection ends.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// Orderly close (both sides agreed) or the socket went away: nothing more to send.
+    Quiet,
+    /// A hard error or a shutdown: send connection.close and wait for close-ok.
+    Close(Error),
+}
+
+impl From<Error> for End {
+    fn from(e: Error) -> Self {
+        End::Close(e)
+    }
+}
+
+/// What the client said it understands (client-properties capabilities).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct ClientCaps {
+    pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
+}
+
+pub(crate) struct Conn {
+    id: ConnId,
+    broker: Arc<Broker>,
+    peer: SocketAddr,
+    reader: OwnedReadHalf,
+    rbuf: BytesMut,
+    out: BytesMut,
+    writer: mpsc::Sender<Bytes>,
+    frame_max: u32,
+    channel_max: u16,
+    heartbeat: u16,
+    caps: ClientCaps,
+    vhost: Option<Arc<VHost>>,
+    /// Counted in broker.connections (past connection.open).
+    counted: bool,
+    channels: HashMap<u16, Channel>,
+    events_tx: ConnSender,
+    events_rx: mpsc::UnboundedReceiver<ConnEvent>,
+    /// Exclusive queues this connection declared, deleted when it closes.
+    exclusive: Vec<QueueHandle>,
+    /// Publishes routed but not yet handed to their queues: one batch per queue per read.
+    pending: Vec<(QueueHandle, Vec<Arc<Message>>)>,
+    /// Publisher confirms to send once `pending` is flushed: (channel, highest tag, count).
+    confirms: Vec<(u16, u64, u32)>,
+    route_buf: Vec<QueueHandle>,
+    last_recv: Instant,
+}
+
+/// Serve one client socket until it closes.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let (reader, write_half) = stream.into_split();
+    let (wtx, wrx) = mpsc::channel(broker.config.writer_queue);
+    let writer = tokio::spawn(writer::run(write_half, wrx));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let mut conn = Conn {
+        id: broker.next_conn_id(),
+        frame_max: broker.config.frame_max,
+        channel_max: broker.config.channel_max,
+        heartbeat: 0,
+        broker,
+        peer,
+        reader,
+        rbuf: BytesMut::with_capacity(64 * 1024),
+        out: BytesMut::with_capacity(8 * 1024),
+        writer: wtx,
+        caps: ClientCaps::default(),
+        vhost: None,
+        counted: false,
+        channels: HashMap::new(),
+        events_tx,
+        events_rx,
+        exclusive: Vec::new(),
+        pending: Vec::new(),
+        confirms: Vec::new(),
+        route_buf: Vec::new(),
+        last_recv: Instant::now(),
+    };
+    let timeout = Duration::from_millis(conn.broker.config.handshake_timeout_ms);
+    let end = match tokio::time::timeout(timeout, conn.handshake()).await {
+        Ok(Ok(())) => conn.run(shutdown).await,
+        Ok(Err(end)) => end,
+        Err(_) => {
+            tracing::debug!(peer = %conn.peer, "handshake timed out");
+            End::Quiet
+        }
+    };
+    if let End::Close(err) = end {
+        conn.close_connection(err).await;
+    }
+    conn.release_all().await;
+    if conn.counted {
+        conn.broker
+            .connections
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+    drop(conn);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, writer).await;
+}
+
+impl Conn {
+    fn key(&self, channel: u16) -> ChannelKey {
+        ChannelKey {
+            conn: self.id,
+            channel,
+        }
+    }
+
+    fn vhost(&self) -> &Arc<VHost> {
+        self.vhost.as_ref().expect("vhost is set by connection.open")
+    }
+
+    pub(crate) fn send_method(&mut self, channel: u16, m: AMQPClass) {
+        encode::method(&mut self.out, channel, &m);
+    }
+
+    /// Hand buffered output to the writer (waiting if it is full: back-pressure).
+    async fn flush(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.out.split().freeze();
+        self.writer.send(chunk).await.map_err(|_| End::Quiet)
+    }
+
+    async fn read_more(&mut self) -> Result<(), End> {
+        if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+            self.rbuf.reserve(64 * 1024);
+        }
+        match self.reader.read_buf(&mut self.rbuf).await {
+            Ok(0) | Err(_) => Err(End::Quiet),
+            Ok(_) => {
+                self.last_recv = Instant::now();
+                Ok(())
+            }
+        }
+    }
+
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
+        let hb = self.heartbeat;
+        let period = if hb > 0 {
+            Duration::from_secs(hb as u64) / 2
+        } else {
+            Duration::from_secs(3600)
+        };
+        let mut ticker = tokio::time::interval(period);
+        ticker.tick().await;
+        let mut events = Vec::with_capacity(64);
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(64 * 1024);
+            }
+            let step: Result<(), End> = tokio::select! {
+                r = self.reader.read_buf(&mut self.rbuf) => match r {
+                    Ok(0) | Err(_) => Err(End::Quiet),
+                    Ok(_) => {
+                        self.last_recv = Instant::now();
+                        self.process_input().await
+                    }
+                },
+                n = self.events_rx.recv_many(&mut events, 64) => {
+                    let mut r = Ok(());
+                    for ev in events.drain(..n) {
+                        if let Err(e) = self.on_event(ev).await {
+                            r = Err(e);
+                            break;
+                        }
+                    }
+                    r
+                }
+                _ = ticker.tick(), if hb > 0 => {
+                    if self.last_recv.elapsed() > Duration::from_secs(hb as u64 * 2) {
+                        tracing::info!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
+                        Err(End::Quiet)
+                    } else {
+                        encode::heartbeat(&mut self.out);
+                        Ok(())
+                    }
+                }
+                _ = shutdown.changed() => Err(End::Close(Error::connection(
+                    code::CONNECTION_FORCED,
+                    "broker forced connection closure with reason 'shutdown'",
+                ))),
+            };
+            if let Err(end) = step {
+                return end;
+            }
+            if let Err(end) = self.flush_publishes().await {
+                return end;
+            }
+            if let Err(end) = self.flush().await {
+                return end;
+            }
+        }
+    }
+
+    /// Handle every whole frame in the read buffer.
+    async fn process_input(&mut self) -> Result<(), End> {
+        loop {
+            match codec::decode(&mut self.rbuf, self.frame_max)? {
+                None => return Ok(()),
+                Some(frame) => self.on_frame(frame).await?,
+            }
+            if self.out.len() >= FLUSH_AT {
+                self.flush_publishes().await?;
+                self.flush().await?;
+            }
+        }
+    }
+
+    async fn on_frame(&mut self, frame: Frame) -> Result<(), End> {
+        match frame {
+            Frame::Heartbeat(0) => Ok(()),
+            Frame::Heartbeat(_) => Err(End::Close(Error::connection(
+                code::UNEXPECTED_FRAME,
+                "heartbeat frame on a non-zero channel",
+            ))),
+            Frame::Method(0, m) => self.on_connection_method(m).await,
+            Frame::Method(ch, Method::Other(AMQPClass::Connection(_))) => {
+                Err(End::Close(Error::connection(
+                    code::COMMAND_INVALID,
+                    format!("connection method on channel {ch}"),
+                )))
+            }
+            Frame::Method(ch, m) => {
+                let ids = m.ids();
+                let r = self.on_channel_frame(ch, m).await;
+                self.outcome(ch, r.map_err(|e| e.during(ids.0, ids.1))).await
+            }
+            Frame::Header { channel: 0, .. } | Frame::Body(0, _) => Err(End::Close(
+                Error::connection(code::UNEXPECTED_FRAME, "content frame on channel 0"),
+            )),
+            Frame::Header {
+                channel,
+                class_id,
+                body_size,
+                properties,
+            } => {
+                let r = self.on_header(channel, class_id, body_size, properties);
+                self.outcome(channel, r).await
+            }
+            Frame::Body(ch, data) => {
+                let r = self.on_body(ch, data);
+                self.outcome(ch, r).await
+            }
+        }
+    }
+
+    /// Soft errors close the channel; hard ones end the connection.
+    async fn outcome(&mut self, ch: u16, r: Result<(), Error>) -> Result<(), End> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e @ Error::Channel { .. }) => {
+                self.close_channel(ch, e).await?;
+                Ok(())
+            }
+            Err(e) => Err(End::Close(e)),
+        }
+    }
+
+    async fn on_connection_method(&mut self, m: Method) -> Result<(), End> {
+        match m {
+            Method::Other(AMQPClass::Connection(connection::AMQPMethod::Close(_))) => {
+                self.flush_publishes().await?;
+                self.release_all().await;
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                        connection::CloseOk {},
+                    )),
+                );
+                self.flush().await?;
+                Err(End::Quiet)
+            }
+            Method::Other(AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_))) => {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(())
+            }
+            other => {
+                let (c, m) = other.ids();
+                Err(End::Close(
+                    Error::connection(
+                        code::COMMAND_INVALID,
+                        format!("unexpected method {c}.{m} on channel 0"),
+                    )
+                    .during(c, m),
+                ))
+            }
+        }
+    }
+
+    async fn on_channel_frame(&mut self, ch: u16, m: Method) -> Result<(), Error> {
+        let state = self.channels.get(&ch).map(|c| c.state);
+        match (state, m) {
+            (None, Method::Other(AMQPClass::Channel(channel::AMQPMethod::Open(_)))) => {
+                if ch > self.channel_max {
+                    return Err(Error::connection(
+                        code::NOT_ALLOWED,
+                        format!("channel number {ch} is above the negotiated channel_max {}", self.channel_max),
+                    ));
+                }
+                self.channels.insert(ch, Channel::default());
+                self.send_method(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                );
+                Ok(())
+            }
+            (None, _) => Err(Error::connection(
+                code::CHANNEL_ERROR,
+                format!("expected 'channel.open' on channel {ch}"),
+            )),
+            (Some(State::Closing), Method::Other(AMQPClass::Channel(m))) => {
+                match m {
+                    channel::AMQPMethod::CloseOk(_) => {
+                        self.channels.remove(&ch);
+                    }
+                    // Both sides closed at once: answer, and the channel is done.
+                    channel::AMQPMethod::Close(_) => {
+                        self.channels.remove(&ch);
+                        self.send_method(
+                            ch,
+                            AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                        );
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+            (Some(State::Closing), _) => Ok(()),
+            (Some(State::Open), m) => {
+                if self.channels[&ch].assembler.in_progress() {
+                    return Err(Error::connection(
+                        code::UNEXPECTED_FRAME,
+                        "expected content header or body, got a method",
+                    ));
+                }
+                match m {
+                    Method::Publish(p) => {
+                        if p.immediate {
+                            return Err(Error::connection(
+                                code::NOT_IMPLEMENTED,
+                                "immediate=true",
+                            ));
+                        }
+                        if let Some(c) = self.channels.get_mut(&ch) {
+                            c.assembler.start(p);
+                        }
+                        Ok(())
+                    }
+                    Method::Other(m) => {
+                        // Anything but a publish sees the effect of earlier publishes.
+                        self.flush_publishes().await.map_err(|_| {
+                            Error::connection(code::INTERNAL_ERROR, "connection is closing")
+                        })?;
+                        self.on_method(ch, m).await
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_header(
+        &mut self,
+        ch: u16,
+        class_id: u16,
+        body_size: u64,
+        properties: Bytes,
+    ) -> Result<(), Error> {
+        let max = self.broker.config.max_message_size;
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return Err(Error::connection(
+                code::CHANNEL_ERROR,
+                format!("content header on closed channel {ch}"),
+            ));
+        };
+        if c.state == State::Closing {
+            return Ok(());
+        }
+        if !crate::protocol::properties::valid(&properties) {
+            return Err(Error::connection(
+                code::FRAME_ERROR,
+                "malformed content header properties",
+            ));
+        }
+        match c.assembler.header(class_id, body_size, properties, max)? {
+            Some(content) => self.publish(ch, content),
+            None => Ok(()),
+        }
+    }
+
+    fn on_body(&mut self, ch: u16, data: Bytes) -> Result<(), Error> {
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return Err(Error::connection(
+                code::CHANNEL_ERROR,
+                format!("content body on closed channel {ch}"),
+            ));
+        };
+        if c.state == State::Closing {
+            return Ok(());
+        }
+        match c.assembler.body(data)? {
+            Some(content) => self.publish(ch, content),
+            None => Ok(()),
+        }
+    }
+
+    /// Route a complete publish and stage it for its queues (sent at the end of the read).
+    fn publish(&mut self, ch: u16, content: crate::protocol::content::Content) -> Result<(), Error> {
+        let p = &content.publish;
+        let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
+        let vhost = self.vhost().clone();
+        let routes = vhost.routes();
+        if !exchange.is_empty() {
+            match routes.exchange(exchange) {
+                None => {
+                    return Err(Error::not_found(format!(
+                        "no exchange '{exchange}' in vhost '{}'",
+                        vhost.name
+                    ))
+                    .during(60, 40));
+                }
+                Some(x) if x.internal => {
+                    return Err(Error::access_refused(format!(
+                        "cannot publish to internal exchange '{exchange}' in vhost '{}'",
+                        vhost.name
+                    ))
+                    .during(60, 40));
+                }
+                Some(_) => {}
+            }
+        }
+        let msg = Arc::new(Message {
+            exchange: p.exchange.clone(),
+            routing_key: p.routing_key.clone(),
+            properties: content.properties,
+            body: content.body,
+        });
+        let mut targets = std::mem::take(&mut self.route_buf);
+        routes.route(exchange, &msg, &mut targets);
+        drop(routes);
+        if targets.is_empty() && p.mandatory {
+            encode::basic_return(
+                &mut self.out,
+                ch,
+                code::NO_ROUTE,
+                "NO_ROUTE",
+                &msg.exchange,
+                &msg.routing_key,
+            );
+            encode::content(&mut self.out, ch, &msg.properties, &msg.body, self.frame_max);
+        }
+        for q in targets.drain(..) {
+            match self.pending.iter_mut().find(|(h, _)| h.id == q.id) {
+                Some((_, batch)) => batch.push(msg.clone()),
+                None => self.pending.push((q, vec![msg.clone()])),
+            }
+        }
+        self.route_buf = targets;
+        if let Some(c) = self.channels.get_mut(&ch)
+            && let Some(next) = c.confirm_next.as_mut()
+        {
+            let tag = *next;
+            *next += 1;
+            match self.confirms.iter_mut().find(|(c, _, _)| *c == ch) {
+                Some(entry) => {
+                    entry.1 = tag;
+                    entry.2 += 1;
+                }
+                None => self.confirms.push((ch, tag, 1)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hand staged publishes to their queues (one command per queue), then confirm them.
+    async fn flush_publishes(&mut self) -> Result<(), End> {
+        if !self.pending.is_empty() {
+            let mut pending = std::mem::take(&mut self.pending);
+            for (q, msgs) in pending.drain(..) {
+                // A queue deleted meanwhile drops the message, as in RabbitMQ.
+                q.send(QueueCmd::Publish(msgs)).await;
+            }
+            self.pending = pending;
+        }
+        for (ch, tag, count) in self.confirms.drain(..) {
+            encode::confirm(&mut self.out, ch, tag, count > 1, false);
+        }
+        Ok(())
+    }
+
+    async fn on_event(&mut self, ev: ConnEvent) -> Result<(), End> {
+        match ev {
+            ConnEvent::Deliver {
+                channel,
+                consumer_tag,
+                no_ack,
+                queue,
+                flow,
+                entries,
+            } => {
+                let n = entries.len() as u32;
+                let live = self.channels.get(&channel).is_some_and(|c| {
+                    c.state == State::Open
+                        && c.consumers
+                            .get(&consumer_tag)
+                            .is_some_and(|ci| Arc::ptr_eq(&ci.flow, &flow))
+                });
+                if !live {
+                    if !no_ack
+                        && let Some(c) = self.channels.get(&channel)
+                        && c.limit.release(n)
+                    {
+                        self.wake_consumers(channel);
+                    }
+                    queue.send(QueueCmd::Return { entries, no_ack }).await;
+                    if flow.done(n) {
+                        queue.wake();
+                    }
+                    return Ok(());
+                }
+                let c = self.channels.get_mut(&channel).expect("checked live");
+                if !c.active {
+                    c.parked.push(crate::channel::Parked {
+                        consumer_tag,
+                        no_ack,
+                        queue,
+                        entries,
+                    });
+                    return Ok(());
+                }
+                self.write_deliveries(channel, &consumer_tag, no_ack, &queue, entries);
+                if flow.done(n) {
+                    queue.wake();
+                }
+                if self.out.len() >= FLUSH_AT {
+                    self.flush().await?;
+                }
+            }
+            ConnEvent::Cancelled {
+                channel,
+                consumer_tag,
+            } => {
+                let Some(c) = self.channels.get_mut(&channel) else {
+                    return Ok(());
+                };
+                if c.consumers.remove(&consumer_tag).is_some()
+                    && c.state == State::Open
+                    && self.caps.consumer_cancel_notify
+                {
+                    self.send_method(
+                        channel,
+                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                            consumer_tag: consumer_tag.to_string().into(),
+                            nowait: true,
+                        })),
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_deliveries(
+        &mut self,
+        channel: u16,
+        consumer_tag: &str,
+        no_ack: bool,
+        queue: &QueueHandle,
+        entries: Vec<crate::broker::queue::Entry>,
+    ) {
+        let Some(c) = self.channels.get_mut(&channel) else {
+            return;
+        };
+        for e in entries {
+            let tag = c.deliver(queue, e.seq, no_ack, !no_ack);
+            encode::deliver(
+                &mut self.out,
+                channel,
+                consumer_tag.as_bytes(),
+                tag,
+                e.redelivered,
+                &e.msg.exchange,
+                &e.msg.routing_key,
+            );
+            encode::content(
+                &mut self.out,
+                channel,
+                &e.msg.properties,
+                &e.msg.body,
+                self.frame_max,
+            );
+        }
+    }
+
+    fn wake_consumers(&self, channel: u16) {
+        if let Some(c) = self.channels.get(&channel) {
+            for ci in c.consumers.values() {
+                ci.queue.wake();
+            }
+        }
+    }
+
+    /// Close a channel for a soft error: channel.close now, release its consumers and
+    /// deliveries, and drop everything until the client's close-ok.
+    async fn close_channel(&mut self, ch: u16, err: Error) -> Result<(), End> {
+        tracing::debug!(conn = self.id, channel = ch, "channel error: {err}");
+        let (class_id, method_id) = err.ids();
+        self.send_method(
+            ch,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: err.code(),
+                reply_text: err.reply_text().into(),
+                class_id,
+                method_id,
+            })),
+        );
+        self.release_channel(ch).await;
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.state = State::Closing;
+        }
+        Ok(())
+    }
+
+    /// Give back everything a channel holds: its consumers go, its unacked deliveries return
+    /// to their queues (marked redelivered), deliveries held by channel.flow go back unchanged.
+    async fn release_channel(&mut self, ch: u16) {
+        let key = self.key(ch);
+        let Some(c) = self.channels.get_mut(&ch) else {
+            return;
+        };
+        c.consumers.clear();
+        c.settle_all();
+        let touched: Vec<QueueHandle> = c.touched.drain().map(|(_, q)| q).collect();
+        let parked = std::mem::take(&mut c.parked);
+        for p in parked {
+            p.queue
+                .send(QueueCmd::Return {
+                    entries: p.entries,
+                    no_ack: p.no_ack,
+                })
+                .await;
+        }
+        for q in touched {
+            q.send(QueueCmd::ChannelClosed(key)).await;
+        }
+    }
+
+    /// The connection is ending: release every channel and delete its exclusive queues.
+    async fn release_all(&mut self) {
+        let _ = self.flush_publishes().await;
+        let chans: Vec<u16> = self.channels.keys().copied().collect();
+        for ch in chans {
+            self.release_channel(ch).await;
+        }
+        self.channels.clear();
+        for q in std::mem::take(&mut self.exclusive) {
+            let _ = q
+                .ask(|reply| QueueCmd::Delete {
+                    if_unused: false,
+                    if_empty: false,
+                    reply,
+                })
+                .await;
+        }
+    }
+
+    /// Send connection.close for `err` and wait (bounded) for the client's close-ok.
+    async fn close_connection(&mut self, err: Error) {
+        if err.code() != code::CONNECTION_FORCED {
+            tracing::info!(conn = self.id, peer = %self.peer, "closing connection: {err}");
+        }
+        let (class_id, method_id) = err.ids();
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: err.code(),
+                reply_text: err.reply_text().into(),
+                class_id,
+                method_id,
+            })),
+        );
+        if self.flush().await.is_err() {
+            return;
+        }
+        let wait = async {
+            loop {
+                loop {
+                    match codec::decode(&mut self.rbuf, self.frame_max) {
+                        Ok(Some(Frame::Method(
+                            0,
+                            Method::Other(AMQPClass::Connection(
+                                connection::AMQPMethod::CloseOk(_)
+                                | connection::AMQPMethod::Close(_),
+                            )),
+                        ))) => return,
+                        Ok(Some(_)) => continue,
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.rbuf.clear();
+                            break;
+                        }
+                    }
+                }
+                if self.read_more().await.is_err() {
+                    return;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, wait).await;
+    }
+}

@@ -1,0 +1,236 @@
+//! Test harness: a real broker on 127.0.0.1:0 per test, lapin clients, and a raw frame client
+//! for the cases lapin cannot produce (bad frames, odd handshakes).
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use warren::protocol::codec::{self, Frame, Method};
+use warren::protocol::{AMQPClass, FieldTable as WFieldTable, connection, encode};
+use warren::{Config, Server};
+
+pub struct TestBroker {
+    pub server: Option<Server>,
+    pub port: u16,
+}
+
+impl TestBroker {
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+pub async fn start() -> TestBroker {
+    start_with(Config::default()).await
+}
+
+pub async fn start_with(mut config: Config) -> TestBroker {
+    config.listen = "127.0.0.1:0".into();
+    let server = Server::start(config).await.expect("broker starts");
+    TestBroker {
+        port: server.local_addr.port(),
+        server: Some(server),
+    }
+}
+
+pub async fn connect(b: &TestBroker) -> Connection {
+    Connection::connect(&b.url(), ConnectionProperties::default())
+        .await
+        .expect("connect")
+}
+
+pub async fn channel(b: &TestBroker) -> (Connection, Channel) {
+    let c = connect(b).await;
+    let ch = c.create_channel().await.expect("channel");
+    (c, ch)
+}
+
+/// The AMQP reply code of a lapin error, if the broker sent one.
+pub fn code(e: &lapin::Error) -> Option<u16> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(p) => Some(p.get_id()),
+        _ => None,
+    }
+}
+
+pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
+    ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default())
+        .await
+        .expect("queue.declare")
+}
+
+pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
+    ch.basic_publish(
+        exchange.into(),
+        key.into(),
+        BasicPublishOptions::default(),
+        body,
+        BasicProperties::default(),
+    )
+    .await
+    .expect("publish");
+}
+
+/// Ready messages in a queue, by passive declare (a round trip: earlier publishes on the same
+/// connection have reached the queue by then).
+pub async fn count(ch: &Channel, name: &str) -> u32 {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
+
+pub async fn get_body(ch: &Channel, queue: &str) -> Option<Vec<u8>> {
+    ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
+        .await
+        .expect("basic.get")
+        .map(|m| m.delivery.data.clone())
+}
+
+/// A minimal client speaking raw frames, for protocol-level tests.
+pub struct Raw {
+    pub sock: TcpStream,
+    buf: BytesMut,
+}
+
+impl Raw {
+    pub async fn connect(b: &TestBroker) -> Raw {
+        Raw {
+            sock: TcpStream::connect(("127.0.0.1", b.port)).await.unwrap(),
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.sock.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn method(&mut self, ch: u16, m: AMQPClass) {
+        let mut out = BytesMut::new();
+        encode::method(&mut out, ch, &m);
+        self.send(&out).await;
+    }
+
+    /// The next frame, or None when the broker closed the socket.
+    pub async fn frame(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(f) = codec::decode(&mut self.buf, 1 << 20).expect("broker frames decode") {
+                return Some(f);
+            }
+            let n = tokio::time::timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
+                .await
+                .expect("broker answers within 10s")
+                .ok()?;
+            if n == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Read raw bytes until the socket closes.
+    pub async fn read_to_end(&mut self) -> Vec<u8> {
+        let mut v = self.buf.to_vec();
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.sock.read_to_end(&mut v)).await;
+        v
+    }
+
+    /// Next method frame (heartbeats skipped).
+    pub async fn next_method(&mut self) -> Option<(u16, AMQPClass)> {
+        loop {
+            match self.frame().await? {
+                Frame::Method(ch, Method::Other(m)) => return Some((ch, m)),
+                Frame::Heartbeat(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Header, start-ok with PLAIN guest/guest, then expect tune.
+    pub async fn start(&mut self, user: &str, pass: &str) -> AMQPClass {
+        self.send(b"AMQP\x00\x00\x09\x01").await;
+        let (_, start) = self.next_method().await.unwrap();
+        assert!(matches!(
+            start,
+            AMQPClass::Connection(connection::AMQPMethod::Start(_))
+        ));
+        self.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: WFieldTable::default(),
+                mechanism: "PLAIN".into(),
+                response: format!("\0{user}\0{pass}").into(),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        self.next_method().await.unwrap().1
+    }
+
+    /// A full handshake with the given tune-ok values.
+    pub async fn open(&mut self, frame_max: u32, heartbeat: u16) {
+        let tune = self.start("guest", "guest").await;
+        assert!(matches!(
+            tune,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(_))
+        ));
+        self.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 0,
+                frame_max,
+                heartbeat,
+            })),
+        )
+        .await;
+        self.method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        let (_, ok) = self.next_method().await.unwrap();
+        assert!(matches!(
+            ok,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+        ));
+    }
+
+    /// Expect connection.close with `code`, answer close-ok.
+    pub async fn expect_close(&mut self, want: u16) {
+        loop {
+            match self.next_method().await {
+                Some((0, AMQPClass::Connection(connection::AMQPMethod::Close(c)))) => {
+                    assert_eq!(c.reply_code, want, "close text: {}", c.reply_text);
+                    self.method(
+                        0,
+                        AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                            connection::CloseOk {},
+                        )),
+                    )
+                    .await;
+                    return;
+                }
+                Some(_) => continue,
+                None => panic!("socket closed without connection.close {want}"),
+            }
+        }
+    }
+}

@@ -61,9 +61,18 @@ fn frame_error(text: impl Into<String>) -> Error {
     Error::connection(code::FRAME_ERROR, text)
 }
 
-/// Split one whole frame off the front of `buf`, or `Ok(None)` if more bytes are needed.
-/// `frame_max` is the negotiated maximum frame size, header and end octet included.
+/// Split one whole frame sent by a client off the front of `buf`, or `Ok(None)` if more bytes
+/// are needed. `frame_max` is the negotiated maximum frame size, header and end octet included.
 pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Error> {
+    decode_from(buf, frame_max, true)
+}
+
+/// As `decode`, for frames a server sends (test clients read the broker with this).
+pub fn decode_server_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Error> {
+    decode_from(buf, frame_max, false)
+}
+
+fn decode_from(buf: &mut BytesMut, frame_max: u32, client: bool) -> Result<Option<Frame>, Error> {
     if buf.len() < 7 {
         return Ok(None);
     }
@@ -91,7 +100,7 @@ pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Error
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
     match kind {
-        FRAME_METHOD => Ok(Some(Frame::Method(channel, parse_method(payload)?))),
+        FRAME_METHOD => Ok(Some(Frame::Method(channel, parse_method(payload, client)?))),
         FRAME_HEADER => {
             let mut p = payload;
             if p.len() < 14 {
@@ -128,13 +137,13 @@ fn client_method(class: u16, method: u16) -> bool {
     )
 }
 
-fn parse_method(payload: Bytes) -> Result<Method, Error> {
+fn parse_method(payload: Bytes, client: bool) -> Result<Method, Error> {
     if payload.len() < 4 {
         return Err(frame_error("method frame too short"));
     }
     let class = u16::from_be_bytes([payload[0], payload[1]]);
     let method = u16::from_be_bytes([payload[2], payload[3]]);
-    if !client_method(class, method) {
+    if client && !client_method(class, method) {
         return Err(
             Error::connection(code::COMMAND_INVALID, format!("unknown method {class}.{method}"))
                 .during(class, method),

@@ -131,7 +131,7 @@ impl Raw {
     /// The next frame, or None when the broker closed the socket.
     pub async fn frame(&mut self) -> Option<Frame> {
         loop {
-            if let Some(f) = codec::decode(&mut self.buf, 1 << 20).expect("broker frames decode") {
+            if let Some(f) = codec::decode_server_frame(&mut self.buf, 1 << 20).expect("broker frames decode") {
                 return Some(f);
             }
             let n = tokio::time::timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))

@@ -394,36 +394,35 @@ impl Queue {
         }
         let n = self.consumers.len();
         let mut batches: Vec<Vec<Entry>> = vec![Vec::new(); n];
-        let mut progress = true;
-        while progress && !self.ready.is_empty() {
-            progress = false;
-            for k in 0..n {
-                let i = (self.rr + k) % n;
-                if self.ready.is_empty() {
-                    break;
-                }
-                if !self.can_take(i, batches[i].len()) {
-                    continue;
-                }
-                let Some(entry) = self.ready.pop_front() else {
-                    break;
-                };
-                let c = &mut self.consumers[i];
-                if !c.spec.no_ack {
-                    c.unacked += 1;
-                    self.unacked.insert(
-                        entry.seq,
-                        Held {
-                            entry: entry.clone(),
-                            owner: c.spec.owner,
-                            consumer: Some(c.spec.tag.clone()),
-                        },
-                    );
-                }
-                batches[i].push(entry);
-                progress = true;
+        // Strict round-robin: `rr` is the consumer that gets the next message; a consumer
+        // without credit is skipped, and a full turn with no taker ends the dispatch.
+        let mut idle = 0;
+        let mut i = self.rr % n;
+        while idle < n && !self.ready.is_empty() {
+            if !self.can_take(i, batches[i].len()) {
+                idle += 1;
+                i = (i + 1) % n;
+                continue;
             }
-            self.rr = (self.rr + 1) % n;
+            let Some(entry) = self.ready.pop_front() else {
+                break;
+            };
+            let c = &mut self.consumers[i];
+            if !c.spec.no_ack {
+                c.unacked += 1;
+                self.unacked.insert(
+                    entry.seq,
+                    Held {
+                        entry: entry.clone(),
+                        owner: c.spec.owner,
+                        consumer: Some(c.spec.tag.clone()),
+                    },
+                );
+            }
+            batches[i].push(entry);
+            idle = 0;
+            i = (i + 1) % n;
+            self.rr = i;
         }
         let mut gone = Vec::new();
         for (i, entries) in batches.into_iter().enumerate() {

@@ -10,7 +10,9 @@ use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use warren::protocol::codec::{self, Frame, Method};
-use warren::protocol::{AMQPClass, FieldTable as WFieldTable, connection, encode};
+use warren::protocol::{
+    AMQPClass, FieldTable as WFieldTable, basic, channel, connection, encode, queue,
+};
 use warren::{Config, Server};
 
 pub struct TestBroker {
@@ -104,6 +106,21 @@ pub async fn get_body(ch: &Channel, queue: &str) -> Option<Vec<u8>> {
         .map(|m| m.delivery.data.clone())
 }
 
+/// Publish on a fresh confirm-mode channel and return the reply code of the channel error the
+/// publish causes (lapin fails the pending confirm with it).
+pub async fn publish_refused(c: &Connection, exchange: &str, key: &str, body: &[u8]) -> Option<u16> {
+    let ch = c.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm.select");
+    let confirm = ch
+        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, BasicProperties::default())
+        .await
+        .expect("publish sent");
+    match confirm.await {
+        Ok(c) => panic!("publish was confirmed: {c:?}"),
+        Err(e) => code(&e),
+    }
+}
+
 /// A minimal client speaking raw frames, for protocol-level tests.
 pub struct Raw {
     pub sock: TcpStream,
@@ -151,13 +168,13 @@ impl Raw {
         v
     }
 
-    /// Next method frame (heartbeats skipped).
+    /// Next method frame (heartbeats and content frames skipped).
     pub async fn next_method(&mut self) -> Option<(u16, AMQPClass)> {
         loop {
             match self.frame().await? {
                 Frame::Method(ch, Method::Other(m)) => return Some((ch, m)),
-                Frame::Heartbeat(_) => continue,
-                other => panic!("unexpected frame {other:?}"),
+                Frame::Method(_, Method::Publish(p)) => panic!("server sent publish {p:?}"),
+                Frame::Heartbeat(_) | Frame::Header { .. } | Frame::Body(..) => continue,
             }
         }
     }
@@ -211,6 +228,65 @@ impl Raw {
             ok,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
         ));
+    }
+
+    /// channel.open and wait for open-ok.
+    pub async fn open_channel(&mut self, ch: u16) {
+        let ok = self.call(ch, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
+        assert!(matches!(ok, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))), "{ok:?}");
+    }
+
+    /// Send a method and return the next method the broker sends.
+    pub async fn call(&mut self, ch: u16, m: AMQPClass) -> AMQPClass {
+        self.method(ch, m).await;
+        self.next_method().await.expect("a reply").1
+    }
+
+    pub async fn declare(&mut self, ch: u16, queue: &str) {
+        let ok = self
+            .call(
+                ch,
+                AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+                    queue: queue.into(),
+                    passive: false,
+                    durable: false,
+                    exclusive: false,
+                    auto_delete: false,
+                    nowait: false,
+                    arguments: WFieldTable::default(),
+                })),
+            )
+            .await;
+        assert!(matches!(ok, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))), "{ok:?}");
+    }
+
+    /// basic.publish + content header (raw property bytes) + one body frame.
+    pub async fn publish(&mut self, ch: u16, exchange: &str, key: &str, props: &[u8], body: &[u8]) {
+        let mut out = BytesMut::new();
+        encode::method(
+            &mut out,
+            ch,
+            &AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+                exchange: exchange.into(),
+                routing_key: key.into(),
+                mandatory: false,
+                immediate: false,
+            })),
+        );
+        encode::content(&mut out, ch, props, body, 1 << 20);
+        self.send(&out).await;
+    }
+
+    /// Expect channel.close with `code` on `ch`, answer close-ok.
+    pub async fn expect_channel_close(&mut self, ch: u16, want: u16) {
+        match self.next_method().await {
+            Some((c, AMQPClass::Channel(channel::AMQPMethod::Close(close)))) if c == ch => {
+                assert_eq!(close.reply_code, want, "close text: {}", close.reply_text);
+                self.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})))
+                    .await;
+            }
+            other => panic!("expected channel.close {want} on {ch}, got {other:?}"),
+        }
     }
 
     /// Expect connection.close with `code`, answer close-ok.

@@ -4,3 +4,6 @@
 mod common;
 mod basics;
 mod connection;
+mod exchanges;
+mod queues;
+mod messages;

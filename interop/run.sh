@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# Client interop suites (pika, amqplib) against warren or any AMQP 0-9-1 broker.
+#
+#   interop/run.sh                                   start warren, run both suites, stop it
+#   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
+#
+# WARREN_BIN picks the broker binary (default: $CARGO_TARGET_DIR/release/warren,
+# else ./target/release/warren). Exits non-zero if any scenario fails, or if the
+# broker it started does not exit 0 on SIGTERM.
+set -euo pipefail
+
+here="$(cd "$(dirname "$0")" && pwd)"
+repo="$(cd "$here/.." && pwd)"
+python="${PYTHON:-python3}"
+suite_timeout="${INTEROP_SUITE_TIMEOUT:-90}"
+
+log() { printf 'interop: %s\n' "$*" >&2; }
+
+# Client libraries: install only what is missing (CI installs them up front).
+if ! "$python" -c 'import pika' >/dev/null 2>&1; then
+  log "installing pika"
+  "$python" -m pip install --quiet --disable-pip-version-check -r "$here/pika/requirements.txt"
+fi
+if [ ! -d "$here/amqplib/node_modules/amqplib" ]; then
+  log "installing amqplib"
+  (cd "$here/amqplib" && npm ci --silent --no-audit --no-fund)
+fi
+
+workdir="$(mktemp -d "${TMPDIR:-/tmp}/warren-interop.XXXXXX")"
+broker_pid=""
+broker_log="$workdir/warren.log"
+
+cleanup() {
+  if [ -n "$broker_pid" ] && kill -0 "$broker_pid" 2>/dev/null; then
+    kill -TERM "$broker_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$broker_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$broker_pid" 2>/dev/null || true
+  fi
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+
+show_broker_log() {
+  if [ -s "$broker_log" ]; then
+    log "last lines of the broker log ($broker_log):"
+    tail -n 40 "$broker_log" >&2
+  fi
+}
+
+if [ -z "${AMQP_URL:-}" ]; then
+  if [ -n "${WARREN_BIN:-}" ]; then
+    bin="$WARREN_BIN"
+  elif [ -n "${CARGO_TARGET_DIR:-}" ]; then
+    bin="$CARGO_TARGET_DIR/release/warren"
+  else
+    bin="$repo/target/release/warren"
+  fi
+  if [ ! -x "$bin" ]; then
+    log "broker binary not found at $bin (build with cargo build --release, or set WARREN_BIN)"
+    exit 2
+  fi
+  port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  mkdir -p "$workdir/data"
+  "$bin" --listen "127.0.0.1:$port" --data-dir "$workdir/data" 2>"$broker_log" >&2 &
+  broker_pid=$!
+  # Poll until the port accepts connections (at most 20 s).
+  ready=""
+  for _ in $(seq 200); do
+    if ! kill -0 "$broker_pid" 2>/dev/null; then
+      log "broker exited before accepting connections"
+      show_broker_log
+      exit 1
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      ready=1
+      break
+    fi
+    sleep 0.1
+  done
+  if [ -z "$ready" ]; then
+    log "broker did not accept connections on 127.0.0.1:$port within 20 s"
+    show_broker_log
+    exit 1
+  fi
+  export AMQP_URL="amqp://guest:guest@127.0.0.1:$port/%2F"
+  log "started $bin (pid $broker_pid) on 127.0.0.1:$port"
+else
+  export AMQP_URL
+  log "using the broker at AMQP_URL"
+fi
+
+total_passed=0
+total_failed=0
+status=0
+
+# run_suite LABEL COMMAND...: runs one client suite, adds up its closing
+# "LABEL: N passed, N failed" line; a suite that dies without one counts as a failure.
+run_suite() {
+  local label="$1"; shift
+  local out="$workdir/$label.out"
+  local rc=0
+  log "running $label"
+  timeout --kill-after=5 "$suite_timeout" "$@" 2>&1 | tee "$out" || rc=$?
+  local summary
+  summary="$(grep -E "^$label: [0-9]+ passed, [0-9]+ failed$" "$out" | tail -n 1 || true)"
+  if [ -n "$summary" ]; then
+    local p f
+    p="$(sed -E 's/^[a-z]+: ([0-9]+) passed, ([0-9]+) failed$/\1/' <<<"$summary")"
+    f="$(sed -E 's/^[a-z]+: ([0-9]+) passed, ([0-9]+) failed$/\2/' <<<"$summary")"
+    total_passed=$((total_passed + p))
+    total_failed=$((total_failed + f))
+    if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+      log "$label exited $rc"
+      total_failed=$((total_failed + 1))
+    fi
+  else
+    log "$label ended (exit $rc) without a summary line"
+    total_failed=$((total_failed + 1))
+  fi
+  if [ "$rc" -ne 0 ]; then status=1; fi
+}
+
+run_suite pika "$python" "$here/pika/test_pika.py"
+run_suite amqplib node "$here/amqplib/test.js"
+
+if [ -n "$broker_pid" ]; then
+  kill -TERM "$broker_pid" 2>/dev/null || true  # it may have died already; wait tells
+  stopped=""
+  for _ in $(seq 100); do
+    if ! kill -0 "$broker_pid" 2>/dev/null; then stopped=1; break; fi
+    sleep 0.1
+  done
+  if [ -z "$stopped" ]; then
+    log "broker did not exit within 10 s of SIGTERM"
+    kill -KILL "$broker_pid" 2>/dev/null || true
+    total_failed=$((total_failed + 1))
+    status=1
+  fi
+  broker_rc=0
+  wait "$broker_pid" || broker_rc=$?
+  broker_pid=""
+  if [ "$broker_rc" -ne 0 ]; then
+    log "broker exited with status $broker_rc after SIGTERM (expected 0)"
+    total_failed=$((total_failed + 1))
+    status=1
+  else
+    log "broker stopped cleanly (exit 0)"
+  fi
+fi
+
+if [ "$status" -ne 0 ] || [ "$total_failed" -ne 0 ]; then
+  show_broker_log
+  status=1
+fi
+echo "interop: $total_passed passed, $total_failed failed"
+exit "$status"

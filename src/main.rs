@@ -4,7 +4,16 @@ use clap::Parser;
 use warren::config::{Args, Config};
 
 fn main() {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("warren: {}", first.trim_start_matches("error: "));
+            std::process::exit(2);
+        }
+    };
     let config = match Config::load(&args) {
         Ok(c) => c,
         Err(e) => {

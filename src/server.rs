@@ -30,7 +30,10 @@ impl Server {
         let broker = Broker::new(Arc::new(config));
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, broker, rx));
-        tracing::info!("warren {} listening for AMQP on {local_addr}", env!("CARGO_PKG_VERSION"));
+        tracing::info!(
+            "warren {} listening for AMQP on {local_addr}",
+            env!("CARGO_PKG_VERSION")
+        );
         Ok(Server {
             local_addr,
             shutdown: tx,
@@ -45,7 +48,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    broker: Arc<Broker>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {

@@ -27,7 +27,10 @@ pub enum ConnEvent {
         entries: Vec<Entry>,
     },
     /// The queue went away under the consumer (server-sent basic.cancel).
-    Cancelled { channel: u16, consumer_tag: Arc<str> },
+    Cancelled {
+        channel: u16,
+        consumer_tag: Arc<str>,
+    },
 }
 
 pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
@@ -101,7 +104,9 @@ impl ChannelLimit {
     pub fn release(&self, n: u32) -> bool {
         let _ = self
             .unacked
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| Some(u.saturating_sub(n)));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            });
         self.starved.swap(false, Ordering::AcqRel)
     }
 }

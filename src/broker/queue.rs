@@ -58,7 +58,10 @@ pub enum QueueCmd {
     Discard(Vec<u64>),
     /// Deliveries a connection could not hand to a consumer (cancelled or channel gone):
     /// back to their place unchanged. `no_ack` ones were forgotten by the queue already.
-    Return { entries: Vec<Entry>, no_ack: bool },
+    Return {
+        entries: Vec<Entry>,
+        no_ack: bool,
+    },
     /// The channel closed: drop its consumers and requeue everything it held.
     ChannelClosed(ChannelKey),
     /// (ready messages, consumers)

@@ -215,7 +215,11 @@ impl VHost {
             };
             check("type", kind.as_str().into(), x.kind.as_str().into())?;
             check("durable", d.durable.to_string(), x.durable.to_string())?;
-            check("auto_delete", d.auto_delete.to_string(), x.auto_delete.to_string())?;
+            check(
+                "auto_delete",
+                d.auto_delete.to_string(),
+                x.auto_delete.to_string(),
+            )?;
             check("internal", d.internal.to_string(), x.internal.to_string())?;
             return Ok(());
         }
@@ -335,8 +339,7 @@ impl VHost {
         }
         let mut t = self.lock();
         if let DestName::Queue(q) = &dest
-            && t
-                .queues
+            && t.queues
                 .get(q)
                 .is_some_and(|h| h.exclusive_owner.is_some_and(|o| o != conn))
         {
@@ -497,8 +500,11 @@ impl Routes {
                 headers = Some(msg.headers());
             }
             dests.clear();
-            x.router
-                .route(&msg.routing_key, headers.as_ref().and_then(|h| h.as_ref()), &mut dests);
+            x.router.route(
+                &msg.routing_key,
+                headers.as_ref().and_then(|h| h.as_ref()),
+                &mut dests,
+            );
             for d in &dests {
                 match d {
                     Dest::Queue(q) => {

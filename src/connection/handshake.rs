@@ -49,7 +49,6 @@ fn client_caps(props: &FieldTable) -> ClientCaps {
     let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
     ClientCaps {
         consumer_cancel_notify: on("consumer_cancel_notify"),
-        connection_blocked: on("connection.blocked"),
     }
 }
 
@@ -63,7 +62,10 @@ impl Conn {
                 Some(other) => {
                     return Err(hard(
                         code::COMMAND_INVALID,
-                        format!("unexpected frame during handshake on channel {}", other.channel()),
+                        format!(
+                            "unexpected frame during handshake on channel {}",
+                            other.channel()
+                        ),
                     ));
                 }
                 None => self.read_more().await?,
@@ -192,7 +194,9 @@ impl Conn {
         let refused = || {
             Error::connection(
                 code::ACCESS_REFUSED,
-                format!("Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."),
+                format!(
+                    "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
+                ),
             )
         };
         let Some((user, pass)) = creds else {

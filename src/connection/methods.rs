@@ -32,7 +32,9 @@ enum Settle {
 
 impl Conn {
     fn channel(&mut self, ch: u16) -> &mut crate::channel::Channel {
-        self.channels.get_mut(&ch).expect("method dispatched to an open channel")
+        self.channels
+            .get_mut(&ch)
+            .expect("method dispatched to an open channel")
     }
 
     fn reply(&mut self, ch: u16, nowait: bool, m: AMQPClass) {
@@ -107,7 +109,11 @@ impl Conn {
                     let parked = std::mem::take(&mut self.channel(ch).parked);
                     for p in parked {
                         let n = p.entries.len() as u32;
-                        let flow = self.channel(ch).consumers.get(&p.consumer_tag).map(|c| c.flow.clone());
+                        let flow = self
+                            .channel(ch)
+                            .consumers
+                            .get(&p.consumer_tag)
+                            .map(|c| c.flow.clone());
                         self.write_deliveries(ch, &p.consumer_tag, p.no_ack, &p.queue, p.entries);
                         if flow.is_some_and(|f| f.done(n)) {
                             p.queue.wake();
@@ -204,7 +210,8 @@ impl Conn {
                     decl.name = self.channel(ch).queue_name(&decl.name)?;
                     vhost.declare_queue(&decl, self.id)?
                 };
-                if q.exclusive_owner == Some(self.id) && !self.exclusive.iter().any(|e| e.id == q.id)
+                if q.exclusive_owner == Some(self.id)
+                    && !self.exclusive.iter().any(|e| e.id == q.id)
                 {
                     self.exclusive.push(q.clone());
                 }
@@ -316,7 +323,10 @@ impl Conn {
                     c.consumer_prefetch = q.prefetch_count as u32;
                 }
                 self.wake_consumers(ch);
-                self.send_method(ch, AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})));
+                self.send_method(
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
                 Ok(())
             }
             basic::AMQPMethod::Consume(c) => self.consume(ch, c).await,
@@ -343,13 +353,24 @@ impl Conn {
                 Ok(())
             }
             basic::AMQPMethod::Get(g) => self.get(ch, g).await,
-            basic::AMQPMethod::Ack(a) => self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack).await,
+            basic::AMQPMethod::Ack(a) => {
+                self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack)
+                    .await
+            }
             basic::AMQPMethod::Nack(n) => {
-                let how = if n.requeue { Settle::Requeue } else { Settle::Discard };
+                let how = if n.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
                 self.settle(ch, n.delivery_tag, n.multiple, how).await
             }
             basic::AMQPMethod::Reject(r) => {
-                let how = if r.requeue { Settle::Requeue } else { Settle::Discard };
+                let how = if r.requeue {
+                    Settle::Requeue
+                } else {
+                    Settle::Discard
+                };
                 self.settle(ch, r.delivery_tag, false, how).await
             }
             basic::AMQPMethod::Recover(basic::Recover { requeue })
@@ -368,7 +389,10 @@ impl Conn {
                 }
                 Ok(())
             }
-            _ => Err(Error::connection(code::COMMAND_INVALID, "unexpected basic method")),
+            _ => Err(Error::connection(
+                code::COMMAND_INVALID,
+                "unexpected basic method",
+            )),
         }
     }
 
@@ -481,7 +505,13 @@ impl Conn {
         Ok(())
     }
 
-    async fn settle(&mut self, ch: u16, tag: u64, multiple: bool, how: Settle) -> Result<(), Error> {
+    async fn settle(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        how: Settle,
+    ) -> Result<(), Error> {
         let settled = self.channel(ch).settle(tag, multiple)?;
         self.apply_settle(ch, settled, how).await;
         Ok(())

@@ -55,7 +55,6 @@ impl From<Error> for End {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ClientCaps {
     pub consumer_cancel_notify: bool,
-    pub connection_blocked: bool,
 }
 
 pub(crate) struct Conn {
@@ -152,7 +151,9 @@ impl Conn {
     }
 
     fn vhost(&self) -> &Arc<VHost> {
-        self.vhost.as_ref().expect("vhost is set by connection.open")
+        self.vhost
+            .as_ref()
+            .expect("vhost is set by connection.open")
     }
 
     pub(crate) fn send_method(&mut self, channel: u16, m: AMQPClass) {
@@ -270,7 +271,8 @@ impl Conn {
             Frame::Method(ch, m) => {
                 let ids = m.ids();
                 let r = self.on_channel_frame(ch, m).await;
-                self.outcome(ch, r.map_err(|e| e.during(ids.0, ids.1))).await
+                self.outcome(ch, r.map_err(|e| e.during(ids.0, ids.1)))
+                    .await
             }
             Frame::Header { channel: 0, .. } | Frame::Body(0, _) => Err(End::Close(
                 Error::connection(code::UNEXPECTED_FRAME, "content frame on channel 0"),
@@ -310,9 +312,7 @@ impl Conn {
                 self.release_all().await;
                 self.send_method(
                     0,
-                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(
-                        connection::CloseOk {},
-                    )),
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 );
                 self.flush().await?;
                 Err(End::Quiet)
@@ -346,7 +346,10 @@ impl Conn {
                 if ch > self.channel_max {
                     return Err(Error::connection(
                         code::NOT_ALLOWED,
-                        format!("channel number {ch} is above the negotiated channel_max {}", self.channel_max),
+                        format!(
+                            "channel number {ch} is above the negotiated channel_max {}",
+                            self.channel_max
+                        ),
                     ));
                 }
                 self.channels.insert(ch, Channel::default());
@@ -388,10 +391,7 @@ impl Conn {
                 match m {
                     Method::Publish(p) => {
                         if p.immediate {
-                            return Err(Error::connection(
-                                code::NOT_IMPLEMENTED,
-                                "immediate=true",
-                            ));
+                            return Err(Error::connection(code::NOT_IMPLEMENTED, "immediate=true"));
                         }
                         if let Some(c) = self.channels.get_mut(&ch) {
                             c.assembler.start(p);
@@ -456,7 +456,11 @@ impl Conn {
     }
 
     /// Route a complete publish and stage it for its queues (sent at the end of the read).
-    fn publish(&mut self, ch: u16, content: crate::protocol::content::Content) -> Result<(), Error> {
+    fn publish(
+        &mut self,
+        ch: u16,
+        content: crate::protocol::content::Content,
+    ) -> Result<(), Error> {
         let p = &content.publish;
         let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
         let vhost = self.vhost().clone();
@@ -498,7 +502,13 @@ impl Conn {
                 &msg.exchange,
                 &msg.routing_key,
             );
-            encode::content(&mut self.out, ch, &msg.properties, &msg.body, self.frame_max);
+            encode::content(
+                &mut self.out,
+                ch,
+                &msg.properties,
+                &msg.body,
+                self.frame_max,
+            );
         }
         for q in targets.drain(..) {
             match self.pending.iter_mut().find(|(h, _)| h.id == q.id) {

@@ -144,10 +144,11 @@ fn parse_method(payload: Bytes, client: bool) -> Result<Method, Error> {
     let class = u16::from_be_bytes([payload[0], payload[1]]);
     let method = u16::from_be_bytes([payload[2], payload[3]]);
     if client && !client_method(class, method) {
-        return Err(
-            Error::connection(code::COMMAND_INVALID, format!("unknown method {class}.{method}"))
-                .during(class, method),
-        );
+        return Err(Error::connection(
+            code::COMMAND_INVALID,
+            format!("unknown method {class}.{method}"),
+        )
+        .during(class, method));
     }
     // amq-protocol drops basic.qos prefetch_size; RabbitMQ refuses any non-zero value.
     if (class, method) == (60, 10) && payload.len() >= 8 {

@@ -55,7 +55,9 @@ impl Assembler {
         max_size: u64,
     ) -> Result<Option<Content>, Error> {
         let State::AwaitHeader(publish) = std::mem::take(&mut self.state) else {
-            return Err(unexpected("content header without a preceding basic.publish"));
+            return Err(unexpected(
+                "content header without a preceding basic.publish",
+            ));
         };
         if class_id != 60 {
             return Err(unexpected("content header class is not basic"));

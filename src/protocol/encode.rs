@@ -132,7 +132,9 @@ pub fn content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8],
     buf.put_u64(body.len() as u64);
     buf.put_slice(properties);
     end_frame(buf, at);
-    let chunk = (frame_max as usize).saturating_sub(super::FRAME_OVERHEAD).max(1);
+    let chunk = (frame_max as usize)
+        .saturating_sub(super::FRAME_OVERHEAD)
+        .max(1);
     buf.reserve(body.len() + (body.len() / chunk + 1) * super::FRAME_OVERHEAD);
     for part in body.chunks(chunk) {
         body_frame(buf, channel, part);

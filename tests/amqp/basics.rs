@@ -1,7 +1,7 @@
 use futures_lite::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::BasicProperties;
 
 use crate::common::*;
 
@@ -16,7 +16,12 @@ async fn publish_get_and_consume_round_trip() {
     assert_eq!(get_body(&ch, "q1").await, None);
 
     let mut consumer = ch
-        .basic_consume("q1".into(), "c1".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "q1".into(),
+            "c1".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     for i in 0..10u8 {

@@ -66,9 +66,13 @@ pub fn code(e: &lapin::Error) -> Option<u16> {
 }
 
 pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
-    ch.queue_declare(name.into(), QueueDeclareOptions::default(), FieldTable::default())
-        .await
-        .expect("queue.declare")
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.declare")
 }
 
 pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
@@ -108,11 +112,24 @@ pub async fn get_body(ch: &Channel, queue: &str) -> Option<Vec<u8>> {
 
 /// Publish on a fresh confirm-mode channel and return the reply code of the channel error the
 /// publish causes (lapin fails the pending confirm with it).
-pub async fn publish_refused(c: &Connection, exchange: &str, key: &str, body: &[u8]) -> Option<u16> {
+pub async fn publish_refused(
+    c: &Connection,
+    exchange: &str,
+    key: &str,
+    body: &[u8],
+) -> Option<u16> {
     let ch = c.create_channel().await.expect("channel");
-    ch.confirm_select(ConfirmSelectOptions::default()).await.expect("confirm.select");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
     let confirm = ch
-        .basic_publish(exchange.into(), key.into(), BasicPublishOptions::default(), body, BasicProperties::default())
+        .basic_publish(
+            exchange.into(),
+            key.into(),
+            BasicPublishOptions::default(),
+            body,
+            BasicProperties::default(),
+        )
         .await
         .expect("publish sent");
     match confirm.await {
@@ -148,13 +165,16 @@ impl Raw {
     /// The next frame, or None when the broker closed the socket.
     pub async fn frame(&mut self) -> Option<Frame> {
         loop {
-            if let Some(f) = codec::decode_server_frame(&mut self.buf, 1 << 20).expect("broker frames decode") {
+            if let Some(f) =
+                codec::decode_server_frame(&mut self.buf, 1 << 20).expect("broker frames decode")
+            {
                 return Some(f);
             }
-            let n = tokio::time::timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
-                .await
-                .expect("broker answers within 10s")
-                .ok()?;
+            let n =
+                tokio::time::timeout(Duration::from_secs(10), self.sock.read_buf(&mut self.buf))
+                    .await
+                    .expect("broker answers within 10s")
+                    .ok()?;
             if n == 0 {
                 return None;
             }
@@ -232,8 +252,16 @@ impl Raw {
 
     /// channel.open and wait for open-ok.
     pub async fn open_channel(&mut self, ch: u16) {
-        let ok = self.call(ch, AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {}))).await;
-        assert!(matches!(ok, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))), "{ok:?}");
+        let ok = self
+            .call(
+                ch,
+                AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+            )
+            .await;
+        assert!(
+            matches!(ok, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
+            "{ok:?}"
+        );
     }
 
     /// Send a method and return the next method the broker sends.
@@ -257,7 +285,10 @@ impl Raw {
                 })),
             )
             .await;
-        assert!(matches!(ok, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))), "{ok:?}");
+        assert!(
+            matches!(ok, AMQPClass::Queue(queue::AMQPMethod::DeclareOk(_))),
+            "{ok:?}"
+        );
     }
 
     /// basic.publish + content header (raw property bytes) + one body frame.
@@ -282,8 +313,11 @@ impl Raw {
         match self.next_method().await {
             Some((c, AMQPClass::Channel(channel::AMQPMethod::Close(close)))) if c == ch => {
                 assert_eq!(close.reply_code, want, "close text: {}", close.reply_text);
-                self.method(ch, AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})))
-                    .await;
+                self.method(
+                    ch,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                )
+                .await;
             }
             other => panic!("expected channel.close {want} on {ch}, got {other:?}"),
         }

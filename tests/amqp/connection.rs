@@ -14,7 +14,8 @@ async fn start_advertises_rabbitmq_capabilities() {
     let b = start().await;
     let mut raw = Raw::connect(&b).await;
     raw.send(b"AMQP\x00\x00\x09\x01").await;
-    let Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) = raw.next_method().await
+    let Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) =
+        raw.next_method().await
     else {
         panic!("expected connection.start");
     };
@@ -36,7 +37,11 @@ async fn start_advertises_rabbitmq_capabilities() {
         "authentication_failure_close",
         "per_consumer_qos",
     ] {
-        assert_eq!(caps.inner().get(cap), Some(&AMQPValue::Boolean(true)), "{cap}");
+        assert_eq!(
+            caps.inner().get(cap),
+            Some(&AMQPValue::Boolean(true)),
+            "{cap}"
+        );
     }
     b.stop().await;
 }
@@ -61,7 +66,10 @@ async fn tune_offers_defaults_and_wrong_credentials_are_refused() {
     else {
         panic!("expected tune");
     };
-    assert_eq!((t.frame_max, t.channel_max, t.heartbeat), (131072, 2047, 60));
+    assert_eq!(
+        (t.frame_max, t.channel_max, t.heartbeat),
+        (131072, 2047, 60)
+    );
 
     let mut raw = Raw::connect(&b).await;
     let AMQPClass::Connection(connection::AMQPMethod::Close(c)) = raw.start("guest", "nope").await
@@ -280,7 +288,11 @@ async fn channel_flow_pauses_and_resumes_deliveries() {
     for i in 0..3u8 {
         publish(&ch, "", "flowq", &[i]).await;
     }
-    assert!(ch.channel_flow(ChannelFlowOptions { active: true }).await.unwrap());
+    assert!(
+        ch.channel_flow(ChannelFlowOptions { active: true })
+            .await
+            .unwrap()
+    );
     for i in 0..3u8 {
         assert_eq!(consumer.next().await.unwrap().unwrap().data, vec![i]);
     }

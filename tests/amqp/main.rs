@@ -1,9 +1,12 @@
 //! Integration tests over real sockets: a broker per test on 127.0.0.1:0, driven by lapin
 //! (and by a raw frame client for malformed input).
 
-mod common;
 mod basics;
+mod cli;
+mod common;
 mod connection;
+mod errors;
 mod exchanges;
-mod queues;
+mod flow;
 mod messages;
+mod queues;

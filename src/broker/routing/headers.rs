@@ -120,7 +120,10 @@ mod tests {
     #[test]
     fn x_keys_are_ignored_and_void_means_present() {
         let b = table(&[("x-extra", s("z")), ("k", AMQPValue::Void)]);
-        assert!(routes(&b, Some(&table(&[("k", AMQPValue::LongLongInt(5))]))));
+        assert!(routes(
+            &b,
+            Some(&table(&[("k", AMQPValue::LongLongInt(5))]))
+        ));
         assert!(!routes(&b, Some(&table(&[("j", s("1"))]))));
         let sb = table(&[("k", AMQPValue::ShortString("v".into()))]);
         assert!(routes(&sb, Some(&table(&[("k", s("v"))]))));

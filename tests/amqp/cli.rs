@@ -1,0 +1,103 @@
+//! The `warren` binary: flags, environment, config errors and graceful shutdown on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::common::Raw;
+
+fn warren() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.env_remove("WARREN_LISTEN").env_remove("WARREN_CONFIG");
+    c
+}
+
+/// Run to completion; (exit code, non-empty stderr lines).
+fn fails(c: &mut Command) -> (i32, Vec<String>) {
+    let out = c.output().expect("runs");
+    let lines = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect();
+    (out.status.code().unwrap_or(-1), lines)
+}
+
+#[test]
+fn bad_flags_and_values_exit_nonzero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "frame_max = \"big\"\n").unwrap();
+    let unknown_key = dir.path().join("unknown.toml");
+    std::fs::write(&unknown_key, "no_such_setting = 1\n").unwrap();
+    let small = dir.path().join("small.toml");
+    std::fs::write(&small, "frame_max = 100\n").unwrap();
+    let cases: Vec<Vec<String>> = vec![
+        vec!["--bogus".into()],
+        vec!["--listen".into(), "nonsense".into()],
+        vec!["--http-listen".into(), "127.0.0.1:notaport".into()],
+        vec!["--config".into(), bad_toml.display().to_string()],
+        vec!["--config".into(), unknown_key.display().to_string()],
+        vec!["--config".into(), small.display().to_string()],
+        vec!["--config".into(), "/nonexistent/warren.toml".into()],
+    ];
+    for args in cases {
+        let (code, lines) = fails(warren().args(&args));
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(lines.len(), 1, "{args:?}: {lines:?}");
+        assert!(lines[0].starts_with("warren: "), "{lines:?}");
+    }
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+/// Start the binary on an ephemeral port and read the port back from its log.
+fn spawn(cmd: &mut Command) -> Running {
+    let mut child = cmd
+        .env("WARREN_LOG", "info")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let port = loop {
+        let line = lines.next().expect("broker logs its address").unwrap();
+        if let Some(rest) = line.split("listening for AMQP on ").nth(1) {
+            break rest.trim().rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the broker never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running { child, port }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_clients_with_320_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut r = spawn(
+        warren()
+            .env("WARREN_LISTEN", "127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    let broker = crate::common::TestBroker {
+        server: None,
+        port: r.port,
+    };
+    let mut raw = Raw::connect(&broker).await;
+    raw.open(0, 0).await;
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(r.child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    raw.expect_close(320).await;
+    let exit = tokio::task::spawn_blocking(move || r.child.wait().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(exit.code(), Some(0));
+}

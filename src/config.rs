@@ -26,8 +26,12 @@ pub struct Config {
     pub max_connections: usize,
     pub handshake_timeout_ms: u64,
     pub queue_inbox: usize,
-    pub writer_queue: usize,
+    pub writer_buffer_bytes: usize,
     pub shutdown_timeout_ms: u64,
+    /// Fraction of the machine's memory that queued messages may use before publishers block.
+    pub memory_high_watermark: f64,
+    /// The same limit in bytes; overrides the fraction when set.
+    pub memory_high_watermark_bytes: Option<usize>,
 }
 
 impl Default for Config {
@@ -47,8 +51,10 @@ impl Default for Config {
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
             queue_inbox: 1024,
-            writer_queue: 64,
+            writer_buffer_bytes: 2 << 20,
             shutdown_timeout_ms: 5_000,
+            memory_high_watermark: 0.4,
+            memory_high_watermark_bytes: None,
         }
     }
 }
@@ -116,8 +122,14 @@ impl Config {
         if self.max_message_size == 0 || self.max_message_size > 512 * 1024 * 1024 {
             return Err("max_message_size must be between 1 and 536870912 bytes".into());
         }
-        if self.queue_inbox == 0 || self.writer_queue == 0 {
-            return Err("queue_inbox and writer_queue must be at least 1".into());
+        if self.queue_inbox == 0 {
+            return Err("queue_inbox must be at least 1".into());
+        }
+        if self.writer_buffer_bytes < 64 * 1024 {
+            return Err("writer_buffer_bytes must be at least 65536".into());
+        }
+        if !(self.memory_high_watermark > 0.0 && self.memory_high_watermark <= 1.0) {
+            return Err("memory_high_watermark must be a fraction in (0, 1]".into());
         }
         if self.default_vhost.is_empty() {
             return Err("default_vhost must not be empty".into());

@@ -39,7 +39,7 @@ fn main() {
         let server = match warren::Server::start(config).await {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("warren: cannot listen: {e}");
+                eprintln!("warren: {e}");
                 return 1;
             }
         };

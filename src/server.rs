@@ -25,9 +25,11 @@ impl Server {
         let addr = config
             .listen_addr()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let listener = TcpListener::bind(addr).await?;
+        let broker = Broker::open(Arc::new(config)).map_err(std::io::Error::other)?;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
-        let broker = Broker::new(Arc::new(config));
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, broker, rx));
         tracing::info!(
@@ -77,5 +79,7 @@ async fn accept_loop(
         tracing::warn!("connections still open after {grace:?}; stopping anyway");
         conns.abort_all();
     }
+    let store = broker.store.clone();
+    let _ = tokio::task::spawn_blocking(move || store.close()).await;
     tracing::info!("broker stopped");
 }

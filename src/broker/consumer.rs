@@ -31,6 +31,8 @@ pub enum ConnEvent {
         channel: u16,
         consumer_tag: Arc<str>,
     },
+    /// The store wrote (ok) or failed to write the publishes of sync request `token`.
+    Synced { token: u64, ok: bool },
 }
 
 pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;

@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod exchange;
+pub mod memory;
 pub mod message;
 pub mod queue;
 pub mod routing;
@@ -13,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::Config;
+use crate::store::Store;
+use memory::MemoryMonitor;
+use message::{Message, Persisted};
 use vhost::VHost;
 
 pub struct Broker {
@@ -21,21 +25,95 @@ pub struct Broker {
     next_conn: AtomicU64,
     /// Open connections (past the handshake), for the max_connections limit.
     pub connections: AtomicUsize,
+    pub memory: Arc<MemoryMonitor>,
+    pub store: Arc<Store>,
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>) -> Arc<Broker> {
+    /// Open the store in the data directory and rebuild everything durable from it.
+    pub fn open(config: Arc<Config>) -> Result<Arc<Broker>, String> {
+        let started = std::time::Instant::now();
+        let (store, recovered) = Store::open(&config.data_dir)?;
+        let limit = config.memory_high_watermark_bytes.unwrap_or_else(|| {
+            let total = memory::total_memory().unwrap_or(4 << 30);
+            (total as f64 * config.memory_high_watermark) as usize
+        });
+        tracing::info!("memory high watermark: {} MiB", limit >> 20);
+        let memory = Arc::new(MemoryMonitor::new(limit));
         let mut vhosts = HashMap::new();
-        vhosts.insert(
-            config.default_vhost.clone(),
-            VHost::new(&config.default_vhost, config.queue_inbox),
+        let vhost = VHost::new(
+            &config.default_vhost,
+            config.queue_inbox,
+            memory.clone(),
+            Some(store.clone()),
         );
-        Arc::new(Broker {
+        vhosts.insert(config.default_vhost.clone(), vhost);
+
+        // One shared message per stored row, referenced by every queue that holds it.
+        let mut refs: HashMap<u64, u32> = HashMap::new();
+        for q in &recovered.queues {
+            for (id, _) in &q.messages {
+                *refs.entry(*id).or_default() += 1;
+            }
+        }
+        let mut rows = recovered.messages;
+        let mut shared: HashMap<u64, Arc<Message>> = HashMap::new();
+        let mut queues: HashMap<String, Vec<_>> = HashMap::new();
+        let mut total = 0usize;
+        for q in recovered.queues {
+            let mut msgs = Vec::with_capacity(q.messages.len());
+            for (id, delivered) in q.messages {
+                let msg = match shared.get(&id) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let Some(row) = rows.remove(&id) else {
+                            continue;
+                        };
+                        let p = Arc::new(Persisted::new(id, refs[&id]));
+                        let m = Arc::new(Message::from_stored(row, Some(p)));
+                        shared.insert(id, m.clone());
+                        m
+                    }
+                };
+                msgs.push((msg, delivered));
+            }
+            total += msgs.len();
+            queues
+                .entry(q.queue.vhost.clone())
+                .or_default()
+                .push((q.queue, msgs));
+        }
+        let mut exchanges: HashMap<String, Vec<_>> = HashMap::new();
+        for x in recovered.exchanges {
+            exchanges.entry(x.vhost.clone()).or_default().push(x);
+        }
+        let mut bindings: HashMap<String, Vec<_>> = HashMap::new();
+        for b in recovered.bindings {
+            bindings.entry(b.vhost.clone()).or_default().push(b);
+        }
+        for (name, v) in &vhosts {
+            v.restore(
+                exchanges.remove(name).unwrap_or_default(),
+                queues.remove(name).unwrap_or_default(),
+                bindings.remove(name).unwrap_or_default(),
+            );
+        }
+        for name in exchanges.keys().chain(queues.keys()).chain(bindings.keys()) {
+            tracing::warn!(vhost = name, "stored state of an unknown vhost ignored");
+        }
+        tracing::info!(
+            messages = total,
+            ms = started.elapsed().as_millis() as u64,
+            "recovery complete"
+        );
+        Ok(Arc::new(Broker {
             config,
             vhosts,
             next_conn: AtomicU64::new(1),
             connections: AtomicUsize::new(0),
-        })
+            memory,
+            store,
+        }))
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -12,10 +12,12 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::consumer::{ConnEvent, ConsumerSpec};
+use super::memory::MemoryMonitor;
 use super::message::Message;
 use super::vhost::VHost;
 use crate::error::Error;
 use crate::protocol::FieldTable;
+use crate::store::{Op, Store};
 
 pub type ConnId = u64;
 
@@ -33,6 +35,9 @@ pub struct Entry {
     pub msg: Arc<Message>,
     pub redelivered: bool,
 }
+
+/// Messages recovered for a queue, in order, each with whether it had been delivered.
+pub type Recovered = Vec<(Arc<Message>, bool)>;
 
 /// What a `basic.get` returns: the message and how many are left ready.
 pub type GetReply = Option<(Entry, u32)>;
@@ -83,6 +88,8 @@ pub struct QueueShared {
     pub exclusive_owner: Option<ConnId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// Set for durable queues: their persistent messages are in the store.
+    pub store: Option<Arc<Store>>,
     tx: mpsc::Sender<QueueCmd>,
     wake: Notify,
 }
@@ -118,6 +125,10 @@ pub struct QueueSpec {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     pub inbox: usize,
+    pub memory: Arc<MemoryMonitor>,
+    pub store: Option<Arc<Store>>,
+    pub initial: Recovered,
+    pub vhost: String,
 }
 
 /// Start a queue task; it ends when the queue is deleted.
@@ -130,10 +141,13 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
         exclusive_owner: spec.exclusive_owner,
         auto_delete: spec.auto_delete,
         arguments: spec.arguments,
+        store: spec.store,
         tx,
         wake: Notify::new(),
     });
-    let q = Queue {
+    let mut q = Queue {
+        vhost_name: spec.vhost,
+        ops: Vec::new(),
         shared: shared.clone(),
         vhost,
         ready: VecDeque::new(),
@@ -142,7 +156,11 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
         rr: 0,
         next_seq: 0,
         ever_consumed: false,
+        bytes: 0,
+        memory: spec.memory,
     };
+    // Recovered messages: those delivered before the restart come back redelivered.
+    q.enqueue(spec.initial);
     tokio::spawn(q.run(rx));
     shared
 }
@@ -168,6 +186,12 @@ struct Queue {
     rr: usize,
     next_seq: u64,
     ever_consumed: bool,
+    /// Weight of the messages held (ready + unacked), reported to the memory alarm.
+    bytes: usize,
+    memory: Arc<MemoryMonitor>,
+    /// Store writes of this round (delivery marks, dequeues), submitted together.
+    ops: Vec<Op>,
+    vhost_name: String,
 }
 
 /// Commands taken from the inbox per wake-up, so publishes arrive in batches.
@@ -185,6 +209,7 @@ impl Queue {
                     }
                     for cmd in cmds.drain(..) {
                         if self.handle(cmd) {
+                            self.flush_ops();
                             return;
                         }
                     }
@@ -192,23 +217,51 @@ impl Queue {
                 _ = shared.wake.notified() => {}
             }
             self.dispatch();
+            self.flush_ops();
+        }
+    }
+
+    /// Acks and delivery marks need no sync: a lost one means a redelivery, never a loss.
+    fn flush_ops(&mut self) {
+        if let Some(store) = &self.shared.store
+            && !self.ops.is_empty()
+        {
+            store.submit(std::mem::take(&mut self.ops), false, None);
+        }
+    }
+
+    fn enqueue(&mut self, msgs: impl IntoIterator<Item = (Arc<Message>, bool)>) {
+        for (msg, redelivered) in msgs {
+            let w = msg.weight();
+            self.bytes += w;
+            self.memory.add(w);
+            let seq = self.next_seq;
+            self.next_seq += 1;
+            self.ready.push_back(Entry {
+                seq,
+                msg,
+                redelivered,
+            });
+        }
+    }
+
+    /// Persist that a message went out, so it comes back redelivered after a crash.
+    fn mark_delivered(&mut self, e: &Entry) {
+        if self.shared.store.is_some()
+            && !e.redelivered
+            && let Some(p) = &e.msg.stored
+        {
+            self.ops.push(Op::Delivered {
+                queue: self.shared.id,
+                msg: p.id,
+            });
         }
     }
 
     /// Returns true when the queue has been deleted and the task must end.
     fn handle(&mut self, cmd: QueueCmd) -> bool {
         match cmd {
-            QueueCmd::Publish(msgs) => {
-                for msg in msgs {
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    self.ready.push_back(Entry {
-                        seq,
-                        msg,
-                        redelivered: false,
-                    });
-                }
-            }
+            QueueCmd::Publish(msgs) => self.enqueue(msgs.into_iter().map(|m| (m, false))),
             QueueCmd::Consume(spec, reply) => {
                 let _ = reply.send(self.add_consumer(spec));
             }
@@ -224,7 +277,10 @@ impl Queue {
                 reply,
             } => {
                 let got = self.ready.pop_front().map(|entry| {
-                    if !no_ack {
+                    if no_ack {
+                        self.forget(&entry);
+                    } else {
+                        self.mark_delivered(&entry);
                         self.unacked.insert(
                             entry.seq,
                             Held {
@@ -240,7 +296,9 @@ impl Queue {
             }
             QueueCmd::Ack(seqs) | QueueCmd::Discard(seqs) => {
                 for seq in seqs {
-                    self.settle(seq);
+                    if let Some(e) = self.settle(seq) {
+                        self.forget(&e);
+                    }
                 }
             }
             QueueCmd::Requeue(seqs) => {
@@ -254,6 +312,7 @@ impl Queue {
             QueueCmd::Return { entries, no_ack } => {
                 for e in entries {
                     if no_ack {
+                        self.unforget(&e);
                         self.insert_ready(e);
                     } else if let Some(e) = self.settle(e.seq) {
                         self.insert_ready(e);
@@ -282,7 +341,9 @@ impl Queue {
             }
             QueueCmd::Purge(reply) => {
                 let n = self.ready.len() as u32;
-                self.ready.clear();
+                for e in std::mem::take(&mut self.ready) {
+                    self.forget(&e);
+                }
                 let _ = reply.send(n);
             }
             QueueCmd::Delete {
@@ -290,7 +351,7 @@ impl Queue {
                 if_empty,
                 reply,
             } => {
-                let vhost = self.vhost_name();
+                let vhost = &self.vhost_name;
                 if if_unused && !self.consumers.is_empty() {
                     let _ = reply.send(Err(Error::precondition(format!(
                         "queue '{}' in vhost '{vhost}' in use",
@@ -314,21 +375,13 @@ impl Queue {
         false
     }
 
-    fn vhost_name(&self) -> String {
-        self.vhost
-            .upgrade()
-            .map(|v| v.name.clone())
-            .unwrap_or_default()
-    }
-
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), Error> {
         let locked = self.consumers.iter().any(|c| c.spec.exclusive)
             || (spec.exclusive && !self.consumers.is_empty());
         if locked {
             return Err(Error::access_refused(format!(
                 "queue '{}' in vhost '{}' in exclusive use",
-                self.shared.name,
-                self.vhost_name()
+                self.shared.name, self.vhost_name
             )));
         }
         self.ever_consumed = true;
@@ -350,6 +403,49 @@ impl Queue {
         Some(held.entry)
     }
 
+    /// The queue no longer holds this message (acked, dropped, or delivered without ack).
+    fn forget(&mut self, e: &Entry) {
+        let w = e.msg.weight();
+        self.bytes -= w;
+        self.memory.sub(w);
+        if self.shared.store.is_some()
+            && let Some(p) = &e.msg.stored
+        {
+            self.ops.push(Op::Dequeue {
+                queue: self.shared.id,
+                msg: p.id,
+            });
+            if p.release() {
+                self.ops.push(Op::DeleteMessage {
+                    id: p.id,
+                    size: e.msg.weight(),
+                });
+            }
+        }
+    }
+
+    /// Undo `forget` for a no-ack delivery that never reached its consumer.
+    fn unforget(&mut self, e: &Entry) {
+        let w = e.msg.weight();
+        self.bytes += w;
+        self.memory.add(w);
+        if self.shared.store.is_some()
+            && let Some(p) = &e.msg.stored
+        {
+            if p.acquire() {
+                // Its row was deleted after the last release: write it again, in order.
+                self.ops.push(Op::PutMessage {
+                    id: p.id,
+                    msg: e.msg.to_stored(),
+                });
+            }
+            self.ops.push(Op::Enqueue {
+                queue: self.shared.id,
+                msg: p.id,
+            });
+        }
+    }
+
     fn insert_ready(&mut self, e: Entry) {
         let at = self.ready.partition_point(|r| r.seq < e.seq);
         self.ready.insert(at, e);
@@ -365,6 +461,29 @@ impl Queue {
     }
 
     fn delete(&mut self) {
+        self.memory.sub(self.bytes);
+        self.bytes = 0;
+        let held: Vec<Entry> = std::mem::take(&mut self.ready)
+            .into_iter()
+            .chain(self.unacked.drain().map(|(_, h)| h.entry))
+            .collect();
+        if self.shared.store.is_some() {
+            for e in held {
+                if let Some(p) = &e.msg.stored
+                    && p.release()
+                {
+                    self.ops.push(Op::DeleteMessage {
+                        id: p.id,
+                        size: e.msg.weight(),
+                    });
+                }
+            }
+            self.ops.push(Op::DeleteQueue {
+                vhost: self.vhost_name.clone(),
+                name: self.shared.name.to_string(),
+                id: self.shared.id,
+            });
+        }
         for c in self.consumers.drain(..) {
             let _ = c.spec.events.send(ConnEvent::Cancelled {
                 channel: c.spec.owner.channel,
@@ -410,8 +529,11 @@ impl Queue {
             let Some(entry) = self.ready.pop_front() else {
                 break;
             };
-            let c = &mut self.consumers[i];
-            if !c.spec.no_ack {
+            if self.consumers[i].spec.no_ack {
+                self.forget(&entry);
+            } else {
+                self.mark_delivered(&entry);
+                let c = &mut self.consumers[i];
                 c.unacked += 1;
                 self.unacked.insert(
                     entry.seq,
@@ -442,13 +564,18 @@ impl Queue {
                 flow: c.spec.flow.clone(),
                 entries,
             };
+            let no_ack = c.spec.no_ack;
             if let Err(mpsc::error::SendError(ev)) = c.spec.events.send(ev) {
-                // The connection is gone; its close will requeue what it held.
+                // The connection is gone: the messages were never delivered.
                 gone.push(i);
                 if let ConnEvent::Deliver { entries, .. } = ev {
                     for e in entries {
-                        let e = self.settle(e.seq).unwrap_or(e);
-                        self.insert_ready(e);
+                        if no_ack {
+                            self.unforget(&e);
+                            self.insert_ready(e);
+                        } else if let Some(e) = self.settle(e.seq) {
+                            self.insert_ready(e);
+                        }
                     }
                 }
             }

@@ -6,13 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
+use tokio::sync::oneshot;
 
 use super::exchange::{Binding, DestName, ExchangeDef, ExchangeKind, ExchangeRoute, Router};
+use super::memory::MemoryMonitor;
 use super::message::Message;
 use super::queue::{self, ConnId, QueueHandle, QueueShared, QueueSpec};
 use super::routing::Dest;
 use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
+use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
 
 /// Queue arguments whose values must match on redeclare, as RabbitMQ checks them.
 const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
@@ -72,6 +75,28 @@ pub struct VHost {
     routes: ArcSwap<Routes>,
     weak: Weak<VHost>,
     queue_inbox: usize,
+    memory: Arc<MemoryMonitor>,
+    store: Option<Arc<Store>>,
+}
+
+/// A topology change on its way to disk: declare-ok and friends wait for it, so that an
+/// acknowledged durable declaration survives a crash.
+#[must_use]
+pub struct Written(Option<oneshot::Receiver<bool>>);
+
+impl Written {
+    pub async fn wait(self) -> Result<(), Error> {
+        match self.0 {
+            None => Ok(()),
+            Some(rx) => match rx.await {
+                Ok(true) => Ok(()),
+                _ => Err(Error::connection(
+                    code::INTERNAL_ERROR,
+                    "store write failed",
+                )),
+            },
+        }
+    }
 }
 
 fn inequivalent(what: &str, arg: &str, name: &str, vhost: &str, got: &str, cur: &str) -> Error {
@@ -85,13 +110,20 @@ fn default_exchange_refused() -> Error {
 }
 
 impl VHost {
-    pub fn new(name: &str, queue_inbox: usize) -> Arc<VHost> {
+    pub fn new(
+        name: &str,
+        queue_inbox: usize,
+        memory: Arc<MemoryMonitor>,
+        store: Option<Arc<Store>>,
+    ) -> Arc<VHost> {
         let vhost = Arc::new_cyclic(|weak| VHost {
             name: name.to_string(),
             topo: Mutex::new(Topology::default()),
             routes: ArcSwap::from_pointee(Routes::default()),
             weak: weak.clone(),
             queue_inbox,
+            memory,
+            store,
         });
         let builtin = [
             ("", ExchangeKind::Direct),
@@ -126,6 +158,114 @@ impl VHost {
         // A panic elsewhere must not take routing down with it: the topology stays consistent
         // because every mutation below completes before it publishes.
         self.topo.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queue `ops` for the store (called with the topology lock held, so they are written in
+    /// the order the changes were made).
+    fn write(&self, ops: Vec<Op>) -> Written {
+        match &self.store {
+            Some(store) if !ops.is_empty() => {
+                let (tx, rx) = oneshot::channel();
+                store.submit(
+                    ops,
+                    true,
+                    Some(Box::new(move |ok| {
+                        let _ = tx.send(ok);
+                    })),
+                );
+                Written(Some(rx))
+            }
+            _ => Written(None),
+        }
+    }
+
+    fn stored_binding(&self, source: &str, b: &Binding) -> StoredBinding {
+        let (to_queue, destination) = match &b.dest {
+            DestName::Queue(q) => (true, q.to_string()),
+            DestName::Exchange(x) => (false, x.to_string()),
+        };
+        StoredBinding {
+            vhost: self.name.clone(),
+            source: source.to_string(),
+            to_queue,
+            destination,
+            routing_key: b.key.clone(),
+            arguments: b.arguments.clone(),
+        }
+    }
+
+    /// Rebuild durable topology and queues read back from the store, before any client.
+    pub fn restore(
+        &self,
+        exchanges: Vec<StoredExchange>,
+        queues: Vec<(StoredQueue, queue::Recovered)>,
+        bindings: Vec<StoredBinding>,
+    ) {
+        let mut t = self.lock();
+        for x in exchanges {
+            let Some(kind) = ExchangeKind::parse(&x.kind) else {
+                tracing::warn!(
+                    exchange = x.name,
+                    kind = x.kind,
+                    "skipping stored exchange of unknown type"
+                );
+                continue;
+            };
+            let name: Arc<str> = x.name.as_str().into();
+            t.exchanges.insert(
+                name.clone(),
+                ExchangeDef {
+                    name,
+                    kind,
+                    durable: true,
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: x.arguments,
+                },
+            );
+        }
+        for (q, messages) in queues {
+            t.next_queue_id = t.next_queue_id.max(q.id);
+            tracing::info!(
+                vhost = self.name,
+                queue = q.name,
+                messages = messages.len(),
+                "recovered queue"
+            );
+            let name: Arc<str> = q.name.as_str().into();
+            let h = queue::spawn(
+                QueueSpec {
+                    name: name.clone(),
+                    id: q.id,
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete: q.auto_delete,
+                    arguments: q.arguments,
+                    inbox: self.queue_inbox,
+                    memory: self.memory.clone(),
+                    store: self.store.clone(),
+                    initial: messages,
+                    vhost: self.name.clone(),
+                },
+                self.weak.clone(),
+            );
+            t.queues.insert(name, h);
+        }
+        for b in bindings {
+            let dest = if b.to_queue {
+                DestName::Queue(b.destination.as_str().into())
+            } else {
+                DestName::Exchange(b.destination.as_str().into())
+            };
+            let source: Arc<str> = b.source.as_str().into();
+            t.bindings.entry(source).or_default().push(Binding {
+                dest,
+                key: b.routing_key,
+                arguments: b.arguments,
+            });
+        }
+        let names: Vec<Arc<str>> = t.exchanges.keys().cloned().collect();
+        self.publish(&t, &names, true);
     }
 
     /// The routing snapshot; cheap, lock-free.
@@ -187,7 +327,7 @@ impl VHost {
         self.routes.store(Arc::new(Routes { exchanges, queues }));
     }
 
-    pub fn declare_exchange(&self, d: &ExchangeDecl) -> Result<(), Error> {
+    pub fn declare_exchange(&self, d: &ExchangeDecl) -> Result<Written, Error> {
         if d.name.is_empty() && !d.passive {
             return Err(default_exchange_refused());
         }
@@ -203,7 +343,9 @@ impl VHost {
         };
         let mut t = self.lock();
         if let Some(x) = t.exchanges.get(d.name.as_str()) {
-            let Some(kind) = kind else { return Ok(()) };
+            let Some(kind) = kind else {
+                return Ok(Written(None));
+            };
             let check = |arg: &str, got: String, cur: String| {
                 if got != cur {
                     Err(inequivalent(
@@ -221,7 +363,7 @@ impl VHost {
                 x.auto_delete.to_string(),
             )?;
             check("internal", d.internal.to_string(), x.internal.to_string())?;
-            return Ok(());
+            return Ok(Written(None));
         }
         let Some(kind) = kind else {
             return Err(self.no_exchange(&d.name));
@@ -245,10 +387,21 @@ impl VHost {
             },
         );
         self.publish(&t, &[name], false);
-        Ok(())
+        let mut ops = Vec::new();
+        if d.durable {
+            ops.push(Op::PutExchange(StoredExchange {
+                vhost: self.name.clone(),
+                name: d.name.clone(),
+                kind: kind.as_str().into(),
+                auto_delete: d.auto_delete,
+                internal: d.internal,
+                arguments: d.arguments.clone(),
+            }));
+        }
+        Ok(self.write(ops))
     }
 
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<Written, Error> {
         if name.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -260,7 +413,7 @@ impl VHost {
         }
         let mut t = self.lock();
         if !t.exchanges.contains_key(name) {
-            return Ok(());
+            return Ok(Written(None));
         }
         if if_unused && t.bindings.get(name).is_some_and(|b| !b.is_empty()) {
             return Err(Error::precondition(format!(
@@ -269,9 +422,40 @@ impl VHost {
             )));
         }
         let mut changed = Vec::new();
-        remove_exchange(&mut t, name, &mut changed);
+        let mut removed = Removed::default();
+        remove_exchange(&mut t, name, &mut changed, &mut removed);
         self.publish(&t, &changed, false);
-        Ok(())
+        let ops = self.removal_ops(removed);
+        Ok(self.write(ops))
+    }
+
+    fn removal_ops(&self, removed: Removed) -> Vec<Op> {
+        if self.store.is_none() {
+            return Vec::new();
+        }
+        let mut ops: Vec<Op> = removed
+            .bindings
+            .iter()
+            .map(|(source, b)| Op::DeleteBinding(self.stored_binding(source, b)))
+            .collect();
+        ops.extend(
+            removed
+                .exchanges
+                .into_iter()
+                .map(|name| Op::DeleteExchange {
+                    vhost: self.name.clone(),
+                    name: name.to_string(),
+                }),
+        );
+        ops
+    }
+
+    /// Is this destination durable (so a binding to it from a durable exchange is stored)?
+    fn durable_dest(t: &Topology, dest: &DestName) -> bool {
+        match dest {
+            DestName::Queue(q) => t.queues.get(q).is_some_and(|h| h.store.is_some()),
+            DestName::Exchange(x) => t.exchanges.get(x).is_some_and(|x| x.durable),
+        }
     }
 
     fn check_dest(&self, t: &Topology, dest: &DestName, conn: ConnId) -> Result<(), Error> {
@@ -299,7 +483,7 @@ impl VHost {
         key: &str,
         arguments: &FieldTable,
         conn: ConnId,
-    ) -> Result<(), Error> {
+    ) -> Result<Written, Error> {
         if source.is_empty() {
             return Err(default_exchange_refused());
         }
@@ -310,20 +494,27 @@ impl VHost {
             return Err(self.no_exchange(source));
         };
         let source = source.clone();
+        let durable = t.exchanges[&source].durable && Self::durable_dest(&t, &dest);
         let list = t.bindings.entry(source.clone()).or_default();
         if list
             .iter()
             .any(|b| b.dest == dest && b.key == key && &b.arguments == arguments)
         {
-            return Ok(());
+            return Ok(Written(None));
         }
-        list.push(Binding {
+        let binding = Binding {
             dest,
             key: key.to_string(),
             arguments: arguments.clone(),
-        });
+        };
+        let ops = if durable && self.store.is_some() {
+            vec![Op::PutBinding(self.stored_binding(&source, &binding))]
+        } else {
+            Vec::new()
+        };
+        list.push(binding);
         self.publish(&t, &[source], false);
-        Ok(())
+        Ok(self.write(ops))
     }
 
     pub fn unbind(
@@ -333,7 +524,7 @@ impl VHost {
         key: &str,
         arguments: &FieldTable,
         conn: ConnId,
-    ) -> Result<(), Error> {
+    ) -> Result<Written, Error> {
         if source.is_empty() || dest == DestName::Exchange("".into()) {
             return Err(default_exchange_refused());
         }
@@ -346,28 +537,36 @@ impl VHost {
             return Err(self.locked(q));
         }
         let Some(list) = t.bindings.get_mut(source) else {
-            return Ok(());
+            return Ok(Written(None));
         };
-        let before = list.len();
-        list.retain(|b| !(b.dest == dest && b.key == key && &b.arguments == arguments));
-        if list.len() == before {
-            return Ok(());
-        }
+        let Some(at) = list
+            .iter()
+            .position(|b| b.dest == dest && b.key == key && &b.arguments == arguments)
+        else {
+            return Ok(Written(None));
+        };
+        let mut removed = Removed::default();
+        removed.bindings.push((source.into(), list.remove(at)));
         let mut changed = vec![Arc::<str>::from(source)];
-        maybe_auto_delete_exchange(&mut t, source, &mut changed);
+        maybe_auto_delete_exchange(&mut t, source, &mut changed, &mut removed);
         self.publish(&t, &changed, false);
-        Ok(())
+        let ops = self.removal_ops(removed);
+        Ok(self.write(ops))
     }
 
     /// Declare (or check) a queue; returns its handle.
-    pub fn declare_queue(&self, d: &QueueDecl, conn: ConnId) -> Result<QueueHandle, Error> {
+    pub fn declare_queue(
+        &self,
+        d: &QueueDecl,
+        conn: ConnId,
+    ) -> Result<(QueueHandle, Written), Error> {
         let mut t = self.lock();
         if let Some(q) = t.queues.get(d.name.as_str()) {
             if q.exclusive_owner.is_some_and(|o| o != conn) {
                 return Err(self.locked(&d.name));
             }
             if d.passive {
-                return Ok(q.clone());
+                return Ok((q.clone(), Written(None)));
             }
             if q.exclusive_owner.is_some() != d.exclusive {
                 return Err(self.locked(&d.name));
@@ -402,7 +601,7 @@ impl VHost {
                     ));
                 }
             }
-            return Ok(q.clone());
+            return Ok((q.clone(), Written(None)));
         }
         if d.passive {
             return Err(self.no_queue(&d.name));
@@ -417,7 +616,7 @@ impl VHost {
     }
 
     /// A server-named queue (`amq.gen-…`), as for a declare with an empty name.
-    pub fn declare_server_named(&self, d: &QueueDecl, conn: ConnId) -> QueueHandle {
+    pub fn declare_server_named(&self, d: &QueueDecl, conn: ConnId) -> (QueueHandle, Written) {
         let mut t = self.lock();
         let mut d = d.clone();
         loop {
@@ -429,9 +628,16 @@ impl VHost {
         self.create_queue(&mut t, &d, conn)
     }
 
-    fn create_queue(&self, t: &mut Topology, d: &QueueDecl, conn: ConnId) -> QueueHandle {
+    fn create_queue(
+        &self,
+        t: &mut Topology,
+        d: &QueueDecl,
+        conn: ConnId,
+    ) -> (QueueHandle, Written) {
         t.next_queue_id += 1;
         let name: Arc<str> = d.name.as_str().into();
+        // Exclusive queues die with their connection: never durable, whatever the flag says.
+        let durable = d.durable && !d.exclusive;
         let h = queue::spawn(
             QueueSpec {
                 name: name.clone(),
@@ -441,12 +647,27 @@ impl VHost {
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
                 inbox: self.queue_inbox,
+                memory: self.memory.clone(),
+                store: if durable { self.store.clone() } else { None },
+                initial: Vec::new(),
+                vhost: self.name.clone(),
             },
             self.weak.clone(),
         );
         t.queues.insert(name, h.clone());
         self.publish(t, &[], true);
-        h
+        let ops = if durable {
+            vec![Op::PutQueue(StoredQueue {
+                vhost: self.name.clone(),
+                name: d.name.clone(),
+                id: h.id,
+                auto_delete: d.auto_delete,
+                arguments: d.arguments.clone(),
+            })]
+        } else {
+            Vec::new()
+        };
+        (h, self.write(ops))
     }
 
     /// Look up a queue for use by `conn` (404 if missing, 405 if exclusive to another).
@@ -467,8 +688,16 @@ impl VHost {
         }
         t.queues.remove(&q.name);
         let mut changed = Vec::new();
-        drop_bindings_to(&mut t, &DestName::Queue(q.name.clone()), &mut changed);
+        let mut removed = Removed::default();
+        drop_bindings_to(
+            &mut t,
+            &DestName::Queue(q.name.clone()),
+            &mut changed,
+            &mut removed,
+        );
         self.publish(&t, &changed, true);
+        let ops = self.removal_ops(removed);
+        let _ = self.write(ops);
     }
 }
 
@@ -549,35 +778,70 @@ fn server_name() -> String {
     format!("amq.gen-{tail}")
 }
 
-/// Remove an exchange, its bindings, and bindings to it (which may auto-delete others).
-fn remove_exchange(t: &mut Topology, name: &str, changed: &mut Vec<Arc<str>>) {
-    let Some((key, _)) = t.exchanges.remove_entry(name) else {
-        return;
-    };
-    t.bindings.remove(name);
-    changed.push(key.clone());
-    drop_bindings_to(t, &DestName::Exchange(key), changed);
+/// What a removal took with it, for the store.
+#[derive(Default)]
+struct Removed {
+    /// Durable exchanges removed.
+    exchanges: Vec<Arc<str>>,
+    /// (source, binding) pairs removed.
+    bindings: Vec<(Arc<str>, Binding)>,
 }
 
-fn drop_bindings_to(t: &mut Topology, dest: &DestName, changed: &mut Vec<Arc<str>>) {
+/// Remove an exchange, its bindings, and bindings to it (which may auto-delete others).
+fn remove_exchange(
+    t: &mut Topology,
+    name: &str,
+    changed: &mut Vec<Arc<str>>,
+    removed: &mut Removed,
+) {
+    let Some((key, def)) = t.exchanges.remove_entry(name) else {
+        return;
+    };
+    if def.durable {
+        removed.exchanges.push(key.clone());
+    }
+    for b in t.bindings.remove(name).unwrap_or_default() {
+        removed.bindings.push((key.clone(), b));
+    }
+    changed.push(key.clone());
+    drop_bindings_to(t, &DestName::Exchange(key), changed, removed);
+}
+
+fn drop_bindings_to(
+    t: &mut Topology,
+    dest: &DestName,
+    changed: &mut Vec<Arc<str>>,
+    removed: &mut Removed,
+) {
     let mut emptied = Vec::new();
     for (source, list) in t.bindings.iter_mut() {
         let before = list.len();
-        list.retain(|b| &b.dest != dest);
+        let (gone, kept): (Vec<Binding>, Vec<Binding>) = std::mem::take(list)
+            .into_iter()
+            .partition(|b| &b.dest == dest);
+        *list = kept;
         if list.len() != before {
             changed.push(source.clone());
             emptied.push(source.clone());
+            removed
+                .bindings
+                .extend(gone.into_iter().map(|b| (source.clone(), b)));
         }
     }
     for source in emptied {
-        maybe_auto_delete_exchange(t, &source, changed);
+        maybe_auto_delete_exchange(t, &source, changed, removed);
     }
 }
 
 /// Auto-delete exchanges go when their last binding (as source) goes.
-fn maybe_auto_delete_exchange(t: &mut Topology, name: &str, changed: &mut Vec<Arc<str>>) {
+fn maybe_auto_delete_exchange(
+    t: &mut Topology,
+    name: &str,
+    changed: &mut Vec<Arc<str>>,
+    removed: &mut Removed,
+) {
     let unused = t.bindings.get(name).is_none_or(|b| b.is_empty());
     if unused && t.exchanges.get(name).is_some_and(|x| x.auto_delete) {
-        remove_exchange(t, name, changed);
+        remove_exchange(t, name, changed, removed);
     }
 }

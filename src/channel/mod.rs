@@ -160,12 +160,17 @@ mod tests {
     use crate::broker::vhost::{QueueDecl, VHost};
 
     fn queue() -> QueueHandle {
-        let v = VHost::new("/", 8);
+        let v = VHost::new(
+            "/",
+            8,
+            Arc::new(crate::broker::memory::MemoryMonitor::new(0)),
+            None,
+        );
         let d = QueueDecl {
             name: "q".into(),
             ..Default::default()
         };
-        v.declare_queue(&d, 1).unwrap()
+        v.declare_queue(&d, 1).unwrap().0
     }
 
     #[tokio::test]

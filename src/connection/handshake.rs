@@ -49,6 +49,7 @@ fn client_caps(props: &FieldTable) -> ClientCaps {
     let on = |k: &str| matches!(caps.inner().get(k), Some(AMQPValue::Boolean(true)));
     ClientCaps {
         consumer_cancel_notify: on("consumer_cancel_notify"),
+        connection_blocked: on("connection.blocked"),
     }
 }
 

@@ -46,7 +46,7 @@ impl Conn {
     pub(super) async fn on_method(&mut self, ch: u16, m: AMQPClass) -> Result<(), Error> {
         match m {
             AMQPClass::Channel(m) => self.on_channel(ch, m).await,
-            AMQPClass::Exchange(m) => self.on_exchange(ch, m),
+            AMQPClass::Exchange(m) => self.on_exchange(ch, m).await,
             AMQPClass::Queue(m) => self.on_queue(ch, m).await,
             AMQPClass::Basic(m) => self.on_basic(ch, m).await,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
@@ -114,7 +114,11 @@ impl Conn {
                             .consumers
                             .get(&p.consumer_tag)
                             .map(|c| c.flow.clone());
-                        self.write_deliveries(ch, &p.consumer_tag, p.no_ack, &p.queue, p.entries);
+                        self.write_deliveries(ch, &p.consumer_tag, p.no_ack, &p.queue, p.entries)
+                            .await
+                            .map_err(|_| {
+                                Error::connection(code::INTERNAL_ERROR, "connection is closing")
+                            })?;
                         if flow.is_some_and(|f| f.done(n)) {
                             p.queue.wake();
                         }
@@ -127,19 +131,22 @@ impl Conn {
         }
     }
 
-    fn on_exchange(&mut self, ch: u16, m: exchange::AMQPMethod) -> Result<(), Error> {
+    async fn on_exchange(&mut self, ch: u16, m: exchange::AMQPMethod) -> Result<(), Error> {
         let vhost = self.vhost().clone();
         match m {
             exchange::AMQPMethod::Declare(d) => {
-                vhost.declare_exchange(&ExchangeDecl {
-                    name: d.exchange.to_string(),
-                    kind: d.kind.to_string(),
-                    passive: d.passive,
-                    durable: d.durable,
-                    auto_delete: d.auto_delete,
-                    internal: d.internal,
-                    arguments: d.arguments,
-                })?;
+                vhost
+                    .declare_exchange(&ExchangeDecl {
+                        name: d.exchange.to_string(),
+                        kind: d.kind.to_string(),
+                        passive: d.passive,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: d.arguments,
+                    })?
+                    .wait()
+                    .await?;
                 self.reply(
                     ch,
                     d.nowait,
@@ -147,7 +154,10 @@ impl Conn {
                 );
             }
             exchange::AMQPMethod::Delete(d) => {
-                vhost.delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)?
+                    .wait()
+                    .await?;
                 self.reply(
                     ch,
                     d.nowait,
@@ -155,13 +165,16 @@ impl Conn {
                 );
             }
             exchange::AMQPMethod::Bind(b) => {
-                vhost.bind(
-                    b.source.as_str(),
-                    DestName::Exchange(b.destination.as_str().into()),
-                    b.routing_key.as_str(),
-                    &b.arguments,
-                    self.id,
-                )?;
+                vhost
+                    .bind(
+                        b.source.as_str(),
+                        DestName::Exchange(b.destination.as_str().into()),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                        self.id,
+                    )?
+                    .wait()
+                    .await?;
                 self.reply(
                     ch,
                     b.nowait,
@@ -169,13 +182,16 @@ impl Conn {
                 );
             }
             exchange::AMQPMethod::Unbind(b) => {
-                vhost.unbind(
-                    b.source.as_str(),
-                    DestName::Exchange(b.destination.as_str().into()),
-                    b.routing_key.as_str(),
-                    &b.arguments,
-                    self.id,
-                )?;
+                vhost
+                    .unbind(
+                        b.source.as_str(),
+                        DestName::Exchange(b.destination.as_str().into()),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                        self.id,
+                    )?
+                    .wait()
+                    .await?;
                 self.reply(
                     ch,
                     b.nowait,
@@ -204,12 +220,13 @@ impl Conn {
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
                 };
-                let q = if decl.name.is_empty() && !decl.passive {
+                let (q, written) = if decl.name.is_empty() && !decl.passive {
                     vhost.declare_server_named(&decl, self.id)
                 } else {
                     decl.name = self.channel(ch).queue_name(&decl.name)?;
                     vhost.declare_queue(&decl, self.id)?
                 };
+                written.wait().await?;
                 if q.exclusive_owner == Some(self.id)
                     && !self.exclusive.iter().any(|e| e.id == q.id)
                 {
@@ -237,13 +254,16 @@ impl Conn {
                 } else {
                     b.routing_key.to_string()
                 };
-                vhost.bind(
-                    b.exchange.as_str(),
-                    DestName::Queue(name.as_str().into()),
-                    &key,
-                    &b.arguments,
-                    self.id,
-                )?;
+                vhost
+                    .bind(
+                        b.exchange.as_str(),
+                        DestName::Queue(name.as_str().into()),
+                        &key,
+                        &b.arguments,
+                        self.id,
+                    )?
+                    .wait()
+                    .await?;
                 self.reply(
                     ch,
                     b.nowait,
@@ -252,13 +272,16 @@ impl Conn {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.channel(ch).queue_name(b.queue.as_str())?;
-                vhost.unbind(
-                    b.exchange.as_str(),
-                    DestName::Queue(name.as_str().into()),
-                    b.routing_key.as_str(),
-                    &b.arguments,
-                    self.id,
-                )?;
+                vhost
+                    .unbind(
+                        b.exchange.as_str(),
+                        DestName::Queue(name.as_str().into()),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                        self.id,
+                    )?
+                    .wait()
+                    .await?;
                 self.send_method(
                     ch,
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),

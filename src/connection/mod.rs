@@ -10,7 +10,7 @@ mod handshake;
 mod methods;
 mod writer;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,18 +23,22 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::broker::consumer::{ConnEvent, ConnSender};
-use crate::broker::message::Message;
+use crate::broker::message::{Message, Persisted};
 use crate::broker::queue::{ChannelKey, ConnId, QueueCmd, QueueHandle};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, State};
 use crate::error::{Error, code};
 use crate::protocol::codec::{self, Frame, Method};
 use crate::protocol::{AMQPClass, basic, channel, connection, encode};
+use crate::store::Op;
 
 /// Flush the output buffer to the writer once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
 /// How long to wait for close-ok after we close a connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Confirms to send for one flush: (channel, highest tag, how many publishes).
+type Confirms = Vec<(u16, u64, u32)>;
 
 /// How a connection ends.
 #[derive(Debug)]
@@ -55,6 +59,7 @@ impl From<Error> for End {
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct ClientCaps {
     pub consumer_cancel_notify: bool,
+    pub connection_blocked: bool,
 }
 
 pub(crate) struct Conn {
@@ -64,7 +69,7 @@ pub(crate) struct Conn {
     reader: OwnedReadHalf,
     rbuf: BytesMut,
     out: BytesMut,
-    writer: mpsc::Sender<Bytes>,
+    writer: writer::Handle,
     frame_max: u32,
     channel_max: u16,
     heartbeat: u16,
@@ -80,9 +85,19 @@ pub(crate) struct Conn {
     /// Publishes routed but not yet handed to their queues: one batch per queue per read.
     pending: Vec<(QueueHandle, Vec<Arc<Message>>)>,
     /// Publisher confirms to send once `pending` is flushed: (channel, highest tag, count).
-    confirms: Vec<(u16, u64, u32)>,
+    confirms: Confirms,
+    /// Store writes for the persistent messages in `pending` (rows and queue index entries).
+    store_ops: Vec<Op>,
+    /// Confirms waiting for a store sync (token), or behind one (None), in publish order.
+    awaiting: VecDeque<(Option<u64>, Confirms)>,
+    next_token: u64,
     route_buf: Vec<QueueHandle>,
     last_recv: Instant,
+    /// The memory alarm; a connection that has published is not read while it is on.
+    alarm: watch::Receiver<bool>,
+    published: bool,
+    /// Whether we stopped reading this connection for the alarm (and said so, if it asked).
+    blocked: bool,
 }
 
 /// Serve one client socket until it closes.
@@ -94,9 +109,9 @@ pub async fn serve(
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, write_half) = stream.into_split();
-    let (wtx, wrx) = mpsc::channel(broker.config.writer_queue);
-    let writer = tokio::spawn(writer::run(write_half, wrx));
+    let (wtx, writer) = writer::spawn(write_half, broker.config.writer_buffer_bytes);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let alarm = broker.memory.subscribe();
     let mut conn = Conn {
         id: broker.next_conn_id(),
         frame_max: broker.config.frame_max,
@@ -117,8 +132,14 @@ pub async fn serve(
         exclusive: Vec::new(),
         pending: Vec::new(),
         confirms: Vec::new(),
+        store_ops: Vec::new(),
+        awaiting: VecDeque::new(),
+        next_token: 0,
         route_buf: Vec::new(),
         last_recv: Instant::now(),
+        alarm,
+        published: false,
+        blocked: false,
     };
     let timeout = Duration::from_millis(conn.broker.config.handshake_timeout_ms);
     let end = match tokio::time::timeout(timeout, conn.handshake()).await {
@@ -160,7 +181,8 @@ impl Conn {
         encode::method(&mut self.out, channel, &m);
     }
 
-    /// Hand buffered output to the writer (waiting if it is full: back-pressure).
+    /// Hand buffered output to the writer, waiting while its byte budget is spent: this is
+    /// the back-pressure that stops a connection whose peer does not read.
     async fn flush(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
@@ -196,8 +218,9 @@ impl Conn {
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(64 * 1024);
             }
+            let reading = !self.blocked;
             let step: Result<(), End> = tokio::select! {
-                r = self.reader.read_buf(&mut self.rbuf) => match r {
+                r = self.reader.read_buf(&mut self.rbuf), if reading => match r {
                     Ok(0) | Err(_) => Err(End::Quiet),
                     Ok(_) => {
                         self.last_recv = Instant::now();
@@ -214,8 +237,10 @@ impl Conn {
                     }
                     r
                 }
+                _ = self.alarm.changed() => Ok(()),
                 _ = ticker.tick(), if hb > 0 => {
-                    if self.last_recv.elapsed() > Duration::from_secs(hb as u64 * 2) {
+                    // While blocked we do not read, so the peer's heartbeats are not seen.
+                    if reading && self.last_recv.elapsed() > Duration::from_secs(hb as u64 * 2) {
                         tracing::info!(peer = %self.peer, "missed heartbeats from client, timeout: {hb}s");
                         Err(End::Quiet)
                     } else {
@@ -231,12 +256,35 @@ impl Conn {
             if let Err(end) = step {
                 return end;
             }
+            self.update_blocked();
             if let Err(end) = self.flush_publishes().await {
                 return end;
             }
             if let Err(end) = self.flush().await {
                 return end;
             }
+        }
+    }
+
+    /// Start or stop reading for the memory alarm, telling clients that asked to know.
+    fn update_blocked(&mut self) {
+        let want = *self.alarm.borrow() && self.published;
+        if want == self.blocked {
+            return;
+        }
+        self.blocked = want;
+        if !want {
+            self.last_recv = Instant::now();
+        }
+        if self.caps.connection_blocked {
+            let m = if want {
+                connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: "low on memory".into(),
+                })
+            } else {
+                connection::AMQPMethod::Unblocked(connection::Unblocked {})
+            };
+            self.send_method(0, AMQPClass::Connection(m));
         }
     }
 
@@ -461,6 +509,7 @@ impl Conn {
         ch: u16,
         content: crate::protocol::content::Content,
     ) -> Result<(), Error> {
+        self.published = true;
         let p = &content.publish;
         let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
         let vhost = self.vhost().clone();
@@ -484,15 +533,33 @@ impl Conn {
                 Some(_) => {}
             }
         }
-        let msg = Arc::new(Message {
+        let mut msg = Message {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: content.properties,
             body: content.body,
-        });
+            stored: None,
+        };
         let mut targets = std::mem::take(&mut self.route_buf);
         routes.route(exchange, &msg, &mut targets);
         drop(routes);
+        let durable = targets.iter().filter(|q| q.store.is_some()).count() as u32;
+        if durable > 0 && msg.persistent() {
+            // Written once, referenced by each durable queue's index; confirmed after sync.
+            let id = self.broker.store.next_message_id();
+            self.store_ops.push(Op::PutMessage {
+                id,
+                msg: msg.to_stored(),
+            });
+            for q in targets.iter().filter(|q| q.store.is_some()) {
+                self.store_ops.push(Op::Enqueue {
+                    queue: q.id,
+                    msg: id,
+                });
+            }
+            msg.stored = Some(Arc::new(Persisted::new(id, durable)));
+        }
+        let msg = Arc::new(msg);
         if targets.is_empty() && p.mandatory {
             encode::basic_return(
                 &mut self.out,
@@ -533,8 +600,27 @@ impl Conn {
         Ok(())
     }
 
-    /// Hand staged publishes to their queues (one command per queue), then confirm them.
+    /// Hand staged publishes to their queues (one command per queue), then confirm them: at
+    /// once for transient ones, after the store's sync for those it had to write.
     async fn flush_publishes(&mut self) -> Result<(), End> {
+        let mut token = None;
+        if !self.store_ops.is_empty() {
+            let store = self.broker.store.clone();
+            store.wait_for_space().await;
+            let t = self.next_token;
+            self.next_token += 1;
+            let events = self.events_tx.clone();
+            // Submitted before the queues see the messages, so a consumer's ack (a dequeue)
+            // can never reach the store ahead of the enqueue it undoes.
+            store.submit(
+                std::mem::take(&mut self.store_ops),
+                true,
+                Some(Box::new(move |ok| {
+                    let _ = events.send(ConnEvent::Synced { token: t, ok });
+                })),
+            );
+            token = Some(t);
+        }
         if !self.pending.is_empty() {
             let mut pending = std::mem::take(&mut self.pending);
             for (q, msgs) in pending.drain(..) {
@@ -543,10 +629,42 @@ impl Conn {
             }
             self.pending = pending;
         }
-        for (ch, tag, count) in self.confirms.drain(..) {
-            encode::confirm(&mut self.out, ch, tag, count > 1, false);
+        if self.confirms.is_empty() {
+            return Ok(());
+        }
+        if token.is_none() && self.awaiting.is_empty() {
+            for (ch, tag, count) in self.confirms.drain(..) {
+                encode::confirm(&mut self.out, ch, tag, count > 1, false);
+            }
+        } else {
+            // Confirms go out in order per channel (`multiple` covers earlier tags), so even
+            // transient ones wait behind a pending sync.
+            let batch = std::mem::take(&mut self.confirms);
+            self.awaiting.push_back((token, batch));
         }
         Ok(())
+    }
+
+    /// A store sync finished: release the confirms that waited for it (nack if it failed).
+    fn on_synced(&mut self, done: u64, ok: bool) {
+        while let Some((token, _)) = self.awaiting.front() {
+            if token.is_some_and(|t| t > done) {
+                break;
+            }
+            let nack = !ok && *token == Some(done);
+            let Some((_, batch)) = self.awaiting.pop_front() else {
+                break;
+            };
+            for (ch, tag, count) in batch {
+                if self
+                    .channels
+                    .get(&ch)
+                    .is_some_and(|c| c.state == State::Open)
+                {
+                    encode::confirm(&mut self.out, ch, tag, count > 1, nack);
+                }
+            }
+        }
     }
 
     async fn on_event(&mut self, ev: ConnEvent) -> Result<(), End> {
@@ -589,14 +707,13 @@ impl Conn {
                     });
                     return Ok(());
                 }
-                self.write_deliveries(channel, &consumer_tag, no_ack, &queue, entries);
+                self.write_deliveries(channel, &consumer_tag, no_ack, &queue, entries)
+                    .await?;
                 if flow.done(n) {
                     queue.wake();
                 }
-                if self.out.len() >= FLUSH_AT {
-                    self.flush().await?;
-                }
             }
+            ConnEvent::Synced { token, ok } => self.on_synced(token, ok),
             ConnEvent::Cancelled {
                 channel,
                 consumer_tag,
@@ -621,18 +738,20 @@ impl Conn {
         Ok(())
     }
 
-    fn write_deliveries(
+    /// Encode deliveries, handing output to the writer every FLUSH_AT bytes so that what a
+    /// slow consumer has buffered stays bounded by the writer's byte budget.
+    pub(crate) async fn write_deliveries(
         &mut self,
         channel: u16,
         consumer_tag: &str,
         no_ack: bool,
         queue: &QueueHandle,
         entries: Vec<crate::broker::queue::Entry>,
-    ) {
-        let Some(c) = self.channels.get_mut(&channel) else {
-            return;
-        };
+    ) -> Result<(), End> {
         for e in entries {
+            let Some(c) = self.channels.get_mut(&channel) else {
+                break;
+            };
             let tag = c.deliver(queue, e.seq, no_ack, !no_ack);
             encode::deliver(
                 &mut self.out,
@@ -650,7 +769,11 @@ impl Conn {
                 &e.msg.body,
                 self.frame_max,
             );
+            if self.out.len() >= FLUSH_AT {
+                self.flush().await?;
+            }
         }
+        Ok(())
     }
 
     fn wake_consumers(&self, channel: u16) {

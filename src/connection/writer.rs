@@ -1,25 +1,62 @@
-//! The socket writer: one task per connection that takes encoded chunks from a bounded queue
-//! and writes everything queued with one vectored write. When the peer stops reading, the
-//! queue fills and the connection task (the only producer) waits: that is how a consumer that
-//! does not read stops costing broker memory.
+//! The socket writer: one task per connection that takes encoded chunks and writes everything
+//! queued with one vectored write. What is queued is bounded in bytes (a semaphore of
+//! `writer_buffer_bytes` permits): when the peer stops reading, the connection task (the only
+//! producer) waits for permits, so a consumer that does not read stops costing memory.
 
 use std::io::IoSlice;
+use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
 
 /// Chunks taken per write.
 const MAX_SLICES: usize = 64;
 
-pub async fn run(mut socket: OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+/// The connection task's end: send chunks, waiting while the byte budget is spent.
+pub struct Handle {
+    tx: mpsc::UnboundedSender<(Bytes, u32)>,
+    budget: Arc<Semaphore>,
+    max: u32,
+}
+
+impl Handle {
+    /// Queue a chunk; Err when the writer is gone (socket closed).
+    pub async fn send(&self, chunk: Bytes) -> Result<(), ()> {
+        // A chunk bigger than the whole budget takes all of it.
+        let n = (chunk.len() as u32).clamp(1, self.max);
+        let permits = self.budget.acquire_many(n).await.map_err(|_| ())?;
+        permits.forget();
+        self.tx.send((chunk, n)).map_err(|_| ())
+    }
+}
+
+pub fn spawn(socket: OwnedWriteHalf, budget_bytes: usize) -> (Handle, JoinHandle<()>) {
+    let max = budget_bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
+    let budget = Arc::new(Semaphore::new(max as usize));
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(socket, rx, budget.clone()));
+    (Handle { tx, budget, max }, task)
+}
+
+async fn run(
+    mut socket: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<(Bytes, u32)>,
+    budget: Arc<Semaphore>,
+) {
+    let mut items: Vec<(Bytes, u32)> = Vec::with_capacity(MAX_SLICES);
     let mut chunks: Vec<Bytes> = Vec::with_capacity(MAX_SLICES);
-    while rx.recv_many(&mut chunks, MAX_SLICES).await > 0 {
-        if let Err(e) = write_all(&mut socket, &mut chunks).await {
+    while rx.recv_many(&mut items, MAX_SLICES).await > 0 {
+        let permits: u32 = items.iter().map(|(_, n)| n).sum();
+        chunks.extend(items.drain(..).map(|(c, _)| c));
+        let written = write_all(&mut socket, &mut chunks).await;
+        budget.add_permits(permits as usize);
+        if let Err(e) = written {
             tracing::debug!("write failed: {e}");
-            // Keep draining so the connection task never blocks on a dead socket.
-            while rx.recv().await.is_some() {}
+            // Closing the budget fails the connection task's next send at once.
+            budget.close();
             return;
         }
     }

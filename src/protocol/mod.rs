@@ -8,6 +8,7 @@ pub mod content;
 pub mod encode;
 pub mod properties;
 pub mod sasl;
+pub mod table;
 
 pub use amq_protocol::protocol::{
     AMQPClass, access, basic, channel, confirm, connection, exchange, queue, tx,

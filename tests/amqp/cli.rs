@@ -86,6 +86,8 @@ async fn sigterm_closes_clients_with_320_and_exits_zero() {
     let broker = crate::common::TestBroker {
         server: None,
         port: r.port,
+        dir: None,
+        config: warren::Config::default(),
     };
     let mut raw = Raw::connect(&broker).await;
     raw.open(0, 0).await;

@@ -18,6 +18,9 @@ use warren::{Config, Server};
 pub struct TestBroker {
     pub server: Option<Server>,
     pub port: u16,
+    /// The broker's data directory, removed when the test ends.
+    pub dir: Option<tempfile::TempDir>,
+    pub config: Config,
 }
 
 impl TestBroker {
@@ -30,6 +33,22 @@ impl TestBroker {
             s.shutdown().await;
         }
     }
+
+    /// Clean shutdown, then a new broker on the same data directory (and port).
+    pub async fn restart(mut self) -> TestBroker {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+        let mut config = self.config.clone();
+        config.listen = format!("127.0.0.1:{}", self.port);
+        let server = Server::start(config).await.expect("broker restarts");
+        TestBroker {
+            port: server.local_addr.port(),
+            server: Some(server),
+            dir: self.dir.take(),
+            config: self.config.clone(),
+        }
+    }
 }
 
 pub async fn start() -> TestBroker {
@@ -37,11 +56,15 @@ pub async fn start() -> TestBroker {
 }
 
 pub async fn start_with(mut config: Config) -> TestBroker {
+    let dir = tempfile::tempdir().expect("temp dir");
     config.listen = "127.0.0.1:0".into();
-    let server = Server::start(config).await.expect("broker starts");
+    config.data_dir = dir.path().to_path_buf();
+    let server = Server::start(config.clone()).await.expect("broker starts");
     TestBroker {
         port: server.local_addr.port(),
         server: Some(server),
+        dir: Some(dir),
+        config,
     }
 }
 

@@ -88,3 +88,60 @@ async fn a_consumer_that_does_not_read_stops_receiving() {
     drop(stuck);
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_alarm_blocks_publishers_until_queues_drain() {
+    use lapin::Event;
+    let b = start_with(warren::Config {
+        memory_high_watermark_bytes: Some(1 << 20),
+        ..warren::Config::default()
+    })
+    .await;
+    let publisher = connect(&b).await;
+    let mut events = publisher.events_listener();
+    let pch = publisher.create_channel().await.unwrap();
+    declare(&pch, "mem").await;
+    // Publishing stalls once the broker stops reading, so it runs on its own task.
+    let publishing = {
+        let pch = pch.clone();
+        tokio::spawn(async move {
+            let body = vec![1u8; 64 * 1024];
+            for _ in 0..20 {
+                publish(&pch, "", "mem", &body).await;
+            }
+        })
+    };
+    let blocked = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            if let Event::ConnectionBlocked(reason) = ev {
+                return reason;
+            }
+        }
+        panic!("events ended");
+    })
+    .await
+    .expect("connection.blocked arrives");
+    assert_eq!(blocked, "low on memory");
+
+    // A connection that only consumes is not blocked, and draining clears the alarm.
+    let (_c, ch) = channel(&b).await;
+    let purged = ch
+        .queue_purge("mem".into(), Default::default())
+        .await
+        .unwrap();
+    assert!(purged >= 15, "{purged}");
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev, Event::ConnectionUnblocked) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("connection.unblocked arrives");
+    // Everything published before and after the alarm went through.
+    publishing.await.unwrap();
+    publish(&pch, "", "mem", b"after").await;
+    assert_eq!(purged + count(&pch, "mem").await, 21);
+    b.stop().await;
+}

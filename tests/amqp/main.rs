@@ -5,6 +5,8 @@ mod basics;
 mod cli;
 mod common;
 mod connection;
+mod crash;
+mod durability;
 mod errors;
 mod exchanges;
 mod flow;

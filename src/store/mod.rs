@@ -1,0 +1,120 @@
+//! The store boundary: what the broker persists and gets back at start, in plain records (no
+//! RocksDB types leave `rocks.rs`). Writes go through one group-commit thread: every request
+//! that arrives while a write is in progress joins the next write, which is synced if any of
+//! its requests needs it. The contract: when a request's `Done` is called with `true`, its
+//! operations are on disk (if it asked for a sync) and ordered after every earlier request.
+
+pub mod keys;
+mod rocks;
+
+use bytes::Bytes;
+
+use crate::protocol::FieldTable;
+pub use rocks::Store;
+
+/// Called once a request has been written (true) or could not be (false).
+pub type Done = Box<dyn FnOnce(bool) + Send>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredExchange {
+    pub vhost: String,
+    pub name: String,
+    pub kind: String,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredQueue {
+    pub vhost: String,
+    pub name: String,
+    pub id: u64,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBinding {
+    pub vhost: String,
+    pub source: String,
+    pub to_queue: bool,
+    pub destination: String,
+    pub routing_key: String,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    pub properties: Bytes,
+    pub body: Bytes,
+}
+
+#[derive(Debug, Clone)]
+pub enum Op {
+    PutExchange(StoredExchange),
+    DeleteExchange {
+        vhost: String,
+        name: String,
+    },
+    PutQueue(StoredQueue),
+    /// Removes the queue and its whole index.
+    DeleteQueue {
+        vhost: String,
+        name: String,
+        id: u64,
+    },
+    PutBinding(StoredBinding),
+    DeleteBinding(StoredBinding),
+    PutMessage {
+        id: u64,
+        msg: StoredMessage,
+    },
+    /// `size`: the row's approximate size, so the store knows when to reclaim space.
+    DeleteMessage {
+        id: u64,
+        size: usize,
+    },
+    Enqueue {
+        queue: u64,
+        msg: u64,
+    },
+    Delivered {
+        queue: u64,
+        msg: u64,
+    },
+    Dequeue {
+        queue: u64,
+        msg: u64,
+    },
+}
+
+impl Op {
+    /// Rough size, for batch and back-pressure accounting.
+    pub fn size(&self) -> usize {
+        match self {
+            Op::PutMessage { msg, .. } => 32 + msg.body.len() + msg.properties.len(),
+            _ => 32,
+        }
+    }
+}
+
+/// A durable queue as found at start, with its messages in publish order.
+#[derive(Debug)]
+pub struct RecoveredQueue {
+    pub queue: StoredQueue,
+    /// (message id, delivered before the restart)
+    pub messages: Vec<(u64, bool)>,
+}
+
+/// Everything durable, read back at start.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    pub exchanges: Vec<StoredExchange>,
+    pub queues: Vec<RecoveredQueue>,
+    pub bindings: Vec<StoredBinding>,
+    /// Message rows referenced by some queue, by id.
+    pub messages: std::collections::HashMap<u64, StoredMessage>,
+}

@@ -1,0 +1,424 @@
+//! RocksDB behind the store boundary. Column families: `meta` (exchanges, queues, bindings),
+//! `messages` (id → names, properties and body; bodies over 4 KiB go to blob files) and
+//! `queue_index` (queue id + message id → delivered flag).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Instant;
+
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
+};
+use tokio::sync::Notify;
+
+use super::keys;
+use super::{Done, Op, Recovered, RecoveredQueue};
+
+const META: &str = "meta";
+const MESSAGES: &str = "messages";
+const INDEX: &str = "queue_index";
+
+/// One write never takes more than this many bytes of requests (the rest waits for the next).
+const MAX_BATCH_BYTES: usize = 16 << 20;
+/// Publishers wait while this much is queued for the writer.
+const MAX_PENDING_BYTES: usize = 64 << 20;
+/// Deleted message bytes that trigger a compaction (to give disk space back) at once...
+const COMPACT_AFTER_BYTES: usize = 256 << 20;
+/// ...or, for fewer, once the writer has been idle this long.
+const COMPACT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
+/// Below this, deleted bytes are left for RocksDB's own compactions.
+const COMPACT_MIN_BYTES: usize = 8 << 20;
+
+struct Request {
+    ops: Vec<Op>,
+    sync: bool,
+    done: Option<Done>,
+    bytes: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+pub struct Store {
+    /// Dropped by `close`, so the data directory's lock is released (a restart in the same
+    /// process can open it again).
+    db: Mutex<Option<Arc<DB>>>,
+    compaction: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// A std mutex around the sender: submissions never wait while holding it.
+    tx: Mutex<Option<mpsc::Sender<Request>>>,
+    next_message: AtomicU64,
+    pending: Arc<AtomicUsize>,
+    space: Arc<Notify>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn db_error(dir: &Path, e: rocksdb::Error) -> String {
+    let text = e.to_string();
+    if text.contains("lock") || text.contains("Resource temporarily unavailable") {
+        format!(
+            "data directory {} is in use by another broker ({text})",
+            dir.display()
+        )
+    } else {
+        format!("cannot open the store in {}: {text}", dir.display())
+    }
+}
+
+impl Store {
+    /// Open (or create) the store in `dir` and read back everything durable.
+    pub fn open(dir: &Path) -> Result<(Arc<Store>, Recovered), String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
+        opts.set_max_background_jobs(2);
+        // A WAL file can only go once every column family's memtable in it is flushed; the
+        // rarely written `meta` would otherwise pin every WAL since its last write.
+        opts.set_max_total_wal_size(64 << 20);
+        let mut msg_opts = Options::default();
+        msg_opts.set_enable_blob_files(true);
+        msg_opts.set_min_blob_size(4096);
+        msg_opts.set_enable_blob_gc(true);
+        let cfs = vec![
+            ColumnFamilyDescriptor::new(META, Options::default()),
+            ColumnFamilyDescriptor::new(MESSAGES, msg_opts),
+            ColumnFamilyDescriptor::new(INDEX, Options::default()),
+        ];
+        let db =
+            DB::open_cf_descriptors(&opts, dir.join("store"), cfs).map_err(|e| db_error(dir, e))?;
+        let db = Arc::new(db);
+        let (recovered, max_id) =
+            recover(&db).map_err(|e| format!("corrupt store in {}: {e}", dir.display()))?;
+        let (tx, rx) = mpsc::channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let space = Arc::new(Notify::new());
+        let compaction = Arc::new(Mutex::new(None));
+        let writer = {
+            let (db, pending, space, compaction) = (
+                db.clone(),
+                pending.clone(),
+                space.clone(),
+                compaction.clone(),
+            );
+            std::thread::Builder::new()
+                .name("warren-store".into())
+                .spawn(move || write_loop(db, rx, pending, space, compaction))
+                .map_err(|e| format!("cannot start the store writer: {e}"))?
+        };
+        let store = Store {
+            db: Mutex::new(Some(db)),
+            compaction,
+            tx: Mutex::new(Some(tx)),
+            next_message: AtomicU64::new(max_id + 1),
+            pending,
+            space,
+            writer: Mutex::new(Some(writer)),
+        };
+        Ok((Arc::new(store), recovered))
+    }
+
+    pub fn next_message_id(&self) -> u64 {
+        self.next_message.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queue `ops` for the writer; `done` runs once they are written (synced if `sync`).
+    pub fn submit(&self, ops: Vec<Op>, sync: bool, done: Option<Done>) {
+        let bytes = ops.iter().map(Op::size).sum();
+        self.pending.fetch_add(bytes, Ordering::AcqRel);
+        let req = Request {
+            ops,
+            sync,
+            done,
+            bytes,
+        };
+        let tx = self.tx.lock().unwrap_or_else(|e| e.into_inner());
+        let sent = match tx.as_ref() {
+            Some(tx) => tx.send(req).map_err(|e| e.0),
+            None => Err(req),
+        };
+        if let Err(req) = sent {
+            // The store is closed (shutting down): nothing is written.
+            if let Some(done) = req.done {
+                done(false);
+            }
+        }
+    }
+
+    /// Publishers call this before submitting: it returns once the writer has room.
+    pub async fn wait_for_space(&self) {
+        while self.pending.load(Ordering::Acquire) > MAX_PENDING_BYTES {
+            let notified = self.space.notified();
+            if self.pending.load(Ordering::Acquire) <= MAX_PENDING_BYTES {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Write what is queued, stop the writer and close the database (clean shutdown).
+    pub fn close(&self) {
+        self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(w) = self.writer.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = w.join();
+        }
+        if let Some(c) = self
+            .compaction
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            let _ = c.join();
+        }
+        if let Some(db) = self.db.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = db.flush_wal(true);
+        }
+    }
+}
+
+fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
+    let (Some(meta), Some(msgs), Some(index)) = (
+        db.cf_handle(META),
+        db.cf_handle(MESSAGES),
+        db.cf_handle(INDEX),
+    ) else {
+        return;
+    };
+    match op {
+        Op::PutExchange(x) => batch.put_cf(
+            &meta,
+            keys::exchange_key(&x.vhost, &x.name),
+            keys::exchange_value(&x),
+        ),
+        Op::DeleteExchange { vhost, name } => {
+            batch.delete_cf(&meta, keys::exchange_key(&vhost, &name))
+        }
+        Op::PutQueue(q) => batch.put_cf(
+            &meta,
+            keys::queue_key(&q.vhost, &q.name),
+            keys::queue_value(&q),
+        ),
+        Op::DeleteQueue { vhost, name, id } => {
+            batch.delete_cf(&meta, keys::queue_key(&vhost, &name));
+            batch.delete_range_cf(&index, keys::index_key(id, 0), keys::index_key(id + 1, 0));
+        }
+        Op::PutBinding(b) => batch.put_cf(&meta, keys::binding_key(&b), []),
+        Op::DeleteBinding(b) => batch.delete_cf(&meta, keys::binding_key(&b)),
+        Op::PutMessage { id, msg } => {
+            batch.put_cf(&msgs, keys::message_key(id), keys::message_value(&msg))
+        }
+        Op::DeleteMessage { id, .. } => batch.delete_cf(&msgs, keys::message_key(id)),
+        Op::Enqueue { queue, msg } => batch.put_cf(&index, keys::index_key(queue, msg), [0u8]),
+        Op::Delivered { queue, msg } => {
+            batch.put_cf(&index, keys::index_key(queue, msg), [keys::DELIVERED])
+        }
+        Op::Dequeue { queue, msg } => batch.delete_cf(&index, keys::index_key(queue, msg)),
+    }
+}
+
+/// The group-commit loop: take a request, add everything else already waiting (up to
+/// MAX_BATCH_BYTES), write it all at once, then tell every requester.
+fn write_loop(
+    db: Arc<DB>,
+    rx: mpsc::Receiver<Request>,
+    pending: Arc<AtomicUsize>,
+    space: Arc<Notify>,
+    compaction: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+) {
+    let compacting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start_compaction = |db: &Arc<DB>, running: &Arc<std::sync::atomic::AtomicBool>| {
+        match start_compaction(db, running) {
+            Some(handle) => {
+                let mut slot = compaction.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(old) = slot.replace(handle) {
+                    let _ = old.join(); // already finished: `running` was false
+                }
+                true
+            }
+            None => false,
+        }
+    };
+    let mut deleted = 0usize;
+    loop {
+        let first = match rx.recv_timeout(COMPACT_WHEN_IDLE) {
+            Ok(r) => r,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if deleted >= COMPACT_MIN_BYTES && start_compaction(&db, &compacting) {
+                    deleted = 0;
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut batch = WriteBatch::default();
+        let mut dones = Vec::new();
+        let (mut sync, mut bytes, mut requests) = (false, 0usize, 0usize);
+        let mut next = Some(first);
+        while let Some(req) = next {
+            for op in req.ops {
+                if let Op::DeleteMessage { size, .. } = &op {
+                    deleted += size;
+                }
+                apply(&db, &mut batch, op);
+            }
+            sync |= req.sync;
+            bytes += req.bytes;
+            requests += 1;
+            dones.extend(req.done);
+            next = if bytes < MAX_BATCH_BYTES {
+                rx.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        let started = Instant::now();
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        let ok = match db.write_opt(batch, &wo) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("store write failed: {e}");
+                false
+            }
+        };
+        tracing::debug!(
+            requests,
+            bytes,
+            sync,
+            latency_us = started.elapsed().as_micros() as u64,
+            "group commit"
+        );
+        pending.fetch_sub(bytes, Ordering::AcqRel);
+        space.notify_waiters();
+        for d in dones {
+            d(ok);
+        }
+        if deleted >= COMPACT_AFTER_BYTES && start_compaction(&db, &compacting) {
+            deleted = 0;
+        }
+    }
+}
+
+/// Compact messages and index in the background (one at a time), so that a drained backlog
+/// gives its disk space back: deletes are only tombstones until compaction.
+fn start_compaction(
+    db: &Arc<DB>,
+    running: &Arc<std::sync::atomic::AtomicBool>,
+) -> Option<std::thread::JoinHandle<()>> {
+    if running.swap(true, Ordering::AcqRel) {
+        return None;
+    }
+    let (db, flag) = (db.clone(), running.clone());
+    let spawned = std::thread::Builder::new()
+        .name("warren-compact".into())
+        .spawn(move || {
+            let started = Instant::now();
+            // Flushing every column family first lets all older WAL files go as well.
+            for cf in [META, INDEX, MESSAGES] {
+                if let Some(h) = db.cf_handle(cf) {
+                    let _ = db.flush_cf(&h);
+                }
+            }
+            for cf in [INDEX, MESSAGES] {
+                if let Some(h) = db.cf_handle(cf) {
+                    db.compact_range_cf(&h, None::<&[u8]>, None::<&[u8]>);
+                }
+            }
+            tracing::debug!(ms = started.elapsed().as_millis() as u64, "compaction done");
+            flag.store(false, Ordering::Release);
+        });
+    if spawned.is_err() {
+        running.store(false, Ordering::Release);
+    }
+    spawned.ok()
+}
+
+/// Read back topology, queue indexes and the messages they reference; drop what nothing
+/// references (index rows of deleted queues, messages of no queue). Returns the highest
+/// message id seen.
+fn recover(db: &DB) -> Result<(Recovered, u64), String> {
+    let started = Instant::now();
+    let (Some(meta), Some(msgs), Some(index)) = (
+        db.cf_handle(META),
+        db.cf_handle(MESSAGES),
+        db.cf_handle(INDEX),
+    ) else {
+        return Err("missing column family".into());
+    };
+    let mut r = Recovered::default();
+    for item in db.iterator_cf(&meta, IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let bad = || format!("undecodable metadata key {k:?}");
+        match k.first() {
+            Some(&keys::EXCHANGE) => r
+                .exchanges
+                .push(keys::decode_exchange(&k, &v).ok_or_else(bad)?),
+            Some(&keys::QUEUE) => r.queues.push(RecoveredQueue {
+                queue: keys::decode_queue(&k, &v).ok_or_else(bad)?,
+                messages: Vec::new(),
+            }),
+            Some(&keys::BINDING) => r.bindings.push(keys::decode_binding(&k).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        }
+    }
+    let mut cleanup = WriteBatch::default();
+    let by_id: std::collections::HashMap<u64, usize> = r
+        .queues
+        .iter()
+        .enumerate()
+        .map(|(i, q)| (q.queue.id, i))
+        .collect();
+    let mut referenced = std::collections::HashSet::new();
+    for item in db.iterator_cf(&index, IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let (queue, msg) = keys::decode_index_key(&k).ok_or("undecodable index key")?;
+        match by_id.get(&queue) {
+            Some(&i) => {
+                r.queues[i]
+                    .messages
+                    .push((msg, v.first().is_some_and(|f| f & keys::DELIVERED != 0)));
+                referenced.insert(msg);
+            }
+            None => cleanup.delete_cf(&index, &k),
+        }
+    }
+    let mut max_id = 0;
+    for item in db.iterator_cf(&msgs, IteratorMode::From(&[], Direction::Forward)) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let id = u64::from_be_bytes(k[..].try_into().map_err(|_| "undecodable message key")?);
+        max_id = max_id.max(id);
+        if referenced.contains(&id) {
+            let m = keys::decode_message(bytes::Bytes::from(v.into_vec()))
+                .ok_or("undecodable message")?;
+            r.messages.insert(id, m);
+        } else {
+            cleanup.delete_cf(&msgs, &k);
+        }
+    }
+    // An index entry whose message row is missing was never confirmed: forget it.
+    for q in &mut r.queues {
+        q.messages.retain(|(id, _)| {
+            let keep = r.messages.contains_key(id);
+            if !keep {
+                cleanup.delete_cf(&index, keys::index_key(q.queue.id, *id));
+            }
+            keep
+        });
+    }
+    if !cleanup.is_empty() {
+        db.write(cleanup).map_err(|e| e.to_string())?;
+    }
+    tracing::info!(
+        exchanges = r.exchanges.len(),
+        queues = r.queues.len(),
+        bindings = r.bindings.len(),
+        messages = r.messages.len(),
+        ms = started.elapsed().as_millis() as u64,
+        "store read"
+    );
+    Ok((r, max_id))
+}

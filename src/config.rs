@@ -26,6 +26,9 @@ pub struct Config {
     pub max_connections: usize,
     pub handshake_timeout_ms: u64,
     pub queue_inbox: usize,
+    /// Bytes of messages a durable queue keeps in memory; past it, persistent messages wait
+    /// on disk and are read back when they reach the head.
+    pub queue_memory_budget_bytes: usize,
     pub writer_buffer_bytes: usize,
     pub shutdown_timeout_ms: u64,
     /// Fraction of the machine's memory that queued messages may use before publishers block.
@@ -51,6 +54,7 @@ impl Default for Config {
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
             queue_inbox: 1024,
+            queue_memory_budget_bytes: 32 << 20,
             writer_buffer_bytes: 2 << 20,
             shutdown_timeout_ms: 5_000,
             memory_high_watermark: 0.4,

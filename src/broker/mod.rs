@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::config::Config;
 use crate::store::Store;
 use memory::MemoryMonitor;
-use message::{Message, Persisted};
-use vhost::VHost;
+use message::Persisted;
+use vhost::{QueueSettings, VHost};
 
 pub struct Broker {
     pub config: Arc<Config>,
@@ -43,46 +43,43 @@ impl Broker {
         let mut vhosts = HashMap::new();
         let vhost = VHost::new(
             &config.default_vhost,
-            config.queue_inbox,
+            QueueSettings {
+                inbox: config.queue_inbox,
+                memory_budget: config.queue_memory_budget_bytes,
+            },
             memory.clone(),
             Some(store.clone()),
         );
         vhosts.insert(config.default_vhost.clone(), vhost);
 
-        // One shared message per stored row, referenced by every queue that holds it.
+        // One refcount per stored row, shared by every queue that holds it.
         let mut refs: HashMap<u64, u32> = HashMap::new();
         for q in &recovered.queues {
             for (id, _) in &q.messages {
                 *refs.entry(*id).or_default() += 1;
             }
         }
-        let mut rows = recovered.messages;
-        let mut shared: HashMap<u64, Arc<Message>> = HashMap::new();
+        let mut shared: HashMap<u64, Arc<Persisted>> = HashMap::with_capacity(refs.len());
         let mut queues: HashMap<String, Vec<_>> = HashMap::new();
         let mut total = 0usize;
         for q in recovered.queues {
-            let mut msgs = Vec::with_capacity(q.messages.len());
-            for (id, delivered) in q.messages {
-                let msg = match shared.get(&id) {
-                    Some(m) => m.clone(),
-                    None => {
-                        let Some(row) = rows.remove(&id) else {
-                            continue;
-                        };
-                        let p = Arc::new(Persisted::new(id, refs[&id]));
-                        let m = Arc::new(Message::from_stored(row, Some(p)));
-                        shared.insert(id, m.clone());
-                        m
-                    }
-                };
-                msgs.push((msg, delivered));
-            }
+            let msgs: Vec<_> = q
+                .messages
+                .into_iter()
+                .map(|(id, delivered)| {
+                    let p = shared
+                        .entry(id)
+                        .or_insert_with(|| Arc::new(Persisted::new(id, refs[&id])));
+                    (p.clone(), delivered)
+                })
+                .collect();
             total += msgs.len();
             queues
                 .entry(q.queue.vhost.clone())
                 .or_default()
                 .push((q.queue, msgs));
         }
+        drop(shared);
         let mut exchanges: HashMap<String, Vec<_>> = HashMap::new();
         for x in recovered.exchanges {
             exchanges.entry(x.vhost.clone()).or_default().push(x);

@@ -5,6 +5,11 @@
 //! content is bounded by consumer credit, so one slow consumer cannot stall a queue.
 //!
 //! Invariant: `ready` is sorted by `seq`, so a requeued message goes back to where it was.
+//!
+//! Paging: once a durable queue holds more than its memory budget, newly enqueued persistent
+//! messages (already in the store) keep only their id in memory (`Slot::Disk`); they are read
+//! back in batches when they reach the head. A backlog far larger than memory costs a few
+//! dozen bytes per message.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
@@ -13,7 +18,7 @@ use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::consumer::{ConnEvent, ConsumerSpec};
 use super::memory::MemoryMonitor;
-use super::message::Message;
+use super::message::{Message, Persisted};
 use super::vhost::VHost;
 use crate::error::Error;
 use crate::protocol::FieldTable;
@@ -36,8 +41,34 @@ pub struct Entry {
     pub redelivered: bool,
 }
 
-/// Messages recovered for a queue, in order, each with whether it had been delivered.
-pub type Recovered = Vec<(Arc<Message>, bool)>;
+/// Messages recovered for a queue, in order, each with whether it had been delivered. Their
+/// bodies stay on disk until they are needed.
+pub type Recovered = Vec<(Arc<Persisted>, bool)>;
+
+/// A ready message: in memory, or only its id (its body is in the store).
+#[derive(Debug)]
+enum Slot {
+    Mem(Entry),
+    Disk {
+        seq: u64,
+        stored: Arc<Persisted>,
+        redelivered: bool,
+    },
+}
+
+impl Slot {
+    fn seq(&self) -> u64 {
+        match self {
+            Slot::Mem(e) => e.seq,
+            Slot::Disk { seq, .. } => *seq,
+        }
+    }
+}
+
+/// What a paged-out message costs in memory (its slot and shared refcount).
+const DISK_SLOT_WEIGHT: usize = 64;
+/// Messages read back from the store at once when paged-out ones reach the head.
+const PAGE_IN_BATCH: usize = 256;
 
 /// What a `basic.get` returns: the message and how many are left ready.
 pub type GetReply = Option<(Entry, u32)>;
@@ -129,6 +160,8 @@ pub struct QueueSpec {
     pub store: Option<Arc<Store>>,
     pub initial: Recovered,
     pub vhost: String,
+    /// Bytes of messages kept in memory before new persistent ones are paged out.
+    pub memory_budget: usize,
 }
 
 /// Start a queue task; it ends when the queue is deleted.
@@ -147,6 +180,7 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
     });
     let mut q = Queue {
         vhost_name: spec.vhost,
+        budget: spec.memory_budget,
         ops: Vec::new(),
         shared: shared.clone(),
         vhost,
@@ -159,8 +193,11 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
         bytes: 0,
         memory: spec.memory,
     };
-    // Recovered messages: those delivered before the restart come back redelivered.
-    q.enqueue(spec.initial);
+    // Recovered messages stay on disk until needed; those delivered before the restart come
+    // back redelivered.
+    for (stored, redelivered) in spec.initial {
+        q.push_disk(stored, redelivered);
+    }
     tokio::spawn(q.run(rx));
     shared
 }
@@ -180,7 +217,7 @@ struct ConsumerState {
 struct Queue {
     shared: QueueHandle,
     vhost: Weak<VHost>,
-    ready: VecDeque<Entry>,
+    ready: VecDeque<Slot>,
     unacked: HashMap<u64, Held>,
     consumers: Vec<ConsumerState>,
     rr: usize,
@@ -192,6 +229,7 @@ struct Queue {
     /// Store writes of this round (delivery marks, dequeues), submitted together.
     ops: Vec<Op>,
     vhost_name: String,
+    budget: usize,
 }
 
 /// Commands taken from the inbox per wake-up, so publishes arrive in batches.
@@ -230,19 +268,134 @@ impl Queue {
         }
     }
 
-    fn enqueue(&mut self, msgs: impl IntoIterator<Item = (Arc<Message>, bool)>) {
-        for (msg, redelivered) in msgs {
+    fn enqueue(&mut self, msgs: Vec<Arc<Message>>) {
+        for msg in msgs {
+            if self.bytes > self.budget
+                && self.shared.store.is_some()
+                && let Some(stored) = &msg.stored
+            {
+                self.push_disk(stored.clone(), false);
+                continue;
+            }
             let w = msg.weight();
             self.bytes += w;
             self.memory.add(w);
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.ready.push_back(Entry {
+            self.ready.push_back(Slot::Mem(Entry {
                 seq,
                 msg,
-                redelivered,
-            });
+                redelivered: false,
+            }));
         }
+    }
+
+    fn push_disk(&mut self, stored: Arc<Persisted>, redelivered: bool) {
+        self.bytes += DISK_SLOT_WEIGHT;
+        self.memory.add(DISK_SLOT_WEIGHT);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready.push_back(Slot::Disk {
+            seq,
+            stored,
+            redelivered,
+        });
+    }
+
+    /// Read paged-out messages at the head back into memory (one batched store read).
+    fn page_in(&mut self) {
+        let Some(store) = self.shared.store.clone() else {
+            return;
+        };
+        let ids: Vec<u64> = self
+            .ready
+            .iter()
+            .take(PAGE_IN_BATCH)
+            .map_while(|s| match s {
+                Slot::Disk { stored, .. } => Some(stored.id),
+                Slot::Mem(_) => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return;
+        }
+        let rows = store.read_messages(&ids);
+        let mut fresh = Vec::with_capacity(ids.len());
+        for row in rows {
+            let Some(Slot::Disk {
+                seq,
+                stored,
+                redelivered,
+            }) = self.ready.pop_front()
+            else {
+                break;
+            };
+            self.bytes -= DISK_SLOT_WEIGHT;
+            self.memory.sub(DISK_SLOT_WEIGHT);
+            match row {
+                Some(row) => {
+                    let msg = Arc::new(Message::from_stored(row, Some(stored)));
+                    let w = msg.weight();
+                    self.bytes += w;
+                    self.memory.add(w);
+                    fresh.push(Slot::Mem(Entry {
+                        seq,
+                        msg,
+                        redelivered,
+                    }));
+                }
+                None => {
+                    // Its row is gone (never written completely): it was never confirmed.
+                    tracing::warn!(queue = %self.shared.name, id = stored.id, "stored message missing; dropped");
+                    self.ops.push(Op::Dequeue {
+                        queue: self.shared.id,
+                        msg: stored.id,
+                    });
+                }
+            }
+        }
+        for slot in fresh.into_iter().rev() {
+            self.ready.push_front(slot);
+        }
+    }
+
+    /// The next ready message, paging it in if needed.
+    fn pop_ready(&mut self) -> Option<Entry> {
+        loop {
+            match self.ready.front()? {
+                Slot::Mem(_) => {
+                    let Some(Slot::Mem(e)) = self.ready.pop_front() else {
+                        unreachable!("front checked")
+                    };
+                    return Some(e);
+                }
+                Slot::Disk { .. } => {
+                    let before = self.ready.len();
+                    self.page_in();
+                    if self.ready.len() == before
+                        && matches!(self.ready.front(), Some(Slot::Disk { .. }))
+                    {
+                        return None; // the store is closed: nothing can be read
+                    }
+                }
+            }
+        }
+    }
+
+    /// Drop every ready message (purge, delete), releasing memory and store rows.
+    fn drain_ready(&mut self) -> u32 {
+        let n = self.ready.len() as u32;
+        for slot in std::mem::take(&mut self.ready) {
+            match slot {
+                Slot::Mem(e) => self.forget(&e),
+                Slot::Disk { stored, .. } => {
+                    self.bytes -= DISK_SLOT_WEIGHT;
+                    self.memory.sub(DISK_SLOT_WEIGHT);
+                    self.release_stored(&stored, 0);
+                }
+            }
+        }
+        n
     }
 
     /// Persist that a message went out, so it comes back redelivered after a crash.
@@ -261,7 +414,7 @@ impl Queue {
     /// Returns true when the queue has been deleted and the task must end.
     fn handle(&mut self, cmd: QueueCmd) -> bool {
         match cmd {
-            QueueCmd::Publish(msgs) => self.enqueue(msgs.into_iter().map(|m| (m, false))),
+            QueueCmd::Publish(msgs) => self.enqueue(msgs),
             QueueCmd::Consume(spec, reply) => {
                 let _ = reply.send(self.add_consumer(spec));
             }
@@ -276,7 +429,7 @@ impl Queue {
                 no_ack,
                 reply,
             } => {
-                let got = self.ready.pop_front().map(|entry| {
+                let got = self.pop_ready().map(|entry| {
                     if no_ack {
                         self.forget(&entry);
                     } else {
@@ -340,10 +493,7 @@ impl Queue {
                 let _ = reply.send((self.ready.len() as u32, self.consumers.len() as u32));
             }
             QueueCmd::Purge(reply) => {
-                let n = self.ready.len() as u32;
-                for e in std::mem::take(&mut self.ready) {
-                    self.forget(&e);
-                }
+                let n = self.drain_ready();
                 let _ = reply.send(n);
             }
             QueueCmd::Delete {
@@ -408,19 +558,23 @@ impl Queue {
         let w = e.msg.weight();
         self.bytes -= w;
         self.memory.sub(w);
-        if self.shared.store.is_some()
-            && let Some(p) = &e.msg.stored
-        {
-            self.ops.push(Op::Dequeue {
-                queue: self.shared.id,
-                msg: p.id,
-            });
-            if p.release() {
-                self.ops.push(Op::DeleteMessage {
-                    id: p.id,
-                    size: e.msg.weight(),
-                });
-            }
+        if let Some(p) = &e.msg.stored {
+            self.release_stored(p, w);
+        }
+    }
+
+    /// This durable queue no longer holds a stored message: drop its index entry, and the
+    /// row itself if no other queue holds it.
+    fn release_stored(&mut self, p: &Persisted, size: usize) {
+        if self.shared.store.is_none() {
+            return;
+        }
+        self.ops.push(Op::Dequeue {
+            queue: self.shared.id,
+            msg: p.id,
+        });
+        if p.release() {
+            self.ops.push(Op::DeleteMessage { id: p.id, size });
         }
     }
 
@@ -447,8 +601,8 @@ impl Queue {
     }
 
     fn insert_ready(&mut self, e: Entry) {
-        let at = self.ready.partition_point(|r| r.seq < e.seq);
-        self.ready.insert(at, e);
+        let at = self.ready.partition_point(|r| r.seq() < e.seq);
+        self.ready.insert(at, Slot::Mem(e));
     }
 
     /// Auto-delete queues go once their last consumer has gone (never if none ever came).
@@ -461,23 +615,14 @@ impl Queue {
     }
 
     fn delete(&mut self) {
-        self.memory.sub(self.bytes);
-        self.bytes = 0;
-        let held: Vec<Entry> = std::mem::take(&mut self.ready)
-            .into_iter()
-            .chain(self.unacked.drain().map(|(_, h)| h.entry))
-            .collect();
+        self.drain_ready();
+        let held: Vec<Entry> = self.unacked.drain().map(|(_, h)| h.entry).collect();
+        for e in held {
+            self.forget(&e);
+        }
         if self.shared.store.is_some() {
-            for e in held {
-                if let Some(p) = &e.msg.stored
-                    && p.release()
-                {
-                    self.ops.push(Op::DeleteMessage {
-                        id: p.id,
-                        size: e.msg.weight(),
-                    });
-                }
-            }
+            // The whole index goes with the queue's row: per-message deletes are redundant.
+            self.ops.retain(|op| !matches!(op, Op::Dequeue { .. }));
             self.ops.push(Op::DeleteQueue {
                 vhost: self.vhost_name.clone(),
                 name: self.shared.name.to_string(),
@@ -526,7 +671,7 @@ impl Queue {
                 i = (i + 1) % n;
                 continue;
             }
-            let Some(entry) = self.ready.pop_front() else {
+            let Some(entry) = self.pop_ready() else {
                 break;
             };
             if self.consumers[i].spec.no_ack {

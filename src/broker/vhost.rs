@@ -69,12 +69,19 @@ pub struct Routes {
     queues: Arc<HashMap<Arc<str>, QueueHandle>>,
 }
 
+/// Per-queue settings from the config.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    pub inbox: usize,
+    pub memory_budget: usize,
+}
+
 pub struct VHost {
     pub name: String,
     topo: Mutex<Topology>,
     routes: ArcSwap<Routes>,
     weak: Weak<VHost>,
-    queue_inbox: usize,
+    settings: QueueSettings,
     memory: Arc<MemoryMonitor>,
     store: Option<Arc<Store>>,
 }
@@ -112,7 +119,7 @@ fn default_exchange_refused() -> Error {
 impl VHost {
     pub fn new(
         name: &str,
-        queue_inbox: usize,
+        settings: QueueSettings,
         memory: Arc<MemoryMonitor>,
         store: Option<Arc<Store>>,
     ) -> Arc<VHost> {
@@ -121,7 +128,7 @@ impl VHost {
             topo: Mutex::new(Topology::default()),
             routes: ArcSwap::from_pointee(Routes::default()),
             weak: weak.clone(),
-            queue_inbox,
+            settings,
             memory,
             store,
         });
@@ -241,11 +248,12 @@ impl VHost {
                     exclusive_owner: None,
                     auto_delete: q.auto_delete,
                     arguments: q.arguments,
-                    inbox: self.queue_inbox,
+                    inbox: self.settings.inbox,
                     memory: self.memory.clone(),
                     store: self.store.clone(),
                     initial: messages,
                     vhost: self.name.clone(),
+                    memory_budget: self.settings.memory_budget,
                 },
                 self.weak.clone(),
             );
@@ -646,11 +654,12 @@ impl VHost {
                 exclusive_owner: d.exclusive.then_some(conn),
                 auto_delete: d.auto_delete,
                 arguments: d.arguments.clone(),
-                inbox: self.queue_inbox,
+                inbox: self.settings.inbox,
                 memory: self.memory.clone(),
                 store: if durable { self.store.clone() } else { None },
                 initial: Vec::new(),
                 vhost: self.name.clone(),
+                memory_budget: self.settings.memory_budget,
             },
             self.weak.clone(),
         );

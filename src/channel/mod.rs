@@ -160,9 +160,13 @@ mod tests {
     use crate::broker::vhost::{QueueDecl, VHost};
 
     fn queue() -> QueueHandle {
+        let settings = crate::broker::vhost::QueueSettings {
+            inbox: 8,
+            memory_budget: 1 << 20,
+        };
         let v = VHost::new(
             "/",
-            8,
+            settings,
             Arc::new(crate::broker::memory::MemoryMonitor::new(0)),
             None,
         );

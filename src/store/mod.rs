@@ -109,12 +109,10 @@ pub struct RecoveredQueue {
     pub messages: Vec<(u64, bool)>,
 }
 
-/// Everything durable, read back at start.
+/// Everything durable, read back at start (message bodies stay on disk until needed).
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub exchanges: Vec<StoredExchange>,
     pub queues: Vec<RecoveredQueue>,
     pub bindings: Vec<StoredBinding>,
-    /// Message rows referenced by some queue, by id.
-    pub messages: std::collections::HashMap<u64, StoredMessage>,
 }

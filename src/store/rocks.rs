@@ -7,13 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
-use rocksdb::{
-    ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
-};
+use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
 use tokio::sync::Notify;
 
 use super::keys;
-use super::{Done, Op, Recovered, RecoveredQueue};
+use super::{Done, Op, Recovered, RecoveredQueue, StoredMessage};
 
 const META: &str = "meta";
 const MESSAGES: &str = "messages";
@@ -158,6 +156,33 @@ impl Store {
             }
             notified.await;
         }
+    }
+
+    /// Read message rows (paging in); None for a missing row, or for all if the store is
+    /// closed.
+    pub fn read_messages(&self, ids: &[u64]) -> Vec<Option<StoredMessage>> {
+        let db = self.db.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some((db, msgs)) = db
+            .as_ref()
+            .and_then(|db| Some((db, db.cf_handle(MESSAGES)?)))
+        else {
+            return ids.iter().map(|_| None).collect();
+        };
+        let keys: Vec<_> = ids
+            .iter()
+            .map(|id| (&msgs, keys::message_key(*id)))
+            .collect();
+        db.multi_get_cf(keys)
+            .into_iter()
+            .map(|r| match r {
+                Ok(Some(v)) => keys::decode_message(bytes::Bytes::from(v)),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!("store read failed: {e}");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Write what is queued, stop the writer and close the database (clean shutdown).
@@ -372,7 +397,7 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
         .enumerate()
         .map(|(i, q)| (q.queue.id, i))
         .collect();
-    let mut referenced = std::collections::HashSet::new();
+    let (mut referenced, mut max_ref) = (0usize, 0u64);
     for item in db.iterator_cf(&index, IteratorMode::Start) {
         let (k, v) = item.map_err(|e| e.to_string())?;
         let (queue, msg) = keys::decode_index_key(&k).ok_or("undecodable index key")?;
@@ -381,34 +406,21 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
                 r.queues[i]
                     .messages
                     .push((msg, v.first().is_some_and(|f| f & keys::DELIVERED != 0)));
-                referenced.insert(msg);
+                referenced += 1;
+                max_ref = max_ref.max(msg);
             }
             None => cleanup.delete_cf(&index, &k),
         }
     }
-    let mut max_id = 0;
-    for item in db.iterator_cf(&msgs, IteratorMode::From(&[], Direction::Forward)) {
-        let (k, v) = item.map_err(|e| e.to_string())?;
-        let id = u64::from_be_bytes(k[..].try_into().map_err(|_| "undecodable message key")?);
-        max_id = max_id.max(id);
-        if referenced.contains(&id) {
-            let m = keys::decode_message(bytes::Bytes::from(v.into_vec()))
-                .ok_or("undecodable message")?;
-            r.messages.insert(id, m);
-        } else {
-            cleanup.delete_cf(&msgs, &k);
-        }
-    }
-    // An index entry whose message row is missing was never confirmed: forget it.
-    for q in &mut r.queues {
-        q.messages.retain(|(id, _)| {
-            let keep = r.messages.contains_key(id);
-            if !keep {
-                cleanup.delete_cf(&index, keys::index_key(q.queue.id, *id));
-            }
-            keep
-        });
-    }
+    // Message rows are read when queues need them (paging); only the highest id is needed
+    // now, so that new ids keep increasing (queue order is id order).
+    let mut last = db.raw_iterator_cf(&msgs);
+    last.seek_to_last();
+    let max_id = match last.key() {
+        Some(k) => u64::from_be_bytes(k.try_into().map_err(|_| "undecodable message key")?),
+        None => 0,
+    };
+    let max_id = max_id.max(max_ref);
     if !cleanup.is_empty() {
         db.write(cleanup).map_err(|e| e.to_string())?;
     }
@@ -416,7 +428,7 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
         exchanges = r.exchanges.len(),
         queues = r.queues.len(),
         bindings = r.bindings.len(),
-        messages = r.messages.len(),
+        messages = referenced,
         ms = started.elapsed().as_millis() as u64,
         "store read"
     );

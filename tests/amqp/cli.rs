@@ -103,3 +103,45 @@ async fn sigterm_closes_clients_with_320_and_exits_zero() {
         .unwrap();
     assert_eq!(exit.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_locked_or_corrupt_data_dir_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = spawn(
+        warren()
+            .env("WARREN_LISTEN", "127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    let (code, lines) = fails(
+        warren()
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        lines.iter().any(|l| l.contains("in use by another broker")),
+        "{lines:?}"
+    );
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // Garbage where the store's manifest pointer should be: refuse to start, say why.
+    std::fs::write(dir.path().join("store").join("CURRENT"), b"garbage\n").unwrap();
+    let (code, lines) = fails(
+        warren()
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path()),
+    );
+    assert_ne!(code, 0);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("warren: ") && l.contains("store")),
+        "{lines:?}"
+    );
+}

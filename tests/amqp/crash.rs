@@ -145,24 +145,30 @@ async fn confirmed_messages_survive_repeated_kill_9() {
                         continue;
                     };
                     let id = u64::from_be_bytes(d.data[..8].try_into().unwrap());
-                    // Take only every third message, so the queue keeps a backlog.
-                    if id % 3 == 0 && d.ack(Default::default()).await.is_ok() {
-                        seen.push(id);
-                    } else if id % 3 != 0 {
-                        let _ = d
-                            .nack(BasicNackOptions {
-                                requeue: true,
-                                ..Default::default()
-                            })
-                            .await;
+                    // Take only every third message, so the queue keeps a backlog. A settle
+                    // racing with the kill may never complete: bound it.
+                    let limit = std::time::Duration::from_secs(1);
+                    if id % 3 == 0 {
+                        if let Ok(Ok(_)) =
+                            tokio::time::timeout(limit, d.ack(Default::default())).await
+                        {
+                            seen.push(id);
+                        }
+                    } else {
+                        let nack = d.nack(BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        });
+                        let _ = tokio::time::timeout(limit, nack).await;
                     }
                 }
                 seen
             })
         };
         let mut window = Vec::new();
-        let target = 2000 + cycle * 500;
-        while next_id < (cycle as u64 + 1) * target as u64 {
+        // Stop mid-window, so the kill lands with publishes unconfirmed and in flight.
+        let target = next_id + 2000 + (cycle as u64 * 37 % 90) + 5;
+        while next_id < target {
             let id = next_id;
             next_id += 1;
             let mut body = id.to_be_bytes().to_vec();

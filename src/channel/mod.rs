@@ -22,6 +22,9 @@ pub enum State {
 pub struct Unacked {
     pub queue: QueueHandle,
     pub seq: u64,
+    /// The message's store id when it sits in a durable queue's index (for transactions,
+    /// whose acks are written with their publishes).
+    pub stored: Option<u64>,
     /// Counted against the channel's global prefetch (consumer deliveries, not basic.get).
     pub limited: bool,
 }
@@ -59,6 +62,31 @@ pub struct Channel {
     pub parked: Vec<Parked>,
     /// Publisher confirms: the sequence number of the next publish, once confirm.select ran.
     pub confirm_next: Option<u64>,
+    /// Set by tx.select: what the current transaction will do at commit.
+    pub tx: Option<Tx>,
+}
+
+/// What to do with settled deliveries.
+#[derive(Debug, Clone, Copy)]
+pub enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+/// A publish staged in a transaction: routed, not yet visible.
+#[derive(Debug)]
+pub struct TxPublish {
+    pub msg: crate::broker::message::Message,
+    pub targets: Vec<QueueHandle>,
+    pub mandatory: bool,
+}
+
+/// A transaction's staged work, applied at tx.commit in one store write.
+#[derive(Debug, Default)]
+pub struct Tx {
+    pub publishes: Vec<TxPublish>,
+    pub settles: Vec<(Settle, Vec<(u64, Unacked)>)>,
 }
 
 impl Default for Channel {
@@ -76,21 +104,34 @@ impl Default for Channel {
             active: true,
             parked: Vec::new(),
             confirm_next: None,
+            tx: None,
         }
     }
 }
 
 impl Channel {
     /// A new delivery tag, recording the delivery unless it needs no ack.
-    pub fn deliver(&mut self, queue: &QueueHandle, seq: u64, no_ack: bool, limited: bool) -> u64 {
+    pub fn deliver(
+        &mut self,
+        queue: &QueueHandle,
+        entry: &Entry,
+        no_ack: bool,
+        limited: bool,
+    ) -> u64 {
         let tag = self.next_tag;
         self.next_tag += 1;
         if !no_ack {
+            let stored = queue
+                .store
+                .as_ref()
+                .and(entry.msg.stored.as_ref())
+                .map(|p| p.id);
             self.unacked.insert(
                 tag,
                 Unacked {
                     queue: queue.clone(),
-                    seq,
+                    seq: entry.seq,
+                    stored,
                     limited,
                 },
             );
@@ -98,23 +139,43 @@ impl Channel {
         tag
     }
 
+    /// Put back deliveries whose settlement was rolled back (tx.rollback): they are unacked
+    /// again, under their original tags.
+    pub fn unsettle(&mut self, settled: Vec<(u64, Unacked)>) {
+        self.unacked.extend(settled);
+    }
+
     /// The deliveries a basic.ack/nack/reject settles: `tag` alone, or with `multiple` every
     /// outstanding tag up to it (tag 0 + multiple = all). Unknown or settled tag → 406.
     pub fn settle(&mut self, tag: u64, multiple: bool) -> Result<Vec<Unacked>, Error> {
+        Ok(self
+            .settle_tagged(tag, multiple)?
+            .into_iter()
+            .map(|(_, u)| u)
+            .collect())
+    }
+
+    /// As `settle`, keeping the tags (a transaction may have to put them back).
+    pub fn settle_tagged(
+        &mut self,
+        tag: u64,
+        multiple: bool,
+    ) -> Result<Vec<(u64, Unacked)>, Error> {
         if multiple {
             if tag == 0 {
-                return Ok(std::mem::take(&mut self.unacked).into_values().collect());
+                return Ok(std::mem::take(&mut self.unacked).into_iter().collect());
             }
             if !self.unacked.contains_key(&tag) {
                 return Err(unknown_tag(tag));
             }
             let rest = self.unacked.split_off(&(tag + 1));
-            let done = std::mem::replace(&mut self.unacked, rest);
-            return Ok(done.into_values().collect());
+            return Ok(std::mem::replace(&mut self.unacked, rest)
+                .into_iter()
+                .collect());
         }
         self.unacked
             .remove(&tag)
-            .map(|u| vec![u])
+            .map(|u| vec![(tag, u)])
             .ok_or_else(|| unknown_tag(tag))
     }
 
@@ -159,6 +220,20 @@ mod tests {
     use super::*;
     use crate::broker::vhost::{QueueDecl, VHost};
 
+    fn entry(seq: u64) -> Entry {
+        Entry {
+            seq,
+            msg: Arc::new(crate::broker::message::Message {
+                exchange: Default::default(),
+                routing_key: Default::default(),
+                properties: Default::default(),
+                body: Default::default(),
+                stored: None,
+            }),
+            redelivered: false,
+        }
+    }
+
     fn queue() -> QueueHandle {
         let settings = crate::broker::vhost::QueueSettings {
             inbox: 8,
@@ -181,7 +256,9 @@ mod tests {
     async fn tags_count_from_one_and_settle_ranges() {
         let q = queue();
         let mut ch = Channel::default();
-        let tags: Vec<u64> = (0..5).map(|s| ch.deliver(&q, s, false, true)).collect();
+        let tags: Vec<u64> = (0..5)
+            .map(|s| ch.deliver(&q, &entry(s), false, true))
+            .collect();
         assert_eq!(tags, vec![1, 2, 3, 4, 5]);
         assert_eq!(ch.settle(2, false).unwrap()[0].seq, 1);
         assert_eq!(ch.settle(2, false).unwrap_err().code(), 406);
@@ -196,7 +273,7 @@ mod tests {
     async fn no_ack_deliveries_are_not_tracked() {
         let q = queue();
         let mut ch = Channel::default();
-        let t = ch.deliver(&q, 0, true, false);
+        let t = ch.deliver(&q, &entry(0), true, false);
         assert_eq!(ch.settle(t, false).unwrap_err().code(), 406);
         assert_eq!(ch.settle(0, false).unwrap_err().code(), 406);
     }

@@ -511,6 +511,7 @@ impl Conn {
     ) -> Result<(), Error> {
         self.published = true;
         let p = &content.publish;
+        let mandatory = p.mandatory;
         let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
         let vhost = self.vhost().clone();
         let routes = vhost.routes();
@@ -543,39 +544,22 @@ impl Conn {
         let mut targets = std::mem::take(&mut self.route_buf);
         routes.route(exchange, &msg, &mut targets);
         drop(routes);
-        let durable = targets.iter().filter(|q| q.store.is_some()).count() as u32;
-        if durable > 0 && msg.persistent() {
-            // Written once, referenced by each durable queue's index; confirmed after sync.
-            let id = self.broker.store.next_message_id();
-            self.store_ops.push(Op::PutMessage {
-                id,
-                msg: msg.to_stored(),
+        if let Some(tx) = self.channels.get_mut(&ch).and_then(|c| c.tx.as_mut()) {
+            // Staged: routed now, written and made visible at tx.commit.
+            tx.publishes.push(crate::channel::TxPublish {
+                msg,
+                targets: std::mem::take(&mut targets),
+                mandatory,
             });
-            for q in targets.iter().filter(|q| q.store.is_some()) {
-                self.store_ops.push(Op::Enqueue {
-                    queue: q.id,
-                    msg: id,
-                });
-            }
-            msg.stored = Some(Arc::new(Persisted::new(id, durable)));
+            self.route_buf = targets;
+            return Ok(());
         }
+        let mut ops = std::mem::take(&mut self.store_ops);
+        self.persist(&mut msg, &targets, &mut ops);
+        self.store_ops = ops;
         let msg = Arc::new(msg);
-        if targets.is_empty() && p.mandatory {
-            encode::basic_return(
-                &mut self.out,
-                ch,
-                code::NO_ROUTE,
-                "NO_ROUTE",
-                &msg.exchange,
-                &msg.routing_key,
-            );
-            encode::content(
-                &mut self.out,
-                ch,
-                &msg.properties,
-                &msg.body,
-                self.frame_max,
-            );
+        if targets.is_empty() && mandatory {
+            self.write_return(ch, &msg);
         }
         for q in targets.drain(..) {
             match self.pending.iter_mut().find(|(h, _)| h.id == q.id) {
@@ -598,6 +582,46 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A persistent message routed to durable queues is written once, referenced by each
+    /// durable queue's index entry, and shared by reference count.
+    pub(crate) fn persist(&self, msg: &mut Message, targets: &[QueueHandle], ops: &mut Vec<Op>) {
+        let durable = targets.iter().filter(|q| q.store.is_some()).count() as u32;
+        if durable == 0 || !msg.persistent() {
+            return;
+        }
+        let id = self.broker.store.next_message_id();
+        ops.push(Op::PutMessage {
+            id,
+            msg: msg.to_stored(),
+        });
+        for q in targets.iter().filter(|q| q.store.is_some()) {
+            ops.push(Op::Enqueue {
+                queue: q.id,
+                msg: id,
+            });
+        }
+        msg.stored = Some(Arc::new(Persisted::new(id, durable)));
+    }
+
+    /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
+    pub(crate) fn write_return(&mut self, ch: u16, msg: &Message) {
+        encode::basic_return(
+            &mut self.out,
+            ch,
+            code::NO_ROUTE,
+            "NO_ROUTE",
+            &msg.exchange,
+            &msg.routing_key,
+        );
+        encode::content(
+            &mut self.out,
+            ch,
+            &msg.properties,
+            &msg.body,
+            self.frame_max,
+        );
     }
 
     /// Hand staged publishes to their queues (one command per queue), then confirm them: at
@@ -752,7 +776,7 @@ impl Conn {
             let Some(c) = self.channels.get_mut(&channel) else {
                 break;
             };
-            let tag = c.deliver(queue, e.seq, no_ack, !no_ack);
+            let tag = c.deliver(queue, &e, no_ack, !no_ack);
             encode::deliver(
                 &mut self.out,
                 channel,

@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod connection;
 mod crash;
+mod tx;
 mod durability;
 mod errors;
 mod exchanges;

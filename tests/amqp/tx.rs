@@ -40,7 +40,12 @@ async fn acks_take_effect_at_commit_and_rolled_back_acks_leave_messages_unacked(
     let tch = c.create_channel().await.unwrap();
     tch.tx_select().await.unwrap();
     let mut cons = tch
-        .basic_consume("txa".into(), "".into(), Default::default(), FieldTable::default())
+        .basic_consume(
+            "txa".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut tags = Vec::new();
@@ -50,9 +55,13 @@ async fn acks_take_effect_at_commit_and_rolled_back_acks_leave_messages_unacked(
     tch.basic_ack(tags[0], Default::default()).await.unwrap();
     tch.tx_rollback().await.unwrap();
     // The rolled-back ack left message 0 unacked: it can be acked again, and committed.
-    tch.basic_ack(tags[1], BasicAckOptions { multiple: true }).await.unwrap();
+    tch.basic_ack(tags[1], BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
     tch.tx_commit().await.unwrap();
-    tch.basic_cancel(cons.tag(), Default::default()).await.unwrap();
+    tch.basic_cancel(cons.tag(), Default::default())
+        .await
+        .unwrap();
     // Closing the channel requeues what is still unacked: only message 2.
     tch.close(200, "OK".into()).await.unwrap();
     assert_eq!(count(&ch, "txa").await, 1);
@@ -84,8 +93,13 @@ async fn mandatory_returns_arrive_before_commit_ok() {
     let mut raw = Raw::connect(&b).await;
     raw.open(0, 0).await;
     raw.open_channel(1).await;
-    let ok = raw.call(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {}))).await;
-    assert!(matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))), "{ok:?}");
+    let ok = raw
+        .call(1, AMQPClass::Tx(tx::AMQPMethod::Select(tx::Select {})))
+        .await;
+    assert!(
+        matches!(ok, AMQPClass::Tx(tx::AMQPMethod::SelectOk(_))),
+        "{ok:?}"
+    );
     let mut out = bytes::BytesMut::new();
     warren::protocol::encode::method(
         &mut out,
@@ -99,11 +113,18 @@ async fn mandatory_returns_arrive_before_commit_ok() {
     );
     warren::protocol::encode::content(&mut out, 1, &[0, 0], b"x", 4096);
     raw.send(&out).await;
-    raw.method(1, AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {}))).await;
+    raw.method(1, AMQPClass::Tx(tx::AMQPMethod::Commit(tx::Commit {})))
+        .await;
     let first = raw.next_method().await.unwrap().1;
-    assert!(matches!(first, AMQPClass::Basic(basic::AMQPMethod::Return(ref r)) if r.reply_code == 312), "{first:?}");
+    assert!(
+        matches!(first, AMQPClass::Basic(basic::AMQPMethod::Return(ref r)) if r.reply_code == 312),
+        "{first:?}"
+    );
     let second = raw.next_method().await.unwrap().1;
-    assert!(matches!(second, AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))), "{second:?}");
+    assert!(
+        matches!(second, AMQPClass::Tx(tx::AMQPMethod::CommitOk(_))),
+        "{second:?}"
+    );
     b.stop().await;
 }
 
@@ -111,15 +132,26 @@ async fn mandatory_returns_arrive_before_commit_ok() {
 async fn a_committed_move_between_durable_queues_survives_restart_whole() {
     let b = start().await;
     let (c, ch) = channel(&b).await;
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
     for q in ["src", "dst-a", "dst-b"] {
-        ch.queue_declare(q.into(), durable, FieldTable::default()).await.unwrap();
+        ch.queue_declare(q.into(), durable, FieldTable::default())
+            .await
+            .unwrap();
     }
     ch.confirm_select(Default::default()).await.unwrap();
     let persistent = BasicProperties::default().with_delivery_mode(2);
     for i in 0..10u8 {
         let c = ch
-            .basic_publish("".into(), "src".into(), Default::default(), &[i], persistent.clone())
+            .basic_publish(
+                "".into(),
+                "src".into(),
+                Default::default(),
+                &[i],
+                persistent.clone(),
+            )
             .await
             .unwrap();
         assert!(c.await.unwrap().is_ack());
@@ -134,11 +166,19 @@ async fn a_committed_move_between_durable_queues_survives_restart_whole() {
             .unwrap()
             .unwrap();
         for q in ["dst-a", "dst-b"] {
-            tch.basic_publish("".into(), q.into(), Default::default(), &m.delivery.data, persistent.clone())
-                .await
-                .unwrap();
+            tch.basic_publish(
+                "".into(),
+                q.into(),
+                Default::default(),
+                &m.delivery.data,
+                persistent.clone(),
+            )
+            .await
+            .unwrap();
         }
-        tch.basic_ack(m.delivery.delivery_tag, Default::default()).await.unwrap();
+        tch.basic_ack(m.delivery.delivery_tag, Default::default())
+            .await
+            .unwrap();
         tch.tx_commit().await.unwrap();
     }
     // A sixth move is staged but never committed.
@@ -147,17 +187,29 @@ async fn a_committed_move_between_durable_queues_survives_restart_whole() {
         .await
         .unwrap()
         .unwrap();
-    tch.basic_publish("".into(), "dst-a".into(), Default::default(), &m.delivery.data, persistent.clone())
+    tch.basic_publish(
+        "".into(),
+        "dst-a".into(),
+        Default::default(),
+        &m.delivery.data,
+        persistent.clone(),
+    )
+    .await
+    .unwrap();
+    tch.basic_ack(m.delivery.delivery_tag, Default::default())
         .await
         .unwrap();
-    tch.basic_ack(m.delivery.delivery_tag, Default::default()).await.unwrap();
 
     let b = b.restart().await;
     let (_c, ch) = channel(&b).await;
     assert_eq!(count(&ch, "dst-a").await, 5);
     assert_eq!(count(&ch, "dst-b").await, 5);
     let mut left = Vec::new();
-    while let Some(m) = ch.basic_get("src".into(), BasicGetOptions { no_ack: true }).await.unwrap() {
+    while let Some(m) = ch
+        .basic_get("src".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
         left.push(m.delivery.data[0]);
     }
     assert_eq!(left, vec![5, 6, 7, 8, 9]);

@@ -667,6 +667,46 @@ def scenario_many_channels(ctx):
     eq(sorted(got), sorted(f"ch-{c.channel_number}".encode() for c in chans), "bodies")
 
 
+def scenario_tx_move_commit_and_rollback(ctx):
+    """Read-process-write in a transaction: publish to two queues and ack the source, then
+    commit; a rolled-back move changes nothing and leaves the source message unacked."""
+    ch = ctx.conn.channel()
+    src = ctx.queue(ch, "tx-src", durable=True)
+    dst_a = ctx.queue(ch, "tx-a", durable=True)
+    dst_b = ctx.queue(ch, "tx-b", durable=True)
+    persistent = pika.BasicProperties(delivery_mode=2)
+    for i in range(4):
+        ch.basic_publish("", src, f"job-{i}".encode(), properties=persistent)
+    tch = ctx.conn.channel()
+    tch.tx_select()
+    for i in range(2):
+        m, _p, body = tch.basic_get(src, auto_ack=False)
+        eq(body, f"job-{i}".encode(), "moved body")
+        tch.basic_publish("", dst_a, body, properties=persistent)
+        tch.basic_publish("", dst_b, body, properties=persistent)
+        eq(message_count(ch, dst_a), i, "publish invisible before commit")
+        tch.basic_ack(m.delivery_tag)
+        tch.tx_commit()
+        eq(message_count(ch, dst_a), i + 1, "visible after commit")
+        eq(message_count(ch, dst_b), i + 1, "visible after commit")
+    m, _p, body = tch.basic_get(src, auto_ack=False)
+    tch.basic_publish("", dst_a, body, properties=persistent)
+    tch.basic_ack(m.delivery_tag)
+    tch.tx_rollback()
+    eq(message_count(ch, dst_a), 2, "rolled-back publish never visible")
+    # The rolled-back ack left job-2 unacked: closing the channel requeues it.
+    tch.close()
+    eq(drain(ch, src), [b"job-2", b"job-3"], "source after commit and rollback")
+    eq(drain(ch, dst_a), [b"job-0", b"job-1"], "dst a")
+    eq(drain(ch, dst_b), [b"job-0", b"job-1"], "dst b")
+    ch2 = ctx.conn.channel()
+    try:
+        ch2.tx_commit()
+        raise AssertionError("tx.commit without tx.select succeeded")
+    except pika.exceptions.ChannelClosedByBroker as e:
+        eq(e.reply_code, 406, "tx.commit without select")
+
+
 SCENARIOS = [
     scenario_basic_get_100,
     scenario_consume_prefetch_manual_ack,
@@ -686,6 +726,7 @@ SCENARIOS = [
     scenario_purge_and_delete_counts,
     scenario_heartbeats_keep_idle_connection_alive,
     scenario_many_channels,
+    scenario_tx_move_commit_and_rollback,
 ]
 
 

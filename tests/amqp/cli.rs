@@ -1,15 +1,8 @@
 //! The `warren` binary: flags, environment, config errors and graceful shutdown on SIGTERM.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use crate::common::Raw;
-
-fn warren() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_warren"));
-    c.env_remove("WARREN_LISTEN").env_remove("WARREN_CONFIG");
-    c
-}
+use crate::common::{Raw, spawn_binary, warren};
 
 /// Run to completion; (exit code, non-empty stderr lines).
 fn fails(c: &mut Command) -> (i32, Vec<String>) {
@@ -48,36 +41,10 @@ fn bad_flags_and_values_exit_nonzero_with_one_line() {
     }
 }
 
-struct Running {
-    child: Child,
-    port: u16,
-}
-
-/// Start the binary on an ephemeral port and read the port back from its log.
-fn spawn(cmd: &mut Command) -> Running {
-    let mut child = cmd
-        .env("WARREN_LOG", "info")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines.next().expect("broker logs its address").unwrap();
-        if let Some(rest) = line.split("listening for AMQP on ").nth(1) {
-            break rest.trim().rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    // Keep draining the log so the broker never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Running { child, port }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_closes_clients_with_320_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
-    let mut r = spawn(
+    let mut r = spawn_binary(
         warren()
             .env("WARREN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")
@@ -107,7 +74,7 @@ async fn sigterm_closes_clients_with_320_and_exits_zero() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_locked_or_corrupt_data_dir_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mut first = spawn(
+    let mut first = spawn_binary(
         warren()
             .env("WARREN_LISTEN", "127.0.0.1:0")
             .arg("--data-dir")

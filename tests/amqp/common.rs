@@ -161,6 +161,40 @@ pub async fn publish_refused(
     }
 }
 
+/// The real `warren` binary, running.
+pub struct Running {
+    pub child: std::process::Child,
+    pub port: u16,
+}
+
+/// `warren` with no configuration from the test's environment.
+pub fn warren() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));
+    c.env_remove("WARREN_LISTEN").env_remove("WARREN_CONFIG");
+    c
+}
+
+/// Start the binary and read its AMQP port back from its log (so port 0 works).
+pub fn spawn_binary(cmd: &mut std::process::Command) -> Running {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd
+        .env("WARREN_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let port = loop {
+        let line = lines.next().expect("broker logs its address").unwrap();
+        if let Some(rest) = line.split("listening for AMQP on ").nth(1) {
+            break rest.trim().rsplit(':').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining the log so the broker never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Running { child, port }
+}
+
 /// A minimal client speaking raw frames, for protocol-level tests.
 pub struct Raw {
     pub sock: TcpStream,

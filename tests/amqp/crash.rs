@@ -4,8 +4,6 @@
 //! Cycles: WARREN_CRASH_CYCLES (default 3; a soak run sets more).
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -14,38 +12,19 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
-struct Node {
-    child: Child,
-    port: u16,
-}
+type Node = crate::common::Running;
 
 fn spawn(dir: &std::path::Path, port: u16) -> Node {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .env_remove("WARREN_CONFIG")
-        .env("WARREN_LOG", "info")
-        .arg("--listen")
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("--data-dir")
-        .arg(dir)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("broker starts and logs its address")
-            .unwrap();
-        if let Some(rest) = line.split("listening for AMQP on ").nth(1) {
-            break rest.trim().rsplit(':').next().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    Node { child, port }
+    crate::common::spawn_binary(
+        crate::common::warren()
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(dir),
+    )
 }
 
-impl Node {
+impl crate::common::Running {
     fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();

@@ -142,7 +142,11 @@ async function prefetchFiveLimitsUnacked(ctx) {
   await ch.assertQueue(q);
   const n = 40;
   for (let i = 0; i < n; i++) ch.sendToQueue(q, Buffer.from(`p-${i}`));
-  assert.equal((await ch.checkQueue(q)).messageCount, n);
+  // RabbitMQ does not order a publish before a later queue.declare on the same channel: poll.
+  let count = 0;
+  const deadline = Date.now() + 5000;
+  while ((count = (await ch.checkQueue(q)).messageCount) !== n && Date.now() < deadline) await sleep(5);
+  assert.equal(count, n);
   await ch.prefetch(5);
 
   const received = [];

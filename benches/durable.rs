@@ -92,8 +92,53 @@ fn proc_field(pid: u32, file: &str, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Only the publish numbers, against any broker (e.g. RabbitMQ): AMQP_URL=amqp://...
+async fn against(url: &str, messages: usize, body: usize, publishers: usize) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch
+        .queue_delete("bench-durable".into(), Default::default())
+        .await;
+    ch.queue_declare(
+        "bench-durable".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..publishers)
+        .map(|_| tokio::spawn(publish_to(url.to_string(), messages / publishers, body)))
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = (messages / publishers) * publishers;
+    println!("{url}: {total} x {body} B persistent, {publishers} publisher(s), window {WINDOW}");
+    println!(
+        "  confirmed msg/s:        {:.0}",
+        total as f64 / started.elapsed().as_secs_f64()
+    );
+    let _ = ch
+        .queue_delete("bench-durable".into(), Default::default())
+        .await;
+}
+
 async fn publish(port: u16, count: usize, body: usize) {
-    let url = format!("amqp://guest:guest@127.0.0.1:{port}/%2f");
+    publish_to(
+        format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+        count,
+        body,
+    )
+    .await
+}
+
+async fn publish_to(url: String, count: usize, body: usize) {
     let conn = Connection::connect(&url, ConnectionProperties::default())
         .await
         .unwrap();
@@ -133,6 +178,9 @@ async fn main() {
     let messages = args.first().copied().unwrap_or(1_000_000);
     let body = args.get(1).copied().unwrap_or(16);
     let publishers = args.get(2).copied().unwrap_or(1).max(1);
+    if let Ok(url) = std::env::var("AMQP_URL") {
+        return against(&url, messages, body, publishers).await;
+    }
     let dir = tempfile::tempdir().unwrap();
     let broker = start(dir.path(), 0);
     let port = broker.port;

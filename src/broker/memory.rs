@@ -41,7 +41,14 @@ impl MemoryMonitor {
     }
 
     pub fn sub(&self, n: usize) {
-        let now = self.used.fetch_sub(n, Ordering::AcqRel).saturating_sub(n);
+        // Saturating: a miscount must not wrap and leave the alarm on for good.
+        let before = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                Some(u.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        let now = before.saturating_sub(n);
         if now <= self.limit {
             self.alarm.send_if_modified(|on| {
                 if !*on {

@@ -330,7 +330,7 @@ impl Queue {
             else {
                 break;
             };
-            self.bytes -= DISK_SLOT_WEIGHT;
+            self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
             self.memory.sub(DISK_SLOT_WEIGHT);
             match row {
                 Some(row) => {
@@ -389,7 +389,7 @@ impl Queue {
             match slot {
                 Slot::Mem(e) => self.forget(&e),
                 Slot::Disk { stored, .. } => {
-                    self.bytes -= DISK_SLOT_WEIGHT;
+                    self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
                     self.memory.sub(DISK_SLOT_WEIGHT);
                     self.release_stored(&stored, 0);
                 }
@@ -556,7 +556,7 @@ impl Queue {
     /// The queue no longer holds this message (acked, dropped, or delivered without ack).
     fn forget(&mut self, e: &Entry) {
         let w = e.msg.weight();
-        self.bytes -= w;
+        self.bytes = self.bytes.saturating_sub(w);
         self.memory.sub(w);
         if let Some(p) = &e.msg.stored {
             self.release_stored(p, w);

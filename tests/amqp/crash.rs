@@ -242,3 +242,144 @@ async fn confirmed_messages_survive_repeated_kill_9() {
     );
     node.kill9();
 }
+
+/// Exactly-once moves: a transactional consumer moves messages from S to A and B (publish to
+/// both, ack the source, commit) while the broker is killed with SIGKILL. After restart every
+/// committed move is in both A and B, none is in only one, and none is also still in S.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactional_moves_are_all_or_nothing_across_kill_9() {
+    const N: u32 = 2000;
+    let dir = tempfile::tempdir().unwrap();
+    let node = spawn(dir.path(), 0);
+    let port = node.port;
+    {
+        let c = node.connect().await;
+        let ch = c.create_channel().await.unwrap();
+        for q in ["tx-s", "tx-a", "tx-b"] {
+            ch.queue_declare(
+                q.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .unwrap();
+        }
+        ch.confirm_select(Default::default()).await.unwrap();
+        let mut pending = Vec::new();
+        for i in 0..N {
+            pending.push(
+                ch.basic_publish(
+                    "".into(),
+                    "tx-s".into(),
+                    Default::default(),
+                    &i.to_be_bytes(),
+                    persistent(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for p in pending {
+            assert!(p.await.unwrap().is_ack());
+        }
+    }
+    let committed = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
+    let mover = {
+        let committed = committed.clone();
+        let c = node.connect().await;
+        tokio::spawn(async move {
+            let ch = c.create_channel().await.unwrap();
+            ch.tx_select().await.unwrap();
+            loop {
+                let Ok(Some(m)) = ch
+                    .basic_get("tx-s".into(), BasicGetOptions { no_ack: false })
+                    .await
+                else {
+                    return;
+                };
+                let id = u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap());
+                for q in ["tx-a", "tx-b"] {
+                    let sent = ch
+                        .basic_publish(
+                            "".into(),
+                            q.into(),
+                            Default::default(),
+                            &m.delivery.data,
+                            persistent(),
+                        )
+                        .await;
+                    if sent.is_err() {
+                        return;
+                    }
+                }
+                if ch
+                    .basic_ack(m.delivery.delivery_tag, Default::default())
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                if ch.tx_commit().await.is_err() {
+                    return;
+                }
+                committed.lock().unwrap().push(id);
+            }
+        })
+    };
+    // Kill at some point mid-stream, with a transaction in flight.
+    while committed.lock().unwrap().len() < 300 {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    node.kill9();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), mover).await;
+    let committed: BTreeSet<u32> = committed.lock().unwrap().iter().copied().collect();
+
+    let node = spawn(dir.path(), port);
+    let c = node.connect().await;
+    let ch = c.create_channel().await.unwrap();
+    let drain = |q: &'static str| {
+        let ch = ch.clone();
+        async move {
+            let mut out = Vec::new();
+            while let Some(m) = ch
+                .basic_get(q.into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap()
+            {
+                out.push(u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap()));
+            }
+            out
+        }
+    };
+    let (s, a, b) = (
+        drain("tx-s").await,
+        drain("tx-a").await,
+        drain("tx-b").await,
+    );
+    let set = |v: &Vec<u32>| v.iter().copied().collect::<BTreeSet<u32>>();
+    let (ss, sa, sb) = (set(&s), set(&a), set(&b));
+    assert_eq!(sa.len(), a.len(), "duplicates in A");
+    assert_eq!(sb.len(), b.len(), "duplicates in B");
+    assert_eq!(sa, sb, "a move is in only one of A and B");
+    assert!(
+        ss.is_disjoint(&sa),
+        "moved messages still in S: {:?}",
+        ss.intersection(&sa).take(5).collect::<Vec<_>>()
+    );
+    assert!(
+        committed.is_subset(&sa),
+        "committed moves lost: {:?}",
+        committed.difference(&sa).take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ss.len() + sa.len(),
+        N as usize,
+        "messages lost: S {} + A {}",
+        ss.len(),
+        sa.len()
+    );
+    node.kill9();
+}

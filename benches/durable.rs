@@ -4,8 +4,10 @@
 //! (/proc/PID/io), RSS with the backlog, and the time to recover it after SIGKILL.
 //!
 //!     cargo bench --bench durable -- [MESSAGES] [BODY_BYTES] [PUBLISHERS]
+//!     cargo bench --bench durable -- tx [TRANSACTIONS]     (1-message transactions/s)
 //!
 //! Defaults: 1000000 messages of 16 bytes, 1 publisher, 1000 confirms outstanding each.
+//! With AMQP_URL set, the same load runs against that broker instead (e.g. RabbitMQ).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -169,8 +171,65 @@ async fn publish_to(url: String, count: usize, body: usize) {
     }
 }
 
+/// 1-message transactions: publish one persistent message, commit; returns commits/s.
+async fn transactions(url: &str, count: usize) -> f64 {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let _ = ch.queue_delete("bench-tx".into(), Default::default()).await;
+    ch.queue_declare(
+        "bench-tx".into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    ch.tx_select().await.unwrap();
+    let props = BasicProperties::default().with_delivery_mode(2);
+    let started = Instant::now();
+    for _ in 0..count {
+        ch.basic_publish(
+            "".into(),
+            "bench-tx".into(),
+            Default::default(),
+            &[0x5a; 16],
+            props.clone(),
+        )
+        .await
+        .unwrap();
+        ch.tx_commit().await.unwrap();
+    }
+    let rate = count as f64 / started.elapsed().as_secs_f64();
+    let _ = ch.queue_delete("bench-tx".into(), Default::default()).await;
+    rate
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    if std::env::args().nth(1).as_deref() == Some("tx") {
+        let count = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(5000);
+        if let Ok(url) = std::env::var("AMQP_URL") {
+            let rate = transactions(&url, count).await;
+            println!("{url}: {count} one-message transactions, {rate:.0} commits/s");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let broker = start(dir.path(), 0);
+        let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
+        let rate = transactions(&url, count).await;
+        println!("warren: {count} one-message transactions, {rate:.0} commits/s");
+        let mut child = broker.child;
+        child.kill().unwrap();
+        child.wait().unwrap();
+        return;
+    }
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

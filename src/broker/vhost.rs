@@ -10,9 +10,8 @@ use tokio::sync::oneshot;
 
 use super::exchange::{Binding, DestName, ExchangeDef, ExchangeKind, ExchangeRoute, Router};
 use super::memory::MemoryMonitor;
-use super::message::Message;
 use super::queue::{self, ConnId, QueueHandle, QueueShared, QueueSpec};
-use super::routing::Dest;
+use super::routing::{Dest, Routes};
 use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
@@ -60,13 +59,6 @@ struct Topology {
     /// Bindings by source exchange.
     bindings: HashMap<Arc<str>, Vec<Binding>>,
     next_queue_id: u64,
-}
-
-/// The immutable view publishers route with.
-#[derive(Default)]
-pub struct Routes {
-    exchanges: HashMap<Arc<str>, Arc<ExchangeRoute>>,
-    queues: Arc<HashMap<Arc<str>, QueueHandle>>,
 }
 
 /// Per-queue settings from the config.
@@ -707,58 +699,6 @@ impl VHost {
         self.publish(&t, &changed, true);
         let ops = self.removal_ops(removed);
         let _ = self.write(ops);
-    }
-}
-
-impl Routes {
-    pub fn exchange(&self, name: &str) -> Option<&Arc<ExchangeRoute>> {
-        self.exchanges.get(name)
-    }
-
-    /// Every queue `msg` reaches from `exchange` (which must exist), each once, following
-    /// exchange-to-exchange bindings (cycles are cut).
-    pub fn route(&self, exchange: &str, msg: &Message, out: &mut Vec<QueueHandle>) {
-        if exchange.is_empty() {
-            if let Ok(key) = std::str::from_utf8(&msg.routing_key)
-                && let Some(q) = self.queues.get(key)
-            {
-                out.push(q.clone());
-            }
-            return;
-        }
-        let mut headers: Option<Option<FieldTable>> = None;
-        let mut visited: Vec<&str> = vec![exchange];
-        let mut pending: Vec<&str> = vec![exchange];
-        let mut dests = Vec::new();
-        while let Some(name) = pending.pop() {
-            let Some(x) = self.exchanges.get(name) else {
-                continue;
-            };
-            if x.router.needs_headers() && headers.is_none() {
-                headers = Some(msg.headers());
-            }
-            dests.clear();
-            x.router.route(
-                &msg.routing_key,
-                headers.as_ref().and_then(|h| h.as_ref()),
-                &mut dests,
-            );
-            for d in &dests {
-                match d {
-                    Dest::Queue(q) => {
-                        if !out.iter().any(|o| o.id == q.id) {
-                            out.push(q.clone());
-                        }
-                    }
-                    Dest::Exchange(next) => {
-                        if !visited.contains(&&**next) {
-                            visited.push(next);
-                            pending.push(next);
-                        }
-                    }
-                }
-            }
-        }
     }
 }
 

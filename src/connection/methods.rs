@@ -6,13 +6,11 @@ use std::sync::Arc;
 use super::Conn;
 use crate::broker::consumer::{ConsumerFlow, ConsumerSpec};
 use crate::broker::exchange::DestName;
-use crate::broker::message::Message;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::broker::vhost::{ExchangeDecl, QueueDecl};
-use crate::channel::{ConsumerInfo, Settle, Tx, by_queue};
+use crate::channel::{ConsumerInfo, Settle, by_queue};
 use crate::error::{Error, code};
-use crate::protocol::{AMQPClass, access, basic, channel, confirm, encode, exchange, queue, tx};
-use crate::store::Op;
+use crate::protocol::{AMQPClass, access, basic, channel, confirm, encode, exchange, queue};
 
 fn gone(name: &str, vhost: &str) -> Error {
     Error::not_found(format!("no queue '{name}' in vhost '{vhost}'"))
@@ -25,7 +23,7 @@ fn consumer_tag() -> String {
 }
 
 impl Conn {
-    fn channel(&mut self, ch: u16) -> &mut crate::channel::Channel {
+    pub(super) fn channel(&mut self, ch: u16) -> &mut crate::channel::Channel {
         self.channels
             .get_mut(&ch)
             .expect("method dispatched to an open channel")
@@ -522,107 +520,6 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_tx(&mut self, ch: u16, m: tx::AMQPMethod) -> Result<(), Error> {
-        let c = self.channel(ch);
-        let reply = match m {
-            tx::AMQPMethod::Select(_) => {
-                if c.confirm_next.is_some() {
-                    return Err(Error::precondition("cannot switch from confirm to tx mode"));
-                }
-                c.tx.get_or_insert_default();
-                tx::AMQPMethod::SelectOk(tx::SelectOk {})
-            }
-            tx::AMQPMethod::Commit(_) => {
-                let Some(staged) = c.tx.as_mut().map(std::mem::take) else {
-                    return Err(Error::precondition("channel is not transactional"));
-                };
-                self.commit(ch, staged).await?;
-                tx::AMQPMethod::CommitOk(tx::CommitOk {})
-            }
-            tx::AMQPMethod::Rollback(_) => {
-                let Some(staged) = c.tx.as_mut().map(std::mem::take) else {
-                    return Err(Error::precondition("channel is not transactional"));
-                };
-                // Staged publishes vanish; staged acks are undone: those stay unacked.
-                for (_, settled) in staged.settles {
-                    c.unsettle(settled);
-                }
-                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
-            }
-            _ => {
-                return Err(Error::connection(
-                    code::COMMAND_INVALID,
-                    "unexpected tx method",
-                ));
-            }
-        };
-        self.send_method(ch, AMQPClass::Tx(reply));
-        Ok(())
-    }
-
-    /// Apply a transaction atomically: its persistent publishes and its acks of stored
-    /// messages, across all queues, go to the store in one synced write; only then do the
-    /// queues see them (so after a crash all of it or none of it is there).
-    async fn commit(&mut self, ch: u16, staged: Tx) -> Result<(), Error> {
-        let mut ops = Vec::new();
-        let mut batches: Vec<(QueueHandle, Vec<Arc<Message>>)> = Vec::new();
-        let mut returns = Vec::new();
-        for p in staged.publishes {
-            let mut msg = p.msg;
-            self.persist(&mut msg, &p.targets, &mut ops);
-            let msg = Arc::new(msg);
-            if p.targets.is_empty() && p.mandatory {
-                returns.push(msg.clone());
-            }
-            for q in p.targets {
-                match batches.iter_mut().find(|(h, _)| h.id == q.id) {
-                    Some((_, b)) => b.push(msg.clone()),
-                    None => batches.push((q, vec![msg.clone()])),
-                }
-            }
-        }
-        for (how, settled) in &staged.settles {
-            if matches!(how, Settle::Requeue) {
-                continue;
-            }
-            for (_, u) in settled {
-                if let Some(id) = u.stored {
-                    ops.push(Op::Dequeue {
-                        queue: u.queue.id,
-                        msg: id,
-                    });
-                }
-            }
-        }
-        if !ops.is_empty() {
-            let (done, written) = tokio::sync::oneshot::channel();
-            self.broker.store.submit(
-                ops,
-                true,
-                Some(Box::new(move |ok| {
-                    let _ = done.send(ok);
-                })),
-            );
-            if written.await != Ok(true) {
-                return Err(Error::connection(
-                    code::INTERNAL_ERROR,
-                    "store write failed",
-                ));
-            }
-        }
-        for msg in returns {
-            self.write_return(ch, &msg);
-        }
-        for (q, msgs) in batches {
-            q.send(QueueCmd::Publish(msgs)).await;
-        }
-        for (how, settled) in staged.settles {
-            let settled = settled.into_iter().map(|(_, u)| u).collect();
-            self.apply_settle(ch, settled, how).await;
-        }
-        Ok(())
-    }
-
     async fn settle(
         &mut self,
         ch: u16,
@@ -644,7 +541,12 @@ impl Conn {
         Ok(())
     }
 
-    async fn apply_settle(&mut self, ch: u16, settled: Vec<crate::channel::Unacked>, how: Settle) {
+    pub(super) async fn apply_settle(
+        &mut self,
+        ch: u16,
+        settled: Vec<crate::channel::Unacked>,
+        how: Settle,
+    ) {
         let limited = settled.iter().filter(|u| u.limited).count() as u32;
         for (q, seqs) in by_queue(settled) {
             let cmd = match how {

@@ -6,8 +6,11 @@
 //! Flow control: waiting on a full queue inbox or a full writer queue stops this task from
 //! reading its socket, which is what slows down a publisher or a client that does not read.
 
+mod deliver;
 mod handshake;
 mod methods;
+mod publish;
+mod tx;
 mod writer;
 
 use std::collections::{HashMap, VecDeque};
@@ -15,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::net::tcp::OwnedReadHalf;
@@ -23,13 +26,13 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::broker::consumer::{ConnEvent, ConnSender};
-use crate::broker::message::{Message, Persisted};
+use crate::broker::message::Message;
 use crate::broker::queue::{ChannelKey, ConnId, QueueCmd, QueueHandle};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, State};
 use crate::error::{Error, code};
 use crate::protocol::codec::{self, Frame, Method};
-use crate::protocol::{AMQPClass, basic, channel, connection, encode};
+use crate::protocol::{AMQPClass, channel, connection, encode};
 use crate::store::Op;
 
 /// Flush the output buffer to the writer once it holds this much.
@@ -454,356 +457,6 @@ impl Conn {
                         self.on_method(ch, m).await
                     }
                 }
-            }
-        }
-    }
-
-    fn on_header(
-        &mut self,
-        ch: u16,
-        class_id: u16,
-        body_size: u64,
-        properties: Bytes,
-    ) -> Result<(), Error> {
-        let max = self.broker.config.max_message_size;
-        let Some(c) = self.channels.get_mut(&ch) else {
-            return Err(Error::connection(
-                code::CHANNEL_ERROR,
-                format!("content header on closed channel {ch}"),
-            ));
-        };
-        if c.state == State::Closing {
-            return Ok(());
-        }
-        if !crate::protocol::properties::valid(&properties) {
-            return Err(Error::connection(
-                code::FRAME_ERROR,
-                "malformed content header properties",
-            ));
-        }
-        match c.assembler.header(class_id, body_size, properties, max)? {
-            Some(content) => self.publish(ch, content),
-            None => Ok(()),
-        }
-    }
-
-    fn on_body(&mut self, ch: u16, data: Bytes) -> Result<(), Error> {
-        let Some(c) = self.channels.get_mut(&ch) else {
-            return Err(Error::connection(
-                code::CHANNEL_ERROR,
-                format!("content body on closed channel {ch}"),
-            ));
-        };
-        if c.state == State::Closing {
-            return Ok(());
-        }
-        match c.assembler.body(data)? {
-            Some(content) => self.publish(ch, content),
-            None => Ok(()),
-        }
-    }
-
-    /// Route a complete publish and stage it for its queues (sent at the end of the read).
-    fn publish(
-        &mut self,
-        ch: u16,
-        content: crate::protocol::content::Content,
-    ) -> Result<(), Error> {
-        self.published = true;
-        let p = &content.publish;
-        let mandatory = p.mandatory;
-        let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
-        let vhost = self.vhost().clone();
-        let routes = vhost.routes();
-        if !exchange.is_empty() {
-            match routes.exchange(exchange) {
-                None => {
-                    return Err(Error::not_found(format!(
-                        "no exchange '{exchange}' in vhost '{}'",
-                        vhost.name
-                    ))
-                    .during(60, 40));
-                }
-                Some(x) if x.internal => {
-                    return Err(Error::access_refused(format!(
-                        "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                        vhost.name
-                    ))
-                    .during(60, 40));
-                }
-                Some(_) => {}
-            }
-        }
-        let mut msg = Message {
-            exchange: p.exchange.clone(),
-            routing_key: p.routing_key.clone(),
-            properties: content.properties,
-            body: content.body,
-            stored: None,
-        };
-        let mut targets = std::mem::take(&mut self.route_buf);
-        routes.route(exchange, &msg, &mut targets);
-        drop(routes);
-        if let Some(tx) = self.channels.get_mut(&ch).and_then(|c| c.tx.as_mut()) {
-            // Staged: routed now, written and made visible at tx.commit.
-            tx.publishes.push(crate::channel::TxPublish {
-                msg,
-                targets: std::mem::take(&mut targets),
-                mandatory,
-            });
-            self.route_buf = targets;
-            return Ok(());
-        }
-        let mut ops = std::mem::take(&mut self.store_ops);
-        self.persist(&mut msg, &targets, &mut ops);
-        self.store_ops = ops;
-        let msg = Arc::new(msg);
-        if targets.is_empty() && mandatory {
-            self.write_return(ch, &msg);
-        }
-        for q in targets.drain(..) {
-            match self.pending.iter_mut().find(|(h, _)| h.id == q.id) {
-                Some((_, batch)) => batch.push(msg.clone()),
-                None => self.pending.push((q, vec![msg.clone()])),
-            }
-        }
-        self.route_buf = targets;
-        if let Some(c) = self.channels.get_mut(&ch)
-            && let Some(next) = c.confirm_next.as_mut()
-        {
-            let tag = *next;
-            *next += 1;
-            match self.confirms.iter_mut().find(|(c, _, _)| *c == ch) {
-                Some(entry) => {
-                    entry.1 = tag;
-                    entry.2 += 1;
-                }
-                None => self.confirms.push((ch, tag, 1)),
-            }
-        }
-        Ok(())
-    }
-
-    /// A persistent message routed to durable queues is written once, referenced by each
-    /// durable queue's index entry, and shared by reference count.
-    pub(crate) fn persist(&self, msg: &mut Message, targets: &[QueueHandle], ops: &mut Vec<Op>) {
-        let durable = targets.iter().filter(|q| q.store.is_some()).count() as u32;
-        if durable == 0 || !msg.persistent() {
-            return;
-        }
-        let id = self.broker.store.next_message_id();
-        ops.push(Op::PutMessage {
-            id,
-            msg: msg.to_stored(),
-        });
-        for q in targets.iter().filter(|q| q.store.is_some()) {
-            ops.push(Op::Enqueue {
-                queue: q.id,
-                msg: id,
-            });
-        }
-        msg.stored = Some(Arc::new(Persisted::new(id, durable)));
-    }
-
-    /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
-    pub(crate) fn write_return(&mut self, ch: u16, msg: &Message) {
-        encode::basic_return(
-            &mut self.out,
-            ch,
-            code::NO_ROUTE,
-            "NO_ROUTE",
-            &msg.exchange,
-            &msg.routing_key,
-        );
-        encode::content(
-            &mut self.out,
-            ch,
-            &msg.properties,
-            &msg.body,
-            self.frame_max,
-        );
-    }
-
-    /// Hand staged publishes to their queues (one command per queue), then confirm them: at
-    /// once for transient ones, after the store's sync for those it had to write.
-    async fn flush_publishes(&mut self) -> Result<(), End> {
-        let mut token = None;
-        if !self.store_ops.is_empty() {
-            let store = self.broker.store.clone();
-            store.wait_for_space().await;
-            let t = self.next_token;
-            self.next_token += 1;
-            let events = self.events_tx.clone();
-            // Submitted before the queues see the messages, so a consumer's ack (a dequeue)
-            // can never reach the store ahead of the enqueue it undoes.
-            store.submit(
-                std::mem::take(&mut self.store_ops),
-                true,
-                Some(Box::new(move |ok| {
-                    let _ = events.send(ConnEvent::Synced { token: t, ok });
-                })),
-            );
-            token = Some(t);
-        }
-        if !self.pending.is_empty() {
-            let mut pending = std::mem::take(&mut self.pending);
-            for (q, msgs) in pending.drain(..) {
-                // A queue deleted meanwhile drops the message, as in RabbitMQ.
-                q.send(QueueCmd::Publish(msgs)).await;
-            }
-            self.pending = pending;
-        }
-        if self.confirms.is_empty() {
-            return Ok(());
-        }
-        if token.is_none() && self.awaiting.is_empty() {
-            for (ch, tag, count) in self.confirms.drain(..) {
-                encode::confirm(&mut self.out, ch, tag, count > 1, false);
-            }
-        } else {
-            // Confirms go out in order per channel (`multiple` covers earlier tags), so even
-            // transient ones wait behind a pending sync.
-            let batch = std::mem::take(&mut self.confirms);
-            self.awaiting.push_back((token, batch));
-        }
-        Ok(())
-    }
-
-    /// A store sync finished: release the confirms that waited for it (nack if it failed).
-    fn on_synced(&mut self, done: u64, ok: bool) {
-        while let Some((token, _)) = self.awaiting.front() {
-            if token.is_some_and(|t| t > done) {
-                break;
-            }
-            let nack = !ok && *token == Some(done);
-            let Some((_, batch)) = self.awaiting.pop_front() else {
-                break;
-            };
-            for (ch, tag, count) in batch {
-                if self
-                    .channels
-                    .get(&ch)
-                    .is_some_and(|c| c.state == State::Open)
-                {
-                    encode::confirm(&mut self.out, ch, tag, count > 1, nack);
-                }
-            }
-        }
-    }
-
-    async fn on_event(&mut self, ev: ConnEvent) -> Result<(), End> {
-        match ev {
-            ConnEvent::Deliver {
-                channel,
-                consumer_tag,
-                no_ack,
-                queue,
-                flow,
-                entries,
-            } => {
-                let n = entries.len() as u32;
-                let live = self.channels.get(&channel).is_some_and(|c| {
-                    c.state == State::Open
-                        && c.consumers
-                            .get(&consumer_tag)
-                            .is_some_and(|ci| Arc::ptr_eq(&ci.flow, &flow))
-                });
-                if !live {
-                    if !no_ack
-                        && let Some(c) = self.channels.get(&channel)
-                        && c.limit.release(n)
-                    {
-                        self.wake_consumers(channel);
-                    }
-                    queue.send(QueueCmd::Return { entries, no_ack }).await;
-                    if flow.done(n) {
-                        queue.wake();
-                    }
-                    return Ok(());
-                }
-                let c = self.channels.get_mut(&channel).expect("checked live");
-                if !c.active {
-                    c.parked.push(crate::channel::Parked {
-                        consumer_tag,
-                        no_ack,
-                        queue,
-                        entries,
-                    });
-                    return Ok(());
-                }
-                self.write_deliveries(channel, &consumer_tag, no_ack, &queue, entries)
-                    .await?;
-                if flow.done(n) {
-                    queue.wake();
-                }
-            }
-            ConnEvent::Synced { token, ok } => self.on_synced(token, ok),
-            ConnEvent::Cancelled {
-                channel,
-                consumer_tag,
-            } => {
-                let Some(c) = self.channels.get_mut(&channel) else {
-                    return Ok(());
-                };
-                if c.consumers.remove(&consumer_tag).is_some()
-                    && c.state == State::Open
-                    && self.caps.consumer_cancel_notify
-                {
-                    self.send_method(
-                        channel,
-                        AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                            consumer_tag: consumer_tag.to_string().into(),
-                            nowait: true,
-                        })),
-                    );
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Encode deliveries, handing output to the writer every FLUSH_AT bytes so that what a
-    /// slow consumer has buffered stays bounded by the writer's byte budget.
-    pub(crate) async fn write_deliveries(
-        &mut self,
-        channel: u16,
-        consumer_tag: &str,
-        no_ack: bool,
-        queue: &QueueHandle,
-        entries: Vec<crate::broker::queue::Entry>,
-    ) -> Result<(), End> {
-        for e in entries {
-            let Some(c) = self.channels.get_mut(&channel) else {
-                break;
-            };
-            let tag = c.deliver(queue, &e, no_ack, !no_ack);
-            encode::deliver(
-                &mut self.out,
-                channel,
-                consumer_tag.as_bytes(),
-                tag,
-                e.redelivered,
-                &e.msg.exchange,
-                &e.msg.routing_key,
-            );
-            encode::content(
-                &mut self.out,
-                channel,
-                &e.msg.properties,
-                &e.msg.body,
-                self.frame_max,
-            );
-            if self.out.len() >= FLUSH_AT {
-                self.flush().await?;
-            }
-        }
-        Ok(())
-    }
-
-    fn wake_consumers(&self, channel: u16) {
-        if let Some(c) = self.channels.get(&channel) {
-            for ci in c.consumers.values() {
-                ci.queue.wake();
             }
         }
     }

@@ -1,0 +1,115 @@
+//! Transactions: tx.select, and tx.commit applying a transaction's staged publishes and acks
+//! in one synced store write (atomic across queues) before they become visible.
+
+use std::sync::Arc;
+
+use super::Conn;
+use crate::broker::message::Message;
+use crate::broker::queue::{QueueCmd, QueueHandle};
+use crate::channel::{Settle, Tx};
+use crate::error::{Error, code};
+use crate::protocol::{AMQPClass, tx};
+use crate::store::Op;
+
+impl Conn {
+    pub(super) async fn on_tx(&mut self, ch: u16, m: tx::AMQPMethod) -> Result<(), Error> {
+        let c = self.channel(ch);
+        let reply = match m {
+            tx::AMQPMethod::Select(_) => {
+                if c.confirm_next.is_some() {
+                    return Err(Error::precondition("cannot switch from confirm to tx mode"));
+                }
+                c.tx.get_or_insert_default();
+                tx::AMQPMethod::SelectOk(tx::SelectOk {})
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(staged) = c.tx.as_mut().map(std::mem::take) else {
+                    return Err(Error::precondition("channel is not transactional"));
+                };
+                self.commit(ch, staged).await?;
+                tx::AMQPMethod::CommitOk(tx::CommitOk {})
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(staged) = c.tx.as_mut().map(std::mem::take) else {
+                    return Err(Error::precondition("channel is not transactional"));
+                };
+                // Staged publishes vanish; staged acks are undone: those stay unacked.
+                for (_, settled) in staged.settles {
+                    c.unsettle(settled);
+                }
+                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
+            }
+            _ => {
+                return Err(Error::connection(
+                    code::COMMAND_INVALID,
+                    "unexpected tx method",
+                ));
+            }
+        };
+        self.send_method(ch, AMQPClass::Tx(reply));
+        Ok(())
+    }
+
+    /// Apply a transaction atomically: its persistent publishes and its acks of stored
+    /// messages, across all queues, go to the store in one synced write; only then do the
+    /// queues see them (so after a crash all of it or none of it is there).
+    pub(super) async fn commit(&mut self, ch: u16, staged: Tx) -> Result<(), Error> {
+        let mut ops = Vec::new();
+        let mut batches: Vec<(QueueHandle, Vec<Arc<Message>>)> = Vec::new();
+        let mut returns = Vec::new();
+        for p in staged.publishes {
+            let mut msg = p.msg;
+            self.persist(&mut msg, &p.targets, &mut ops);
+            let msg = Arc::new(msg);
+            if p.targets.is_empty() && p.mandatory {
+                returns.push(msg.clone());
+            }
+            for q in p.targets {
+                match batches.iter_mut().find(|(h, _)| h.id == q.id) {
+                    Some((_, b)) => b.push(msg.clone()),
+                    None => batches.push((q, vec![msg.clone()])),
+                }
+            }
+        }
+        for (how, settled) in &staged.settles {
+            if matches!(how, Settle::Requeue) {
+                continue;
+            }
+            for (_, u) in settled {
+                if let Some(id) = u.stored {
+                    ops.push(Op::Dequeue {
+                        queue: u.queue.id,
+                        msg: id,
+                    });
+                }
+            }
+        }
+        if !ops.is_empty() {
+            let (done, written) = tokio::sync::oneshot::channel();
+            self.broker.store.submit(
+                ops,
+                true,
+                Some(Box::new(move |ok| {
+                    let _ = done.send(ok);
+                })),
+            );
+            if written.await != Ok(true) {
+                return Err(Error::connection(
+                    code::INTERNAL_ERROR,
+                    "store write failed",
+                ));
+            }
+        }
+        for msg in returns {
+            self.write_return(ch, &msg);
+        }
+        for (q, msgs) in batches {
+            q.send(QueueCmd::Publish(msgs)).await;
+        }
+        for (how, settled) in staged.settles {
+            let settled = settled.into_iter().map(|(_, u)| u).collect();
+            self.apply_settle(ch, settled, how).await;
+        }
+        Ok(())
+    }
+}

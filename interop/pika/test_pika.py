@@ -569,6 +569,8 @@ def scenario_unacked_requeued_on_channel_close(ctx):
     ch3 = conn2.channel()
     ch2.basic_publish("", q, b"g-0")
     ch2.basic_publish("", q, b"g-1")
+    # Publishes on one connection are not ordered before a get on another: wait for them.
+    wait_count(ch2, q, 2)
     m, _, body = ch3.basic_get(q, auto_ack=False)
     eq(body, b"g-0", "get before connection close")
     conn2.close()

@@ -126,6 +126,26 @@ pub async fn count(ch: &Channel, name: &str) -> u32 {
     .message_count()
 }
 
+/// The reply code of a passive queue.declare on a fresh channel of `c`: Some(404) when the
+/// queue is gone; None when it exists.
+pub async fn passive_queue_code(c: &Connection, name: &str) -> Option<u16> {
+    let ch = c.create_channel().await.expect("channel");
+    match ch
+        .queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+    {
+        Ok(_) => None,
+        Err(e) => Some(code(&e).expect("a reply code")),
+    }
+}
+
 pub async fn get_body(ch: &Channel, queue: &str) -> Option<Vec<u8>> {
     ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
         .await

@@ -49,21 +49,24 @@ async fn exists_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> bool {
     .is_ok()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn durable_topology_survives_and_transient_does_not() {
-    let b = start().await;
-    let (_c, ch) = channel(&b).await;
-    let d = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    for (n, k) in [
+fn durable_exchanges() -> Vec<(&'static str, ExchangeKind)> {
+    vec![
         ("dx-direct", ExchangeKind::Direct),
         ("dx-fanout", ExchangeKind::Fanout),
         ("dx-topic", ExchangeKind::Topic),
         ("dx-headers", ExchangeKind::Headers),
-    ] {
-        ch.exchange_declare(n.into(), k, d, FieldTable::default())
+    ]
+}
+
+/// The durable part of the topology test: declared before the restart, and redeclared with
+/// the same properties (which must succeed) after it.
+async fn declare_durable_topology(ch: &Channel) {
+    let durable_x = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    for (n, k) in durable_exchanges() {
+        ch.exchange_declare(n.into(), k, durable_x, FieldTable::default())
             .await
             .unwrap();
     }
@@ -71,25 +74,16 @@ async fn durable_topology_survives_and_transient_does_not() {
         "dx-internal".into(),
         ExchangeKind::Fanout,
         ExchangeDeclareOptions {
-            durable: true,
             internal: true,
-            ..Default::default()
+            ..durable_x
         },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.exchange_declare(
-        "tx".into(),
-        ExchangeKind::Fanout,
-        Default::default(),
         FieldTable::default(),
     )
     .await
     .unwrap();
     let mut args = FieldTable::default();
     args.insert("x-message-ttl".into(), AMQPValue::LongInt(60000));
-    ch.queue_declare("dq".into(), durable(), args.clone())
+    ch.queue_declare("dq".into(), durable(), args)
         .await
         .unwrap();
     ch.queue_declare(
@@ -99,6 +93,21 @@ async fn durable_topology_survives_and_transient_does_not() {
             auto_delete: true,
             ..Default::default()
         },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn durable_topology_survives_and_transient_does_not() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    declare_durable_topology(&ch).await;
+    ch.exchange_declare(
+        "tx".into(),
+        ExchangeKind::Fanout,
+        Default::default(),
         FieldTable::default(),
     )
     .await
@@ -187,59 +196,14 @@ async fn durable_topology_survives_and_transient_does_not() {
 
     let b = b.restart().await;
     let (_c, ch) = channel(&b).await;
-    for (n, k) in [
-        ("dx-direct", ExchangeKind::Direct),
-        ("dx-fanout", ExchangeKind::Fanout),
-        ("dx-topic", ExchangeKind::Topic),
-        ("dx-headers", ExchangeKind::Headers),
-    ] {
-        assert!(exists_exchange(&ch, n, k.clone()).await, "{n}");
-        // Same properties: redeclaring is fine.
-        ch.exchange_declare(n.into(), k, d, FieldTable::default())
-            .await
-            .unwrap();
+    for (n, k) in durable_exchanges() {
+        assert!(exists_exchange(&ch, n, k).await, "{n}");
     }
-    ch.exchange_declare(
-        "dx-internal".into(),
-        ExchangeKind::Fanout,
-        ExchangeDeclareOptions {
-            durable: true,
-            internal: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    ch.queue_declare("dq".into(), durable(), args)
-        .await
-        .unwrap();
-    ch.queue_declare(
-        "dq-auto".into(),
-        QueueDeclareOptions {
-            durable: true,
-            auto_delete: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
-    for (q, want) in [("tq", 404), ("xq", 404)] {
-        let c2 = connect(&b).await;
-        let ch2 = c2.create_channel().await.unwrap();
-        let err = ch2
-            .queue_declare(
-                q.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap_err();
-        assert_eq!(code(&err), Some(want), "{q}");
+    // Redeclaring with the same properties is fine.
+    declare_durable_topology(&ch).await;
+    let c2 = connect(&b).await;
+    for q in ["tq", "xq"] {
+        assert_eq!(passive_queue_code(&c2, q).await, Some(404), "{q}");
     }
     assert!(
         !exists_exchange(
@@ -365,22 +329,10 @@ async fn acks_purges_and_deletes_are_kept_and_unacked_come_back_redelivered() {
     let b = b.restart().await;
     let (_c, ch) = channel(&b).await;
     assert_eq!(count(&ch, "purged").await, 0);
-    let err = connect(&b)
-        .await
-        .create_channel()
-        .await
-        .unwrap()
-        .queue_declare(
-            "deleted".into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&err), Some(404));
+    assert_eq!(
+        passive_queue_code(&connect(&b).await, "deleted").await,
+        Some(404)
+    );
     let mut got = Vec::new();
     while let Some(m) = ch
         .basic_get("acked".into(), BasicGetOptions { no_ack: true })

@@ -140,16 +140,7 @@ async fn exclusive_queue_belongs_to_its_connection() {
     assert_eq!(count(&ch, "ex").await, 2);
     owner.close(200, "OK".into()).await.unwrap();
     // Gone with its connection.
-    let och = other.create_channel().await.unwrap();
-    let err = och
-        .queue_declare(
-            "ex".into(),
-            opts(true, false, false, false),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&err), Some(404));
+    assert_eq!(passive_queue_code(&other, "ex").await, Some(404));
     b.stop().await;
 }
 
@@ -187,16 +178,7 @@ async fn auto_delete_after_last_consumer_only() {
     ch.basic_cancel(c1.tag(), Default::default()).await.unwrap();
     assert_eq!(count(&ch, "ad").await, 0);
     ch.basic_cancel(c2.tag(), Default::default()).await.unwrap();
-    let ch2 = c.create_channel().await.unwrap();
-    let err = ch2
-        .queue_declare(
-            "ad".into(),
-            opts(true, false, false, false),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&err), Some(404));
+    assert_eq!(passive_queue_code(&c, "ad").await, Some(404));
     b.stop().await;
 }
 

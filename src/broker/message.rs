@@ -17,6 +17,8 @@ pub struct Message {
     /// Property flags and property list exactly as the publisher sent them.
     pub properties: Bytes,
     pub body: Bytes,
+    /// delivery_mode 2: the publisher asked for the message to be written to disk.
+    pub persistent: bool,
     /// Set when the message was written to the store (persistent, to durable queues).
     pub stored: Option<Arc<Persisted>>,
 }
@@ -60,6 +62,8 @@ impl Message {
             routing_key: m.routing_key,
             properties: m.properties,
             body: m.body,
+            // Only persistent messages are ever stored.
+            persistent: true,
             stored,
         }
     }
@@ -77,10 +81,5 @@ impl Message {
     /// fixed allowance for the bookkeeping around them.
     pub fn weight(&self) -> usize {
         self.body.len() + self.properties.len() + self.routing_key.len() + self.exchange.len() + 128
-    }
-
-    /// delivery_mode 2: the publisher asked for the message to be written to disk.
-    pub fn persistent(&self) -> bool {
-        crate::protocol::properties::delivery_mode(&self.properties) == Some(2)
     }
 }

@@ -228,6 +228,7 @@ mod tests {
                 routing_key: Default::default(),
                 properties: Default::default(),
                 body: Default::default(),
+                persistent: false,
                 stored: None,
             }),
             redelivered: false,

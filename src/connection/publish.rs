@@ -33,12 +33,6 @@ impl Conn {
         if c.state == State::Closing {
             return Ok(());
         }
-        if !crate::protocol::properties::valid(&properties) {
-            return Err(Error::connection(
-                code::FRAME_ERROR,
-                "malformed content header properties",
-            ));
-        }
         match c.assembler.header(class_id, body_size, properties, max)? {
             Some(content) => self.publish(ch, content),
             None => Ok(()),
@@ -97,6 +91,7 @@ impl Conn {
             routing_key: p.routing_key.clone(),
             properties: content.properties,
             body: content.body,
+            persistent: content.persistent,
             stored: None,
         };
         let mut targets = std::mem::take(&mut self.route_buf);
@@ -146,7 +141,7 @@ impl Conn {
     /// durable queue's index entry, and shared by reference count.
     pub(crate) fn persist(&self, msg: &mut Message, targets: &[QueueHandle], ops: &mut Vec<Op>) {
         let durable = targets.iter().filter(|q| q.store.is_some()).count() as u32;
-        if durable == 0 || !msg.persistent() {
+        if durable == 0 || !msg.persistent {
             return;
         }
         let id = self.broker.store.next_message_id();

@@ -12,6 +12,8 @@ pub struct Content {
     pub publish: Publish,
     pub properties: Bytes,
     pub body: Bytes,
+    /// delivery_mode 2, read while the properties were checked.
+    pub persistent: bool,
 }
 
 #[derive(Debug, Default)]
@@ -22,6 +24,7 @@ enum State {
     AwaitBody {
         publish: Publish,
         properties: Bytes,
+        persistent: bool,
         body_size: u64,
         received: u64,
         parts: Vec<Bytes>,
@@ -62,6 +65,13 @@ impl Assembler {
         if class_id != 60 {
             return Err(unexpected("content header class is not basic"));
         }
+        let Some(mode) = super::properties::checked_delivery_mode(&properties) else {
+            return Err(Error::connection(
+                code::FRAME_ERROR,
+                "malformed content header properties",
+            ));
+        };
+        let persistent = mode == Some(2);
         if body_size > max_size {
             return Err(Error::precondition(format!(
                 "message size {body_size} is larger than configured max size {max_size}"
@@ -73,11 +83,13 @@ impl Assembler {
                 publish,
                 properties,
                 body: Bytes::new(),
+                persistent,
             }));
         }
         self.state = State::AwaitBody {
             publish,
             properties,
+            persistent,
             body_size,
             received: 0,
             parts: Vec::new(),
@@ -109,6 +121,7 @@ impl Assembler {
         let State::AwaitBody {
             publish,
             properties,
+            persistent,
             mut parts,
             body_size,
             ..
@@ -130,6 +143,7 @@ impl Assembler {
             publish,
             properties,
             body,
+            persistent,
         }))
     }
 }
@@ -151,7 +165,11 @@ mod tests {
     fn assembles_multi_frame_body() {
         let mut a = Assembler::default();
         a.start(publish());
-        assert!(a.header(60, 6, Bytes::new(), 100).unwrap().is_none());
+        assert!(
+            a.header(60, 6, Bytes::from_static(&[0, 0]), 100)
+                .unwrap()
+                .is_none()
+        );
         assert!(a.body(Bytes::from_static(b"abc")).unwrap().is_none());
         let c = a.body(Bytes::from_static(b"def")).unwrap().unwrap();
         assert_eq!(&c.body[..], b"abcdef");
@@ -162,25 +180,59 @@ mod tests {
     fn empty_body_completes_on_header() {
         let mut a = Assembler::default();
         a.start(publish());
-        assert!(a.header(60, 0, Bytes::new(), 100).unwrap().is_some());
+        assert!(
+            a.header(60, 0, Bytes::from_static(&[0, 0]), 100)
+                .unwrap()
+                .is_some()
+        );
     }
 
     #[test]
     fn out_of_sequence_frames_are_505() {
         let mut a = Assembler::default();
-        assert_eq!(a.header(60, 1, Bytes::new(), 10).unwrap_err().code(), 505);
+        assert_eq!(
+            a.header(60, 1, Bytes::from_static(&[0, 0]), 10)
+                .unwrap_err()
+                .code(),
+            505
+        );
         assert_eq!(a.body(Bytes::from_static(b"x")).unwrap_err().code(), 505);
         a.start(publish());
         assert_eq!(a.body(Bytes::from_static(b"x")).unwrap_err().code(), 505);
+    }
+
+    #[test]
+    fn properties_are_checked_and_delivery_mode_read() {
+        let mut a = Assembler::default();
+        a.start(publish());
+        // flags: delivery-mode present, value 2
+        let c = a
+            .header(60, 0, Bytes::from_static(&[0x10, 0, 2]), 10)
+            .unwrap()
+            .unwrap();
+        assert!(c.persistent);
+        a.start(publish());
+        // flags say content-type follows, but nothing does
+        assert_eq!(
+            a.header(60, 0, Bytes::from_static(&[0x80, 0]), 10)
+                .unwrap_err()
+                .code(),
+            501
+        );
     }
 
     #[test]
     fn oversize_and_overflow() {
         let mut a = Assembler::default();
         a.start(publish());
-        assert_eq!(a.header(60, 11, Bytes::new(), 10).unwrap_err().code(), 406);
+        assert_eq!(
+            a.header(60, 11, Bytes::from_static(&[0, 0]), 10)
+                .unwrap_err()
+                .code(),
+            406
+        );
         a.start(publish());
-        a.header(60, 2, Bytes::new(), 10).unwrap();
+        a.header(60, 2, Bytes::from_static(&[0, 0]), 10).unwrap();
         assert_eq!(a.body(Bytes::from_static(b"xyz")).unwrap_err().code(), 501);
     }
 }

@@ -5,15 +5,15 @@ use amq_protocol::protocol::basic::parse_properties;
 
 use super::FieldTable;
 
-/// Whether the raw properties parse; a message that does not would break every consumer.
-pub fn valid(raw: &[u8]) -> bool {
-    matches!(parse_properties(raw), Ok((rest, _)) if rest.is_empty())
+/// Parse the raw properties once: None if they are malformed (such a message would break
+/// every consumer), else the delivery mode they carry.
+pub fn checked_delivery_mode(raw: &[u8]) -> Option<Option<u8>> {
+    match parse_properties(raw) {
+        Ok((&[], props)) => Some(*props.delivery_mode()),
+        _ => None,
+    }
 }
 
 pub fn headers(raw: &[u8]) -> Option<FieldTable> {
     parse_properties(raw).ok()?.1.headers().clone()
-}
-
-pub fn delivery_mode(raw: &[u8]) -> Option<u8> {
-    *parse_properties(raw).ok()?.1.delivery_mode()
 }

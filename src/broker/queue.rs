@@ -67,8 +67,11 @@ impl Slot {
 
 /// What a paged-out message costs in memory (its slot and shared refcount).
 const DISK_SLOT_WEIGHT: usize = 64;
-/// Messages read back from the store at once when paged-out ones reach the head.
+/// Paged-out messages read back at most at once when they reach the head: by count, and by
+/// bytes (big bodies), in store reads of PAGE_IN_CHUNK.
 const PAGE_IN_BATCH: usize = 256;
+const PAGE_IN_BYTES: usize = 4 << 20;
+const PAGE_IN_CHUNK: usize = 16;
 
 /// What a `basic.get` returns: the message and how many are left ready.
 pub type GetReply = Option<(Entry, u32)>;
@@ -302,56 +305,61 @@ impl Queue {
         });
     }
 
-    /// Read paged-out messages at the head back into memory (one batched store read).
+    /// Read paged-out messages at the head back into memory, a few store reads at a time,
+    /// until a batch's worth (in count or bytes) is in.
     fn page_in(&mut self) {
         let Some(store) = self.shared.store.clone() else {
             return;
         };
-        let ids: Vec<u64> = self
-            .ready
-            .iter()
-            .take(PAGE_IN_BATCH)
-            .map_while(|s| match s {
-                Slot::Disk { stored, .. } => Some(stored.id),
-                Slot::Mem(_) => None,
-            })
-            .collect();
-        if ids.is_empty() {
-            return;
-        }
-        let rows = store.read_messages(&ids);
-        let mut fresh = Vec::with_capacity(ids.len());
-        for row in rows {
-            let Some(Slot::Disk {
-                seq,
-                stored,
-                redelivered,
-            }) = self.ready.pop_front()
-            else {
+        let mut fresh = Vec::new();
+        let mut fresh_bytes = 0;
+        while fresh.len() < PAGE_IN_BATCH && fresh_bytes < PAGE_IN_BYTES {
+            let ids: Vec<u64> = self
+                .ready
+                .iter()
+                .take(PAGE_IN_CHUNK)
+                .map_while(|s| match s {
+                    Slot::Disk { stored, .. } => Some(stored.id),
+                    Slot::Mem(_) => None,
+                })
+                .collect();
+            if ids.is_empty() {
+                break;
+            }
+            // Unreadable store: leave the slots as they are (nothing is lost).
+            let Ok(rows) = store.read_messages(&ids) else {
                 break;
             };
-            self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
-            self.memory.sub(DISK_SLOT_WEIGHT);
-            match row {
-                Some(row) => {
-                    let msg = Arc::new(Message::from_stored(row, Some(stored)));
-                    let w = msg.weight();
-                    self.bytes += w;
-                    self.memory.add(w);
-                    fresh.push(Slot::Mem(Entry {
-                        seq,
-                        msg,
-                        redelivered,
-                    }));
-                }
-                None => {
-                    // Its row is gone (never written completely): it was never confirmed.
+            for row in rows {
+                let Some(Slot::Disk {
+                    seq,
+                    stored,
+                    redelivered,
+                }) = self.ready.pop_front()
+                else {
+                    break;
+                };
+                self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
+                self.memory.sub(DISK_SLOT_WEIGHT);
+                let Some(row) = row else {
+                    // No row: its publish never completed, so it was never confirmed.
                     tracing::warn!(queue = %self.shared.name, id = stored.id, "stored message missing; dropped");
                     self.ops.push(Op::Dequeue {
                         queue: self.shared.id,
                         msg: stored.id,
                     });
-                }
+                    continue;
+                };
+                let msg = Arc::new(Message::from_stored(row, Some(stored)));
+                let w = msg.weight();
+                self.bytes += w;
+                self.memory.add(w);
+                fresh_bytes += w;
+                fresh.push(Slot::Mem(Entry {
+                    seq,
+                    msg,
+                    redelivered,
+                }));
             }
         }
         for slot in fresh.into_iter().rev() {

@@ -12,6 +12,12 @@ use bytes::Bytes;
 use crate::protocol::FieldTable;
 pub use rocks::Store;
 
+/// The store could not be read (closed at shutdown, or an I/O error): nothing may be
+/// concluded about what it holds.
+#[derive(Debug, thiserror::Error)]
+#[error("the store is unavailable")]
+pub struct Unavailable;
+
 /// Called once a request has been written (true) or could not be (false).
 pub type Done = Box<dyn FnOnce(bool) + Send>;
 

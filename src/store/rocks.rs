@@ -11,7 +11,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use tokio::sync::Notify;
 
 use super::keys;
-use super::{Done, Op, Recovered, RecoveredQueue, StoredMessage};
+use super::{Done, Op, Recovered, RecoveredQueue, StoredMessage, Unavailable};
 
 const META: &str = "meta";
 const MESSAGES: &str = "messages";
@@ -158,31 +158,28 @@ impl Store {
         }
     }
 
-    /// Read message rows (paging in); None for a missing row, or for all if the store is
-    /// closed.
-    pub fn read_messages(&self, ids: &[u64]) -> Vec<Option<StoredMessage>> {
+    /// Read message rows (paging in): None for a row that does not exist. Err if the store
+    /// cannot be read (closed, or an I/O error): then nothing may be concluded about any row.
+    pub fn read_messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, Unavailable> {
         let db = self.db.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some((db, msgs)) = db
-            .as_ref()
-            .and_then(|db| Some((db, db.cf_handle(MESSAGES)?)))
-        else {
-            return ids.iter().map(|_| None).collect();
-        };
+        let db = db.ok_or(Unavailable)?;
+        let msgs = db.cf_handle(MESSAGES).ok_or(Unavailable)?;
         let keys: Vec<_> = ids
             .iter()
             .map(|id| (&msgs, keys::message_key(*id)))
             .collect();
-        db.multi_get_cf(keys)
-            .into_iter()
-            .map(|r| match r {
-                Ok(Some(v)) => keys::decode_message(bytes::Bytes::from(v)),
-                Ok(None) => None,
+        let mut out = Vec::with_capacity(ids.len());
+        for r in db.multi_get_cf(keys) {
+            match r {
+                Ok(Some(v)) => out.push(keys::decode_message(bytes::Bytes::from(v))),
+                Ok(None) => out.push(None),
                 Err(e) => {
                     tracing::error!("store read failed: {e}");
-                    None
+                    return Err(Unavailable);
                 }
-            })
-            .collect()
+            }
+        }
+        Ok(out)
     }
 
     /// Write what is queued, stop the writer and close the database (clean shutdown).

@@ -103,16 +103,7 @@ async fn against(url: &str, messages: usize, body: usize, publishers: usize) {
     let _ = ch
         .queue_delete("bench-durable".into(), Default::default())
         .await;
-    ch.queue_declare(
-        "bench-durable".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_durable(&ch, "bench-durable").await;
     let started = Instant::now();
     let tasks: Vec<_> = (0..publishers)
         .map(|_| tokio::spawn(publish_to(url.to_string(), messages / publishers, body)))
@@ -129,6 +120,19 @@ async fn against(url: &str, messages: usize, body: usize, publishers: usize) {
     let _ = ch
         .queue_delete("bench-durable".into(), Default::default())
         .await;
+}
+
+async fn declare_durable(ch: &lapin::Channel, name: &str) {
+    ch.queue_declare(
+        name.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
 }
 
 async fn publish(port: u16, count: usize, body: usize) {
@@ -178,16 +182,7 @@ async fn transactions(url: &str, count: usize) -> f64 {
         .unwrap();
     let ch = conn.create_channel().await.unwrap();
     let _ = ch.queue_delete("bench-tx".into(), Default::default()).await;
-    ch.queue_declare(
-        "bench-tx".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    declare_durable(&ch, "bench-tx").await;
     ch.tx_select().await.unwrap();
     let props = BasicProperties::default().with_delivery_mode(2);
     let started = Instant::now();
@@ -250,16 +245,7 @@ async fn main() {
             .await
             .unwrap();
         let ch = conn.create_channel().await.unwrap();
-        ch.queue_declare(
-            "bench-durable".into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+        declare_durable(&ch, "bench-durable").await;
     }
     let rss_idle = proc_field(pid, "status", "VmRSS:");
     let written_before = proc_field(pid, "io", "write_bytes:");

@@ -710,6 +710,39 @@ def scenario_tx_move_commit_and_rollback(ctx):
         eq(e.reply_code, 406, "tx.commit without select")
 
 
+def scenario_queue_length_limits(ctx):
+    ch = ctx.conn.channel()
+    ch.confirm_delivery()
+    # reject-publish: what does not fit is nacked (pika raises NackError)
+    q = ctx.queue(ch, "limit-reject", arguments={
+        "x-max-length": 2, "x-overflow": "reject-publish"})
+    ch.basic_publish("", q, b"r-0")
+    ch.basic_publish("", q, b"r-1")
+    try:
+        ch.basic_publish("", q, b"r-2")
+        raise AssertionError("publish over x-max-length was acked")
+    except pika.exceptions.NackError:
+        pass
+    eq(message_count(ch, q), 2, "queue at its limit")
+    # a delivered but unacked message does not count
+    m, _p, body = ch.basic_get(q, auto_ack=False)
+    eq(body, b"r-0", "first held")
+    ch.basic_publish("", q, b"r-3")
+    ch.basic_ack(m.delivery_tag)
+    eq(drain(ch, q), [b"r-1", b"r-3"], "reject-publish survivors")
+    # drop-head (the default): the oldest go, every publish is acked
+    q = ctx.queue(ch, "limit-drop", arguments={"x-max-length-bytes": 25})
+    for i in range(5):
+        ch.basic_publish("", q, bytes([i]) * 10)
+    eq(drain(ch, q), [bytes([3]) * 10, bytes([4]) * 10], "drop-head survivors")
+    # a negative limit is refused at declare
+    try:
+        ch.queue_declare(name("limit-bad"), arguments={"x-max-length": -1})
+        raise AssertionError("x-max-length -1 accepted")
+    except ChannelClosedByBroker as e:
+        eq(e.reply_code, 406, "x-max-length -1")
+
+
 SCENARIOS = [
     scenario_basic_get_100,
     scenario_consume_prefetch_manual_ack,
@@ -730,6 +763,7 @@ SCENARIOS = [
     scenario_heartbeats_keep_idle_connection_alive,
     scenario_many_channels,
     scenario_tx_move_commit_and_rollback,
+    scenario_queue_length_limits,
 ]
 
 

@@ -33,6 +33,11 @@ pub enum ConnEvent {
     },
     /// The store wrote (ok) or failed to write the publishes of sync request `token`.
     Synced { token: u64, ok: bool },
+    /// A queue took the confirm-mode publishes of flush `token`, except `nacks`.
+    Taken {
+        token: u64,
+        nacks: Vec<super::receipt::Tag>,
+    },
 }
 
 pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;

@@ -28,13 +28,16 @@ pub struct Message {
 #[derive(Debug)]
 pub struct Persisted {
     pub id: u64,
+    /// Body size, for queue byte limits while the body is only on disk.
+    pub size: u32,
     refs: AtomicU32,
 }
 
 impl Persisted {
-    pub fn new(id: u64, refs: u32) -> Self {
+    pub fn new(id: u64, size: u32, refs: u32) -> Self {
         Persisted {
             id,
+            size,
             refs: AtomicU32::new(refs),
         }
     }

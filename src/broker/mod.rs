@@ -1,11 +1,13 @@
 //! The broker proper: vhosts with their exchanges, routing and queues. Nothing here does
 //! socket I/O; connections call in, queues call out only through consumer inboxes.
 
+pub mod args;
 pub mod consumer;
 pub mod exchange;
 pub mod memory;
 pub mod message;
 pub mod queue;
+pub mod receipt;
 pub mod routing;
 pub mod vhost;
 
@@ -55,8 +57,8 @@ impl Broker {
         // One refcount per stored row, shared by every queue that holds it.
         let mut refs: HashMap<u64, u32> = HashMap::new();
         for q in &recovered.queues {
-            for (id, _) in &q.messages {
-                *refs.entry(*id).or_default() += 1;
+            for m in &q.messages {
+                *refs.entry(m.id).or_default() += 1;
             }
         }
         let mut shared: HashMap<u64, Arc<Persisted>> = HashMap::with_capacity(refs.len());
@@ -66,11 +68,11 @@ impl Broker {
             let msgs: Vec<_> = q
                 .messages
                 .into_iter()
-                .map(|(id, delivered)| {
+                .map(|m| {
                     let p = shared
-                        .entry(id)
-                        .or_insert_with(|| Arc::new(Persisted::new(id, refs[&id])));
-                    (p.clone(), delivered)
+                        .entry(m.id)
+                        .or_insert_with(|| Arc::new(Persisted::new(m.id, m.size, refs[&m.id])));
+                    (p.clone(), m.delivered)
                 })
                 .collect();
             total += msgs.len();

@@ -16,9 +16,11 @@ use std::sync::{Arc, Weak};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use super::args::{Limits, Overflow, QueueArgs};
 use super::consumer::{ConnEvent, ConsumerSpec};
 use super::memory::MemoryMonitor;
 use super::message::{Message, Persisted};
+use super::receipt::Receipt;
 use super::vhost::VHost;
 use crate::error::Error;
 use crate::protocol::FieldTable;
@@ -63,6 +65,14 @@ impl Slot {
             Slot::Disk { seq, .. } => *seq,
         }
     }
+
+    /// Body bytes, for the queue's byte limit.
+    fn body_len(&self) -> u64 {
+        match self {
+            Slot::Mem(e) => e.msg.body.len() as u64,
+            Slot::Disk { stored, .. } => u64::from(stored.size),
+        }
+    }
 }
 
 /// What a paged-out message costs in memory (its slot and shared refcount).
@@ -78,7 +88,8 @@ pub type GetReply = Option<(Entry, u32)>;
 
 #[derive(Debug)]
 pub enum QueueCmd {
-    Publish(Vec<Arc<Message>>),
+    /// Messages to enqueue; the receipt (for confirm-mode publishes) says which were taken.
+    Publish(Vec<Arc<Message>>, Option<Receipt>),
     Consume(ConsumerSpec, oneshot::Sender<Result<(), Error>>),
     Cancel {
         owner: ChannelKey,
@@ -181,7 +192,14 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
         tx,
         wake: Notify::new(),
     });
+    let args = QueueArgs::parse(&shared.arguments).unwrap_or_else(|bad| {
+        // Checked at declare; only a store written by another version gets here.
+        tracing::warn!(queue = %shared.name, arg = bad.key, "ignoring invalid argument: {}", bad.why);
+        QueueArgs::default()
+    });
     let mut q = Queue {
+        limits: args.limits,
+        ready_bytes: 0,
         vhost_name: spec.vhost,
         budget: spec.memory_budget,
         ops: Vec::new(),
@@ -233,6 +251,9 @@ struct Queue {
     ops: Vec<Op>,
     vhost_name: String,
     budget: usize,
+    limits: Limits,
+    /// Body bytes of the ready messages (for x-max-length-bytes).
+    ready_bytes: u64,
 }
 
 /// Commands taken from the inbox per wake-up, so publishes arrive in batches.
@@ -258,6 +279,7 @@ impl Queue {
                 _ = shared.wake.notified() => {}
             }
             self.dispatch();
+            self.drop_head();
             self.flush_ops();
         }
     }
@@ -271,8 +293,21 @@ impl Queue {
         }
     }
 
-    fn enqueue(&mut self, msgs: Vec<Arc<Message>>) {
-        for msg in msgs {
+    fn enqueue(&mut self, msgs: Vec<Arc<Message>>, receipt: Option<Receipt>) {
+        let mut refused = Vec::new();
+        for (i, msg) in msgs.into_iter().enumerate() {
+            let size = msg.body.len() as u64;
+            if self.limits.overflow == Overflow::RejectPublish
+                && self
+                    .limits
+                    .exceeded(self.ready.len() + 1, self.ready_bytes + size)
+            {
+                refused.push(i as u32);
+                if let Some(p) = &msg.stored {
+                    self.release_stored(p, msg.weight());
+                }
+                continue;
+            }
             if self.bytes > self.budget
                 && self.shared.store.is_some()
                 && let Some(stored) = &msg.stored
@@ -283,6 +318,7 @@ impl Queue {
             let w = msg.weight();
             self.bytes += w;
             self.memory.add(w);
+            self.ready_bytes += size;
             let seq = self.next_seq;
             self.next_seq += 1;
             self.ready.push_back(Slot::Mem(Entry {
@@ -291,11 +327,45 @@ impl Queue {
                 redelivered: false,
             }));
         }
+        if let Some(r) = receipt {
+            r.answer(&refused);
+        }
+        // With consumers, the head may go out instead: dropped after the dispatch, if at all.
+        if self.consumers.is_empty() {
+            self.drop_head();
+        }
+    }
+
+    /// Overflow drop-head: drop the oldest ready messages while over the limits.
+    fn drop_head(&mut self) {
+        if self.limits.overflow != Overflow::DropHead {
+            return;
+        }
+        while self.limits.exceeded(self.ready.len(), self.ready_bytes) {
+            let Some(slot) = self.ready.pop_front() else {
+                break;
+            };
+            self.ready_bytes -= slot.body_len();
+            self.drop_slot(slot);
+        }
+    }
+
+    /// A ready message leaves the queue undelivered: release its memory and store rows.
+    fn drop_slot(&mut self, slot: Slot) {
+        match slot {
+            Slot::Mem(e) => self.forget(&e),
+            Slot::Disk { stored, .. } => {
+                self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
+                self.memory.sub(DISK_SLOT_WEIGHT);
+                self.release_stored(&stored, 0);
+            }
+        }
     }
 
     fn push_disk(&mut self, stored: Arc<Persisted>, redelivered: bool) {
         self.bytes += DISK_SLOT_WEIGHT;
         self.memory.add(DISK_SLOT_WEIGHT);
+        self.ready_bytes += u64::from(stored.size);
         let seq = self.next_seq;
         self.next_seq += 1;
         self.ready.push_back(Slot::Disk {
@@ -341,6 +411,7 @@ impl Queue {
                 };
                 self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
                 self.memory.sub(DISK_SLOT_WEIGHT);
+                self.ready_bytes -= u64::from(stored.size);
                 let Some(row) = row else {
                     // No row: its publish never completed, so it was never confirmed.
                     tracing::warn!(queue = %self.shared.name, id = stored.id, "stored message missing; dropped");
@@ -351,6 +422,7 @@ impl Queue {
                     continue;
                 };
                 let msg = Arc::new(Message::from_stored(row, Some(stored)));
+                self.ready_bytes += msg.body.len() as u64;
                 let w = msg.weight();
                 self.bytes += w;
                 self.memory.add(w);
@@ -375,6 +447,7 @@ impl Queue {
                     let Some(Slot::Mem(e)) = self.ready.pop_front() else {
                         unreachable!("front checked")
                     };
+                    self.ready_bytes -= e.msg.body.len() as u64;
                     return Some(e);
                 }
                 Slot::Disk { .. } => {
@@ -393,15 +466,9 @@ impl Queue {
     /// Drop every ready message (purge, delete), releasing memory and store rows.
     fn drain_ready(&mut self) -> u32 {
         let n = self.ready.len() as u32;
+        self.ready_bytes = 0;
         for slot in std::mem::take(&mut self.ready) {
-            match slot {
-                Slot::Mem(e) => self.forget(&e),
-                Slot::Disk { stored, .. } => {
-                    self.bytes = self.bytes.saturating_sub(DISK_SLOT_WEIGHT);
-                    self.memory.sub(DISK_SLOT_WEIGHT);
-                    self.release_stored(&stored, 0);
-                }
-            }
+            self.drop_slot(slot);
         }
         n
     }
@@ -415,6 +482,7 @@ impl Queue {
             self.ops.push(Op::Delivered {
                 queue: self.shared.id,
                 msg: p.id,
+                size: p.size,
             });
         }
     }
@@ -422,7 +490,7 @@ impl Queue {
     /// Returns true when the queue has been deleted and the task must end.
     fn handle(&mut self, cmd: QueueCmd) -> bool {
         match cmd {
-            QueueCmd::Publish(msgs) => self.enqueue(msgs),
+            QueueCmd::Publish(msgs, receipt) => self.enqueue(msgs, receipt),
             QueueCmd::Consume(spec, reply) => {
                 let _ = reply.send(self.add_consumer(spec));
             }
@@ -604,11 +672,13 @@ impl Queue {
             self.ops.push(Op::Enqueue {
                 queue: self.shared.id,
                 msg: p.id,
+                size: p.size,
             });
         }
     }
 
     fn insert_ready(&mut self, e: Entry) {
+        self.ready_bytes += e.msg.body.len() as u64;
         let at = self.ready.partition_point(|r| r.seq() < e.seq);
         self.ready.insert(at, Slot::Mem(e));
     }

@@ -57,6 +57,7 @@ impl Conn {
                 }
             }
             ConnEvent::Synced { token, ok } => self.on_synced(token, ok),
+            ConnEvent::Taken { token, nacks } => self.on_taken(token, nacks),
             ConnEvent::Cancelled {
                 channel,
                 consumer_tag,

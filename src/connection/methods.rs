@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use super::Conn;
+use crate::broker::args::QueueArgs;
 use crate::broker::consumer::{ConsumerFlow, ConsumerSpec};
 use crate::broker::exchange::DestName;
 use crate::broker::queue::{QueueCmd, QueueHandle};
@@ -212,6 +213,14 @@ impl Conn {
                     auto_delete: d.auto_delete,
                     arguments: d.arguments,
                 };
+                if !decl.passive
+                    && let Err(bad) = QueueArgs::parse(&decl.arguments)
+                {
+                    return Err(Error::precondition(format!(
+                        "invalid arg '{}' for queue '{}' in vhost '{}': {}",
+                        bad.key, decl.name, vhost.name, bad.why
+                    )));
+                }
                 let (q, written) = if decl.name.is_empty() && !decl.passive {
                     vhost.declare_server_named(&decl, self.id)
                 } else {

@@ -6,6 +6,7 @@
 //! Flow control: waiting on a full queue inbox or a full writer queue stops this task from
 //! reading its socket, which is what slows down a publisher or a client that does not read.
 
+mod confirm;
 mod deliver;
 mod handshake;
 mod methods;
@@ -26,7 +27,6 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::broker::consumer::{ConnEvent, ConnSender};
-use crate::broker::message::Message;
 use crate::broker::queue::{ChannelKey, ConnId, QueueCmd, QueueHandle};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, State};
@@ -39,9 +39,6 @@ use crate::store::Op;
 const FLUSH_AT: usize = 64 * 1024;
 /// How long to wait for close-ok after we close a connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Confirms to send for one flush: (channel, highest tag, how many publishes).
-type Confirms = Vec<(u16, u64, u32)>;
 
 /// How a connection ends.
 #[derive(Debug)]
@@ -86,13 +83,13 @@ pub(crate) struct Conn {
     /// Exclusive queues this connection declared, deleted when it closes.
     exclusive: Vec<QueueHandle>,
     /// Publishes routed but not yet handed to their queues: one batch per queue per read.
-    pending: Vec<(QueueHandle, Vec<Arc<Message>>)>,
+    pending: Vec<publish::Pending>,
     /// Publisher confirms to send once `pending` is flushed: (channel, highest tag, count).
-    confirms: Confirms,
+    confirms: confirm::Confirms,
     /// Store writes for the persistent messages in `pending` (rows and queue index entries).
     store_ops: Vec<Op>,
-    /// Confirms waiting for a store sync (token), or behind one (None), in publish order.
-    awaiting: VecDeque<(Option<u64>, Confirms)>,
+    /// Flushes whose confirms wait for the store or the queues, in publish order.
+    awaiting: VecDeque<confirm::Awaiting>,
     next_token: u64,
     route_buf: Vec<QueueHandle>,
     last_recv: Instant,

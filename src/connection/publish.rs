@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::confirm::Awaiting;
 use super::{Conn, End};
 use crate::broker::consumer::ConnEvent;
 use crate::broker::message::{Message, Persisted};
 use crate::broker::queue::{QueueCmd, QueueHandle};
+use crate::broker::receipt::Receipt;
 use crate::channel::State;
 use crate::error::{Error, code};
 use crate::protocol::encode;
@@ -114,26 +116,39 @@ impl Conn {
         if targets.is_empty() && mandatory {
             self.write_return(ch, &msg);
         }
-        for q in targets.drain(..) {
-            match self.pending.iter_mut().find(|(h, _)| h.id == q.id) {
-                Some((_, batch)) => batch.push(msg.clone()),
-                None => self.pending.push((q, vec![msg.clone()])),
-            }
-        }
-        self.route_buf = targets;
+        let mut tag = None;
         if let Some(c) = self.channels.get_mut(&ch)
             && let Some(next) = c.confirm_next.as_mut()
         {
-            let tag = *next;
+            tag = Some(*next);
             *next += 1;
             match self.confirms.iter_mut().find(|(c, _, _)| *c == ch) {
                 Some(entry) => {
-                    entry.1 = tag;
+                    entry.1 = *next - 1;
                     entry.2 += 1;
                 }
-                None => self.confirms.push((ch, tag, 1)),
+                None => self.confirms.push((ch, *next - 1, 1)),
             }
         }
+        for q in targets.drain(..) {
+            let at = match self.pending.iter().position(|p| p.queue.id == q.id) {
+                Some(at) => at,
+                None => {
+                    self.pending.push(Pending {
+                        queue: q,
+                        msgs: Vec::new(),
+                        tags: Vec::new(),
+                    });
+                    self.pending.len() - 1
+                }
+            };
+            let p = &mut self.pending[at];
+            if let Some(tag) = tag {
+                p.tags.push((p.msgs.len() as u32, ch, tag));
+            }
+            p.msgs.push(msg.clone());
+        }
+        self.route_buf = targets;
         Ok(())
     }
 
@@ -145,6 +160,7 @@ impl Conn {
             return;
         }
         let id = self.broker.store.next_message_id();
+        let size = msg.body.len() as u32;
         ops.push(Op::PutMessage {
             id,
             msg: msg.to_stored(),
@@ -153,9 +169,10 @@ impl Conn {
             ops.push(Op::Enqueue {
                 queue: q.id,
                 msg: id,
+                size,
             });
         }
-        msg.stored = Some(Arc::new(Persisted::new(id, durable)));
+        msg.stored = Some(Arc::new(Persisted::new(id, size, durable)));
     }
 
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
@@ -177,15 +194,15 @@ impl Conn {
         );
     }
 
-    /// Hand staged publishes to their queues (one command per queue), then confirm them: at
-    /// once for transient ones, after the store's sync for those it had to write.
+    /// Hand staged publishes to their queues (one command per queue), then confirm them
+    /// once every queue has taken them and the store has synced those it had to write.
     pub(super) async fn flush_publishes(&mut self) -> Result<(), End> {
-        let mut token = None;
-        if !self.store_ops.is_empty() {
+        let t = self.next_token;
+        self.next_token += 1;
+        let syncing = !self.store_ops.is_empty();
+        if syncing {
             let store = self.broker.store.clone();
             store.wait_for_space().await;
-            let t = self.next_token;
-            self.next_token += 1;
             let events = self.events_tx.clone();
             // Submitted before the queues see the messages, so a consumer's ack (a dequeue)
             // can never reach the store ahead of the enqueue it undoes.
@@ -196,51 +213,42 @@ impl Conn {
                     let _ = events.send(ConnEvent::Synced { token: t, ok });
                 })),
             );
-            token = Some(t);
         }
+        let mut receipts = 0;
         if !self.pending.is_empty() {
             let mut pending = std::mem::take(&mut self.pending);
-            for (q, msgs) in pending.drain(..) {
-                // A queue deleted meanwhile drops the message, as in RabbitMQ.
-                q.send(QueueCmd::Publish(msgs)).await;
+            for p in pending.drain(..) {
+                let receipt = (!p.tags.is_empty()).then(|| {
+                    receipts += 1;
+                    Receipt::new(self.events_tx.clone(), t, p.tags)
+                });
+                // A queue deleted meanwhile drops the batch, and its receipt nacks it.
+                p.queue.send(QueueCmd::Publish(p.msgs, receipt)).await;
             }
             self.pending = pending;
         }
         if self.confirms.is_empty() {
             return Ok(());
         }
-        if token.is_none() && self.awaiting.is_empty() {
-            for (ch, tag, count) in self.confirms.drain(..) {
-                encode::confirm(&mut self.out, ch, tag, count > 1, false);
-            }
-        } else {
-            // Confirms go out in order per channel (`multiple` covers earlier tags), so even
-            // transient ones wait behind a pending sync.
-            let batch = std::mem::take(&mut self.confirms);
-            self.awaiting.push_back((token, batch));
-        }
+        // Confirms go out in flush order per channel (`multiple` covers earlier tags), so
+        // even a complete flush waits behind an earlier one.
+        self.awaiting.push_back(Awaiting {
+            token: t,
+            syncing,
+            receipts,
+            failed: false,
+            confirms: std::mem::take(&mut self.confirms),
+            nacks: Vec::new(),
+        });
+        self.release_confirms();
         Ok(())
     }
+}
 
-    /// A store sync finished: release the confirms that waited for it (nack if it failed).
-    pub(super) fn on_synced(&mut self, done: u64, ok: bool) {
-        while let Some((token, _)) = self.awaiting.front() {
-            if token.is_some_and(|t| t > done) {
-                break;
-            }
-            let nack = !ok && *token == Some(done);
-            let Some((_, batch)) = self.awaiting.pop_front() else {
-                break;
-            };
-            for (ch, tag, count) in batch {
-                if self
-                    .channels
-                    .get(&ch)
-                    .is_some_and(|c| c.state == State::Open)
-                {
-                    encode::confirm(&mut self.out, ch, tag, count > 1, nack);
-                }
-            }
-        }
-    }
+/// Publishes routed to one queue in this read; `tags` are the confirm-mode ones
+/// (position in `msgs`, channel, delivery tag).
+pub(super) struct Pending {
+    pub queue: QueueHandle,
+    pub msgs: Vec<Arc<Message>>,
+    pub tags: Vec<(u32, u16, u64)>,
 }

@@ -104,7 +104,7 @@ impl Conn {
             self.write_return(ch, &msg);
         }
         for (q, msgs) in batches {
-            q.send(QueueCmd::Publish(msgs)).await;
+            q.send(QueueCmd::Publish(msgs, None)).await;
         }
         for (how, settled) in staged.settles {
             let settled = settled.into_iter().map(|(_, u)| u).collect();

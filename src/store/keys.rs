@@ -197,6 +197,25 @@ pub fn decode_index_key(key: &[u8]) -> Option<(u64, u64)> {
 /// Index value flags.
 pub const DELIVERED: u8 = 1;
 
+/// An index entry's value: flags, then the body size (so that byte limits hold for messages
+/// that are only on disk, without reading their bodies).
+pub fn index_value(delivered: bool, size: u32) -> [u8; 5] {
+    let mut v = [0u8; 5];
+    v[0] = if delivered { DELIVERED } else { 0 };
+    v[1..].copy_from_slice(&size.to_be_bytes());
+    v
+}
+
+/// (delivered, body size); the size is 0 when unknown.
+pub fn decode_index_value(v: &[u8]) -> (bool, u32) {
+    let delivered = v.first().is_some_and(|f| f & DELIVERED != 0);
+    let size = v
+        .get(1..5)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_be_bytes);
+    (delivered, size)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

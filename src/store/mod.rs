@@ -83,13 +83,16 @@ pub enum Op {
         id: u64,
         size: usize,
     },
+    /// `size`: the body's size, kept in the index for the queue's byte limit.
     Enqueue {
         queue: u64,
         msg: u64,
+        size: u32,
     },
     Delivered {
         queue: u64,
         msg: u64,
+        size: u32,
     },
     Dequeue {
         queue: u64,
@@ -111,8 +114,16 @@ impl Op {
 #[derive(Debug)]
 pub struct RecoveredQueue {
     pub queue: StoredQueue,
-    /// (message id, delivered before the restart)
-    pub messages: Vec<(u64, bool)>,
+    pub messages: Vec<RecoveredMessage>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RecoveredMessage {
+    pub id: u64,
+    /// Delivered before the restart: it comes back redelivered.
+    pub delivered: bool,
+    /// Body size (0 if unknown).
+    pub size: u32,
 }
 
 /// Everything durable, read back at start (message bodies stay on disk until needed).

@@ -1,6 +1,6 @@
 //! RocksDB behind the store boundary. Column families: `meta` (exchanges, queues, bindings),
 //! `messages` (id → names, properties and body; bodies over 4 KiB go to blob files) and
-//! `queue_index` (queue id + message id → delivered flag).
+//! `queue_index` (queue id + message id → delivered flag and body size).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -11,7 +11,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use tokio::sync::Notify;
 
 use super::keys;
-use super::{Done, Op, Recovered, RecoveredQueue, StoredMessage, Unavailable};
+use super::{Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoredMessage, Unavailable};
 
 const META: &str = "meta";
 const MESSAGES: &str = "messages";
@@ -234,10 +234,16 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
             batch.put_cf(&msgs, keys::message_key(id), keys::message_value(&msg))
         }
         Op::DeleteMessage { id, .. } => batch.delete_cf(&msgs, keys::message_key(id)),
-        Op::Enqueue { queue, msg } => batch.put_cf(&index, keys::index_key(queue, msg), [0u8]),
-        Op::Delivered { queue, msg } => {
-            batch.put_cf(&index, keys::index_key(queue, msg), [keys::DELIVERED])
-        }
+        Op::Enqueue { queue, msg, size } => batch.put_cf(
+            &index,
+            keys::index_key(queue, msg),
+            keys::index_value(false, size),
+        ),
+        Op::Delivered { queue, msg, size } => batch.put_cf(
+            &index,
+            keys::index_key(queue, msg),
+            keys::index_value(true, size),
+        ),
         Op::Dequeue { queue, msg } => batch.delete_cf(&index, keys::index_key(queue, msg)),
     }
 }
@@ -400,9 +406,12 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
         let (queue, msg) = keys::decode_index_key(&k).ok_or("undecodable index key")?;
         match by_id.get(&queue) {
             Some(&i) => {
-                r.queues[i]
-                    .messages
-                    .push((msg, v.first().is_some_and(|f| f & keys::DELIVERED != 0)));
+                let (delivered, size) = keys::decode_index_value(&v);
+                r.queues[i].messages.push(RecoveredMessage {
+                    id: msg,
+                    delivered,
+                    size,
+                });
                 referenced += 1;
                 max_ref = max_ref.max(msg);
             }

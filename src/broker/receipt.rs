@@ -1,0 +1,136 @@
+//! A queue's answer to a batch of confirm-mode publishes: which of them it took. The
+//! publisher's connection holds the batch's confirms until every queue has answered, then
+//! acks what all took and nacks the rest. A batch the queue never saw (deleted meanwhile,
+//! its inbox dropped) answers by itself when dropped: all refused.
+
+use super::consumer::{ConnEvent, ConnSender};
+
+/// (channel, delivery tag) of a confirm-mode publish.
+pub type Tag = (u16, u64);
+
+#[derive(Debug)]
+pub struct Receipt {
+    events: ConnSender,
+    token: u64,
+    /// (position in the batch, channel, tag) for the batch's confirm-mode messages.
+    tags: Vec<(u32, u16, u64)>,
+    answered: bool,
+}
+
+impl Receipt {
+    pub fn new(events: ConnSender, token: u64, tags: Vec<(u32, u16, u64)>) -> Self {
+        Receipt {
+            events,
+            token,
+            tags,
+            answered: false,
+        }
+    }
+
+    /// The queue took the batch except the messages at `refused` (positions, ascending).
+    pub fn answer(mut self, refused: &[u32]) {
+        let nacks = self
+            .tags
+            .iter()
+            .filter(|(i, _, _)| refused.binary_search(i).is_ok())
+            .map(|&(_, ch, tag)| (ch, tag))
+            .collect();
+        self.send(nacks);
+    }
+
+    fn send(&mut self, nacks: Vec<Tag>) {
+        self.answered = true;
+        let _ = self.events.send(ConnEvent::Taken {
+            token: self.token,
+            nacks,
+        });
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if !self.answered {
+            let nacks = self.tags.iter().map(|&(_, ch, tag)| (ch, tag)).collect();
+            self.send(nacks);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use tokio::sync::{mpsc, oneshot};
+
+    use super::*;
+    use crate::broker::message::Message;
+    use crate::broker::queue::{QueueCmd, QueueHandle};
+    use crate::broker::vhost::{QueueDecl, QueueSettings, VHost};
+
+    fn queue() -> (Arc<VHost>, QueueHandle) {
+        let settings = QueueSettings {
+            inbox: 8,
+            memory_budget: 1 << 20,
+        };
+        let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(0));
+        let v = VHost::new("/", settings, memory, None);
+        let d = QueueDecl {
+            name: "q".into(),
+            ..Default::default()
+        };
+        let q = v.declare_queue(&d, 1).unwrap().0;
+        (v, q)
+    }
+
+    fn msg() -> Arc<Message> {
+        Arc::new(Message {
+            exchange: Bytes::new(),
+            routing_key: Bytes::from_static(b"q"),
+            properties: Bytes::from_static(&[0, 0]),
+            body: Bytes::from_static(b"x"),
+            persistent: false,
+            stored: None,
+        })
+    }
+
+    async fn answer(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> (u64, Vec<Tag>) {
+        match rx.recv().await {
+            Some(ConnEvent::Taken { token, nacks }) => (token, nacks),
+            other => panic!("expected an answer, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_queue_takes_the_batch() {
+        let (_v, q) = queue();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let r = Receipt::new(tx, 3, vec![(0, 1, 7), (1, 1, 8)]);
+        assert!(q.send(QueueCmd::Publish(vec![msg(), msg()], Some(r))).await);
+        assert_eq!(answer(&mut rx).await, (3, vec![]));
+    }
+
+    /// The publish is in the inbox when the queue is deleted: the queue never takes it.
+    #[tokio::test]
+    async fn a_queue_deleted_under_a_publish_refuses_it() {
+        let (_v, q) = queue();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (reply, deleted) = oneshot::channel();
+        assert!(
+            q.send(QueueCmd::Delete {
+                if_unused: false,
+                if_empty: false,
+                reply,
+            })
+            .await
+        );
+        let r = Receipt::new(tx.clone(), 4, vec![(0, 2, 1)]);
+        assert!(q.send(QueueCmd::Publish(vec![msg()], Some(r))).await);
+        assert_eq!(deleted.await.unwrap().unwrap(), 0);
+        assert_eq!(answer(&mut rx).await, (4, vec![(2, 1)]));
+        // Once the queue is gone, a send fails and the receipt still answers.
+        let r = Receipt::new(tx, 5, vec![(0, 2, 2)]);
+        assert!(!q.send(QueueCmd::Publish(vec![msg()], Some(r))).await);
+        assert_eq!(answer(&mut rx).await, (5, vec![(2, 2)]));
+    }
+}

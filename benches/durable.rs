@@ -4,7 +4,8 @@
 //! (/proc/PID/io), RSS with the backlog, and the time to recover it after SIGKILL.
 //!
 //!     cargo bench --bench durable -- [MESSAGES] [BODY_BYTES] [PUBLISHERS]
-//!     cargo bench --bench durable -- tx [TRANSACTIONS]     (1-message transactions/s)
+//!     cargo bench --bench durable -- tx [TRANSACTIONS] [CHANNELS]   (1-message transactions/s,
+//!                                          CHANNELS committing at once, one connection each)
 //!
 //! Defaults: 1000000 messages of 16 bytes, 1 publisher, 1000 confirms outstanding each.
 //! With AMQP_URL set, the same load runs against that broker instead (e.g. RabbitMQ).
@@ -175,51 +176,81 @@ async fn publish_to(url: String, count: usize, body: usize) {
     }
 }
 
-/// 1-message transactions: publish one persistent message, commit; returns commits/s.
-async fn transactions(url: &str, count: usize) -> f64 {
-    let conn = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let _ = ch.queue_delete("bench-tx".into(), Default::default()).await;
-    declare_durable(&ch, "bench-tx").await;
-    ch.tx_select().await.unwrap();
-    let props = BasicProperties::default().with_delivery_mode(2);
-    let started = Instant::now();
-    for _ in 0..count {
-        ch.basic_publish(
-            "".into(),
-            "bench-tx".into(),
-            Default::default(),
-            &[0x5a; 16],
-            props.clone(),
-        )
-        .await
-        .unwrap();
-        ch.tx_commit().await.unwrap();
+/// 1-message transactions: publish one persistent message, commit, on `channels`
+/// connections at once (each to its own durable queue); returns total commits/s.
+async fn transactions(url: &str, count: usize, channels: usize) -> f64 {
+    let mut ready = Vec::new();
+    for i in 0..channels {
+        let conn = Connection::connect(url, ConnectionProperties::default())
+            .await
+            .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        let q = format!("bench-tx-{i}");
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+        declare_durable(&ch, &q).await;
+        ch.tx_select().await.unwrap();
+        ready.push((conn, ch, q));
     }
-    let rate = count as f64 / started.elapsed().as_secs_f64();
-    let _ = ch.queue_delete("bench-tx".into(), Default::default()).await;
+    let started = Instant::now();
+    let loops: Vec<_> = ready
+        .into_iter()
+        .map(|(conn, ch, q)| {
+            tokio::spawn(async move {
+                let props = BasicProperties::default().with_delivery_mode(2);
+                for _ in 0..count / channels {
+                    ch.basic_publish(
+                        "".into(),
+                        q.as_str().into(),
+                        Default::default(),
+                        &[0x5a; 16],
+                        props.clone(),
+                    )
+                    .await
+                    .unwrap();
+                    ch.tx_commit().await.unwrap();
+                }
+                (conn, ch, q)
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for l in loops {
+        done.push(l.await.unwrap());
+    }
+    let rate = (count / channels * channels) as f64 / started.elapsed().as_secs_f64();
+    for (_conn, ch, q) in done {
+        let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;
+    }
     rate
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     if std::env::args().nth(1).as_deref() == Some("tx") {
-        let count = std::env::args()
-            .nth(2)
-            .and_then(|a| a.parse().ok())
-            .unwrap_or(5000);
+        let arg = |n: usize, default: usize| {
+            std::env::args()
+                .nth(n)
+                .and_then(|a| a.parse().ok())
+                .unwrap_or(default)
+        };
+        let (count, channels) = (arg(2, 5000), arg(3, 1).max(1));
         if let Ok(url) = std::env::var("AMQP_URL") {
-            let rate = transactions(&url, count).await;
-            println!("{url}: {count} one-message transactions, {rate:.0} commits/s");
+            let rate = transactions(&url, count, channels).await;
+            println!(
+                "{url}: {count} one-message transactions on {channels} channel(s), {rate:.0} commits/s"
+            );
             return;
         }
         let dir = tempfile::tempdir().unwrap();
         let broker = start(dir.path(), 0);
         let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", broker.port);
-        let rate = transactions(&url, count).await;
-        println!("warren: {count} one-message transactions, {rate:.0} commits/s");
+        let synced_before = broker.log.lock().unwrap().synced_commits;
+        let rate = transactions(&url, count, channels).await;
+        let synced = broker.log.lock().unwrap().synced_commits - synced_before;
+        println!(
+            "warren: {count} one-message transactions on {channels} channel(s), {rate:.0} commits/s, {:.2} commits per sync",
+            count as f64 / synced.max(1) as f64
+        );
         let mut child = broker.child;
         child.kill().unwrap();
         child.wait().unwrap();

@@ -244,11 +244,17 @@ async fn confirmed_messages_survive_repeated_kill_9() {
 }
 
 /// Exactly-once moves: a transactional consumer moves messages from S to A and B (publish to
-/// both, ack the source, commit) while the broker is killed with SIGKILL. After restart every
+/// both, ack the source, commit) while the broker is killed with SIGKILL, over
+/// WARREN_CRASH_CYCLES restarts. After the last one every
 /// committed move is in both A and B, none is in only one, and none is also still in S.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactional_moves_are_all_or_nothing_across_kill_9() {
-    const N: u32 = 2000;
+    let cycles: usize = std::env::var("WARREN_CRASH_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    // Enough to keep the mover busy through every cycle.
+    let n = (300 * cycles + 500) as u32;
     let dir = tempfile::tempdir().unwrap();
     let node = spawn(dir.path(), 0);
     let port = node.port;
@@ -269,7 +275,7 @@ async fn transactional_moves_are_all_or_nothing_across_kill_9() {
         }
         ch.confirm_select(Default::default()).await.unwrap();
         let mut pending = Vec::new();
-        for i in 0..N {
+        for i in 0..n {
             pending.push(
                 ch.basic_publish(
                     "".into(),
@@ -287,57 +293,64 @@ async fn transactional_moves_are_all_or_nothing_across_kill_9() {
         }
     }
     let committed = Arc::new(std::sync::Mutex::new(Vec::<u32>::new()));
-    let mover = {
-        let committed = committed.clone();
-        let c = node.connect().await;
-        tokio::spawn(async move {
-            let ch = c.create_channel().await.unwrap();
-            ch.tx_select().await.unwrap();
-            loop {
-                let Ok(Some(m)) = ch
-                    .basic_get("tx-s".into(), BasicGetOptions { no_ack: false })
-                    .await
-                else {
-                    return;
-                };
-                let id = u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap());
-                for q in ["tx-a", "tx-b"] {
-                    let sent = ch
-                        .basic_publish(
-                            "".into(),
-                            q.into(),
-                            Default::default(),
-                            &m.delivery.data,
-                            persistent(),
-                        )
-                        .await;
-                    if sent.is_err() {
+    let mut node = node;
+    for cycle in 0..cycles {
+        let (progress, mut seen) = tokio::sync::watch::channel(0usize);
+        let mover = {
+            let committed = committed.clone();
+            let c = node.connect().await;
+            tokio::spawn(async move {
+                let ch = c.create_channel().await.unwrap();
+                ch.tx_select().await.unwrap();
+                loop {
+                    let Ok(Some(m)) = ch
+                        .basic_get("tx-s".into(), BasicGetOptions { no_ack: false })
+                        .await
+                    else {
+                        return;
+                    };
+                    let id = u32::from_be_bytes(m.delivery.data[..4].try_into().unwrap());
+                    for q in ["tx-a", "tx-b"] {
+                        let sent = ch
+                            .basic_publish(
+                                "".into(),
+                                q.into(),
+                                Default::default(),
+                                &m.delivery.data,
+                                persistent(),
+                            )
+                            .await;
+                        if sent.is_err() {
+                            return;
+                        }
+                    }
+                    if ch
+                        .basic_ack(m.delivery.delivery_tag, Default::default())
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
+                    if ch.tx_commit().await.is_err() {
+                        return;
+                    }
+                    let mut done = committed.lock().unwrap();
+                    done.push(id);
+                    progress.send_replace(done.len());
                 }
-                if ch
-                    .basic_ack(m.delivery.delivery_tag, Default::default())
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                if ch.tx_commit().await.is_err() {
-                    return;
-                }
-                committed.lock().unwrap().push(id);
-            }
-        })
-    };
-    // Kill at some point mid-stream, with a transaction in flight.
-    while committed.lock().unwrap().len() < 300 {
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            })
+        };
+        // Kill at some point mid-stream, with a transaction in flight.
+        let target = 300 * (cycle + 1);
+        seen.wait_for(|n| *n >= target)
+            .await
+            .expect("the mover makes progress");
+        node.kill9();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), mover).await;
+        node = spawn(dir.path(), port);
     }
-    node.kill9();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), mover).await;
     let committed: BTreeSet<u32> = committed.lock().unwrap().iter().copied().collect();
 
-    let node = spawn(dir.path(), port);
     let c = node.connect().await;
     let ch = c.create_channel().await.unwrap();
     let drain = |q: &'static str| {
@@ -376,7 +389,7 @@ async fn transactional_moves_are_all_or_nothing_across_kill_9() {
     );
     assert_eq!(
         ss.len() + sa.len(),
-        N as usize,
+        n as usize,
         "messages lost: S {} + A {}",
         ss.len(),
         sa.len()

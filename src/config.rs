@@ -29,6 +29,9 @@ pub struct Config {
     /// Bytes of messages a durable queue keeps in memory; past it, persistent messages wait
     /// on disk and are read back when they reach the head.
     pub queue_memory_budget_bytes: usize,
+    /// Ready messages past which a queue whose consumers cannot keep up makes its
+    /// publishers pause (flow control).
+    pub queue_flow_messages: usize,
     pub writer_buffer_bytes: usize,
     pub shutdown_timeout_ms: u64,
     /// Fraction of the machine's memory that queued messages may use before publishers block.
@@ -55,6 +58,7 @@ impl Default for Config {
             handshake_timeout_ms: 10_000,
             queue_inbox: 1024,
             queue_memory_budget_bytes: 32 << 20,
+            queue_flow_messages: 32768,
             writer_buffer_bytes: 2 << 20,
             shutdown_timeout_ms: 5_000,
             memory_high_watermark: 0.4,
@@ -125,6 +129,9 @@ impl Config {
         }
         if self.max_message_size == 0 || self.max_message_size > 512 * 1024 * 1024 {
             return Err("max_message_size must be between 1 and 536870912 bytes".into());
+        }
+        if self.queue_flow_messages == 0 {
+            return Err("queue_flow_messages must be at least 1".into());
         }
         if self.queue_inbox == 0 {
             return Err("queue_inbox must be at least 1".into());

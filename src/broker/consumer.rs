@@ -65,6 +65,11 @@ impl ConsumerFlow {
         self.pending.fetch_add(n, Ordering::AcqRel);
     }
 
+    /// The queue wanted to send more than the connection has caught up with.
+    pub fn is_starved(&self) -> bool {
+        self.starved.load(Ordering::Acquire)
+    }
+
     /// Connection side: `n` deliveries were written out; true if the queue must be woken.
     pub fn done(&self, n: u32) -> bool {
         self.pending.fetch_sub(n, Ordering::AcqRel);

@@ -48,6 +48,7 @@ impl Broker {
             QueueSettings {
                 inbox: config.queue_inbox,
                 memory_budget: config.queue_memory_budget_bytes,
+                flow_messages: config.queue_flow_messages,
             },
             memory.clone(),
             Some(store.clone()),

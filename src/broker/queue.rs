@@ -12,6 +12,7 @@
 //! dozen bytes per message.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use tokio::sync::{Notify, mpsc, oneshot};
@@ -137,6 +138,10 @@ pub struct QueueShared {
     pub store: Option<Arc<Store>>,
     tx: mpsc::Sender<QueueCmd>,
     wake: Notify,
+    /// Flow control: set while the queue has a backlog its consumers' connections cannot
+    /// keep up with; publishers that sent to it pause reading until it clears.
+    busy: AtomicBool,
+    unbusy: Notify,
 }
 
 pub type QueueHandle = Arc<QueueShared>;
@@ -160,6 +165,26 @@ impl QueueShared {
     pub fn wake(&self) {
         self.wake.notify_one();
     }
+
+    pub fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the queue is not busy (at once if it is not).
+    pub async fn unbusy(&self) {
+        let notified = self.unbusy.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_busy() {
+            notified.await;
+        }
+    }
+
+    fn set_busy(&self, busy: bool) {
+        if self.busy.swap(busy, Ordering::AcqRel) && !busy {
+            self.unbusy.notify_waiters();
+        }
+    }
 }
 
 pub struct QueueSpec {
@@ -176,6 +201,7 @@ pub struct QueueSpec {
     pub vhost: String,
     /// Bytes of messages kept in memory before new persistent ones are paged out.
     pub memory_budget: usize,
+    pub flow_messages: usize,
 }
 
 /// Start a queue task; it ends when the queue is deleted.
@@ -191,6 +217,8 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
         store: spec.store,
         tx,
         wake: Notify::new(),
+        busy: AtomicBool::new(false),
+        unbusy: Notify::new(),
     });
     let args = QueueArgs::parse(&shared.arguments).unwrap_or_else(|bad| {
         // Checked at declare; only a store written by another version gets here.
@@ -199,6 +227,7 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
     });
     let mut q = Queue {
         limits: args.limits,
+        flow_messages: spec.flow_messages,
         ready_bytes: 0,
         vhost_name: spec.vhost,
         budget: spec.memory_budget,
@@ -254,6 +283,7 @@ struct Queue {
     limits: Limits,
     /// Body bytes of the ready messages (for x-max-length-bytes).
     ready_bytes: u64,
+    flow_messages: usize,
 }
 
 /// Commands taken from the inbox per wake-up, so publishes arrive in batches.
@@ -272,6 +302,7 @@ impl Queue {
                     for cmd in cmds.drain(..) {
                         if self.handle(cmd) {
                             self.flush_ops();
+                            self.shared.set_busy(false);
                             return;
                         }
                     }
@@ -280,8 +311,10 @@ impl Queue {
             }
             self.dispatch();
             self.drop_head();
+            self.update_busy();
             self.flush_ops();
         }
+        self.shared.set_busy(false);
     }
 
     /// Acks and delivery marks need no sync: a lost one means a redelivery, never a loss.
@@ -334,6 +367,19 @@ impl Queue {
         if self.consumers.is_empty() {
             self.drop_head();
         }
+    }
+
+    /// Flow control on (past the threshold) while a consumer's connection is behind on
+    /// deliveries; off again under half, or once no consumer is behind (consumers held back
+    /// by prefetch or acks never count: the backlog is then theirs to absorb).
+    fn update_busy(&self) {
+        let len = self.ready.len();
+        let busy = if self.shared.is_busy() {
+            len > self.flow_messages / 2
+        } else {
+            len > self.flow_messages
+        } && self.consumers.iter().any(|c| c.spec.flow.is_starved());
+        self.shared.set_busy(busy);
     }
 
     /// Overflow drop-head: drop the oldest ready messages while over the limits.

@@ -72,6 +72,7 @@ mod tests {
         let settings = QueueSettings {
             inbox: 8,
             memory_budget: 1 << 20,
+            flow_messages: 1 << 16,
         };
         let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(0));
         let v = VHost::new("/", settings, memory, None);

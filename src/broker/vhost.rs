@@ -66,6 +66,7 @@ struct Topology {
 pub struct QueueSettings {
     pub inbox: usize,
     pub memory_budget: usize,
+    pub flow_messages: usize,
 }
 
 pub struct VHost {
@@ -246,6 +247,7 @@ impl VHost {
                     initial: messages,
                     vhost: self.name.clone(),
                     memory_budget: self.settings.memory_budget,
+                    flow_messages: self.settings.flow_messages,
                 },
                 self.weak.clone(),
             );
@@ -652,6 +654,7 @@ impl VHost {
                 initial: Vec::new(),
                 vhost: self.name.clone(),
                 memory_budget: self.settings.memory_budget,
+                flow_messages: self.settings.flow_messages,
             },
             self.weak.clone(),
         );

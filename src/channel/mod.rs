@@ -239,6 +239,7 @@ mod tests {
         let settings = crate::broker::vhost::QueueSettings {
             inbox: 8,
             memory_budget: 1 << 20,
+            flow_messages: 1 << 16,
         };
         let v = VHost::new(
             "/",

@@ -98,6 +98,16 @@ pub(crate) struct Conn {
     published: bool,
     /// Whether we stopped reading this connection for the alarm (and said so, if it asked).
     blocked: bool,
+    /// Queues this connection published to that asked for flow control: it is not read
+    /// until they are no longer busy.
+    throttled: Vec<QueueHandle>,
+}
+
+/// Wait (a bounded while, as a safety net) for the first throttling queue to clear.
+async fn first_unbusy(queues: &[QueueHandle]) {
+    if let Some(q) = queues.first() {
+        let _ = tokio::time::timeout(Duration::from_millis(100), q.unbusy()).await;
+    }
 }
 
 /// Serve one client socket until it closes.
@@ -140,6 +150,7 @@ pub async fn serve(
         alarm,
         published: false,
         blocked: false,
+        throttled: Vec::new(),
     };
     let timeout = Duration::from_millis(conn.broker.config.handshake_timeout_ms);
     let end = match tokio::time::timeout(timeout, conn.handshake()).await {
@@ -218,7 +229,7 @@ impl Conn {
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(64 * 1024);
             }
-            let reading = !self.blocked;
+            let reading = !self.blocked && self.throttled.is_empty();
             let step: Result<(), End> = tokio::select! {
                 r = self.reader.read_buf(&mut self.rbuf), if reading => match r {
                     Ok(0) | Err(_) => Err(End::Quiet),
@@ -236,6 +247,10 @@ impl Conn {
                         }
                     }
                     r
+                }
+                _ = first_unbusy(&self.throttled), if !self.throttled.is_empty() => {
+                    self.throttled.retain(|q| q.is_busy());
+                    Ok(())
                 }
                 _ = self.alarm.changed() => Ok(()),
                 _ = ticker.tick(), if hb > 0 => {

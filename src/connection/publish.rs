@@ -224,6 +224,9 @@ impl Conn {
                 });
                 // A queue deleted meanwhile drops the batch, and its receipt nacks it.
                 p.queue.send(QueueCmd::Publish(p.msgs, receipt)).await;
+                if p.queue.is_busy() && !self.throttled.iter().any(|q| q.id == p.queue.id) {
+                    self.throttled.push(p.queue);
+                }
             }
             self.pending = pending;
         }

@@ -145,3 +145,85 @@ async fn memory_alarm_blocks_publishers_until_queues_drain() {
     assert_eq!(purged + count(&pch, "mem").await, 21);
     b.stop().await;
 }
+
+/// Flow control: a publisher faster than its queue's consumer connection can take is paused
+/// (its socket is not read) once the queue passes `queue_flow_messages`, instead of growing
+/// the queue; it goes on once that consumer is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_outrunning_a_starved_consumer_is_paused() {
+    const FLOW: usize = 500;
+    const TOTAL: usize = 40_000;
+    let b = start_with(warren::Config {
+        queue_flow_messages: FLOW,
+        writer_buffer_bytes: 64 * 1024,
+        ..warren::Config::default()
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "fq").await;
+    // An auto-ack consumer that never reads: its connection falls behind on deliveries.
+    let mut stuck = Raw::connect(&b).await;
+    stuck.open(0, 0).await;
+    stuck.open_channel(1).await;
+    let ok = stuck
+        .call(
+            1,
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: "fq".into(),
+                consumer_tag: "stuck".into(),
+                no_local: false,
+                no_ack: true,
+                exclusive: false,
+                nowait: false,
+                arguments: Default::default(),
+            })),
+        )
+        .await;
+    assert!(matches!(
+        ok,
+        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
+    ));
+
+    let publisher = connect(&b).await;
+    let pch = publisher.create_channel().await.unwrap();
+    pch.confirm_select(Default::default()).await.unwrap();
+    let publishing = tokio::spawn(async move {
+        let body = vec![3u8; 1024];
+        let mut confirms = Vec::with_capacity(TOTAL);
+        for _ in 0..TOTAL {
+            confirms.push(
+                pch.basic_publish(
+                    "".into(),
+                    "fq".into(),
+                    Default::default(),
+                    &body,
+                    Default::default(),
+                )
+                .await
+                .unwrap(),
+            );
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+    });
+    // Without flow control the 40 MB would be taken in well under this; with it, the
+    // publisher cannot finish while the consumer is stuck.
+    let mut publishing = publishing;
+    let early = tokio::time::timeout(std::time::Duration::from_secs(3), &mut publishing).await;
+    assert!(early.is_err(), "the publisher was never paused");
+    let held = count(&ch, "fq").await as usize;
+    assert!(
+        held < 10_000,
+        "the queue grew to {held} despite flow control"
+    );
+    // The stuck consumer goes: no consumer is behind any more, and the publisher finishes.
+    drop(stuck);
+    tokio::time::timeout(std::time::Duration::from_secs(60), publishing)
+        .await
+        .expect("the publisher finishes once the consumer is gone")
+        .unwrap();
+    let left = count(&ch, "fq").await as usize;
+    assert!(left > TOTAL - 10_000 && left <= TOTAL, "{left}");
+    b.stop().await;
+}

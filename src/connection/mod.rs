@@ -131,7 +131,7 @@ pub async fn serve(
         peer,
         reader,
         rbuf: BytesMut::with_capacity(64 * 1024),
-        out: BytesMut::with_capacity(8 * 1024),
+        out: BytesMut::new(),
         writer: wtx,
         caps: ClientCaps::default(),
         vhost: None,
@@ -198,8 +198,10 @@ impl Conn {
         if self.out.is_empty() {
             return Ok(());
         }
-        let chunk = self.out.split().freeze();
-        self.writer.send(chunk).await.map_err(|_| End::Quiet)
+        self.writer
+            .write(&mut self.out)
+            .await
+            .map_err(|_| End::Quiet)
     }
 
     async fn read_more(&mut self) -> Result<(), End> {
@@ -224,7 +226,7 @@ impl Conn {
         };
         let mut ticker = tokio::time::interval(period);
         ticker.tick().await;
-        let mut events = Vec::with_capacity(64);
+        let mut events = Vec::new();
         loop {
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(64 * 1024);

@@ -1,13 +1,14 @@
-//! The socket writer: one task per connection that takes encoded chunks and writes everything
-//! queued with one vectored write. What is queued is bounded in bytes (a semaphore of
-//! `writer_buffer_bytes` permits): when the peer stops reading, the connection task (the only
-//! producer) waits for permits, so a consumer that does not read stops costing memory.
+//! The socket writer. The connection task writes straight to the socket while nothing is
+//! queued (no task hop, no copy: the common case); what the socket does not take at once
+//! goes to a writer task that writes everything queued with one vectored write when the
+//! socket is ready. What is queued is bounded in bytes (a semaphore of `writer_buffer_bytes`
+//! permits): when the peer stops reading, the connection task (the only producer) waits for
+//! permits, so a consumer that does not read stops costing memory.
 
 use std::io::IoSlice;
 use std::sync::Arc;
 
-use bytes::{Buf, Bytes};
-use tokio::io::AsyncWriteExt;
+use bytes::{Buf, Bytes, BytesMut};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -20,9 +21,32 @@ pub struct Handle {
     tx: mpsc::UnboundedSender<(Bytes, u32)>,
     budget: Arc<Semaphore>,
     max: u32,
+    socket: Arc<OwnedWriteHalf>,
 }
 
 impl Handle {
+    /// Write `out` (left empty for reuse): directly if the writer task is idle, the rest
+    /// through it. Err when the socket is closed.
+    pub async fn write(&self, out: &mut BytesMut) -> Result<(), ()> {
+        // All permits back means nothing is queued or being written: writing here cannot
+        // overtake earlier bytes (this task is the only producer).
+        if self.budget.available_permits() == self.max as usize {
+            match self.socket.try_write(out) {
+                Ok(n) => out.advance(n),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    tracing::debug!("write failed: {e}");
+                    return Err(());
+                }
+            }
+            if out.is_empty() {
+                out.clear();
+                return Ok(());
+            }
+        }
+        self.send(out.split().freeze()).await
+    }
+
     /// Queue a chunk; Err when the writer is gone (socket closed).
     pub async fn send(&self, chunk: Bytes) -> Result<(), ()> {
         // A chunk bigger than the whole budget takes all of it.
@@ -37,21 +61,31 @@ pub fn spawn(socket: OwnedWriteHalf, budget_bytes: usize) -> (Handle, JoinHandle
     let max = budget_bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize)) as u32;
     let budget = Arc::new(Semaphore::new(max as usize));
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(socket, rx, budget.clone()));
-    (Handle { tx, budget, max }, task)
+    let socket = Arc::new(socket);
+    let task = tokio::spawn(run(socket.clone(), rx, budget.clone()));
+    (
+        Handle {
+            tx,
+            budget,
+            max,
+            socket,
+        },
+        task,
+    )
 }
 
+/// The write half shuts down when its last owner (this task or the handle) drops it.
 async fn run(
-    mut socket: OwnedWriteHalf,
+    socket: Arc<OwnedWriteHalf>,
     mut rx: mpsc::UnboundedReceiver<(Bytes, u32)>,
     budget: Arc<Semaphore>,
 ) {
-    let mut items: Vec<(Bytes, u32)> = Vec::with_capacity(MAX_SLICES);
-    let mut chunks: Vec<Bytes> = Vec::with_capacity(MAX_SLICES);
+    let mut items: Vec<(Bytes, u32)> = Vec::new();
+    let mut chunks: Vec<Bytes> = Vec::new();
     while rx.recv_many(&mut items, MAX_SLICES).await > 0 {
         let permits: u32 = items.iter().map(|(_, n)| n).sum();
         chunks.extend(items.drain(..).map(|(c, _)| c));
-        let written = write_all(&mut socket, &mut chunks).await;
+        let written = write_all(&socket, &mut chunks).await;
         budget.add_permits(permits as usize);
         if let Err(e) = written {
             tracing::debug!("write failed: {e}");
@@ -60,14 +94,20 @@ async fn run(
             return;
         }
     }
-    let _ = socket.shutdown().await;
 }
 
-async fn write_all(socket: &mut OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
+async fn write_all(socket: &OwnedWriteHalf, chunks: &mut Vec<Bytes>) -> std::io::Result<()> {
     let mut first = 0;
     while first < chunks.len() {
         let slices: Vec<IoSlice<'_>> = chunks[first..].iter().map(|c| IoSlice::new(c)).collect();
-        let mut n = socket.write_vectored(&slices).await?;
+        let mut n = loop {
+            socket.writable().await?;
+            match socket.try_write_vectored(&slices) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
         if n == 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

@@ -8,12 +8,106 @@ use super::FieldTable;
 /// Parse the raw properties once: None if they are malformed (such a message would break
 /// every consumer), else the delivery mode they carry.
 pub fn checked_delivery_mode(raw: &[u8]) -> Option<Option<u8>> {
+    if let Some(fast) = walk_without_headers(raw) {
+        return fast;
+    }
     match parse_properties(raw) {
         Ok((&[], props)) => Some(*props.delivery_mode()),
         _ => None,
     }
 }
 
+/// The common case, checked by hand without building the property struct: no headers
+/// table and one flag word, so every field is a short string, an octet or a timestamp.
+/// None means "not this case" (the full parser decides).
+fn walk_without_headers(raw: &[u8]) -> Option<Option<Option<u8>>> {
+    let flags = u16::from_be_bytes(raw.get(..2)?.try_into().ok()?);
+    // Bit 13: headers; bit 0: another flag word follows; bits 1: reserved.
+    if flags & (1 << 13 | 0b11) != 0 {
+        return None;
+    }
+    let mut at = 2;
+    let mut mode = None;
+    for bit in (2..16).rev() {
+        if flags & (1 << bit) == 0 {
+            continue;
+        }
+        let len = match bit {
+            12 | 11 => 1, // delivery-mode, priority
+            6 => 8,       // timestamp
+            _ => match raw.get(at) {
+                Some(&n) => 1 + n as usize, // short strings
+                None => return Some(None),
+            },
+        };
+        let Some(field) = raw.get(at..at + len) else {
+            return Some(None);
+        };
+        if bit == 12 {
+            mode = Some(field[0]);
+        }
+        at += len;
+    }
+    Some((at == raw.len()).then_some(mode))
+}
+
 pub fn headers(raw: &[u8]) -> Option<FieldTable> {
     parse_properties(raw).ok()?.1.headers().clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use amq_protocol::frame::WriteContext;
+    use amq_protocol::protocol::basic::{AMQPProperties, gen_properties};
+
+    use super::*;
+
+    fn raw(p: &AMQPProperties) -> Vec<u8> {
+        gen_properties(p)(WriteContext::from(Vec::new()))
+            .unwrap()
+            .write
+    }
+
+    /// The hand walk agrees with the full parser, on good and on cut-short input.
+    #[test]
+    fn the_fast_walk_agrees_with_the_parser() {
+        let samples = [
+            AMQPProperties::default(),
+            AMQPProperties::default().with_delivery_mode(2),
+            AMQPProperties::default()
+                .with_content_type("application/json".into())
+                .with_delivery_mode(1)
+                .with_priority(3)
+                .with_correlation_id("c-1".into())
+                .with_reply_to("amq.rabbitmq.reply-to".into())
+                .with_expiration("60000".into())
+                .with_message_id("m".into())
+                .with_timestamp(1_700_000_000)
+                .with_type("t".into())
+                .with_user_id("guest".into())
+                .with_app_id("app".into()),
+        ];
+        for p in &samples {
+            let bytes = raw(p);
+            let full = match parse_properties(&bytes[..]) {
+                Ok((&[], props)) => Some(*props.delivery_mode()),
+                _ => None,
+            };
+            assert_eq!(walk_without_headers(&bytes), Some(full), "{p:?}");
+            assert_eq!(checked_delivery_mode(&bytes), full);
+            for cut in 0..bytes.len() {
+                assert_eq!(
+                    checked_delivery_mode(&bytes[..cut]),
+                    None,
+                    "{p:?} cut at {cut}"
+                );
+            }
+            let mut long = bytes.clone();
+            long.push(0);
+            assert_eq!(checked_delivery_mode(&long), None);
+        }
+        let with_headers = raw(&AMQPProperties::default().with_headers(FieldTable::default()));
+        assert_eq!(walk_without_headers(&with_headers), None);
+        assert_eq!(checked_delivery_mode(&with_headers), Some(None));
+    }
 }

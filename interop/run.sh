@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Client interop suites (pika, amqplib) against warren or any AMQP 0-9-1 broker.
+# Client interop suites (pika, amqplib, aio-pika) against warren or any AMQP 0-9-1 broker.
 #
 #   interop/run.sh                                   start warren, run both suites, stop it
 #   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
@@ -20,6 +20,10 @@ log() { printf 'interop: %s\n' "$*" >&2; }
 if ! "$python" -c 'import pika' >/dev/null 2>&1; then
   log "installing pika"
   "$python" -m pip install --quiet --disable-pip-version-check -r "$here/pika/requirements.txt"
+fi
+if ! "$python" -c 'import aio_pika' >/dev/null 2>&1; then
+  log "installing aio-pika"
+  "$python" -m pip install --quiet --disable-pip-version-check -r "$here/aiopika/requirements.txt"
 fi
 if [ ! -d "$here/amqplib/node_modules/amqplib" ]; then
   log "installing amqplib"
@@ -122,6 +126,7 @@ run_suite() {
 
 run_suite pika "$python" "$here/pika/test_pika.py"
 run_suite amqplib node "$here/amqplib/test.js"
+run_suite aiopika "$python" "$here/aiopika/test_aiopika.py"
 
 if [ -n "$broker_pid" ]; then
   kill -TERM "$broker_pid" 2>/dev/null || true  # it may have died already; wait tells

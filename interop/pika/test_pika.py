@@ -743,6 +743,34 @@ def scenario_queue_length_limits(ctx):
         eq(e.reply_code, 406, "x-max-length -1")
 
 
+def scenario_message_ttl_and_queue_expiry(ctx):
+    ch = ctx.conn.channel()
+    q = ctx.queue(ch, "ttl", arguments={"x-message-ttl": 200})
+    ch.basic_publish("", q, b"old")
+    ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="50"))
+    wait_count(ch, q, 0, timeout=5.0)
+    ch.basic_publish("", q, b"new")
+    eq(drain(ch, q), [b"new"], "fresh message delivered")
+    # x-expires: an unused queue is deleted; publishing to it does not count as use.
+    ex = name("expires")
+    ch.queue_declare(ex, arguments={"x-expires": 300})
+    ch.confirm_delivery()
+    deadline = time.monotonic() + 5
+    while True:
+        try:
+            ch.basic_publish("", ex, b"probe", mandatory=True)
+        except UnroutableError:
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError("queue with x-expires 300 ms still routed after 5 s")
+        time.sleep(0.02)
+    try:
+        ctx.conn.channel().queue_declare(ex, passive=True)
+        raise AssertionError("expired queue still declared")
+    except ChannelClosedByBroker as e:
+        eq(e.reply_code, 404, "passive declare of an expired queue")
+
+
 SCENARIOS = [
     scenario_basic_get_100,
     scenario_consume_prefetch_manual_ack,
@@ -764,6 +792,7 @@ SCENARIOS = [
     scenario_many_channels,
     scenario_tx_move_commit_and_rollback,
     scenario_queue_length_limits,
+    scenario_message_ttl_and_queue_expiry,
 ]
 
 

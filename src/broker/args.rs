@@ -39,6 +39,10 @@ impl Limits {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct QueueArgs {
     pub limits: Limits,
+    /// x-message-ttl: milliseconds a message may wait in the queue.
+    pub message_ttl: Option<u64>,
+    /// x-expires: milliseconds the queue may go unused before it is deleted.
+    pub expires: Option<u64>,
 }
 
 impl QueueArgs {
@@ -62,14 +66,13 @@ impl QueueArgs {
                         None => return Err(invalid(key, "unacceptable type")),
                     }
                 }
-                // Checked now so that a bad value fails at declare, as in RabbitMQ.
-                "x-message-ttl" => {
-                    non_negative(key, value)?;
-                }
+                "x-message-ttl" => a.message_ttl = Some(non_negative(key, value)?),
                 "x-expires" => {
                     let n = non_negative(key, value)?;
                     positive(key, n)?;
+                    a.expires = Some(n);
                 }
+                // Checked now so that a bad value fails at declare, as in RabbitMQ.
                 "x-max-priority" => {
                     let n = non_negative(key, value)?;
                     at_most(key, n, 255)?;

@@ -232,6 +232,7 @@ mod tests {
                 stored: None,
             }),
             redelivered: false,
+            expires: None,
         }
     }
 

@@ -51,6 +51,16 @@ fn walk_without_headers(raw: &[u8]) -> Option<Option<Option<u8>>> {
     Some((at == raw.len()).then_some(mode))
 }
 
+/// The per-message TTL (the expiration property, in milliseconds), if it is set and valid.
+pub fn expiration_ms(raw: &[u8]) -> Option<u64> {
+    let flags = u16::from_be_bytes(raw.get(..2)?.try_into().ok()?);
+    if flags & (1 << 8) == 0 {
+        return None; // the common case: no parse at all
+    }
+    let (_, props) = parse_properties(raw).ok()?;
+    props.expiration().as_ref()?.as_str().parse().ok()
+}
+
 pub fn headers(raw: &[u8]) -> Option<FieldTable> {
     parse_properties(raw).ok()?.1.headers().clone()
 }

@@ -13,4 +13,5 @@ mod flow;
 mod limits;
 mod messages;
 mod queues;
+mod ttl;
 mod tx;

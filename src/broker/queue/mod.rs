@@ -14,9 +14,13 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use std::time::Duration;
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use self::ttl::sleep_until;
 use super::args::{Limits, Overflow, QueueArgs};
 use super::consumer::{ConnEvent, ConsumerSpec};
 use super::memory::MemoryMonitor;
@@ -26,6 +30,8 @@ use super::vhost::VHost;
 use crate::error::Error;
 use crate::protocol::FieldTable;
 use crate::store::{Op, Store};
+
+mod ttl;
 
 pub type ConnId = u64;
 
@@ -42,6 +48,8 @@ pub struct Entry {
     pub seq: u64,
     pub msg: Arc<Message>,
     pub redelivered: bool,
+    /// When its TTL runs out (x-message-ttl or the expiration property), if it has one.
+    pub expires: Option<Instant>,
 }
 
 /// Messages recovered for a queue, in order, each with whether it had been delivered. Their
@@ -56,6 +64,7 @@ enum Slot {
         seq: u64,
         stored: Arc<Persisted>,
         redelivered: bool,
+        expires: Option<Instant>,
     },
 }
 
@@ -64,6 +73,13 @@ impl Slot {
         match self {
             Slot::Mem(e) => e.seq,
             Slot::Disk { seq, .. } => *seq,
+        }
+    }
+
+    fn expires(&self) -> Option<Instant> {
+        match self {
+            Slot::Mem(e) => e.expires,
+            Slot::Disk { expires, .. } => *expires,
         }
     }
 
@@ -227,6 +243,8 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
     });
     let mut q = Queue {
         limits: args.limits,
+        args,
+        last_used: Instant::now(),
         flow_messages: spec.flow_messages,
         ready_bytes: 0,
         vhost_name: spec.vhost,
@@ -245,8 +263,13 @@ pub fn spawn(spec: QueueSpec, vhost: Weak<VHost>) -> QueueHandle {
     };
     // Recovered messages stay on disk until needed; those delivered before the restart come
     // back redelivered.
+    // TTLs of recovered messages count from now (their deadlines are not stored).
+    let expires = q
+        .args
+        .message_ttl
+        .map(|ms| q.last_used + Duration::from_millis(ms));
     for (stored, redelivered) in spec.initial {
-        q.push_disk(stored, redelivered);
+        q.push_disk(stored, redelivered, expires);
     }
     tokio::spawn(q.run(rx));
     shared
@@ -284,6 +307,9 @@ struct Queue {
     /// Body bytes of the ready messages (for x-max-length-bytes).
     ready_bytes: u64,
     flow_messages: usize,
+    args: QueueArgs,
+    /// Last consume, cancel, get or declare (x-expires counts from here while unused).
+    last_used: Instant,
 }
 
 /// Commands taken from the inbox per wake-up, so publishes arrive in batches.
@@ -294,6 +320,7 @@ impl Queue {
         let shared = self.shared.clone();
         let mut cmds = Vec::with_capacity(BATCH);
         loop {
+            let timer = self.next_timer();
             tokio::select! {
                 n = rx.recv_many(&mut cmds, BATCH) => {
                     if n == 0 {
@@ -308,8 +335,18 @@ impl Queue {
                     }
                 }
                 _ = shared.wake.notified() => {}
+                _ = sleep_until(timer), if timer.is_some() => {}
             }
+            let now = Instant::now();
+            // After the dispatch: a message with TTL 0 still reaches a waiting consumer.
             self.dispatch();
+            self.expire_head(now);
+            if self.unused_for_too_long(now) {
+                tracing::info!(queue = %self.shared.name, "deleting queue unused for x-expires");
+                self.delete();
+                self.flush_ops();
+                break;
+            }
             self.drop_head();
             self.update_busy();
             self.flush_ops();
@@ -328,6 +365,7 @@ impl Queue {
 
     fn enqueue(&mut self, msgs: Vec<Arc<Message>>, receipt: Option<Receipt>) {
         let mut refused = Vec::new();
+        let now = Instant::now();
         for (i, msg) in msgs.into_iter().enumerate() {
             let size = msg.body.len() as u64;
             if self.limits.overflow == Overflow::RejectPublish
@@ -345,7 +383,8 @@ impl Queue {
                 && self.shared.store.is_some()
                 && let Some(stored) = &msg.stored
             {
-                self.push_disk(stored.clone(), false);
+                let expires = self.deadline(&msg, now);
+                self.push_disk(stored.clone(), false, expires);
                 continue;
             }
             let w = msg.weight();
@@ -354,10 +393,12 @@ impl Queue {
             self.ready_bytes += size;
             let seq = self.next_seq;
             self.next_seq += 1;
+            let expires = self.deadline(&msg, now);
             self.ready.push_back(Slot::Mem(Entry {
                 seq,
                 msg,
                 redelivered: false,
+                expires,
             }));
         }
         if let Some(r) = receipt {
@@ -408,7 +449,7 @@ impl Queue {
         }
     }
 
-    fn push_disk(&mut self, stored: Arc<Persisted>, redelivered: bool) {
+    fn push_disk(&mut self, stored: Arc<Persisted>, redelivered: bool, expires: Option<Instant>) {
         self.bytes += DISK_SLOT_WEIGHT;
         self.memory.add(DISK_SLOT_WEIGHT);
         self.ready_bytes += u64::from(stored.size);
@@ -418,6 +459,7 @@ impl Queue {
             seq,
             stored,
             redelivered,
+            expires,
         });
     }
 
@@ -451,6 +493,7 @@ impl Queue {
                     seq,
                     stored,
                     redelivered,
+                    expires,
                 }) = self.ready.pop_front()
                 else {
                     break;
@@ -477,6 +520,7 @@ impl Queue {
                     seq,
                     msg,
                     redelivered,
+                    expires,
                 }));
             }
         }
@@ -535,6 +579,12 @@ impl Queue {
 
     /// Returns true when the queue has been deleted and the task must end.
     fn handle(&mut self, cmd: QueueCmd) -> bool {
+        if !matches!(
+            cmd,
+            QueueCmd::Publish(..) | QueueCmd::Ack(_) | QueueCmd::Requeue(_) | QueueCmd::Discard(_)
+        ) {
+            self.last_used = Instant::now();
+        }
         match cmd {
             QueueCmd::Publish(msgs, receipt) => self.enqueue(msgs, receipt),
             QueueCmd::Consume(spec, reply) => {
@@ -551,6 +601,7 @@ impl Queue {
                 no_ack,
                 reply,
             } => {
+                self.expire_head(Instant::now());
                 let got = self.pop_ready().map(|entry| {
                     if no_ack {
                         self.forget(&entry);
@@ -612,6 +663,7 @@ impl Queue {
                 return self.maybe_auto_delete();
             }
             QueueCmd::Stat(reply) => {
+                self.expire_head(Instant::now());
                 let _ = reply.send((self.ready.len() as u32, self.consumers.len() as u32));
             }
             QueueCmd::Purge(reply) => {

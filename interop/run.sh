@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Client interop suites (pika, amqplib, aio-pika) against warren or any AMQP 0-9-1 broker.
+# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery) against warren or any AMQP 0-9-1 broker.
 #
 #   interop/run.sh                                   start warren, run both suites, stop it
 #   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
@@ -24,6 +24,10 @@ fi
 if ! "$python" -c 'import aio_pika' >/dev/null 2>&1; then
   log "installing aio-pika"
   "$python" -m pip install --quiet --disable-pip-version-check -r "$here/aiopika/requirements.txt"
+fi
+if ! "$python" -c 'import celery' >/dev/null 2>&1; then
+  log "installing celery (and kombu)"
+  "$python" -m pip install --quiet --disable-pip-version-check -r "$here/celery/requirements.txt"
 fi
 if [ ! -d "$here/amqplib/node_modules/amqplib" ]; then
   log "installing amqplib"
@@ -127,6 +131,7 @@ run_suite() {
 run_suite pika "$python" "$here/pika/test_pika.py"
 run_suite amqplib node "$here/amqplib/test.js"
 run_suite aiopika "$python" "$here/aiopika/test_aiopika.py"
+run_suite celery "$python" "$here/celery/test_celery.py"
 
 if [ -n "$broker_pid" ]; then
   kill -TERM "$broker_pid" 2>/dev/null || true  # it may have died already; wait tells

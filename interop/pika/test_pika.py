@@ -745,6 +745,8 @@ def scenario_queue_length_limits(ctx):
 
 def scenario_message_ttl_and_queue_expiry(ctx):
     ch = ctx.conn.channel()
+    # Confirmed publishes are in the queue before it is counted (RabbitMQ counts lazily).
+    ch.confirm_delivery()
     q = ctx.queue(ch, "ttl", arguments={"x-message-ttl": 200})
     ch.basic_publish("", q, b"old")
     ch.basic_publish("", q, b"short", pika.BasicProperties(expiration="50"))
@@ -754,7 +756,6 @@ def scenario_message_ttl_and_queue_expiry(ctx):
     # x-expires: an unused queue is deleted; publishing to it does not count as use.
     ex = name("expires")
     ch.queue_declare(ex, arguments={"x-expires": 300})
-    ch.confirm_delivery()
     deadline = time.monotonic() + 5
     while True:
         try:

@@ -137,17 +137,8 @@ fn queue_arguments(a: &Args) -> Res<FieldTable> {
 /// Declare (fresh) queues, and the fanout exchange with its bindings.
 async fn setup(c: &mut Client, a: &Args) -> Res<()> {
     let args = queue_arguments(a)?;
+    delete_queues(c, a).await?;
     for q in queue_names(a) {
-        c.call(
-            1,
-            AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
-                queue: q.as_str().into(),
-                if_unused: false,
-                if_empty: false,
-                nowait: false,
-            })),
-        )
-        .await?;
         c.call(
             1,
             AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
@@ -194,7 +185,7 @@ async fn setup(c: &mut Client, a: &Args) -> Res<()> {
     Ok(())
 }
 
-async fn teardown(c: &mut Client, a: &Args) -> Res<()> {
+async fn delete_queues(c: &mut Client, a: &Args) -> Res<()> {
     for q in queue_names(a) {
         c.call(
             1,
@@ -207,6 +198,11 @@ async fn teardown(c: &mut Client, a: &Args) -> Res<()> {
         )
         .await?;
     }
+    Ok(())
+}
+
+async fn teardown(c: &mut Client, a: &Args) -> Res<()> {
+    delete_queues(c, a).await?;
     if a.fanout > 0 {
         c.call(
             1,

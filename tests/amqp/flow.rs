@@ -9,26 +9,20 @@ use warren::protocol::{AMQPClass, basic};
 use crate::common::*;
 
 const MESSAGES: usize = 2000;
-const SIZE: usize = 64 * 1024;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_does_not_read_stops_receiving() {
-    let b = start().await;
-    let (_c, ch) = channel(&b).await;
-    declare(&ch, "slow").await;
-
-    // A consumer with no prefetch limit that never reads after consume-ok.
-    let mut stuck = Raw::connect(&b).await;
+/// A consumer (no prefetch limit) that never reads its socket after consume-ok.
+async fn stuck_consumer(b: &TestBroker, queue: &str, no_ack: bool) -> Raw {
+    let mut stuck = Raw::connect(b).await;
     stuck.open(0, 0).await;
     stuck.open_channel(1).await;
     let ok = stuck
         .call(
             1,
             AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-                queue: "slow".into(),
+                queue: queue.into(),
                 consumer_tag: "stuck".into(),
                 no_local: false,
-                no_ack: false,
+                no_ack,
                 exclusive: false,
                 nowait: false,
                 arguments: Default::default(),
@@ -39,6 +33,18 @@ async fn a_consumer_that_does_not_read_stops_receiving() {
         matches!(ok, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))),
         "{ok:?}"
     );
+    stuck
+}
+const SIZE: usize = 64 * 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_does_not_read_stops_receiving() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "slow").await;
+
+    // A consumer with no prefetch limit that never reads after consume-ok.
+    let stuck = stuck_consumer(&b, "slow", false).await;
 
     ch.confirm_select(Default::default()).await.unwrap();
     let body = vec![7u8; SIZE];
@@ -162,27 +168,7 @@ async fn a_publisher_outrunning_a_starved_consumer_is_paused() {
     let (_c, ch) = channel(&b).await;
     declare(&ch, "fq").await;
     // An auto-ack consumer that never reads: its connection falls behind on deliveries.
-    let mut stuck = Raw::connect(&b).await;
-    stuck.open(0, 0).await;
-    stuck.open_channel(1).await;
-    let ok = stuck
-        .call(
-            1,
-            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-                queue: "fq".into(),
-                consumer_tag: "stuck".into(),
-                no_local: false,
-                no_ack: true,
-                exclusive: false,
-                nowait: false,
-                arguments: Default::default(),
-            })),
-        )
-        .await;
-    assert!(matches!(
-        ok,
-        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))
-    ));
+    let stuck = stuck_consumer(&b, "fq", true).await;
 
     let publisher = connect(&b).await;
     let pch = publisher.create_channel().await.unwrap();

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c) against warren or any AMQP 0-9-1 broker.
+# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c, Java) against warren or any AMQP 0-9-1 broker.
 #
 #   interop/run.sh                                   start warren, run both suites, stop it
 #   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
@@ -32,6 +32,10 @@ fi
 if ! command -v amqp-get >/dev/null 2>&1 || [ ! -f /usr/include/amqp.h ]; then
   log "installing rabbitmq-c (Debian amqp-tools, librabbitmq-dev)"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq amqp-tools librabbitmq-dev >/dev/null
+fi
+if [ ! -f /usr/share/java/amqp-client.jar ] || ! command -v javac >/dev/null 2>&1; then
+  log "installing the Java client (Debian librabbitmq-client-java) and a JDK"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librabbitmq-client-java default-jdk-headless >/dev/null
 fi
 if [ ! -d "$here/amqplib/node_modules/amqplib" ]; then
   log "installing amqplib"
@@ -137,6 +141,7 @@ run_suite amqplib node "$here/amqplib/test.js"
 run_suite aiopika "$python" "$here/aiopika/test_aiopika.py"
 run_suite celery "$python" "$here/celery/test_celery.py"
 run_suite rabbitmqc "$here/rabbitmqc/test.sh"
+run_suite java "$here/java/test.sh"
 
 if [ -n "$broker_pid" ]; then
   kill -TERM "$broker_pid" 2>/dev/null || true  # it may have died already; wait tells

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c, Java) against warren or any AMQP 0-9-1 broker.
+# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c, Java, Go) against warren or any AMQP 0-9-1 broker.
 #
 #   interop/run.sh                                   start warren, run both suites, stop it
 #   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
@@ -36,6 +36,10 @@ fi
 if [ ! -f /usr/share/java/amqp-client.jar ] || ! command -v javac >/dev/null 2>&1; then
   log "installing the Java client (Debian librabbitmq-client-java) and a JDK"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq librabbitmq-client-java default-jdk-headless >/dev/null
+fi
+if ! command -v go >/dev/null 2>&1 || [ ! -d /usr/share/gocode/src/github.com/rabbitmq/amqp091-go ]; then
+  log "installing Go and amqp091-go (Debian)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq golang-go golang-github-rabbitmq-amqp091-go-dev >/dev/null
 fi
 if [ ! -d "$here/amqplib/node_modules/amqplib" ]; then
   log "installing amqplib"
@@ -142,6 +146,7 @@ run_suite aiopika "$python" "$here/aiopika/test_aiopika.py"
 run_suite celery "$python" "$here/celery/test_celery.py"
 run_suite rabbitmqc "$here/rabbitmqc/test.sh"
 run_suite java "$here/java/test.sh"
+run_suite go "$here/go/test.sh"
 
 if [ -n "$broker_pid" ]; then
   kill -TERM "$broker_pid" 2>/dev/null || true  # it may have died already; wait tells

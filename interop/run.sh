@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c, Java, Go) against warren or any AMQP 0-9-1 broker.
 #
-#   interop/run.sh                                   start warren, run both suites, stop it
+#   interop/run.sh                                   start warren, run every suite, stop it
 #   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
+#
+# Restart scenarios (reconnecting clients) run the command in INTEROP_RESTART: set here
+# for the warren it starts; against another broker, set it yourself, e.g. for RabbitMQ
+#   INTEROP_RESTART='rabbitmqctl stop_app && rabbitmqctl start_app'
+# Without it they are reported as skipped (not counted as passed).
 #
 # WARREN_BIN picks the broker binary (default: $CARGO_TARGET_DIR/release/warren,
 # else ./target/release/warren). Exits non-zero if any scenario fails, or if the
@@ -47,14 +52,12 @@ if [ ! -d "$here/amqplib/node_modules/amqplib" ]; then
 fi
 
 workdir="$(mktemp -d "${TMPDIR:-/tmp}/warren-interop.XXXXXX")"
-broker_pid=""
+started=""
 broker_log="$workdir/warren.log"
 
 cleanup() {
-  if [ -n "$broker_pid" ] && kill -0 "$broker_pid" 2>/dev/null; then
-    kill -TERM "$broker_pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$broker_pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$broker_pid" 2>/dev/null || true
+  if [ -n "$started" ]; then
+    "$here/broker.sh" stop "$workdir" >/dev/null 2>&1 || true
   fi
   rm -rf "$workdir"
 }
@@ -80,30 +83,15 @@ if [ -z "${AMQP_URL:-}" ]; then
     exit 2
   fi
   port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  mkdir -p "$workdir/data"
-  "$bin" --listen "127.0.0.1:$port" --data-dir "$workdir/data" 2>"$broker_log" >&2 &
-  broker_pid=$!
-  # Poll until the port accepts connections (at most 20 s).
-  ready=""
-  for _ in $(seq 200); do
-    if ! kill -0 "$broker_pid" 2>/dev/null; then
-      log "broker exited before accepting connections"
-      show_broker_log
-      exit 1
-    fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      ready=1
-      break
-    fi
-    sleep 0.1
-  done
-  if [ -z "$ready" ]; then
-    log "broker did not accept connections on 127.0.0.1:$port within 20 s"
+  started=1
+  if ! "$here/broker.sh" start "$workdir" "$bin" "$port"; then
     show_broker_log
     exit 1
   fi
   export AMQP_URL="amqp://guest:guest@127.0.0.1:$port/%2F"
-  log "started $bin (pid $broker_pid) on 127.0.0.1:$port"
+  # Scenarios that need a broker restart (reconnecting clients) call this.
+  export INTEROP_RESTART="$here/broker.sh restart $workdir"
+  log "started $bin on 127.0.0.1:$port"
 else
   export AMQP_URL
   log "using the broker at AMQP_URL"
@@ -148,22 +136,10 @@ run_suite rabbitmqc "$here/rabbitmqc/test.sh"
 run_suite java "$here/java/test.sh"
 run_suite go "$here/go/test.sh"
 
-if [ -n "$broker_pid" ]; then
-  kill -TERM "$broker_pid" 2>/dev/null || true  # it may have died already; wait tells
-  stopped=""
-  for _ in $(seq 100); do
-    if ! kill -0 "$broker_pid" 2>/dev/null; then stopped=1; break; fi
-    sleep 0.1
-  done
-  if [ -z "$stopped" ]; then
-    log "broker did not exit within 10 s of SIGTERM"
-    kill -KILL "$broker_pid" 2>/dev/null || true
-    total_failed=$((total_failed + 1))
-    status=1
-  fi
+if [ -n "$started" ]; then
   broker_rc=0
-  wait "$broker_pid" || broker_rc=$?
-  broker_pid=""
+  "$here/broker.sh" stop "$workdir" || broker_rc=$?
+  started=""
   if [ "$broker_rc" -ne 0 ]; then
     log "broker exited with status $broker_rc after SIGTERM (expected 0)"
     total_failed=$((total_failed + 1))

@@ -96,10 +96,43 @@ async def scenario_missing_queue_is_404(conn):
         pass  # aiormq's exception for reply code 404 NOT_FOUND
 
 
+class Skip(Exception):
+    pass
+
+
+async def scenario_robust_connection_reconnects_after_a_restart(_conn):
+    restart = os.environ.get("INTEROP_RESTART")
+    if not restart:
+        raise Skip("INTEROP_RESTART is not set")
+    robust = await aio_pika.connect_robust(URL, timeout=5, reconnect_interval=0.2)
+    try:
+        ch = await robust.channel(publisher_confirms=True)
+        q = await ch.declare_queue(name("robust"), durable=True)
+        persistent = aio_pika.DeliveryMode.PERSISTENT
+        await ch.default_exchange.publish(
+            aio_pika.Message(b"before", delivery_mode=persistent), routing_key=q.name)
+        reconnected = asyncio.Event()
+        robust.reconnect_callbacks.add(lambda *_: reconnected.set())
+        proc = await asyncio.create_subprocess_shell(restart)
+        eq(await proc.wait(), 0, "restart command status")
+        await asyncio.wait_for(reconnected.wait(), 20)
+        # The robust channel and queue are back: publish and read through them.
+        await ch.default_exchange.publish(
+            aio_pika.Message(b"after", delivery_mode=persistent), routing_key=q.name)
+        bodies = []
+        while (m := await q.get(no_ack=True, fail=False)) is not None:
+            bodies.append(m.body)
+        eq(bodies, [b"before", b"after"], "bodies across the restart")
+        await q.delete(if_unused=False, if_empty=False)
+    finally:
+        await robust.close()
+
+
 SCENARIOS = [
     scenario_confirmed_publish_and_consume_1000,
     scenario_transaction_commit_and_rollback,
     scenario_missing_queue_is_404,
+    scenario_robust_connection_reconnects_after_a_restart,
 ]
 
 
@@ -118,6 +151,8 @@ async def main(argv):
                 await conn.close()
             passed += 1
             print(f"ok   {label} ({time.monotonic() - started:.2f}s)")
+        except Skip as e:
+            print(f"skip {label}: {e}")
         except Exception as e:  # noqa: BLE001 - report everything
             failed += 1
             print(f"FAIL {label} ({time.monotonic() - started:.2f}s): {type(e).__name__}: {e}")

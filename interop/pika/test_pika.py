@@ -772,6 +772,58 @@ def scenario_message_ttl_and_queue_expiry(ctx):
         eq(e.reply_code, 404, "passive declare of an expired queue")
 
 
+def scenario_select_connection_confirms_and_consume(ctx):
+    """pika's asynchronous adapter: confirms and a manual-ack consumer, all by callbacks."""
+    q = name("select")
+    n = 50
+    state = {"acked": set(), "got": [], "error": None}
+    params = pika.URLParameters(URL)
+
+    def fail(why):
+        state["error"] = why
+        conn.ioloop.stop()
+
+    def on_open(c):
+        c.channel(on_open_callback=on_channel)
+
+    def on_channel(ch):
+        state["ch"] = ch
+        ch.queue_declare(q, callback=lambda _frame: ch.confirm_delivery(on_confirm, on_selected))
+
+    def on_selected(_frame):
+        ch = state["ch"]
+        for i in range(n):
+            ch.basic_publish("", q, f"s-{i}".encode())
+
+    def on_confirm(frame):
+        m = frame.method
+        if isinstance(m, pika.spec.Basic.Nack):
+            return fail(f"nack for {m.delivery_tag}")
+        upto = m.delivery_tag
+        tags = range(1, upto + 1) if m.multiple else [upto]
+        state["acked"].update(tags)
+        if len(state["acked"]) == n:
+            ch = state["ch"]
+            ch.basic_qos(prefetch_count=10,
+                         callback=lambda _f: ch.basic_consume(q, on_message))
+
+    def on_message(ch, method, _props, body):
+        state["got"].append(body)
+        ch.basic_ack(method.delivery_tag)
+        if len(state["got"]) == n:
+            ch.queue_delete(q, callback=lambda _f: conn.close())
+
+    conn = pika.SelectConnection(params, on_open_callback=on_open,
+                                 on_open_error_callback=lambda _c, e: fail(f"open: {e!r}"),
+                                 on_close_callback=lambda _c, _r: conn.ioloop.stop())
+    conn.ioloop.call_later(15, lambda: fail("timed out"))
+    conn.ioloop.start()
+    if state["error"]:
+        raise AssertionError(state["error"])
+    eq(sorted(state["acked"]), list(range(1, n + 1)), "every publish acked once")
+    eq(state["got"], [f"s-{i}".encode() for i in range(n)], "consumed in order")
+
+
 SCENARIOS = [
     scenario_basic_get_100,
     scenario_consume_prefetch_manual_ack,
@@ -794,6 +846,7 @@ SCENARIOS = [
     scenario_tx_move_commit_and_rollback,
     scenario_queue_length_limits,
     scenario_message_ttl_and_queue_expiry,
+    scenario_select_connection_confirms_and_consume,
 ]
 
 

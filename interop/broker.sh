@@ -3,7 +3,7 @@
 # broker.rc, broker.env, warren.log), so that client scenarios can restart it:
 # run.sh exports INTEROP_RESTART="interop/broker.sh restart DIR".
 #
-#   broker.sh start DIR BIN PORT   start, wait until the port accepts connections
+#   broker.sh start DIR BIN PORT [ARG...]   start (ARGs go to warren), wait for the port
 #   broker.sh stop DIR             SIGTERM, wait up to 10 s; exits with the broker's status
 #   broker.sh restart DIR          stop (it must exit 0), then start again, same port and data
 set -euo pipefail
@@ -13,11 +13,14 @@ case "$cmd" in
 start)
   bin="$3"
   port="$4"
+  extra=("${@:5}")
   printf 'bin=%q\nport=%q\n' "$bin" "$port" >"$dir/broker.env"
+  declare -p extra >>"$dir/broker.env"
   rm -f "$dir/broker.rc"
   mkdir -p "$dir/data"
   (
-    "$bin" --listen "127.0.0.1:$port" --data-dir "$dir/data" </dev/null >>"$dir/warren.log" 2>&1 &
+    "$bin" --listen "127.0.0.1:$port" --data-dir "$dir/data" "${extra[@]}" \
+      </dev/null >>"$dir/warren.log" 2>&1 &
     echo $! >"$dir/broker.pid"
     rc=0
     wait $! || rc=$?
@@ -59,7 +62,7 @@ restart)
     echo "broker exited $rc on SIGTERM (expected 0)" >&2
     exit 1
   fi
-  exec "$0" start "$dir" "$bin" "$port"
+  exec "$0" start "$dir" "$bin" "$port" "${extra[@]}"
   ;;
 *)
   echo "usage: $0 start DIR BIN PORT | stop DIR | restart DIR" >&2

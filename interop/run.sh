@@ -7,7 +7,8 @@
 # Restart scenarios (reconnecting clients) run the command in INTEROP_RESTART: set here
 # for the warren it starts; against another broker, set it yourself, e.g. for RabbitMQ
 #   INTEROP_RESTART='rabbitmqctl stop_app && rabbitmqctl start_app'
-# Without it they are reported as skipped (not counted as passed).
+# Without it they are reported as skipped (not counted as passed). Memory-alarm scenarios
+# likewise use INTEROP_ALARM_URL: a second warren with a 1 MiB watermark started here.
 #
 # WARREN_BIN picks the broker binary (default: $CARGO_TARGET_DIR/release/warren,
 # else ./target/release/warren). Exits non-zero if any scenario fails, or if the
@@ -58,6 +59,7 @@ broker_log="$workdir/warren.log"
 cleanup() {
   if [ -n "$started" ]; then
     "$here/broker.sh" stop "$workdir" >/dev/null 2>&1 || true
+    "$here/broker.sh" stop "$workdir/alarm" >/dev/null 2>&1 || true
   fi
   rm -rf "$workdir"
 }
@@ -91,6 +93,15 @@ if [ -z "${AMQP_URL:-}" ]; then
   export AMQP_URL="amqp://guest:guest@127.0.0.1:$port/%2F"
   # Scenarios that need a broker restart (reconnecting clients) call this.
   export INTEROP_RESTART="$here/broker.sh restart $workdir"
+  # A second broker with a 1 MiB memory watermark, for memory-alarm scenarios.
+  mkdir -p "$workdir/alarm"
+  echo "memory_high_watermark_bytes = 1048576" >"$workdir/alarm/warren.toml"
+  alarm_port="$("$python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  if ! "$here/broker.sh" start "$workdir/alarm" "$bin" "$alarm_port" --config "$workdir/alarm/warren.toml"; then
+    tail -n 20 "$workdir/alarm/warren.log" >&2
+    exit 1
+  fi
+  export INTEROP_ALARM_URL="amqp://guest:guest@127.0.0.1:$alarm_port/%2F"
   log "started $bin on 127.0.0.1:$port"
 else
   export AMQP_URL
@@ -138,6 +149,7 @@ run_suite go "$here/go/test.sh"
 
 if [ -n "$started" ]; then
   broker_rc=0
+  "$here/broker.sh" stop "$workdir/alarm" || broker_rc=$?
   "$here/broker.sh" stop "$workdir" || broker_rc=$?
   started=""
   if [ "$broker_rc" -ne 0 ]; then

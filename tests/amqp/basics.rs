@@ -46,16 +46,9 @@ async fn a_lapin_client_reconnects_after_a_broker_restart() {
     let url = b.url();
     let c = connect(&b).await;
     let ch = c.create_channel().await.unwrap();
-    ch.queue_declare(
-        "survives".into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    ch.queue_declare("survives".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     for i in 0..10u8 {
         let confirm = ch
@@ -64,7 +57,7 @@ async fn a_lapin_client_reconnects_after_a_broker_restart() {
                 "survives".into(),
                 Default::default(),
                 &[i],
-                BasicProperties::default().with_delivery_mode(2),
+                persistent(),
             )
             .await
             .unwrap()

@@ -88,6 +88,17 @@ pub fn code(e: &lapin::Error) -> Option<u16> {
     }
 }
 
+pub fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+pub fn persistent() -> BasicProperties {
+    BasicProperties::default().with_delivery_mode(2)
+}
+
 pub async fn declare(ch: &Channel, name: &str) -> lapin::Queue {
     ch.queue_declare(
         name.into(),

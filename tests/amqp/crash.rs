@@ -12,6 +12,8 @@ use lapin::options::*;
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
+use crate::common::{durable, persistent};
+
 type Node = crate::common::Running;
 
 fn spawn(dir: &std::path::Path, port: u16) -> Node {
@@ -38,10 +40,6 @@ impl crate::common::Running {
         .await
         .unwrap()
     }
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,16 +260,9 @@ async fn transactional_moves_are_all_or_nothing_across_kill_9() {
         let c = node.connect().await;
         let ch = c.create_channel().await.unwrap();
         for q in ["tx-s", "tx-a", "tx-b"] {
-            ch.queue_declare(
-                q.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+            ch.queue_declare(q.into(), durable(), FieldTable::default())
+                .await
+                .unwrap();
         }
         ch.confirm_select(Default::default()).await.unwrap();
         let mut pending = Vec::new();

@@ -8,17 +8,6 @@ use lapin::{BasicProperties, Channel, ExchangeKind};
 
 use crate::common::*;
 
-fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    }
-}
-
-fn persistent() -> BasicProperties {
-    BasicProperties::default().with_delivery_mode(2)
-}
-
 async fn publish_confirmed(
     ch: &Channel,
     exchange: &str,

@@ -255,10 +255,6 @@ def measure(sid, perf, broker, args, duration, workdir):
     return r
 
 
-def metric(r, key):
-    return r.get(key)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=3)
@@ -297,7 +293,7 @@ def main():
                     scenarios, key=lambda s: first.index(s[0]) if s[0] in first else 9):
                 for name in order:
                     r = measure(sid, perf, brokers[name], args, a.duration, workdir)
-                    value = metric(r, key)
+                    value = r.get(key)
                     runs[sid][name].append(value)
                     details.append({"round": rnd + 1, "scenario": sid, "broker": name,
                                     "result": r})

@@ -297,35 +297,36 @@ async fn producer(
             } else {
                 c.try_fill()?;
             }
-            while let Some(ev) = c.next()? {
-                let (tag, multiple, nack) = match ev {
-                    Event::Ack { tag, multiple } => (tag, multiple, false),
-                    Event::Nack { tag, multiple } => (tag, multiple, true),
-                    Event::Method(_, m) => return Err(err(format!("unexpected {m:?}"))),
-                    _ => continue,
-                };
-                let n = if multiple { tag - confirmed } else { 1 };
-                confirmed = if multiple { tag } else { confirmed.max(tag) };
-                if nack {
-                    stats.nacked.fetch_add(n, Ordering::Relaxed);
-                } else {
-                    stats.confirmed.fetch_add(n, Ordering::Relaxed);
-                }
-            }
+            take_confirms(&mut c, &mut confirmed, &stats)?;
         }
     }
     // --fill waits for every confirm.
     if limit > 0 && a.confirm > 0 {
         while confirmed < sent {
             c.fill().await?;
-            while let Some(ev) = c.next()? {
-                if let Event::Ack { tag, multiple } | Event::Nack { tag, multiple } = ev {
-                    let n = if multiple { tag - confirmed } else { 1 };
-                    confirmed = if multiple { tag } else { confirmed.max(tag) };
-                    stats.confirmed.fetch_add(n, Ordering::Relaxed);
-                }
-            }
+            take_confirms(&mut c, &mut confirmed, &stats)?;
         }
+    }
+    Ok(())
+}
+
+/// Count the acks and nacks in the read buffer; `confirmed` is the highest tag settled.
+fn take_confirms(c: &mut Client, confirmed: &mut u64, stats: &Stats) -> Res<()> {
+    while let Some(ev) = c.next()? {
+        let (tag, multiple, nack) = match ev {
+            Event::Ack { tag, multiple } => (tag, multiple, false),
+            Event::Nack { tag, multiple } => (tag, multiple, true),
+            Event::Method(_, m) => return Err(err(format!("unexpected {m:?}"))),
+            _ => continue,
+        };
+        let n = if multiple { tag - *confirmed } else { 1 };
+        *confirmed = if multiple { tag } else { (*confirmed).max(tag) };
+        let counter = if nack {
+            &stats.nacked
+        } else {
+            &stats.confirmed
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
     }
     Ok(())
 }

@@ -319,7 +319,7 @@ impl Queue {
     async fn run(mut self, mut rx: mpsc::Receiver<QueueCmd>) {
         let shared = self.shared.clone();
         let mut cmds = Vec::with_capacity(BATCH);
-        loop {
+        'run: loop {
             let timer = self.next_timer();
             tokio::select! {
                 n = rx.recv_many(&mut cmds, BATCH) => {
@@ -328,9 +328,7 @@ impl Queue {
                     }
                     for cmd in cmds.drain(..) {
                         if self.handle(cmd) {
-                            self.flush_ops();
-                            self.shared.set_busy(false);
-                            return;
+                            break 'run; // deleted
                         }
                     }
                 }
@@ -344,13 +342,14 @@ impl Queue {
             if self.unused_for_too_long(now) {
                 tracing::info!(queue = %self.shared.name, "deleting queue unused for x-expires");
                 self.delete();
-                self.flush_ops();
                 break;
             }
             self.drop_head();
             self.update_busy();
             self.flush_ops();
         }
+        // Deleted, or every handle gone: write what is left and release waiting publishers.
+        self.flush_ops();
         self.shared.set_busy(false);
     }
 
@@ -579,10 +578,15 @@ impl Queue {
 
     /// Returns true when the queue has been deleted and the task must end.
     fn handle(&mut self, cmd: QueueCmd) -> bool {
-        if !matches!(
-            cmd,
-            QueueCmd::Publish(..) | QueueCmd::Ack(_) | QueueCmd::Requeue(_) | QueueCmd::Discard(_)
-        ) {
+        if self.args.expires.is_some()
+            && !matches!(
+                cmd,
+                QueueCmd::Publish(..)
+                    | QueueCmd::Ack(_)
+                    | QueueCmd::Requeue(_)
+                    | QueueCmd::Discard(_)
+            )
+        {
             self.last_used = Instant::now();
         }
         match cmd {

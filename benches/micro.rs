@@ -47,6 +47,11 @@ fn publishes() -> BytesMut {
     buf
 }
 
+const LIMITS: codec::Limits = codec::Limits {
+    frame_max: 131_072,
+    table_depth: 128,
+};
+
 fn parse(c: &mut Criterion) {
     let input = publishes();
     let mut g = c.benchmark_group("parse");
@@ -57,7 +62,7 @@ fn parse(c: &mut Criterion) {
             |mut buf| {
                 let mut asm = Assembler::default();
                 let mut done = 0;
-                while let Some(f) = codec::decode(&mut buf, 131_072).unwrap() {
+                while let Some(f) = codec::decode(&mut buf, LIMITS).unwrap() {
                     let content = match f {
                         Frame::Method(_, Method::Publish(p)) => {
                             asm.start(p);

@@ -23,8 +23,13 @@ pub struct Config {
     pub channel_max: u16,
     pub heartbeat: u16,
     pub max_message_size: u64,
+    /// How deep field tables and arrays may nest in method arguments, message headers and
+    /// SASL responses.
+    pub max_table_depth: usize,
     pub max_connections: usize,
     pub handshake_timeout_ms: u64,
+    /// Connections accepted but not yet through the handshake; more are closed at once.
+    pub max_pending_handshakes: usize,
     pub queue_inbox: usize,
     /// Bytes of messages a durable queue keeps in memory; past it, persistent messages wait
     /// on disk and are read back when they reach the head.
@@ -54,8 +59,10 @@ impl Default for Config {
             channel_max: 2047,
             heartbeat: 60,
             max_message_size: 128 * 1024 * 1024,
+            max_table_depth: 128,
             max_connections: 10_000,
             handshake_timeout_ms: 10_000,
+            max_pending_handshakes: 1024,
             queue_inbox: 1024,
             queue_memory_budget_bytes: 32 << 20,
             queue_flow_messages: 32768,
@@ -129,6 +136,16 @@ impl Config {
         }
         if self.max_message_size == 0 || self.max_message_size > 512 * 1024 * 1024 {
             return Err("max_message_size must be between 1 and 536870912 bytes".into());
+        }
+        let cap = crate::protocol::table::DEPTH_CAP;
+        if self.max_table_depth == 0 || self.max_table_depth > cap {
+            return Err(format!("max_table_depth must be between 1 and {cap}"));
+        }
+        if self.max_pending_handshakes == 0 {
+            return Err("max_pending_handshakes must be at least 1".into());
+        }
+        if self.handshake_timeout_ms == 0 {
+            return Err("handshake_timeout_ms must be at least 1".into());
         }
         if self.queue_flow_messages == 0 {
             return Err("queue_flow_messages must be at least 1".into());

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use crate::broker::Broker;
@@ -56,11 +56,25 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut conns = JoinSet::new();
+    let unauthenticated = Arc::new(Semaphore::new(broker.config.max_pending_handshakes));
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
-                    conns.spawn(crate::connection::serve(stream, peer, broker.clone(), shutdown.clone()));
+                    // A flood of sockets that never log in must not crowd out real clients:
+                    // past the bound, new ones are closed at once (the client may retry).
+                    let Ok(permit) = unauthenticated.clone().try_acquire_owned() else {
+                        tracing::debug!(%peer, "too many connections in the handshake; closing");
+                        drop(stream);
+                        continue;
+                    };
+                    conns.spawn(crate::connection::serve(
+                        stream,
+                        peer,
+                        broker.clone(),
+                        shutdown.clone(),
+                        permit,
+                    ));
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use super::{ClientCaps, Conn, End};
 use crate::error::{Error, code};
-use crate::protocol::codec::{self, Frame, Method};
+use crate::protocol::codec::{Frame, Method};
 use crate::protocol::{
     AMQPClass, AMQPValue, FRAME_MIN_SIZE, FieldTable, PROTOCOL_HEADER, connection, sasl,
 };
@@ -57,7 +57,7 @@ impl Conn {
     /// The next connection-class method during the handshake.
     async fn handshake_method(&mut self) -> Result<connection::AMQPMethod, End> {
         loop {
-            match codec::decode(&mut self.rbuf, self.frame_max)? {
+            match self.decode_frame()? {
                 Some(Frame::Heartbeat(_)) => continue,
                 Some(Frame::Method(0, Method::Other(AMQPClass::Connection(m)))) => return Ok(m),
                 Some(other) => {
@@ -171,6 +171,7 @@ impl Conn {
             ));
         }
         self.vhost = Some(vhost);
+        self.unauthenticated = None;
         self.send_method(
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
@@ -183,7 +184,8 @@ impl Conn {
     fn authenticate(&self, mechanism: &str, response: &[u8]) -> Result<(), Error> {
         let creds = match mechanism {
             "PLAIN" => sasl::plain(response),
-            "AMQPLAIN" => sasl::amqplain(response),
+            "AMQPLAIN" => sasl::amqplain(response, self.broker.config.max_table_depth)
+                .map_err(|e| Error::connection(code::FRAME_ERROR, e.to_string()))?,
             other => {
                 return Err(Error::connection(
                     code::COMMAND_INVALID,

@@ -101,6 +101,8 @@ pub(crate) struct Conn {
     /// Queues this connection published to that asked for flow control: it is not read
     /// until they are no longer busy.
     throttled: Vec<QueueHandle>,
+    /// Held from accept until the handshake ends (given back before open-ok is sent).
+    unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Wait (a bounded while, as a safety net) for the first throttling queue to clear.
@@ -111,11 +113,15 @@ async fn first_unbusy(queues: &[QueueHandle]) {
 }
 
 /// Serve one client socket until it closes.
+///
+/// `unauthenticated` is this connection's place among those still in the handshake; it is
+/// given back once the handshake ends, however it ends.
 pub async fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: watch::Receiver<bool>,
+    unauthenticated: tokio::sync::OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, write_half) = stream.into_split();
@@ -124,7 +130,9 @@ pub async fn serve(
     let alarm = broker.memory.subscribe();
     let mut conn = Conn {
         id: broker.next_conn_id(),
-        frame_max: broker.config.frame_max,
+        // As RabbitMQ: until tune-ok, frames are at most the protocol's minimum, so a client
+        // that has not logged in cannot make the broker buffer more than that.
+        frame_max: crate::protocol::FRAME_MIN_SIZE,
         channel_max: broker.config.channel_max,
         heartbeat: 0,
         broker,
@@ -151,9 +159,12 @@ pub async fn serve(
         published: false,
         blocked: false,
         throttled: Vec::new(),
+        unauthenticated: Some(unauthenticated),
     };
     let timeout = Duration::from_millis(conn.broker.config.handshake_timeout_ms);
-    let end = match tokio::time::timeout(timeout, conn.handshake()).await {
+    let handshake = tokio::time::timeout(timeout, conn.handshake()).await;
+    conn.unauthenticated = None;
+    let end = match handshake {
         Ok(Ok(())) => conn.run(shutdown).await,
         Ok(Err(end)) => end,
         Err(_) => {
@@ -180,6 +191,15 @@ impl Conn {
             conn: self.id,
             channel,
         }
+    }
+
+    /// The next whole frame in the read buffer, within this connection's limits.
+    fn decode_frame(&mut self) -> Result<Option<Frame>, Error> {
+        let limits = codec::Limits {
+            frame_max: self.frame_max,
+            table_depth: self.broker.config.max_table_depth,
+        };
+        codec::decode(&mut self.rbuf, limits)
     }
 
     fn vhost(&self) -> &Arc<VHost> {
@@ -308,7 +328,7 @@ impl Conn {
     /// Handle every whole frame in the read buffer.
     async fn process_input(&mut self) -> Result<(), End> {
         loop {
-            match codec::decode(&mut self.rbuf, self.frame_max)? {
+            match self.decode_frame()? {
                 None => return Ok(()),
                 Some(frame) => self.on_frame(frame).await?,
             }
@@ -560,7 +580,7 @@ impl Conn {
         let wait = async {
             loop {
                 loop {
-                    match codec::decode(&mut self.rbuf, self.frame_max) {
+                    match self.decode_frame() {
                         Ok(Some(Frame::Method(
                             0,
                             Method::Other(AMQPClass::Connection(

@@ -4,10 +4,20 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use super::table::{self, TableError};
 use super::{
     AMQPClass, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD, FRAME_OVERHEAD,
 };
 use crate::error::{Error, code};
+
+/// What a peer may send: the negotiated frame size and how deep its field tables may nest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest frame, header and end octet included.
+    pub frame_max: u32,
+    /// Deepest nesting of tables and arrays in method arguments and message headers.
+    pub table_depth: usize,
+}
 
 /// `basic.publish`, with its names as slices of the read buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,17 +72,31 @@ fn frame_error(text: impl Into<String>) -> Error {
 }
 
 /// Split one whole frame sent by a client off the front of `buf`, or `Ok(None)` if more bytes
-/// are needed. `frame_max` is the negotiated maximum frame size, header and end octet included.
-pub fn decode(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Error> {
-    decode_from(buf, frame_max, true)
+/// are needed.
+pub fn decode(buf: &mut BytesMut, limits: Limits) -> Result<Option<Frame>, Error> {
+    decode_from(buf, limits, true)
 }
 
 /// As `decode`, for frames a server sends (test clients read the broker with this).
 pub fn decode_server_frame(buf: &mut BytesMut, frame_max: u32) -> Result<Option<Frame>, Error> {
-    decode_from(buf, frame_max, false)
+    let limits = Limits {
+        frame_max,
+        table_depth: table::DEPTH_CAP,
+    };
+    decode_from(buf, limits, false)
 }
 
-fn decode_from(buf: &mut BytesMut, frame_max: u32, client: bool) -> Result<Option<Frame>, Error> {
+fn too_deep(e: TableError) -> Error {
+    match e {
+        TableError::TooDeep(max) => frame_error(format!(
+            "field table nested deeper than {max} levels (max_table_depth)"
+        )),
+        TableError::Malformed => frame_error("malformed field table"),
+    }
+}
+
+fn decode_from(buf: &mut BytesMut, limits: Limits, client: bool) -> Result<Option<Frame>, Error> {
+    let frame_max = limits.frame_max;
     if buf.len() < 7 {
         return Ok(None);
     }
@@ -100,7 +124,10 @@ fn decode_from(buf: &mut BytesMut, frame_max: u32, client: bool) -> Result<Optio
     let payload = buf.split_to(size).freeze();
     buf.advance(1);
     match kind {
-        FRAME_METHOD => Ok(Some(Frame::Method(channel, parse_method(payload, client)?))),
+        FRAME_METHOD => Ok(Some(Frame::Method(
+            channel,
+            parse_method(payload, client, limits.table_depth)?,
+        ))),
         FRAME_HEADER => {
             let mut p = payload;
             if p.len() < 14 {
@@ -109,6 +136,8 @@ fn decode_from(buf: &mut BytesMut, frame_max: u32, client: bool) -> Result<Optio
             let class_id = p.get_u16();
             let _weight = p.get_u16();
             let body_size = p.get_u64();
+            super::properties::check_depth(&p, limits.table_depth)
+                .map_err(|e| too_deep(e).during(60, 40))?;
             Ok(Some(Frame::Header {
                 channel,
                 class_id,
@@ -137,7 +166,49 @@ fn client_method(class: u16, method: u16) -> bool {
     )
 }
 
-fn parse_method(payload: Bytes, client: bool) -> Result<Method, Error> {
+/// Where the one field table of a method's arguments starts, for the methods that have one:
+/// the fields before it are skipped as amq-protocol's generated parsers read them.
+fn table_offset(class: u16, method: u16, args: &[u8]) -> Option<Option<usize>> {
+    #[derive(Clone, Copy)]
+    enum F {
+        Short,
+        Octet,
+        ShortStr,
+    }
+    use F::*;
+    let before: &[F] = match (class, method) {
+        (10, 11) => &[],                                                // start-ok
+        (40, 10) => &[Short, ShortStr, ShortStr, Octet],                // exchange.declare
+        (40, 30 | 40) => &[Short, ShortStr, ShortStr, ShortStr, Octet], // exchange.(un)bind
+        (50, 10) => &[Short, ShortStr, Octet],                          // queue.declare
+        (50, 20) => &[Short, ShortStr, ShortStr, ShortStr, Octet],      // queue.bind
+        (50, 50) => &[Short, ShortStr, ShortStr, ShortStr],             // queue.unbind
+        (60, 20) => &[Short, ShortStr, ShortStr, Octet],                // basic.consume
+        _ => return Some(None),
+    };
+    let mut at = 0;
+    for f in before {
+        at += match f {
+            Short => 2,
+            Octet => 1,
+            ShortStr => 1 + *args.get(at)? as usize,
+        };
+    }
+    Some(Some(at))
+}
+
+fn check_tables(class: u16, method: u16, args: &[u8], max_depth: usize) -> Result<(), TableError> {
+    match table_offset(class, method, args) {
+        None => Err(TableError::Malformed),
+        Some(None) => Ok(()),
+        Some(Some(at)) => {
+            let table = args.get(at..).ok_or(TableError::Malformed)?;
+            table::check_depth(table, max_depth).map(|_| ())
+        }
+    }
+}
+
+fn parse_method(payload: Bytes, client: bool, max_depth: usize) -> Result<Method, Error> {
     if payload.len() < 4 {
         return Err(frame_error("method frame too short"));
     }
@@ -166,6 +237,8 @@ fn parse_method(payload: Bytes, client: bool) -> Result<Method, Error> {
             .map(Method::Publish)
             .ok_or_else(|| frame_error("malformed basic.publish").during(60, 40));
     }
+    check_tables(class, method, &payload[4..], max_depth)
+        .map_err(|e| too_deep(e).during(class, method))?;
     match amq_protocol::protocol::parse_class(&payload[..]) {
         Ok((_, c)) => Ok(Method::Other(c)),
         Err(_) => Err(
@@ -204,17 +277,25 @@ mod tests {
     use super::*;
     use crate::protocol::encode;
 
+    const LIMITS: Limits = Limits {
+        frame_max: 4096,
+        table_depth: 16,
+    };
+
     #[test]
     fn splits_frames_and_waits_for_more() {
         let mut out = BytesMut::new();
         encode::heartbeat(&mut out);
         encode::body_frame(&mut out, 3, b"hello");
         let mut half = out.split_to(10);
-        assert_eq!(decode(&mut half, 4096).unwrap(), Some(Frame::Heartbeat(0)));
-        assert_eq!(decode(&mut half, 4096).unwrap(), None);
+        assert_eq!(
+            decode(&mut half, LIMITS).unwrap(),
+            Some(Frame::Heartbeat(0))
+        );
+        assert_eq!(decode(&mut half, LIMITS).unwrap(), None);
         half.unsplit(out);
         assert_eq!(
-            decode(&mut half, 4096).unwrap(),
+            decode(&mut half, LIMITS).unwrap(),
             Some(Frame::Body(3, Bytes::from_static(b"hello")))
         );
         assert!(half.is_empty());
@@ -224,12 +305,12 @@ mod tests {
     fn rejects_oversized_and_bad_end() {
         let mut out = BytesMut::new();
         encode::body_frame(&mut out, 1, &[0u8; 5000]);
-        assert_eq!(decode(&mut out, 4096).unwrap_err().code(), 501);
+        assert_eq!(decode(&mut out, LIMITS).unwrap_err().code(), 501);
         let mut out = BytesMut::new();
         encode::heartbeat(&mut out);
         let last = out.len() - 1;
         out[last] = 0;
-        assert_eq!(decode(&mut out, 4096).unwrap_err().code(), 501);
+        assert_eq!(decode(&mut out, LIMITS).unwrap_err().code(), 501);
     }
 
     #[test]
@@ -244,7 +325,7 @@ mod tests {
             },
         ));
         encode::method(&mut out, 7, &m);
-        match decode(&mut out, 4096).unwrap() {
+        match decode(&mut out, LIMITS).unwrap() {
             Some(Frame::Method(7, Method::Publish(p))) => {
                 assert_eq!(&p.exchange[..], b"ex");
                 assert_eq!(&p.routing_key[..], b"a.b");
@@ -261,6 +342,77 @@ mod tests {
         out.extend_from_slice(&[1, 0, 1, 0, 0, 0, payload.len() as u8]);
         out.extend_from_slice(&payload);
         out.extend_from_slice(&[FRAME_END]);
-        assert_eq!(decode(&mut out, 4096).unwrap_err().code(), 503);
+        assert_eq!(decode(&mut out, LIMITS).unwrap_err().code(), 503);
+    }
+
+    fn method_frame(payload: &[u8]) -> BytesMut {
+        let mut out = BytesMut::new();
+        out.extend_from_slice(&[1, 0, 1]);
+        out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(payload);
+        out.extend_from_slice(&[FRAME_END]);
+        out
+    }
+
+    /// Each method with a table, its table nested one level past the limit, is 501 before
+    /// amq-protocol's parser runs; at the limit it parses.
+    #[test]
+    fn tables_in_method_arguments_are_depth_checked() {
+        let cases: [(&[u8], &[u8]); 8] = [
+            (&[0, 10, 0, 11], b""),
+            (&[0, 40, 0, 10], b"\0\0\x02ex\x06direct\0"),
+            (&[0, 40, 0, 30], b"\0\0\x01d\x01s\x02rk\0"),
+            (&[0, 40, 0, 40], b"\0\0\x01d\x01s\x02rk\0"),
+            (&[0, 50, 0, 10], b"\0\0\x01q\0"),
+            (&[0, 50, 0, 20], b"\0\0\x01q\x02ex\x02rk\0"),
+            (&[0, 50, 0, 50], b"\0\0\x01q\x02ex\x02rk"),
+            (&[0, 60, 0, 20], b"\0\0\x01q\x03tag\0"),
+        ];
+        for (ids, before) in cases {
+            let frame = |depth: usize| {
+                let mut payload = [ids, before].concat();
+                payload.extend_from_slice(&table::build::nested(depth));
+                if ids == [0, 10, 0, 11] {
+                    payload.extend_from_slice(b"\x05PLAIN\0\0\0\0\x05en_US");
+                }
+                method_frame(&payload)
+            };
+            let ok = decode(&mut frame(16), LIMITS);
+            assert!(
+                matches!(ok, Ok(Some(Frame::Method(1, _)))),
+                "{ids:?}: {ok:?}"
+            );
+            let err = decode(&mut frame(17), LIMITS).unwrap_err();
+            assert_eq!(err.code(), 501, "{ids:?}");
+            assert!(err.to_string().contains("nested deeper than 16"), "{err}");
+            let err = decode(
+                &mut frame(100_000),
+                Limits {
+                    frame_max: 1 << 20,
+                    ..LIMITS
+                },
+            );
+            assert_eq!(err.unwrap_err().code(), 501, "{ids:?}");
+        }
+    }
+
+    #[test]
+    fn headers_in_content_header_are_depth_checked() {
+        let header = |depth: usize| {
+            let mut payload = vec![0, 60, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+            payload.extend_from_slice(&(1u16 << 13).to_be_bytes());
+            payload.extend_from_slice(&table::build::nested(depth));
+            let mut out = BytesMut::new();
+            out.extend_from_slice(&[2, 0, 1]);
+            out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            out.extend_from_slice(&payload);
+            out.extend_from_slice(&[FRAME_END]);
+            out
+        };
+        assert!(matches!(
+            decode(&mut header(16), LIMITS),
+            Ok(Some(Frame::Header { body_size: 1, .. }))
+        ));
+        assert_eq!(decode(&mut header(17), LIMITS).unwrap_err().code(), 501);
     }
 }

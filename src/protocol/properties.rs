@@ -1,9 +1,38 @@
 //! Reading the content-header properties that the broker itself needs, without rebuilding
-//! them: the raw bytes are what consumers receive.
+//! them: the raw bytes are what consumers receive. The headers table's nesting is checked
+//! (`check_depth`) before amq-protocol's recursive parser sees it.
 
-use amq_protocol::protocol::basic::parse_properties;
+use amq_protocol::protocol::basic::{AMQPProperties, parse_properties};
 
 use super::FieldTable;
+use super::table::{self, DEPTH_CAP, TableError};
+
+/// Check the nesting of the headers table, if the properties carry one. Anything else wrong
+/// with them is left to the parser.
+pub fn check_depth(raw: &[u8], max_depth: usize) -> Result<(), TableError> {
+    let Some(flags) = raw.get(..2) else {
+        return Ok(());
+    };
+    let flags = u16::from_be_bytes([flags[0], flags[1]]);
+    if flags & (1 << 13) == 0 {
+        return Ok(());
+    }
+    // content-type and content-encoding, short strings, come before the headers.
+    let mut at = 2;
+    for bit in [15, 14] {
+        if flags & (1 << bit) != 0 {
+            at += 1 + *raw.get(at).ok_or(TableError::Malformed)? as usize;
+        }
+    }
+    table::check_depth(raw.get(at..).ok_or(TableError::Malformed)?, max_depth).map(|_| ())
+}
+
+/// The full parse, on properties checked at publish or written by the broker itself: only the
+/// hard cap applies here.
+fn parse(raw: &[u8]) -> Option<(&[u8], AMQPProperties)> {
+    check_depth(raw, DEPTH_CAP).ok()?;
+    parse_properties(raw).ok()
+}
 
 /// Parse the raw properties once: None if they are malformed (such a message would break
 /// every consumer), else the delivery mode they carry.
@@ -11,8 +40,8 @@ pub fn checked_delivery_mode(raw: &[u8]) -> Option<Option<u8>> {
     if let Some(fast) = walk_without_headers(raw) {
         return fast;
     }
-    match parse_properties(raw) {
-        Ok((&[], props)) => Some(*props.delivery_mode()),
+    match parse(raw) {
+        Some((&[], props)) => Some(*props.delivery_mode()),
         _ => None,
     }
 }
@@ -57,12 +86,12 @@ pub fn expiration_ms(raw: &[u8]) -> Option<u64> {
     if flags & (1 << 8) == 0 {
         return None; // the common case: no parse at all
     }
-    let (_, props) = parse_properties(raw).ok()?;
+    let (_, props) = parse(raw)?;
     props.expiration().as_ref()?.as_str().parse().ok()
 }
 
 pub fn headers(raw: &[u8]) -> Option<FieldTable> {
-    parse_properties(raw).ok()?.1.headers().clone()
+    parse(raw)?.1.headers().clone()
 }
 
 #[cfg(test)]
@@ -119,5 +148,33 @@ mod tests {
         let with_headers = raw(&AMQPProperties::default().with_headers(FieldTable::default()));
         assert_eq!(walk_without_headers(&with_headers), None);
         assert_eq!(checked_delivery_mode(&with_headers), Some(None));
+    }
+
+    /// The headers table is found behind content-type and content-encoding, and its nesting
+    /// is checked before the recursive parser runs.
+    #[test]
+    fn deep_headers_are_refused_before_parsing() {
+        let props = |depth: usize| {
+            let mut raw = (1u16 << 15 | 1 << 14 | 1 << 13 | 1 << 12)
+                .to_be_bytes()
+                .to_vec();
+            raw.extend_from_slice(b"\x04text\x04gzip");
+            raw.extend_from_slice(&table::build::nested(depth));
+            raw.push(2);
+            raw
+        };
+        assert_eq!(check_depth(&props(8), 8), Ok(()));
+        assert_eq!(checked_delivery_mode(&props(8)), Some(Some(2)));
+        assert_eq!(check_depth(&props(9), 8), Err(TableError::TooDeep(8)));
+        let hostile = props(50_000);
+        assert_eq!(
+            check_depth(&hostile, DEPTH_CAP),
+            Err(TableError::TooDeep(DEPTH_CAP))
+        );
+        assert_eq!(checked_delivery_mode(&hostile), None);
+        assert_eq!(headers(&hostile), None);
+        // Cut inside the strings before the table: malformed, not a panic.
+        assert_eq!(check_depth(&props(2)[..4], 8), Err(TableError::Malformed));
+        assert_eq!(check_depth(&[0x20], 8), Ok(()));
     }
 }

@@ -3,6 +3,7 @@
 use amq_protocol::types::parsing::parse_field_table;
 
 use super::AMQPValue;
+use super::table::{self, TableError};
 
 /// PLAIN: `authzid NUL user NUL password`.
 pub fn plain(response: &[u8]) -> Option<(String, String)> {
@@ -19,11 +20,22 @@ pub fn plain(response: &[u8]) -> Option<(String, String)> {
     ))
 }
 
-/// AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD.
-pub fn amqplain(response: &[u8]) -> Option<(String, String)> {
+/// AMQPLAIN: a field table without its length prefix, with LOGIN and PASSWORD. A table
+/// nested deeper than `max_depth` is an error of its own; any other malformed one is no
+/// credentials.
+pub fn amqplain(response: &[u8], max_depth: usize) -> Result<Option<(String, String)>, TableError> {
     let mut framed = (response.len() as u32).to_be_bytes().to_vec();
     framed.extend_from_slice(response);
-    let (_, table) = parse_field_table(&framed[..]).ok()?;
+    match table::check_depth(&framed, max_depth) {
+        Err(TableError::TooDeep(n)) => return Err(TableError::TooDeep(n)),
+        Err(TableError::Malformed) => return Ok(None),
+        Ok(_) => {}
+    }
+    Ok(credentials(&framed))
+}
+
+fn credentials(framed: &[u8]) -> Option<(String, String)> {
+    let (_, table) = parse_field_table(framed).ok()?;
     let text = |k: &str| match table.inner().get(k)? {
         AMQPValue::LongString(s) => String::from_utf8(s.as_bytes().to_vec()).ok(),
         AMQPValue::ShortString(s) => Some(s.to_string()),
@@ -55,6 +67,10 @@ mod tests {
             r.extend_from_slice(&(v.len() as u32).to_be_bytes());
             r.extend_from_slice(v.as_bytes());
         }
-        assert_eq!(amqplain(&r), Some(("u".into(), "p".into())));
+        assert_eq!(amqplain(&r, 4), Ok(Some(("u".into(), "p".into()))));
+        assert_eq!(amqplain(&r[1..], 4), Ok(None));
+        let deep = table::build::nested(6);
+        assert_eq!(amqplain(&deep[4..], 5), Err(TableError::TooDeep(5)));
+        assert_eq!(amqplain(&deep[4..], 6), Ok(None));
     }
 }

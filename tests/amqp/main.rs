@@ -10,6 +10,7 @@ mod durability;
 mod errors;
 mod exchanges;
 mod flow;
+mod hostile;
 mod limits;
 mod messages;
 mod queues;

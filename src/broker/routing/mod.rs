@@ -49,6 +49,10 @@ impl Routes {
         let mut visited: Vec<&str> = vec![exchange];
         let mut pending: Vec<&str> = vec![exchange];
         let mut dests = Vec::new();
+        // Queues already in `out`, by id, once there are too many to compare one by one (a
+        // fanout to 100,000 queues must not cost 10^10 comparisons per publish).
+        let mut seen: Option<std::collections::HashSet<u64>> = None;
+        let mut visited_set: Option<std::collections::HashSet<&str>> = None;
         while let Some(name) = pending.pop() {
             let Some(x) = self.exchanges.get(name) else {
                 continue;
@@ -65,14 +69,28 @@ impl Routes {
             for d in &dests {
                 match d {
                     Dest::Queue(q) => {
-                        if !out.iter().any(|o| o.id == q.id) {
+                        let new = match &mut seen {
+                            Some(set) => set.insert(q.id),
+                            None => !out.iter().any(|o| o.id == q.id),
+                        };
+                        if new {
                             out.push(q.clone());
+                            if seen.is_none() && out.len() > 32 {
+                                seen = Some(out.iter().map(|o| o.id).collect());
+                            }
                         }
                     }
                     Dest::Exchange(next) => {
-                        if !visited.contains(&&**next) {
+                        let new = match &mut visited_set {
+                            Some(set) => set.insert(&**next),
+                            None => !visited.contains(&&**next),
+                        };
+                        if new {
                             visited.push(next);
                             pending.push(next);
+                            if visited_set.is_none() && visited.len() > 32 {
+                                visited_set = Some(visited.iter().copied().collect());
+                            }
                         }
                     }
                 }

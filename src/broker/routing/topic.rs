@@ -1,7 +1,11 @@
 //! Topic exchanges: a trie over dot-separated words. `*` matches exactly one word, `#` zero or
 //! more. As in RabbitMQ, an empty key has no words: `#` matches it, `*` does not.
+//!
+//! Matching visits each `#` node at most once per number of words left (`Memo`): without that,
+//! a pattern of many `#` against a key of many words (255 octets allow 128 of each) tries
+//! exponentially many ways to split the words and a single publish never finishes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::Dest;
 
@@ -39,16 +43,50 @@ impl Topic {
 
     pub fn route<'a>(&'a self, routing_key: &[u8], out: &mut Vec<&'a Dest>) {
         let key: Vec<&[u8]> = words(routing_key).collect();
-        self.root.collect(&key, out);
+        self.root.collect(&key, out, &mut Memo::default());
+    }
+}
+
+/// The `#` nodes already entered, each with the number of words that were left: entering one
+/// again the same way can only find the same bindings. A few entries stay in a vector (the
+/// common case: no allocation beyond it); many go to a set.
+#[derive(Default)]
+struct Memo {
+    few: Vec<(*const Node, usize)>,
+    many: Option<HashSet<(*const Node, usize)>>,
+}
+
+impl Memo {
+    const FEW: usize = 16;
+
+    /// True the first time (node, words left) is seen.
+    fn first(&mut self, node: &Node, left: usize) -> bool {
+        let k = (node as *const Node, left);
+        if let Some(set) = &mut self.many {
+            return set.insert(k);
+        }
+        if self.few.contains(&k) {
+            return false;
+        }
+        if self.few.len() < Self::FEW {
+            self.few.push(k);
+        } else {
+            let mut set: HashSet<_> = self.few.drain(..).collect();
+            set.insert(k);
+            self.many = Some(set);
+        }
+        true
     }
 }
 
 impl Node {
-    fn collect<'a>(&'a self, key: &[&[u8]], out: &mut Vec<&'a Dest>) {
+    fn collect<'a>(&'a self, key: &[&[u8]], out: &mut Vec<&'a Dest>, memo: &mut Memo) {
         if let Some(h) = &self.hash {
             // `#` may swallow any number of the remaining words, including none.
             for skip in 0..=key.len() {
-                h.collect(&key[skip..], out);
+                if memo.first(h, key.len() - skip) {
+                    h.collect(&key[skip..], out, memo);
+                }
             }
         }
         let Some((first, rest)) = key.split_first() else {
@@ -56,10 +94,10 @@ impl Node {
             return;
         };
         if let Some(n) = self.words.get(*first) {
-            n.collect(rest, out);
+            n.collect(rest, out, memo);
         }
         if let Some(n) = &self.star {
-            n.collect(rest, out);
+            n.collect(rest, out, memo);
         }
     }
 }
@@ -119,6 +157,39 @@ mod tests {
             let mut out = Vec::new();
             t.route(key.as_bytes(), &mut out);
             assert_eq!(!out.is_empty(), want, "pattern {pattern:?} key {key:?}");
+        }
+    }
+
+    /// The longest keys and patterns a client can send (255 octets: 128 one-letter words)
+    /// match in polynomial time, and each binding is found once.
+    #[test]
+    fn long_patterns_of_hashes_match_quickly() {
+        let words = |w: &str, n: usize| vec![w; n].join(".");
+        let mut t = Topic::default();
+        t.bind(&words("#", 128), Dest::Exchange(Arc::from("hashes")));
+        let alternating = (0..64).map(|_| "#.a").collect::<Vec<_>>().join(".");
+        t.bind(&alternating, Dest::Exchange(Arc::from("alternating")));
+        t.bind(
+            &format!("{}.b", words("#", 127)),
+            Dest::Exchange(Arc::from("tail")),
+        );
+        for key in [words("a", 128), words("a", 127) + ".b", String::new()] {
+            let mut out = Vec::new();
+            t.route(key.as_bytes(), &mut out);
+            let mut names: Vec<String> = out
+                .iter()
+                .map(|d| match d {
+                    Dest::Exchange(n) => n.to_string(),
+                    Dest::Queue(_) => unreachable!(),
+                })
+                .collect();
+            names.sort();
+            let want: &[&str] = match key.len() {
+                0 => &["hashes"],
+                _ if key.ends_with('b') => &["hashes", "tail"],
+                _ => &["alternating", "hashes"],
+            };
+            assert_eq!(names, want, "key {key:?}");
         }
     }
 }

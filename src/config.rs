@@ -43,6 +43,11 @@ pub struct Config {
     pub memory_high_watermark: f64,
     /// The same limit in bytes; overrides the fraction when set.
     pub memory_high_watermark_bytes: Option<usize>,
+    /// Free bytes on the data directory's disk below which persistent publishers block.
+    pub disk_free_limit_bytes: u64,
+    pub disk_check_interval_ms: u64,
+    /// How often the broker logs its connection, task and memory counts (0: never).
+    pub stats_log_interval_ms: u64,
 }
 
 impl Default for Config {
@@ -70,6 +75,9 @@ impl Default for Config {
             shutdown_timeout_ms: 5_000,
             memory_high_watermark: 0.4,
             memory_high_watermark_bytes: None,
+            disk_free_limit_bytes: 50_000_000,
+            disk_check_interval_ms: 1_000,
+            stats_log_interval_ms: 0,
         }
     }
 }
@@ -158,6 +166,9 @@ impl Config {
         }
         if !(self.memory_high_watermark > 0.0 && self.memory_high_watermark <= 1.0) {
             return Err("memory_high_watermark must be a fraction in (0, 1]".into());
+        }
+        if self.disk_check_interval_ms == 0 {
+            return Err("disk_check_interval_ms must be at least 1".into());
         }
         if self.default_vhost.is_empty() {
             return Err("default_vhost must not be empty".into());

@@ -44,9 +44,19 @@ fn main() {
                 return 1;
             }
         };
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        let failed = tokio::select! {
+            _ = wait_for_signal() => None,
+            reason = server.failed() => Some(reason),
+        };
+        match &failed {
+            None => tracing::info!("shutting down"),
+            Some(reason) => tracing::error!("stopping: {reason}"),
+        }
         server.shutdown().await;
+        if let Some(reason) = failed {
+            eprintln!("warren: stopped: {reason}");
+            return 1;
+        }
         0
     });
     std::process::exit(code);

@@ -17,6 +17,7 @@ pub struct Server {
     pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    failed: watch::Receiver<Option<String>>,
 }
 
 impl Server {
@@ -31,6 +32,7 @@ impl Server {
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
+        let failed = broker.store.failed();
         let task = tokio::spawn(accept_loop(listener, broker, rx));
         tracing::info!(
             "warren {} listening for AMQP on {local_addr}",
@@ -40,7 +42,18 @@ impl Server {
             local_addr,
             shutdown: tx,
             task,
+            failed,
         })
+    }
+
+    /// Resolves once the broker has stopped by itself because its store failed, with why.
+    pub async fn failed(&self) -> String {
+        let mut failed = self.failed.clone();
+        match failed.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone().unwrap_or_default(),
+            // The store is gone: only after a shutdown, which the caller asked for.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Close every connection with 320 CONNECTION_FORCED and wait for the broker to stop.
@@ -55,10 +68,26 @@ async fn accept_loop(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Connections are told to close on a shutdown and also when the store fails.
+    let (close_all, closing) = watch::channel(false);
+    let mut failed = broker.store.failed();
     let mut conns = JoinSet::new();
-    let unauthenticated = Arc::new(Semaphore::new(broker.config.max_pending_handshakes));
+    let max_pending = broker.config.max_pending_handshakes;
+    let unauthenticated = Arc::new(Semaphore::new(max_pending));
+    let stats_every = broker.config.stats_log_interval_ms;
+    let mut stats = tokio::time::interval(Duration::from_millis(stats_every.max(1)));
+    stats.tick().await;
     loop {
         tokio::select! {
+            _ = stats.tick(), if stats_every > 0 => {
+                tracing::info!(
+                    connections = broker.connections.load(std::sync::atomic::Ordering::Relaxed),
+                    pending_handshakes = max_pending - unauthenticated.available_permits(),
+                    tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+                    queued_bytes = broker.memory.used(),
+                    "broker stats"
+                );
+            }
             r = listener.accept() => match r {
                 Ok((stream, peer)) => {
                     // A flood of sockets that never log in must not crowd out real clients:
@@ -72,7 +101,7 @@ async fn accept_loop(
                         stream,
                         peer,
                         broker.clone(),
-                        shutdown.clone(),
+                        closing.clone(),
                         permit,
                     ));
                 }
@@ -84,9 +113,16 @@ async fn accept_loop(
             },
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
             _ = shutdown.changed() => break,
+            Ok(()) = failed.changed() => {
+                if failed.borrow_and_update().is_some() {
+                    tracing::error!("the store cannot write: closing every connection and stopping");
+                    break;
+                }
+            }
         }
     }
     drop(listener);
+    let _ = close_all.send(true);
     let grace = Duration::from_millis(broker.config.shutdown_timeout_ms);
     let all = async { while conns.join_next().await.is_some() {} };
     if tokio::time::timeout(grace, all).await.is_err() {

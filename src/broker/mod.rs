@@ -3,6 +3,7 @@
 
 pub mod args;
 pub mod consumer;
+pub mod disk;
 pub mod exchange;
 pub mod memory;
 pub mod message;
@@ -28,6 +29,7 @@ pub struct Broker {
     /// Open connections (past the handshake), for the max_connections limit.
     pub connections: AtomicUsize,
     pub memory: Arc<MemoryMonitor>,
+    pub disk: disk::DiskMonitor,
     pub store: Arc<Store>,
 }
 
@@ -106,7 +108,13 @@ impl Broker {
             ms = started.elapsed().as_millis() as u64,
             "recovery complete"
         );
+        let disk = disk::DiskMonitor::start(
+            &config.data_dir,
+            config.disk_free_limit_bytes,
+            std::time::Duration::from_millis(config.disk_check_interval_ms),
+        );
         Ok(Arc::new(Broker {
+            disk,
             config,
             vhosts,
             next_conn: AtomicU64::new(1),

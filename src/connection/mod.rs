@@ -96,6 +96,10 @@ pub(crate) struct Conn {
     /// The memory alarm; a connection that has published is not read while it is on.
     alarm: watch::Receiver<bool>,
     published: bool,
+    /// The disk alarm; a connection that has published persistent messages is not read
+    /// while it is on.
+    disk_alarm: watch::Receiver<bool>,
+    published_persistent: bool,
     /// Whether we stopped reading this connection for the alarm (and said so, if it asked).
     blocked: bool,
     /// Queues this connection published to that asked for flow control: it is not read
@@ -128,6 +132,7 @@ pub async fn serve(
     let (wtx, writer) = writer::spawn(write_half, broker.config.writer_buffer_bytes);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let alarm = broker.memory.subscribe();
+    let disk_alarm = broker.disk.subscribe();
     let mut conn = Conn {
         id: broker.next_conn_id(),
         // As RabbitMQ: until tune-ok, frames are at most the protocol's minimum, so a client
@@ -157,6 +162,8 @@ pub async fn serve(
         last_recv: Instant::now(),
         alarm,
         published: false,
+        disk_alarm,
+        published_persistent: false,
         blocked: false,
         throttled: Vec::new(),
         unauthenticated: Some(unauthenticated),
@@ -275,6 +282,7 @@ impl Conn {
                     Ok(())
                 }
                 _ = self.alarm.changed() => Ok(()),
+                _ = self.disk_alarm.changed() => Ok(()),
                 _ = ticker.tick(), if hb > 0 => {
                     // While blocked we do not read, so the peer's heartbeats are not seen.
                     if reading && self.last_recv.elapsed() > Duration::from_secs(hb as u64 * 2) {
@@ -303,9 +311,11 @@ impl Conn {
         }
     }
 
-    /// Start or stop reading for the memory alarm, telling clients that asked to know.
+    /// Start or stop reading for the memory or disk alarm, telling clients that asked to know.
     fn update_blocked(&mut self) {
-        let want = *self.alarm.borrow() && self.published;
+        let memory = *self.alarm.borrow() && self.published;
+        let disk = *self.disk_alarm.borrow() && self.published_persistent;
+        let want = memory || disk;
         if want == self.blocked {
             return;
         }
@@ -316,7 +326,7 @@ impl Conn {
         if self.caps.connection_blocked {
             let m = if want {
                 connection::AMQPMethod::Blocked(connection::Blocked {
-                    reason: "low on memory".into(),
+                    reason: if disk { "low on disk" } else { "low on memory" }.into(),
                 })
             } else {
                 connection::AMQPMethod::Unblocked(connection::Unblocked {})

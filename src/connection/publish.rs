@@ -64,6 +64,7 @@ impl Conn {
         content: crate::protocol::content::Content,
     ) -> Result<(), Error> {
         self.published = true;
+        self.published_persistent |= content.persistent;
         let p = &content.publish;
         let mandatory = p.mandatory;
         let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");

@@ -72,6 +72,11 @@ fn walk_without_headers(raw: &[u8]) -> Option<Option<Option<u8>>> {
         let Some(field) = raw.get(at..at + len) else {
             return Some(None);
         };
+        // Short strings must be UTF-8, as for the parser (and for clients that parse them).
+        let text = !matches!(bit, 12 | 11 | 6);
+        if text && std::str::from_utf8(&field[1..]).is_err() {
+            return Some(None);
+        }
         if bit == 12 {
             mode = Some(field[0]);
         }
@@ -176,5 +181,15 @@ mod tests {
         // Cut inside the strings before the table: malformed, not a panic.
         assert_eq!(check_depth(&props(2)[..4], 8), Err(TableError::Malformed));
         assert_eq!(check_depth(&[0x20], 8), Ok(()));
+    }
+
+    /// Found by the properties fuzz target: a reply-to that is not UTF-8 passed the fast walk
+    /// (and would have reached consumers whose clients refuse it) while the parser refused it.
+    #[test]
+    fn short_strings_that_are_not_utf8_are_malformed() {
+        let raw = [0x06, 0x00, 0x00, 0x02, b't', 0xff];
+        assert_eq!(checked_delivery_mode(&raw), None);
+        let good = [0x06, 0x00, 0x00, 0x02, b't', b'o'];
+        assert_eq!(checked_delivery_mode(&good), Some(None));
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Instant;
 
 use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, WriteOptions};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
 use super::keys;
 use super::{Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoredMessage, Unavailable};
@@ -52,6 +52,9 @@ pub struct Store {
     pending: Arc<AtomicUsize>,
     space: Arc<Notify>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set once a write has failed: why. The store then writes nothing more (every request
+    /// is answered `false`) and the broker stops, rather than confirm what it cannot keep.
+    failed: Arc<watch::Sender<Option<String>>>,
 }
 
 fn db_error(dir: &Path, e: rocksdb::Error) -> String {
@@ -96,16 +99,18 @@ impl Store {
         let pending = Arc::new(AtomicUsize::new(0));
         let space = Arc::new(Notify::new());
         let compaction = Arc::new(Mutex::new(None));
+        let failed = Arc::new(watch::Sender::new(None));
         let writer = {
-            let (db, pending, space, compaction) = (
+            let (db, pending, space, compaction, failed) = (
                 db.clone(),
                 pending.clone(),
                 space.clone(),
                 compaction.clone(),
+                failed.clone(),
             );
             std::thread::Builder::new()
                 .name("warren-store".into())
-                .spawn(move || write_loop(db, rx, pending, space, compaction))
+                .spawn(move || write_loop(db, rx, pending, space, compaction, failed))
                 .map_err(|e| format!("cannot start the store writer: {e}"))?
         };
         let store = Store {
@@ -116,6 +121,7 @@ impl Store {
             pending,
             space,
             writer: Mutex::new(Some(writer)),
+            failed,
         };
         Ok((Arc::new(store), recovered))
     }
@@ -145,6 +151,11 @@ impl Store {
                 done(false);
             }
         }
+    }
+
+    /// Watch for a failed write: the reason, once the store has stopped writing.
+    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.subscribe()
     }
 
     /// Publishers call this before submitting: it returns once the writer has room.
@@ -250,12 +261,17 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
 
 /// The group-commit loop: take a request, add everything else already waiting (up to
 /// MAX_BATCH_BYTES), write it all at once, then tell every requester.
+///
+/// After a failed write nothing more is written: RocksDB keeps refusing writes after an I/O
+/// error in its log (it does not resume when space returns), and after a failed sync nobody
+/// knows what reached the disk. Every later request is answered `false` and the broker stops.
 fn write_loop(
     db: Arc<DB>,
     rx: mpsc::Receiver<Request>,
     pending: Arc<AtomicUsize>,
     space: Arc<Notify>,
     compaction: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
+    failed: Arc<watch::Sender<Option<String>>>,
 ) {
     let compacting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start_compaction = |db: &Arc<DB>, running: &Arc<std::sync::atomic::AtomicBool>| {
@@ -306,13 +322,15 @@ fn write_loop(
         let started = Instant::now();
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        let ok = match db.write_opt(batch, &wo) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("store write failed: {e}");
-                false
-            }
-        };
+        let ok = failed.borrow().is_none()
+            && match db.write_opt(batch, &wo) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!("store write failed: {e}; the store writes nothing more");
+                    failed.send_replace(Some(format!("store write failed: {e}")));
+                    false
+                }
+            };
         tracing::debug!(
             requests,
             bytes,

@@ -1,0 +1,183 @@
+//! Limits a hostile or merely big client reaches: 10,000 connections, 2047 channels on one
+//! connection, the longest topic keys and patterns. Each ends with a bystander connection,
+//! opened before, still served.
+
+use std::time::Duration;
+
+use lapin::options::*;
+use lapin::types::FieldTable;
+use warren::protocol::{AMQPClass, basic, channel as wchannel};
+
+use crate::common::*;
+
+/// File descriptors this process may open.
+fn fd_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1024)
+}
+
+/// 10,000 logged-in connections, each with a channel, against the real binary (its own file
+/// descriptors): all served, and a bystander from before still publishes and gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_connections_are_served() {
+    const N: usize = 10_000;
+    assert!(
+        fd_limit() >= N as u64 + 2_000,
+        "this test needs {} file descriptors (ulimit -n)",
+        N + 2_000
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("warren.toml");
+    std::fs::write(&config, "max_connections = 10100\n").unwrap();
+    let mut r = spawn_binary(
+        warren()
+            .env("WARREN_LISTEN", "127.0.0.1:0")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.path().join("data")),
+    );
+    let b = TestBroker {
+        server: None,
+        port: r.port,
+        dir: None,
+        config: warren::Config::default(),
+    };
+    let (_bc, bch) = channel(&b).await;
+    declare(&bch, "bystander").await;
+    // Handshakes 200 at a time (the default bound on pending handshakes is 1024).
+    let mut conns = Vec::with_capacity(N);
+    while conns.len() < N {
+        let batch: Vec<_> = (0..200)
+            .map(|_| {
+                let port = b.port;
+                tokio::spawn(async move {
+                    let b = TestBroker {
+                        server: None,
+                        port,
+                        dir: None,
+                        config: warren::Config::default(),
+                    };
+                    let mut raw = Raw::connect(&b).await;
+                    raw.open(4096, 0).await;
+                    raw.open_channel(1).await;
+                    raw
+                })
+            })
+            .collect();
+        for h in batch {
+            conns.push(h.await.expect("a connection opens"));
+        }
+    }
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", r.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    eprintln!("broker RSS with {N} connections: {} MiB", rss_kib >> 10);
+    // The last one opened and the bystander both still work.
+    let last = conns.last_mut().unwrap();
+    last.declare(1, "last").await;
+    publish(&bch, "", "bystander", b"still here").await;
+    assert_eq!(
+        get_body(&bch, "bystander").await.as_deref(),
+        Some(&b"still here"[..])
+    );
+    drop(conns);
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "after").await;
+    let _ = r.child.kill();
+    let _ = r.child.wait();
+}
+
+/// The negotiated maximum of 2047 channels on one connection, all open at once, each usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_and_forty_seven_channels_on_one_connection() {
+    let b = start().await;
+    let (_bc, bch) = channel(&b).await;
+    declare(&bch, "bystander").await;
+    let mut raw = Raw::connect(&b).await;
+    raw.open(131_072, 0).await;
+    for ch in 1..=2047u16 {
+        raw.method(
+            ch,
+            AMQPClass::Channel(wchannel::AMQPMethod::Open(wchannel::Open {})),
+        )
+        .await;
+    }
+    let mut open = std::collections::BTreeSet::new();
+    while open.len() < 2047 {
+        match raw.next_method().await.expect("open-ok") {
+            (ch, AMQPClass::Channel(wchannel::AMQPMethod::OpenOk(_))) => {
+                assert!(open.insert(ch), "channel {ch} opened twice");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for ch in [1, 1024, 2047] {
+        raw.declare(ch, &format!("q{ch}")).await;
+        raw.publish(ch, "", &format!("q{ch}"), &[0, 0], b"m").await;
+        match raw
+            .call(
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+                    queue: format!("q{ch}").into(),
+                    no_ack: true,
+                })),
+            )
+            .await
+        {
+            AMQPClass::Basic(basic::AMQPMethod::GetOk(_)) => {}
+            other => panic!("channel {ch}: {other:?}"),
+        }
+    }
+    publish(&bch, "", "bystander", b"ok").await;
+    assert_eq!(
+        get_body(&bch, "bystander").await.as_deref(),
+        Some(&b"ok"[..])
+    );
+    b.stop().await;
+}
+
+/// The longest key (255 octets, 128 words) against the patterns that made matching
+/// exponential: delivered once, at once, and the publisher's connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn longest_topic_keys_route_in_time() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "t").await;
+    let hashes = vec!["#"; 128].join(".");
+    let alternating = vec!["#.a"; 64].join(".");
+    for pattern in [
+        &hashes,
+        &alternating,
+        &format!("{}.b", vec!["#"; 127].join(".")),
+    ] {
+        assert!(pattern.len() <= 255);
+        ch.queue_bind(
+            "t".into(),
+            "amq.topic".into(),
+            pattern.as_str().into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let key = vec!["a"; 128].join(".");
+    assert_eq!(key.len(), 255);
+    for _ in 0..3 {
+        publish(&ch, "amq.topic", &key, b"long").await;
+    }
+    let got = tokio::time::timeout(Duration::from_secs(10), count(&ch, "t"))
+        .await
+        .expect("routing the longest key finishes");
+    assert_eq!(got, 3, "each message once, though three patterns match");
+    b.stop().await;
+}

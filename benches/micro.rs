@@ -99,7 +99,7 @@ fn topic(c: &mut Criterion) {
             2 => format!("logs.app{i}.#"),
             _ => format!("#.audit{i}"),
         };
-        t.bind(&pattern, Dest::Exchange(format!("x{i}").into()));
+        t.bind(&pattern, i as u64, Dest::Exchange(format!("x{i}").into()));
     }
     let keys: Vec<Vec<u8>> = (0..BATCH)
         .map(|i| match i % 4 {

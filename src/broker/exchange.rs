@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use super::routing::{Dest, direct::Direct, fanout::Fanout, headers::Headers, topic::Topic};
+use super::routing::{
+    BindingId, Dest, direct::Direct, fanout::Fanout, headers::Headers, topic::Topic,
+};
 use crate::protocol::FieldTable;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +60,30 @@ pub struct Binding {
     pub arguments: FieldTable,
 }
 
-#[derive(Debug)]
+/// What makes a binding unique on its source exchange (RabbitMQ's rule: destination, key and
+/// arguments), hashable: the arguments as their wire encoding.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BindingKey {
+    pub dest: DestName,
+    pub key: String,
+    pub arguments: Box<[u8]>,
+}
+
+impl BindingKey {
+    pub fn new(dest: DestName, key: &str, arguments: &FieldTable) -> BindingKey {
+        let mut encoded = Vec::new();
+        crate::protocol::table::encode(arguments, &mut encoded);
+        BindingKey {
+            dest,
+            key: key.to_string(),
+            arguments: encoded.into(),
+        }
+    }
+}
+
+/// A compiled router; cheap to clone (persistent maps), which is how a routing snapshot is
+/// made.
+#[derive(Debug, Clone)]
 pub enum Router {
     Direct(Direct),
     Fanout(Fanout),
@@ -76,12 +101,21 @@ impl Router {
         }
     }
 
-    pub fn bind(&mut self, key: &str, args: &FieldTable, dest: Dest) {
+    pub fn bind(&mut self, key: &str, args: &FieldTable, id: BindingId, dest: Dest) {
         match self {
-            Router::Direct(r) => r.bind(key, dest),
-            Router::Fanout(r) => r.bind(dest),
-            Router::Topic(r) => r.bind(key, dest),
-            Router::Headers(r) => r.bind(args, dest),
+            Router::Direct(r) => r.bind(key, id, dest),
+            Router::Fanout(r) => r.bind(id, dest),
+            Router::Topic(r) => r.bind(key, id, dest),
+            Router::Headers(r) => r.bind(args, id, dest),
+        }
+    }
+
+    pub fn unbind(&mut self, key: &str, id: BindingId) {
+        match self {
+            Router::Direct(r) => r.unbind(key, id),
+            Router::Fanout(r) => r.unbind(id),
+            Router::Topic(r) => r.unbind(key, id),
+            Router::Headers(r) => r.unbind(id),
         }
     }
 
@@ -105,7 +139,7 @@ impl Router {
 }
 
 /// An exchange as publishers see it in the routing snapshot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ExchangeRoute {
     pub internal: bool,
     pub router: Router,

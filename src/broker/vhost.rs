@@ -2,16 +2,18 @@
 //! std mutex (never held across an await; the critical sections do no I/O), then publish a new
 //! immutable routing snapshot; publishers only ever read the current snapshot, without a lock.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
-use super::exchange::{Binding, DestName, ExchangeDef, ExchangeKind, ExchangeRoute, Router};
+use super::exchange::{
+    Binding, BindingKey, DestName, ExchangeDef, ExchangeKind, ExchangeRoute, Router,
+};
 use super::memory::MemoryMonitor;
 use super::queue::{self, ConnId, QueueHandle, QueueShared, QueueSpec};
-use super::routing::{Dest, Routes};
+use super::routing::{BindingId, Dest, Map, Routes};
 use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
@@ -52,13 +54,94 @@ pub struct QueueDecl {
     pub arguments: FieldTable,
 }
 
+/// Every operation costs in proportion to what it changes: bindings are indexed by source
+/// and by destination, routers are kept compiled and changed in place (persistent maps, so a
+/// snapshot is a cheap clone), and the queue map is persistent too.
 #[derive(Default)]
 struct Topology {
     exchanges: HashMap<Arc<str>, ExchangeDef>,
-    queues: HashMap<Arc<str>, QueueHandle>,
-    /// Bindings by source exchange.
-    bindings: HashMap<Arc<str>, Vec<Binding>>,
+    /// The compiled router of every exchange in `exchanges`.
+    routers: HashMap<Arc<str>, ExchangeRoute>,
+    queues: Map<Arc<str>, QueueHandle>,
+    /// Bindings by source exchange, each with its router id and arguments.
+    bindings: HashMap<Arc<str>, HashMap<BindingKey, (BindingId, FieldTable)>>,
+    /// The same bindings by destination (source, key), for removing everything bound to a
+    /// queue or exchange that goes.
+    by_dest: HashMap<DestName, HashSet<(Arc<str>, BindingKey)>>,
     next_queue_id: u64,
+    next_binding: BindingId,
+}
+
+impl Topology {
+    fn add_exchange(&mut self, def: ExchangeDef) {
+        let route = ExchangeRoute {
+            internal: def.internal,
+            router: Router::new(def.kind),
+        };
+        self.routers.insert(def.name.clone(), route);
+        self.exchanges.insert(def.name.clone(), def);
+    }
+
+    fn resolve(&self, dest: &DestName) -> Option<Dest> {
+        match dest {
+            DestName::Queue(q) => self.queues.get(q).map(|h| Dest::Queue(h.clone())),
+            DestName::Exchange(x) => Some(Dest::Exchange(x.clone())),
+        }
+    }
+
+    /// Add a binding from an existing exchange; false if it was there already (or its
+    /// destination is gone).
+    fn add_binding(&mut self, source: &Arc<str>, key: BindingKey, arguments: FieldTable) -> bool {
+        let exists = self
+            .bindings
+            .get(source)
+            .is_some_and(|b| b.contains_key(&key));
+        let (Some(dest), false) = (self.resolve(&key.dest), exists) else {
+            return false;
+        };
+        let Some(route) = self.routers.get_mut(source) else {
+            return false;
+        };
+        self.next_binding += 1;
+        let id = self.next_binding;
+        route.router.bind(&key.key, &arguments, id, dest);
+        self.by_dest
+            .entry(key.dest.clone())
+            .or_default()
+            .insert((source.clone(), key.clone()));
+        self.bindings
+            .entry(source.clone())
+            .or_default()
+            .insert(key, (id, arguments));
+        true
+    }
+
+    /// Remove one binding; returns it (for the store) if it existed.
+    fn remove_binding(&mut self, source: &Arc<str>, key: &BindingKey) -> Option<Binding> {
+        let list = self.bindings.get_mut(source)?;
+        let (id, arguments) = list.remove(key)?;
+        if list.is_empty() {
+            self.bindings.remove(source);
+        }
+        if let Some(r) = self.routers.get_mut(source) {
+            r.router.unbind(&key.key, id);
+        }
+        if let Some(set) = self.by_dest.get_mut(&key.dest) {
+            set.remove(&(source.clone(), key.clone()));
+            if set.is_empty() {
+                self.by_dest.remove(&key.dest);
+            }
+        }
+        Some(Binding {
+            dest: key.dest.clone(),
+            key: key.key.clone(),
+            arguments,
+        })
+    }
+
+    fn has_bindings(&self, source: &str) -> bool {
+        self.bindings.get(source).is_some_and(|b| !b.is_empty())
+    }
 }
 
 /// Per-queue settings from the config.
@@ -136,17 +219,14 @@ impl VHost {
         {
             let mut t = vhost.lock();
             for (n, kind) in builtin {
-                t.exchanges.insert(
-                    n.into(),
-                    ExchangeDef {
-                        name: n.into(),
-                        kind,
-                        durable: true,
-                        auto_delete: false,
-                        internal: false,
-                        arguments: FieldTable::default(),
-                    },
-                );
+                t.add_exchange(ExchangeDef {
+                    name: n.into(),
+                    kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::default(),
+                });
             }
             let names: Vec<Arc<str>> = t.exchanges.keys().cloned().collect();
             vhost.publish(&t, &names, true);
@@ -211,18 +291,14 @@ impl VHost {
                 );
                 continue;
             };
-            let name: Arc<str> = x.name.as_str().into();
-            t.exchanges.insert(
-                name.clone(),
-                ExchangeDef {
-                    name,
-                    kind,
-                    durable: true,
-                    auto_delete: x.auto_delete,
-                    internal: x.internal,
-                    arguments: x.arguments,
-                },
-            );
+            t.add_exchange(ExchangeDef {
+                name: x.name.as_str().into(),
+                kind,
+                durable: true,
+                auto_delete: x.auto_delete,
+                internal: x.internal,
+                arguments: x.arguments,
+            });
         }
         for (q, messages) in queues {
             t.next_queue_id = t.next_queue_id.max(q.id);
@@ -260,11 +336,14 @@ impl VHost {
                 DestName::Exchange(b.destination.as_str().into())
             };
             let source: Arc<str> = b.source.as_str().into();
-            t.bindings.entry(source).or_default().push(Binding {
-                dest,
-                key: b.routing_key,
-                arguments: b.arguments,
-            });
+            let key = BindingKey::new(dest, &b.routing_key, &b.arguments);
+            if !t.add_binding(&source, key, b.arguments) {
+                tracing::warn!(
+                    source = b.source,
+                    destination = b.destination,
+                    "stored binding without its exchange or destination ignored"
+                );
+            }
         }
         let names: Vec<Arc<str>> = t.exchanges.keys().cloned().collect();
         self.publish(&t, &names, true);
@@ -293,36 +372,27 @@ impl VHost {
         )
     }
 
-    /// Rebuild the routers of `changed` exchanges (and the queue map) into a new snapshot.
+    /// Swap in a new snapshot with the routers of `changed` exchanges (and the queue map):
+    /// clones of persistent maps, so this costs what changed.
     fn publish(&self, t: &Topology, changed: &[Arc<str>], queues_changed: bool) {
         let old = self.routes.load();
         let mut exchanges = old.exchanges.clone();
+        let mut done: HashSet<&Arc<str>> = HashSet::new();
         for name in changed {
-            let Some(def) = t.exchanges.get(name) else {
-                exchanges.remove(name);
+            if !done.insert(name) {
                 continue;
-            };
-            let mut router = Router::new(def.kind);
-            for b in t.bindings.get(name).into_iter().flatten() {
-                let dest = match &b.dest {
-                    DestName::Queue(q) => match t.queues.get(q) {
-                        Some(h) => Dest::Queue(h.clone()),
-                        None => continue,
-                    },
-                    DestName::Exchange(x) => Dest::Exchange(x.clone()),
-                };
-                router.bind(&b.key, &b.arguments, dest);
             }
-            exchanges.insert(
-                name.clone(),
-                Arc::new(ExchangeRoute {
-                    internal: def.internal,
-                    router,
-                }),
-            );
+            match t.routers.get(name) {
+                Some(route) => {
+                    exchanges.insert(name.clone(), Arc::new(route.clone()));
+                }
+                None => {
+                    exchanges.remove(name);
+                }
+            }
         }
         let queues = if queues_changed {
-            Arc::new(t.queues.clone())
+            t.queues.clone()
         } else {
             old.queues.clone()
         };
@@ -377,17 +447,14 @@ impl VHost {
             )));
         }
         let name: Arc<str> = d.name.as_str().into();
-        t.exchanges.insert(
-            name.clone(),
-            ExchangeDef {
-                name: name.clone(),
-                kind,
-                durable: d.durable,
-                auto_delete: d.auto_delete,
-                internal: d.internal,
-                arguments: d.arguments.clone(),
-            },
-        );
+        t.add_exchange(ExchangeDef {
+            name: name.clone(),
+            kind,
+            durable: d.durable,
+            auto_delete: d.auto_delete,
+            internal: d.internal,
+            arguments: d.arguments.clone(),
+        });
         self.publish(&t, &[name], false);
         let mut ops = Vec::new();
         if d.durable {
@@ -417,7 +484,7 @@ impl VHost {
         if !t.exchanges.contains_key(name) {
             return Ok(Written(None));
         }
-        if if_unused && t.bindings.get(name).is_some_and(|b| !b.is_empty()) {
+        if if_unused && t.has_bindings(name) {
             return Err(Error::precondition(format!(
                 "exchange '{name}' in vhost '{}' in use",
                 self.name
@@ -497,24 +564,23 @@ impl VHost {
         };
         let source = source.clone();
         let durable = t.exchanges[&source].durable && Self::durable_dest(&t, &dest);
-        let list = t.bindings.entry(source.clone()).or_default();
-        if list
-            .iter()
-            .any(|b| b.dest == dest && b.key == key && &b.arguments == arguments)
-        {
-            return Ok(Written(None));
-        }
         let binding = Binding {
-            dest,
+            dest: dest.clone(),
             key: key.to_string(),
             arguments: arguments.clone(),
         };
+        if !t.add_binding(
+            &source,
+            BindingKey::new(dest, key, arguments),
+            arguments.clone(),
+        ) {
+            return Ok(Written(None));
+        }
         let ops = if durable && self.store.is_some() {
             vec![Op::PutBinding(self.stored_binding(&source, &binding))]
         } else {
             Vec::new()
         };
-        list.push(binding);
         self.publish(&t, &[source], false);
         Ok(self.write(ops))
     }
@@ -538,19 +604,15 @@ impl VHost {
         {
             return Err(self.locked(q));
         }
-        let Some(list) = t.bindings.get_mut(source) else {
-            return Ok(Written(None));
-        };
-        let Some(at) = list
-            .iter()
-            .position(|b| b.dest == dest && b.key == key && &b.arguments == arguments)
-        else {
+        let source: Arc<str> = source.into();
+        let key = BindingKey::new(dest, key, arguments);
+        let Some(binding) = t.remove_binding(&source, &key) else {
             return Ok(Written(None));
         };
         let mut removed = Removed::default();
-        removed.bindings.push((source.into(), list.remove(at)));
-        let mut changed = vec![Arc::<str>::from(source)];
-        maybe_auto_delete_exchange(&mut t, source, &mut changed, &mut removed);
+        removed.bindings.push((source.clone(), binding));
+        let mut changed = vec![source.clone()];
+        maybe_auto_delete_exchange(&mut t, &source, &mut changed, &mut removed);
         self.publish(&t, &changed, false);
         let ops = self.removal_ops(removed);
         Ok(self.write(ops))
@@ -752,35 +814,40 @@ fn remove_exchange(
     if def.durable {
         removed.exchanges.push(key.clone());
     }
-    for b in t.bindings.remove(name).unwrap_or_default() {
-        removed.bindings.push((key.clone(), b));
+    let own: Vec<BindingKey> = t
+        .bindings
+        .get(&key)
+        .map(|b| b.keys().cloned().collect())
+        .unwrap_or_default();
+    for b in own {
+        if let Some(binding) = t.remove_binding(&key, &b) {
+            removed.bindings.push((key.clone(), binding));
+        }
     }
+    t.routers.remove(&key);
     changed.push(key.clone());
     drop_bindings_to(t, &DestName::Exchange(key), changed, removed);
 }
 
+/// Remove every binding to `dest`, through the destination index.
 fn drop_bindings_to(
     t: &mut Topology,
     dest: &DestName,
     changed: &mut Vec<Arc<str>>,
     removed: &mut Removed,
 ) {
-    let mut emptied = Vec::new();
-    for (source, list) in t.bindings.iter_mut() {
-        let before = list.len();
-        let (gone, kept): (Vec<Binding>, Vec<Binding>) = std::mem::take(list)
-            .into_iter()
-            .partition(|b| &b.dest == dest);
-        *list = kept;
-        if list.len() != before {
+    let Some(to) = t.by_dest.remove(dest) else {
+        return;
+    };
+    let mut sources = HashSet::new();
+    for (source, key) in to {
+        if let Some(binding) = t.remove_binding(&source, &key) {
+            removed.bindings.push((source.clone(), binding));
             changed.push(source.clone());
-            emptied.push(source.clone());
-            removed
-                .bindings
-                .extend(gone.into_iter().map(|b| (source.clone(), b)));
+            sources.insert(source);
         }
     }
-    for source in emptied {
+    for source in sources {
         maybe_auto_delete_exchange(t, &source, changed, removed);
     }
 }
@@ -792,7 +859,7 @@ fn maybe_auto_delete_exchange(
     changed: &mut Vec<Arc<str>>,
     removed: &mut Removed,
 ) {
-    let unused = t.bindings.get(name).is_none_or(|b| b.is_empty());
+    let unused = !t.has_bindings(name);
     if unused && t.exchanges.get(name).is_some_and(|x| x.auto_delete) {
         remove_exchange(t, name, changed, removed);
     }

@@ -181,3 +181,102 @@ async fn longest_topic_keys_route_in_time() {
     assert_eq!(got, 3, "each message once, though three patterns match");
     b.stop().await;
 }
+/// Frames for `n` nowait methods made by `m(i)`, sent in chunks (one write per chunk).
+async fn pipelined(raw: &mut Raw, n: usize, m: impl Fn(usize) -> AMQPClass) {
+    let mut out = bytes::BytesMut::new();
+    for i in 0..n {
+        warren::protocol::encode::method(&mut out, 1, &m(i));
+        if out.len() > 256 << 10 || i + 1 == n {
+            raw.send(&out).await;
+            out.clear();
+        }
+    }
+}
+
+/// A passive declare of the last queue: every method sent before it has been handled.
+async fn round_trip(raw: &mut Raw, n: usize) -> AMQPClass {
+    use warren::protocol::{FieldTable as WFieldTable, queue as wqueue};
+    let probe = AMQPClass::Queue(wqueue::AMQPMethod::Declare(wqueue::Declare {
+        queue: format!("q{}", n - 1).into(),
+        passive: true,
+        durable: false,
+        exclusive: false,
+        auto_delete: false,
+        nowait: false,
+        arguments: WFieldTable::default(),
+    }));
+    raw.call(1, probe).await
+}
+
+/// 100,000 queues, each bound to a topic exchange (100,000 bindings), routed to, then deleted
+/// with their bindings: every step in time proportional to its size, and a bystander is
+/// served throughout. The times are printed (benchmarks measure; tests only bound).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_thousand_queues_and_bindings() {
+    use warren::protocol::{FieldTable as WFieldTable, queue as wqueue};
+    const N: usize = 100_000;
+    let b = start().await;
+    let (bc, bch) = channel(&b).await;
+    declare(&bch, "bystander").await;
+    let mut raw = Raw::connect(&b).await;
+    raw.open(131_072, 0).await;
+    raw.open_channel(1).await;
+    let t = std::time::Instant::now();
+    pipelined(&mut raw, N, |i| {
+        AMQPClass::Queue(wqueue::AMQPMethod::Declare(wqueue::Declare {
+            queue: format!("q{i}").into(),
+            passive: false,
+            durable: false,
+            exclusive: false,
+            auto_delete: false,
+            nowait: true,
+            arguments: WFieldTable::default(),
+        }))
+    })
+    .await;
+    let ok = round_trip(&mut raw, N).await;
+    assert!(format!("{ok:?}").contains("DeclareOk"), "{ok:?}");
+    let declared = t.elapsed();
+    let t = std::time::Instant::now();
+    pipelined(&mut raw, N, |i| {
+        AMQPClass::Queue(wqueue::AMQPMethod::Bind(wqueue::Bind {
+            queue: format!("q{i}").into(),
+            exchange: "amq.topic".into(),
+            routing_key: format!("k.{i}.#").into(),
+            nowait: true,
+            arguments: WFieldTable::default(),
+        }))
+    })
+    .await;
+    round_trip(&mut raw, N).await;
+    let bound = t.elapsed();
+    let t = std::time::Instant::now();
+    for i in [0, N / 2, N - 1] {
+        publish(&bch, "amq.topic", &format!("k.{i}.x"), b"routed").await;
+        assert_eq!(count(&bch, &format!("q{i}")).await, 1, "q{i}");
+    }
+    let routed = t.elapsed();
+    publish(&bch, "", "bystander", b"ok").await;
+    assert_eq!(
+        get_body(&bch, "bystander").await.as_deref(),
+        Some(&b"ok"[..])
+    );
+    let t = std::time::Instant::now();
+    pipelined(&mut raw, N, |i| {
+        AMQPClass::Queue(wqueue::AMQPMethod::Delete(wqueue::Delete {
+            queue: format!("q{i}").into(),
+            if_unused: false,
+            if_empty: false,
+            nowait: true,
+        }))
+    })
+    .await;
+    raw.declare(1, "after").await;
+    let deleted = t.elapsed();
+    assert_eq!(passive_queue_code(&bc, "q7").await, Some(404));
+    eprintln!(
+        "{N} queues declared in {declared:?}, bound in {bound:?}, 3 routed in {routed:?}, \
+         deleted in {deleted:?}"
+    );
+    b.stop().await;
+}

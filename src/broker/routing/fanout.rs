@@ -1,18 +1,22 @@
 //! Fanout exchanges: every binding matches, whatever the routing key.
 
-use super::Dest;
+use super::{BindingId, Dest, Dests};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Fanout {
-    dests: Vec<Dest>,
+    dests: Dests,
 }
 
 impl Fanout {
-    pub fn bind(&mut self, dest: Dest) {
-        self.dests.push(dest);
+    pub fn bind(&mut self, id: BindingId, dest: Dest) {
+        self.dests.insert(id, dest);
+    }
+
+    pub fn unbind(&mut self, id: BindingId) {
+        self.dests.remove(id);
     }
 
     pub fn route<'a>(&'a self, out: &mut Vec<&'a Dest>) {
-        out.extend(self.dests.iter());
+        self.dests.extend_into(out);
     }
 }

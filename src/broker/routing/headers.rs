@@ -4,22 +4,26 @@
 
 use crate::protocol::{AMQPValue, FieldTable};
 
-use super::Dest;
+use super::{BindingId, Dest};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Binding {
     all: bool,
     args: Vec<(String, AMQPValue)>,
     dest: Dest,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Headers {
-    bindings: Vec<Binding>,
+    bindings: imbl::OrdMap<BindingId, Binding>,
 }
 
 impl Headers {
-    pub fn bind(&mut self, args: &FieldTable, dest: Dest) {
+    pub fn unbind(&mut self, id: BindingId) {
+        self.bindings.remove(&id);
+    }
+
+    pub fn bind(&mut self, args: &FieldTable, id: BindingId, dest: Dest) {
         let mode = match args.inner().get("x-match") {
             Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
             Some(AMQPValue::ShortString(s)) => s.to_string(),
@@ -32,15 +36,18 @@ impl Headers {
             .filter(|(k, _)| k.as_str() != "x-match" && (with_x || !k.as_str().starts_with("x-")))
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
-        self.bindings.push(Binding {
-            all: !mode.starts_with("any"),
-            args,
-            dest,
-        });
+        self.bindings.insert(
+            id,
+            Binding {
+                all: !mode.starts_with("any"),
+                args,
+                dest,
+            },
+        );
     }
 
     pub fn route<'a>(&'a self, headers: Option<&FieldTable>, out: &mut Vec<&'a Dest>) {
-        for b in &self.bindings {
+        for b in self.bindings.values() {
             if matches(b, headers) {
                 out.push(&b.dest);
             }
@@ -95,7 +102,7 @@ mod tests {
 
     fn routes(binding: &FieldTable, msg: Option<&FieldTable>) -> bool {
         let mut h = Headers::default();
-        h.bind(binding, Dest::Exchange(Arc::from("x")));
+        h.bind(binding, 1, Dest::Exchange(Arc::from("x")));
         let mut out = Vec::new();
         h.route(msg, &mut out);
         !out.is_empty()

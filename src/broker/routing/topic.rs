@@ -4,22 +4,27 @@
 //! Matching visits each `#` node at most once per number of words left (`Memo`): without that,
 //! a pattern of many `#` against a key of many words (255 octets allow 128 of each) tries
 //! exponentially many ways to split the words and a single publish never finishes.
+//!
+//! The trie is persistent (children behind `Arc`, maps from imbl): binding copies only the
+//! nodes on the pattern's path, so a new routing snapshot costs the pattern's length, however
+//! many bindings the exchange has. Unbinding prunes nodes left empty.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::sync::Arc;
 
-use super::Dest;
+use super::{BindingId, Dest, Dests, Map};
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Topic {
     root: Node,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Node {
-    words: HashMap<Box<[u8]>, Node>,
-    star: Option<Box<Node>>,
-    hash: Option<Box<Node>>,
-    dests: Vec<Dest>,
+    words: Map<Box<[u8]>, Arc<Node>>,
+    star: Option<Arc<Node>>,
+    hash: Option<Arc<Node>>,
+    dests: Dests,
 }
 
 fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
@@ -29,21 +34,27 @@ fn words(key: &[u8]) -> impl Iterator<Item = &[u8]> {
 }
 
 impl Topic {
-    pub fn bind(&mut self, pattern: &str, dest: Dest) {
+    pub fn bind(&mut self, pattern: &str, id: BindingId, dest: Dest) {
         let mut node = &mut self.root;
         for w in words(pattern.as_bytes()) {
-            node = match w {
+            let child = match w {
                 b"*" => node.star.get_or_insert_with(Default::default),
                 b"#" => node.hash.get_or_insert_with(Default::default),
                 _ => node.words.entry(w.into()).or_default(),
             };
+            node = Arc::make_mut(child);
         }
-        node.dests.push(dest);
+        node.dests.insert(id, dest);
+    }
+
+    pub fn unbind(&mut self, pattern: &str, id: BindingId) {
+        let path: Vec<&[u8]> = words(pattern.as_bytes()).collect();
+        self.root.remove(&path, id);
     }
 
     pub fn route<'a>(&'a self, routing_key: &[u8], out: &mut Vec<&'a Dest>) {
         let key: Vec<&[u8]> = words(routing_key).collect();
-        self.root.collect(&key, out, &mut Memo::default());
+        self.root.collect(&key, out, &mut Memo::default(), false);
     }
 }
 
@@ -80,24 +91,69 @@ impl Memo {
 }
 
 impl Node {
-    fn collect<'a>(&'a self, key: &[&[u8]], out: &mut Vec<&'a Dest>, memo: &mut Memo) {
+    fn is_empty(&self) -> bool {
+        self.dests.is_empty() && self.words.is_empty() && self.star.is_none() && self.hash.is_none()
+    }
+
+    /// Remove binding `id` at the end of `path`; children left empty are dropped. The
+    /// recursion is as deep as the pattern has words (at most 128).
+    fn remove(&mut self, path: &[&[u8]], id: BindingId) {
+        let Some((first, rest)) = path.split_first() else {
+            self.dests.remove(id);
+            return;
+        };
+        let prune = |child: &mut Arc<Node>| {
+            let node = Arc::make_mut(child);
+            node.remove(rest, id);
+            node.is_empty()
+        };
+        match *first {
+            b"*" => {
+                if self.star.as_mut().is_some_and(prune) {
+                    self.star = None;
+                }
+            }
+            b"#" => {
+                if self.hash.as_mut().is_some_and(prune) {
+                    self.hash = None;
+                }
+            }
+            w => {
+                if self.words.get_mut(w).is_some_and(prune) {
+                    self.words.remove(w);
+                }
+            }
+        }
+    }
+
+    /// `under_hash`: a `#` is on the path above. Only a `#` below another one can be entered
+    /// twice with the same words left (the first one is entered once per split, each
+    /// different), so only those consult the memo and paths with one `#` or none, the common
+    /// case, pay nothing for it.
+    fn collect<'a>(
+        &'a self,
+        key: &[&[u8]],
+        out: &mut Vec<&'a Dest>,
+        memo: &mut Memo,
+        under_hash: bool,
+    ) {
         if let Some(h) = &self.hash {
             // `#` may swallow any number of the remaining words, including none.
             for skip in 0..=key.len() {
-                if memo.first(h, key.len() - skip) {
-                    h.collect(&key[skip..], out, memo);
+                if !under_hash || memo.first(h, key.len() - skip) {
+                    h.collect(&key[skip..], out, memo, true);
                 }
             }
         }
         let Some((first, rest)) = key.split_first() else {
-            out.extend(self.dests.iter());
+            self.dests.extend_into(out);
             return;
         };
         if let Some(n) = self.words.get(*first) {
-            n.collect(rest, out, memo);
+            n.collect(rest, out, memo, under_hash);
         }
         if let Some(n) = &self.star {
-            n.collect(rest, out, memo);
+            n.collect(rest, out, memo, under_hash);
         }
     }
 }
@@ -153,7 +209,7 @@ mod tests {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (pattern, key, want) = (unquote(f[0]), unquote(f[1]), f[2] == "yes");
             let mut t = Topic::default();
-            t.bind(pattern, Dest::Exchange(Arc::from("x")));
+            t.bind(pattern, 1, Dest::Exchange(Arc::from("x")));
             let mut out = Vec::new();
             t.route(key.as_bytes(), &mut out);
             assert_eq!(!out.is_empty(), want, "pattern {pattern:?} key {key:?}");
@@ -166,11 +222,12 @@ mod tests {
     fn long_patterns_of_hashes_match_quickly() {
         let words = |w: &str, n: usize| vec![w; n].join(".");
         let mut t = Topic::default();
-        t.bind(&words("#", 128), Dest::Exchange(Arc::from("hashes")));
+        t.bind(&words("#", 128), 1, Dest::Exchange(Arc::from("hashes")));
         let alternating = (0..64).map(|_| "#.a").collect::<Vec<_>>().join(".");
-        t.bind(&alternating, Dest::Exchange(Arc::from("alternating")));
+        t.bind(&alternating, 2, Dest::Exchange(Arc::from("alternating")));
         t.bind(
             &format!("{}.b", words("#", 127)),
+            3,
             Dest::Exchange(Arc::from("tail")),
         );
         for key in [words("a", 128), words("a", 127) + ".b", String::new()] {
@@ -191,5 +248,38 @@ mod tests {
             };
             assert_eq!(names, want, "key {key:?}");
         }
+    }
+
+    /// Unbinding removes exactly its binding and prunes what it leaves empty; a snapshot taken
+    /// before a change keeps routing as it did.
+    #[test]
+    fn unbind_prunes_and_snapshots_are_independent() {
+        let dest = |n: &str| Dest::Exchange(Arc::from(n));
+        let names = |t: &Topic, key: &str| {
+            let mut out = Vec::new();
+            t.route(key.as_bytes(), &mut out);
+            let mut v: Vec<String> = out
+                .iter()
+                .map(|d| match d {
+                    Dest::Exchange(n) => n.to_string(),
+                    Dest::Queue(_) => unreachable!(),
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        let mut t = Topic::default();
+        t.bind("a.*.c", 1, dest("one"));
+        t.bind("a.#", 2, dest("two"));
+        t.bind("a.*.c", 3, dest("three"));
+        let before = t.clone();
+        t.unbind("a.*.c", 1);
+        assert_eq!(names(&t, "a.b.c"), ["three", "two"]);
+        assert_eq!(names(&before, "a.b.c"), ["one", "three", "two"]);
+        t.unbind("a.*.c", 3);
+        t.unbind("a.#", 2);
+        t.unbind("never.bound", 9);
+        assert!(t.root.is_empty(), "nothing left behind: {:?}", t.root);
+        assert_eq!(names(&before, "a.x"), ["two"]);
     }
 }

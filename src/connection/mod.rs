@@ -105,8 +105,25 @@ pub(crate) struct Conn {
     /// Queues this connection published to that asked for flow control: it is not read
     /// until they are no longer busy.
     throttled: Vec<QueueHandle>,
+    /// Body bytes of messages still being assembled, counted in the memory monitor.
+    assembling: usize,
     /// Held from accept until the handshake ends (given back before open-ok is sent).
     unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Read into the buffer, or, for a blocked connection, only look: 0 once the peer has closed
+/// its side (seen even with unread data before it), else 1.
+async fn read_or_peek(
+    reader: &mut OwnedReadHalf,
+    rbuf: &mut BytesMut,
+    peek: bool,
+) -> std::io::Result<usize> {
+    if peek {
+        let ready = reader.ready(tokio::io::Interest::READABLE).await?;
+        Ok(if ready.is_read_closed() { 0 } else { 1 })
+    } else {
+        reader.read_buf(rbuf).await
+    }
 }
 
 /// Wait (a bounded while, as a safety net) for the first throttling queue to clear.
@@ -167,6 +184,7 @@ pub async fn serve(
         blocked: false,
         throttled: Vec::new(),
         unauthenticated: Some(unauthenticated),
+        assembling: 0,
     };
     let timeout = Duration::from_millis(conn.broker.config.handshake_timeout_ms);
     let handshake = tokio::time::timeout(timeout, conn.handshake()).await;
@@ -183,6 +201,7 @@ pub async fn serve(
         conn.close_connection(err).await;
     }
     conn.release_all().await;
+    conn.broker.memory.sub(std::mem::take(&mut conn.assembling));
     if conn.counted {
         conn.broker
             .connections
@@ -254,14 +273,27 @@ impl Conn {
         let mut ticker = tokio::time::interval(period);
         ticker.tick().await;
         let mut events = Vec::new();
+        // While an alarm blocks us we do not read, so we would not see the peer go away (and
+        // whatever it holds, a half-assembled message say, would keep the alarm on). Once a
+        // second a blocked connection looks at its socket: a closed peer ends it.
+        let mut probe: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+        let mut peeking = false;
         loop {
+            if self.blocked && probe.is_none() && !peeking {
+                probe = Some(Box::pin(tokio::time::sleep(Duration::from_secs(1))));
+            }
             if self.rbuf.capacity() - self.rbuf.len() < 4096 {
                 self.rbuf.reserve(64 * 1024);
             }
             let reading = !self.blocked && self.throttled.is_empty();
             let step: Result<(), End> = tokio::select! {
-                r = self.reader.read_buf(&mut self.rbuf), if reading => match r {
+                r = read_or_peek(&mut self.reader, &mut self.rbuf, !reading),
+                    if reading || (peeking && self.blocked) => match r {
                     Ok(0) | Err(_) => Err(End::Quiet),
+                    Ok(_) if !reading => {
+                        peeking = false;
+                        Ok(())
+                    }
                     Ok(_) => {
                         self.last_recv = Instant::now();
                         self.process_input().await
@@ -283,6 +315,11 @@ impl Conn {
                 }
                 _ = self.alarm.changed() => Ok(()),
                 _ = self.disk_alarm.changed() => Ok(()),
+                _ = async { probe.as_mut().expect("guarded").await }, if probe.is_some() => {
+                    probe = None;
+                    peeking = self.blocked;
+                    Ok(())
+                }
                 _ = ticker.tick(), if hb > 0 => {
                     // While blocked we do not read, so the peer's heartbeats are not seen.
                     if reading && self.last_recv.elapsed() > Duration::from_secs(hb as u64 * 2) {
@@ -491,6 +528,8 @@ impl Conn {
                         if let Some(c) = self.channels.get_mut(&ch) {
                             c.assembler.start(p);
                         }
+                        // A publisher from its first frame: the alarms block it mid-message.
+                        self.published = true;
                         Ok(())
                     }
                     Method::Other(m) => {

@@ -51,7 +51,18 @@ impl Conn {
         if c.state == State::Closing {
             return Ok(());
         }
-        match c.assembler.body(data)? {
+        // Bodies being assembled count against the memory alarm like queued messages: a
+        // client streaming huge bodies on many channels is blocked like any publisher.
+        let before = c.assembler.buffered() as usize;
+        let done = c.assembler.body(data)?;
+        let after = c.assembler.buffered() as usize;
+        if after > before {
+            self.broker.memory.add(after - before);
+        } else {
+            self.broker.memory.sub(before - after);
+        }
+        self.assembling = self.assembling + after - before;
+        match done {
             Some(content) => self.publish(ch, content),
             None => Ok(()),
         }

@@ -46,6 +46,14 @@ impl Assembler {
         !matches!(self.state, State::Idle)
     }
 
+    /// Body bytes received for the message being assembled (what it holds in memory).
+    pub fn buffered(&self) -> u64 {
+        match &self.state {
+            State::AwaitBody { received, .. } => *received,
+            _ => 0,
+        }
+    }
+
     pub fn start(&mut self, publish: Publish) {
         self.state = State::AwaitHeader(publish);
     }

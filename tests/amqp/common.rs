@@ -338,6 +338,52 @@ impl Raw {
         ));
     }
 
+    /// A full handshake as a client that understands connection.blocked (so the broker tells
+    /// it when an alarm stops reading it).
+    pub async fn open_blocked_aware(&mut self) {
+        let conn = AMQPClass::Connection;
+        self.send(b"AMQP\x00\x00\x09\x01").await;
+        self.next_method().await.expect("start");
+        let mut caps = WFieldTable::default();
+        caps.insert(
+            "connection.blocked".into(),
+            warren::protocol::AMQPValue::Boolean(true),
+        );
+        let mut props = WFieldTable::default();
+        props.insert(
+            "capabilities".into(),
+            warren::protocol::AMQPValue::FieldTable(caps),
+        );
+        self.method(
+            0,
+            conn(connection::AMQPMethod::StartOk(connection::StartOk {
+                client_properties: props,
+                mechanism: "PLAIN".into(),
+                response: "\0guest\0guest".into(),
+                locale: "en_US".into(),
+            })),
+        )
+        .await;
+        self.next_method().await.expect("tune");
+        self.method(
+            0,
+            conn(connection::AMQPMethod::TuneOk(connection::TuneOk {
+                channel_max: 0,
+                frame_max: 131_072,
+                heartbeat: 0,
+            })),
+        )
+        .await;
+        self.method(
+            0,
+            conn(connection::AMQPMethod::Open(connection::Open {
+                virtual_host: "/".into(),
+            })),
+        )
+        .await;
+        self.next_method().await.expect("open-ok");
+    }
+
     /// channel.open and wait for open-ok.
     pub async fn open_channel(&mut self, ch: u16) {
         let ok = self

@@ -11,7 +11,7 @@ use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
 use warren::protocol::{
-    AMQPClass, AMQPValue, FieldTable as WFieldTable, basic, confirm, connection, queue as wqueue,
+    AMQPClass, FieldTable as WFieldTable, basic, confirm, connection, queue as wqueue,
 };
 use warren::{Config, Server};
 
@@ -78,42 +78,8 @@ const PERSISTENT: [u8; 3] = [0x10, 0, 2];
 /// A raw client that says it understands connection.blocked, with channel 1 in confirm mode
 /// and the durable queue "d" declared.
 async fn blocked_aware_publisher(b: &TestBroker) -> Raw {
-    let conn = AMQPClass::Connection;
     let mut raw = Raw::connect(b).await;
-    raw.send(b"AMQP\x00\x00\x09\x01").await;
-    raw.next_method().await.expect("start");
-    let mut caps = WFieldTable::default();
-    caps.insert("connection.blocked".into(), AMQPValue::Boolean(true));
-    let mut props = WFieldTable::default();
-    props.insert("capabilities".into(), AMQPValue::FieldTable(caps));
-    raw.method(
-        0,
-        conn(connection::AMQPMethod::StartOk(connection::StartOk {
-            client_properties: props,
-            mechanism: "PLAIN".into(),
-            response: "\0guest\0guest".into(),
-            locale: "en_US".into(),
-        })),
-    )
-    .await;
-    raw.next_method().await.expect("tune");
-    raw.method(
-        0,
-        conn(connection::AMQPMethod::TuneOk(connection::TuneOk {
-            channel_max: 0,
-            frame_max: 131_072,
-            heartbeat: 0,
-        })),
-    )
-    .await;
-    raw.method(
-        0,
-        conn(connection::AMQPMethod::Open(connection::Open {
-            virtual_host: "/".into(),
-        })),
-    )
-    .await;
-    raw.next_method().await.expect("open-ok");
+    raw.open_blocked_aware().await;
     raw.open_channel(1).await;
     let ok = raw
         .call(

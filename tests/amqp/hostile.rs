@@ -415,3 +415,59 @@ async fn frames_before_tune_are_at_most_4096_bytes() {
     raw.expect_close(501).await;
     b.stop().await;
 }
+
+/// Bodies still being assembled count against the memory alarm: a client streaming a huge
+/// message (under max_message_size) is blocked once the watermark is passed, other
+/// publishers with it, and everything clears when it goes away (a blocked connection is not
+/// read, but it notices its socket close and gives back what it held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_being_streamed_counts_against_the_memory_alarm() {
+    let b = start_with(Config {
+        memory_high_watermark_bytes: Some(1 << 20),
+        ..Config::default()
+    })
+    .await;
+    let blocked = |m: Option<(u16, AMQPClass)>| match m {
+        Some((0, AMQPClass::Connection(connection::AMQPMethod::Blocked(b)))) => {
+            assert_eq!(b.reason.as_str(), "low on memory");
+        }
+        other => panic!("expected connection.blocked, got {other:?}"),
+    };
+    // A publisher from before, which the alarm will block too.
+    let mut bystander = Raw::connect(&b).await;
+    bystander.open_blocked_aware().await;
+    bystander.open_channel(1).await;
+    bystander.declare(1, "after").await;
+    bystander.publish(1, "", "after", &[0, 0], b"before").await;
+    let mut attacker = Raw::connect(&b).await;
+    attacker.open_blocked_aware().await;
+    attacker.open_channel(1).await;
+    // A publish announcing 100 MiB, then just over 1 MiB of it in 128 KiB frames (no more:
+    // once blocked the broker stops reading, and the socket buffers would fill).
+    let mut method = vec![0, 60, 0, 40, 0, 0];
+    method.extend(short(""));
+    method.extend(short("victim"));
+    method.push(0);
+    let mut header = vec![0, 60, 0, 0];
+    header.extend_from_slice(&(100u64 << 20).to_be_bytes());
+    header.extend_from_slice(&[0, 0]);
+    attacker
+        .send(&[frame(1, 1, &method), frame(2, 1, &header)].concat())
+        .await;
+    let chunk = frame(3, 1, &vec![0u8; 131_064]);
+    for _ in 0..9 {
+        attacker.send(&chunk).await;
+    }
+    blocked(attacker.next_method().await);
+    blocked(bystander.next_method().await);
+    drop(attacker);
+    match bystander.next_method().await {
+        Some((0, AMQPClass::Connection(connection::AMQPMethod::Unblocked(_)))) => {}
+        other => panic!("expected connection.unblocked, got {other:?}"),
+    }
+    bystander.publish(1, "", "after", &[0, 0], b"after").await;
+    let (_c, ch) = channel(&b).await;
+    bystander.declare(1, "after").await;
+    assert_eq!(count(&ch, "after").await, 2);
+    b.stop().await;
+}

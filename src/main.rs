@@ -29,6 +29,13 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match warren::server::raise_fd_limit() {
+        Some(n) if (n as usize) < config.max_connections + 100 => tracing::warn!(
+            "open file limit {n} is below max_connections {}: raise it (ulimit -n)",
+            config.max_connections
+        ),
+        _ => {}
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

@@ -12,6 +12,21 @@ use tokio::task::JoinSet;
 use crate::broker::Broker;
 use crate::config::Config;
 
+/// Raise this process's open-file limit to its hard maximum (every connection is a file
+/// descriptor; the usual soft limit of 1024 would cap clients far below max_connections).
+/// Returns the limit now in force.
+pub fn raise_fd_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open file limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// A running broker: its address, and the switch that stops it.
 pub struct Server {
     pub local_addr: SocketAddr,

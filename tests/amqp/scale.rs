@@ -10,15 +10,10 @@ use warren::protocol::{AMQPClass, basic, channel as wchannel};
 
 use crate::common::*;
 
-/// File descriptors this process may open.
+/// File descriptors this process may open, raised to the hard limit (the broker binary does
+/// the same for itself).
 fn fd_limit() -> u64 {
-    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
-    limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .and_then(|l| l.split_whitespace().nth(3))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1024)
+    warren::server::raise_fd_limit().unwrap_or(u64::MAX)
 }
 
 /// 10,000 logged-in connections, each with a channel, against the real binary (its own file

@@ -157,6 +157,21 @@ pub async fn passive_queue_code(c: &Connection, name: &str) -> Option<u16> {
     }
 }
 
+/// basic.consume with the given tag ("" for a server-named one) and ack mode.
+pub async fn consume(ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> lapin::Consumer {
+    ch.basic_consume(
+        queue.into(),
+        tag.into(),
+        BasicConsumeOptions {
+            no_ack,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("basic.consume")
+}
+
 pub async fn get_body(ch: &Channel, queue: &str) -> Option<Vec<u8>> {
     ch.basic_get(queue.into(), BasicGetOptions { no_ack: true })
         .await

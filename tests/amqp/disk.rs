@@ -141,18 +141,7 @@ async fn disk_alarm_blocks_persistent_publishers_and_clears_when_space_returns()
     // A transient bystander, consuming, from before the alarm.
     let (_bc, bch) = channel(&b).await;
     declare(&bch, "t").await;
-    let mut consumer = bch
-        .basic_consume(
-            "t".into(),
-            "c".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
+    let mut consumer = consume(&bch, "t", "c", true).await;
     let mut raw = blocked_aware_publisher(&b).await;
     let body = vec![7u8; 64 << 10];
     let (mut sent, mut acked, mut blocked) = (0u64, 0u64, false);

@@ -112,18 +112,7 @@ impl Bystander {
         for i in 0..100 {
             publish(&ch, "", "held", format!("{i}").as_bytes()).await;
         }
-        let consumer = ch
-            .basic_consume(
-                "live".into(),
-                "bystander".into(),
-                BasicConsumeOptions {
-                    no_ack: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
+        let consumer = consume(&ch, "live", "bystander", true).await;
         Bystander {
             _conn: conn,
             ch,

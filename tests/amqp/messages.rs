@@ -5,25 +5,11 @@ use lapin::Confirmation;
 use lapin::message::Delivery;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldArray, FieldTable};
-use lapin::{BasicProperties, Channel, Consumer};
+use lapin::{BasicProperties, Consumer};
 use warren::Config;
 use warren::protocol::{AMQPClass, basic};
 
 use crate::common::*;
-
-async fn consume(ch: &Channel, queue: &str, tag: &str, no_ack: bool) -> Consumer {
-    ch.basic_consume(
-        queue.into(),
-        tag.into(),
-        BasicConsumeOptions {
-            no_ack,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .expect("basic.consume")
-}
 
 async fn next(c: &mut Consumer) -> Delivery {
     tokio::time::timeout(std::time::Duration::from_secs(10), c.next())

@@ -199,6 +199,21 @@ mod tests {
         *.b.*      a.b        no
     ";
 
+    /// The names of the exchanges `key` routes to, sorted.
+    fn routed(t: &Topic, key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        t.route(key.as_bytes(), &mut out);
+        let mut v: Vec<String> = out
+            .iter()
+            .map(|d| match d {
+                Dest::Exchange(n) => n.to_string(),
+                Dest::Queue(_) => unreachable!(),
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     fn unquote(s: &str) -> &str {
         if s == "''" { "" } else { s }
     }
@@ -231,16 +246,7 @@ mod tests {
             Dest::Exchange(Arc::from("tail")),
         );
         for key in [words("a", 128), words("a", 127) + ".b", String::new()] {
-            let mut out = Vec::new();
-            t.route(key.as_bytes(), &mut out);
-            let mut names: Vec<String> = out
-                .iter()
-                .map(|d| match d {
-                    Dest::Exchange(n) => n.to_string(),
-                    Dest::Queue(_) => unreachable!(),
-                })
-                .collect();
-            names.sort();
+            let names = routed(&t, &key);
             let want: &[&str] = match key.len() {
                 0 => &["hashes"],
                 _ if key.ends_with('b') => &["hashes", "tail"],
@@ -255,31 +261,18 @@ mod tests {
     #[test]
     fn unbind_prunes_and_snapshots_are_independent() {
         let dest = |n: &str| Dest::Exchange(Arc::from(n));
-        let names = |t: &Topic, key: &str| {
-            let mut out = Vec::new();
-            t.route(key.as_bytes(), &mut out);
-            let mut v: Vec<String> = out
-                .iter()
-                .map(|d| match d {
-                    Dest::Exchange(n) => n.to_string(),
-                    Dest::Queue(_) => unreachable!(),
-                })
-                .collect();
-            v.sort();
-            v
-        };
         let mut t = Topic::default();
         t.bind("a.*.c", 1, dest("one"));
         t.bind("a.#", 2, dest("two"));
         t.bind("a.*.c", 3, dest("three"));
         let before = t.clone();
         t.unbind("a.*.c", 1);
-        assert_eq!(names(&t, "a.b.c"), ["three", "two"]);
-        assert_eq!(names(&before, "a.b.c"), ["one", "three", "two"]);
+        assert_eq!(routed(&t, "a.b.c"), ["three", "two"]);
+        assert_eq!(routed(&before, "a.b.c"), ["one", "three", "two"]);
         t.unbind("a.*.c", 3);
         t.unbind("a.#", 2);
         t.unbind("never.bound", 9);
         assert!(t.root.is_empty(), "nothing left behind: {:?}", t.root);
-        assert_eq!(names(&before, "a.x"), ["two"]);
+        assert_eq!(routed(&before, "a.x"), ["two"]);
     }
 }

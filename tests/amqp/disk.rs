@@ -181,12 +181,15 @@ async fn disk_alarm_blocks_persistent_publishers_and_clears_when_space_returns()
         .await
         .unwrap();
     assert_eq!(purged as u64, sent, "every publish was taken");
-    loop {
+    // Acks still owed may come before or after the unblock. (The alarm may also flicker:
+    // RocksDB preallocates its log with fallocate, which takes space for a moment.)
+    let mut unblocked = false;
+    while !unblocked || acked < sent {
         match tokio::time::timeout(Duration::from_secs(30), hear(&mut raw)).await {
-            Ok(Heard::Unblocked) => break,
+            Ok(Heard::Unblocked) => unblocked = true,
             Ok(Heard::Acked(tag)) => acked = acked.max(tag),
-            Ok(Heard::Blocked) => panic!("blocked twice"),
-            Err(_) => panic!("the disk alarm did not clear after the purge"),
+            Ok(Heard::Blocked) => unblocked = false,
+            Err(_) => panic!("no unblock (or ack) after the purge: acked {acked} of {sent}"),
         }
     }
     assert_eq!(
@@ -194,7 +197,15 @@ async fn disk_alarm_blocks_persistent_publishers_and_clears_when_space_returns()
         "every persistent publish confirmed, none refused"
     );
     raw.publish(1, "", "d", &PERSISTENT, b"after").await;
-    assert!(matches!(hear(&mut raw).await, Heard::Acked(t) if t == sent + 1));
+    loop {
+        match hear(&mut raw).await {
+            Heard::Acked(t) => {
+                assert_eq!(t, sent + 1);
+                break;
+            }
+            Heard::Blocked | Heard::Unblocked => continue,
+        }
+    }
     b.stop().await;
 }
 

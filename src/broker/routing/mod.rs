@@ -87,6 +87,45 @@ impl Dests {
     }
 }
 
+/// Keys already met while routing one message: a few in a vector (no allocation beyond it,
+/// the common case), many in a set, so that reaching 100,000 places (a fanout to as many
+/// queues, a topic pattern of many `#`) costs no more than linear time.
+pub(crate) struct Seen<K> {
+    few: Vec<K>,
+    many: Option<std::collections::HashSet<K>>,
+}
+
+impl<K> Default for Seen<K> {
+    fn default() -> Self {
+        Seen {
+            few: Vec::new(),
+            many: None,
+        }
+    }
+}
+
+impl<K: Eq + std::hash::Hash + Copy> Seen<K> {
+    const FEW: usize = 16;
+
+    /// True the first time `k` is met.
+    pub(crate) fn first(&mut self, k: K) -> bool {
+        if let Some(set) = &mut self.many {
+            return set.insert(k);
+        }
+        if self.few.contains(&k) {
+            return false;
+        }
+        if self.few.len() < Self::FEW {
+            self.few.push(k);
+        } else {
+            let mut set: std::collections::HashSet<K> = self.few.drain(..).collect();
+            set.insert(k);
+            self.many = Some(set);
+        }
+        true
+    }
+}
+
 /// The immutable view publishers route with. Persistent maps: a topology change makes a new
 /// snapshot in time proportional to what changed, not to how much there is (100,000 queues
 /// or bindings cost no more per declare than ten).
@@ -113,13 +152,14 @@ impl Routes {
             return;
         }
         let mut headers: Option<Option<FieldTable>> = None;
-        let mut visited: Vec<&str> = vec![exchange];
+        let mut visited: Seen<&str> = Seen::default();
+        visited.first(exchange);
         let mut pending: Vec<&str> = vec![exchange];
         let mut dests = Vec::new();
-        // Queues already in `out`, by id, once there are too many to compare one by one (a
-        // fanout to 100,000 queues must not cost 10^10 comparisons per publish).
-        let mut seen: Option<std::collections::HashSet<u64>> = None;
-        let mut visited_set: Option<std::collections::HashSet<&str>> = None;
+        let mut queued: Seen<u64> = Seen::default();
+        for o in out.iter() {
+            queued.first(o.id);
+        }
         while let Some(name) = pending.pop() {
             let Some(x) = self.exchanges.get(name) else {
                 continue;
@@ -136,28 +176,13 @@ impl Routes {
             for d in &dests {
                 match d {
                     Dest::Queue(q) => {
-                        let new = match &mut seen {
-                            Some(set) => set.insert(q.id),
-                            None => !out.iter().any(|o| o.id == q.id),
-                        };
-                        if new {
+                        if queued.first(q.id) {
                             out.push(q.clone());
-                            if seen.is_none() && out.len() > 32 {
-                                seen = Some(out.iter().map(|o| o.id).collect());
-                            }
                         }
                     }
                     Dest::Exchange(next) => {
-                        let new = match &mut visited_set {
-                            Some(set) => set.insert(&**next),
-                            None => !visited.contains(&&**next),
-                        };
-                        if new {
-                            visited.push(next);
+                        if visited.first(&**next) {
                             pending.push(next);
-                            if visited_set.is_none() && visited.len() > 32 {
-                                visited_set = Some(visited.iter().copied().collect());
-                            }
                         }
                     }
                 }

@@ -9,10 +9,9 @@
 //! nodes on the pattern's path, so a new routing snapshot costs the pattern's length, however
 //! many bindings the exchange has. Unbinding prunes nodes left empty.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{BindingId, Dest, Dests, Map};
+use super::{BindingId, Dest, Dests, Map, Seen};
 
 #[derive(Debug, Default, Clone)]
 pub struct Topic {
@@ -59,36 +58,8 @@ impl Topic {
 }
 
 /// The `#` nodes already entered, each with the number of words that were left: entering one
-/// again the same way can only find the same bindings. A few entries stay in a vector (the
-/// common case: no allocation beyond it); many go to a set.
-#[derive(Default)]
-struct Memo {
-    few: Vec<(*const Node, usize)>,
-    many: Option<HashSet<(*const Node, usize)>>,
-}
-
-impl Memo {
-    const FEW: usize = 16;
-
-    /// True the first time (node, words left) is seen.
-    fn first(&mut self, node: &Node, left: usize) -> bool {
-        let k = (node as *const Node, left);
-        if let Some(set) = &mut self.many {
-            return set.insert(k);
-        }
-        if self.few.contains(&k) {
-            return false;
-        }
-        if self.few.len() < Self::FEW {
-            self.few.push(k);
-        } else {
-            let mut set: HashSet<_> = self.few.drain(..).collect();
-            set.insert(k);
-            self.many = Some(set);
-        }
-        true
-    }
-}
+/// again the same way can only find the same bindings.
+type Memo = Seen<(*const Node, usize)>;
 
 impl Node {
     fn is_empty(&self) -> bool {
@@ -140,7 +111,7 @@ impl Node {
         if let Some(h) = &self.hash {
             // `#` may swallow any number of the remaining words, including none.
             for skip in 0..=key.len() {
-                if !under_hash || memo.first(h, key.len() - skip) {
+                if !under_hash || memo.first((&**h as *const Node, key.len() - skip)) {
                     h.collect(&key[skip..], out, memo, true);
                 }
             }

@@ -9,10 +9,13 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::sync::{mpsc, oneshot};
-use warren::broker::consumer::{ChannelLimit, ConnEvent, ConsumerFlow, ConsumerSpec};
+use warren::broker::consumer::{
+    CONSUMER_CREDIT, ChannelLimit, ConnEvent, ConsumerFlow, ConsumerSpec,
+};
+use warren::broker::ids::{ChannelId, ConsumerId};
 use warren::broker::memory::MemoryMonitor;
 use warren::broker::message::Message;
-use warren::broker::queue::{ChannelKey, QueueCmd};
+use warren::broker::queue::QueueCmd;
 use warren::broker::routing::Dest;
 use warren::broker::routing::topic::Topic;
 use warren::broker::vhost::{QueueDecl, QueueSettings, VHost};
@@ -157,14 +160,19 @@ fn queue(c: &mut Criterion) {
         vhost.declare_queue(&d, 1).unwrap().0
     });
     let (events, mut rx) = mpsc::unbounded_channel();
-    let flow = Arc::new(ConsumerFlow::default());
+    let flow = Arc::new(ConsumerFlow::new(u64::from(CONSUMER_CREDIT)));
+    let mut written = 0u64;
     rt.block_on(async {
         let (reply, ok) = oneshot::channel();
         let spec = ConsumerSpec {
-            tag: "c".into(),
-            owner: ChannelKey {
-                conn: 1,
-                channel: 1,
+            id: ConsumerId {
+                channel: ChannelId {
+                    node: 0,
+                    conn: 1,
+                    channel: 1,
+                },
+                tag: "c".into(),
+                serial: 1,
             },
             no_ack: true,
             exclusive: false,
@@ -191,7 +199,8 @@ fn queue(c: &mut Criterion) {
                     match rx.recv().await.unwrap() {
                         ConnEvent::Deliver { entries, .. } => {
                             got += entries.len();
-                            if flow.done(entries.len() as u32) {
+                            written += entries.len() as u64;
+                            if flow.grant(written + u64::from(CONSUMER_CREDIT)) {
                                 q.wake();
                             }
                         }

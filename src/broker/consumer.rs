@@ -3,11 +3,12 @@
 //! (so a consumer that stops reading stops receiving, instead of growing the broker's memory).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 
-use super::queue::{ChannelKey, Entry, QueueHandle};
+use super::ids::ConsumerId;
+use super::queue::{Entry, QueueHandle};
 use crate::protocol::FieldTable;
 
 /// Deliveries a queue may have handed to a connection that it has not yet encoded.
@@ -18,19 +19,15 @@ pub const CONSUMER_CREDIT: u32 = 512;
 #[derive(Debug)]
 pub enum ConnEvent {
     Deliver {
-        channel: u16,
-        consumer_tag: Arc<str>,
+        consumer: ConsumerId,
         no_ack: bool,
         queue: QueueHandle,
-        /// Identifies the consumer instance (tags can be reused after a cancel).
-        flow: Arc<ConsumerFlow>,
         entries: Vec<Entry>,
     },
     /// The queue went away under the consumer (server-sent basic.cancel).
-    Cancelled {
-        channel: u16,
-        consumer_tag: Arc<str>,
-    },
+    Cancelled(ConsumerId),
+    /// A queue gave back pool credit other queues of this channel were waiting for.
+    Wake { channel: u16 },
     /// The store wrote (ok) or failed to write the publishes of sync request `token`.
     Synced { token: u64, ok: bool },
     /// A queue took the confirm-mode publishes of flush `token`, except `nacks`.
@@ -42,38 +39,38 @@ pub enum ConnEvent {
 
 pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
 
-/// In-flight deliveries between a queue and the consumer's connection task.
-#[derive(Debug, Default)]
+/// The delivery credit a channel grants one consumer, as the latest value: the queue may
+/// send it deliveries while it has sent fewer than `limit`. The connection raises the limit
+/// as it writes deliveries out (so at most CONSUMER_CREDIT are in flight); the queue's
+/// runtime reads it into a `Credit` command, and marks the consumer starved when it ran out,
+/// so that the next grant wakes the queue.
+#[derive(Debug)]
 pub struct ConsumerFlow {
-    pending: AtomicU32,
+    limit: AtomicU64,
     starved: AtomicBool,
 }
 
 impl ConsumerFlow {
-    /// Queue side: may `extra` more deliveries go out on top of what is pending? If not, the
-    /// consumer is marked starved so the connection wakes the queue once it catches up.
-    pub fn has_room(&self, extra: u32) -> bool {
-        if self.pending.load(Ordering::Acquire) + extra < CONSUMER_CREDIT {
-            return true;
+    pub fn new(limit: u64) -> Self {
+        ConsumerFlow {
+            limit: AtomicU64::new(limit),
+            starved: AtomicBool::new(false),
         }
-        self.starved.store(true, Ordering::Release);
-        // Re-check: the connection may have drained between our load and the store.
-        self.pending.load(Ordering::Acquire) + extra < CONSUMER_CREDIT
     }
 
-    pub fn sent(&self, n: u32) {
-        self.pending.fetch_add(n, Ordering::AcqRel);
+    pub fn limit(&self) -> u64 {
+        self.limit.load(Ordering::Acquire)
     }
 
-    /// The queue wanted to send more than the connection has caught up with.
-    pub fn is_starved(&self) -> bool {
-        self.starved.load(Ordering::Acquire)
-    }
-
-    /// Connection side: `n` deliveries were written out; true if the queue must be woken.
-    pub fn done(&self, n: u32) -> bool {
-        self.pending.fetch_sub(n, Ordering::AcqRel);
+    /// Connection side: a new limit; true if the queue ran out of credit and must be woken.
+    pub fn grant(&self, limit: u64) -> bool {
+        self.limit.store(limit, Ordering::Release);
         self.starved.swap(false, Ordering::AcqRel)
+    }
+
+    /// Queue side: the consumer has messages waiting and no credit.
+    pub fn starve(&self) {
+        self.starved.store(true, Ordering::Release);
     }
 }
 
@@ -90,29 +87,40 @@ impl ChannelLimit {
         self.limit.store(limit, Ordering::Release);
     }
 
-    /// Count one more unacked delivery if the limit allows it.
-    pub fn try_acquire(&self) -> bool {
+    /// The limit, 0 for none.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Take up to `want` deliveries from the pool; short of it, the channel is marked starved
+    /// so that the next release wakes its consumers.
+    pub fn acquire(&self, want: u32) -> u32 {
         loop {
             let limit = self.limit.load(Ordering::Acquire);
             let cur = self.unacked.load(Ordering::Acquire);
-            if limit != 0 && cur >= limit {
+            let room = if limit == 0 {
+                want
+            } else {
+                limit.saturating_sub(cur).min(want)
+            };
+            if room < want {
                 self.starved.store(true, Ordering::Release);
-                if self.unacked.load(Ordering::Acquire) >= limit {
-                    return false;
-                }
-                continue;
+            }
+            if room == 0 {
+                return 0;
             }
             if self
                 .unacked
-                .compare_exchange(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire)
+                .compare_exchange(cur, cur + room, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                return true;
+                return room;
             }
         }
     }
 
-    /// `n` deliveries were settled; true if some queue stopped on this limit and must be woken.
+    /// `n` deliveries were settled (or taken and not used); true if some queue stopped on
+    /// this limit and must be woken.
     pub fn release(&self, n: u32) -> bool {
         let _ = self
             .unacked
@@ -123,11 +131,10 @@ impl ChannelLimit {
     }
 }
 
-/// A consumer as its queue sees it.
+/// A consumer as its queue sees it: what it asked for, and how to reach its connection.
 #[derive(Debug, Clone)]
 pub struct ConsumerSpec {
-    pub tag: Arc<str>,
-    pub owner: ChannelKey,
+    pub id: ConsumerId,
     pub no_ack: bool,
     pub exclusive: bool,
     /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
@@ -135,5 +142,6 @@ pub struct ConsumerSpec {
     pub arguments: FieldTable,
     pub events: ConnSender,
     pub flow: Arc<ConsumerFlow>,
+    /// The channel's pool (basic.qos global=true).
     pub channel_limit: Arc<ChannelLimit>,
 }

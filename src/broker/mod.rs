@@ -2,9 +2,11 @@
 //! socket I/O; connections call in, queues call out only through consumer inboxes.
 
 pub mod args;
+pub mod clock;
 pub mod consumer;
 pub mod disk;
 pub mod exchange;
+pub mod ids;
 pub mod memory;
 pub mod message;
 pub mod queue;
@@ -126,6 +128,11 @@ impl Broker {
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).cloned()
+    }
+
+    /// This node's id in consumer and channel names: 0 on a single node.
+    pub fn node_id(&self) -> u32 {
+        0
     }
 
     pub fn next_conn_id(&self) -> u64 {

@@ -11,8 +11,10 @@ use tokio::sync::oneshot;
 use super::exchange::{
     Binding, BindingKey, DestName, ExchangeDef, ExchangeKind, ExchangeRoute, Router,
 };
+use super::ids::ConnId;
 use super::memory::MemoryMonitor;
-use super::queue::{self, ConnId, QueueHandle, QueueShared, QueueSpec};
+use super::queue::classic::{OnDeleted, Recovered};
+use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
 use super::routing::{BindingId, Dest, Map, Routes};
 use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
@@ -274,11 +276,21 @@ impl VHost {
         }
     }
 
+    /// What a queue calls as it is deleted: forget it here.
+    fn on_deleted(&self) -> OnDeleted {
+        let weak = self.weak.clone();
+        Arc::new(move |q: &QueueShared| {
+            if let Some(v) = weak.upgrade() {
+                v.remove_queue(q);
+            }
+        })
+    }
+
     /// Rebuild durable topology and queues read back from the store, before any client.
     pub fn restore(
         &self,
         exchanges: Vec<StoredExchange>,
-        queues: Vec<(StoredQueue, queue::Recovered)>,
+        queues: Vec<(StoredQueue, Recovered)>,
         bindings: Vec<StoredBinding>,
     ) {
         let mut t = self.lock();
@@ -309,24 +321,22 @@ impl VHost {
                 "recovered queue"
             );
             let name: Arc<str> = q.name.as_str().into();
-            let h = queue::spawn(
-                QueueSpec {
-                    name: name.clone(),
-                    id: q.id,
-                    durable: true,
-                    exclusive_owner: None,
-                    auto_delete: q.auto_delete,
-                    arguments: q.arguments,
-                    inbox: self.settings.inbox,
-                    memory: self.memory.clone(),
-                    store: self.store.clone(),
-                    initial: messages,
-                    vhost: self.name.clone(),
-                    memory_budget: self.settings.memory_budget,
-                    flow_messages: self.settings.flow_messages,
-                },
-                self.weak.clone(),
-            );
+            let h = queue::spawn(QueueSpec {
+                name: name.clone(),
+                id: q.id,
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: q.auto_delete,
+                arguments: q.arguments,
+                inbox: self.settings.inbox,
+                memory: self.memory.clone(),
+                store: self.store.clone(),
+                initial: messages,
+                vhost: self.name.as_str().into(),
+                memory_budget: self.settings.memory_budget,
+                flow_messages: self.settings.flow_messages,
+                on_deleted: self.on_deleted(),
+            });
             t.queues.insert(name, h);
         }
         for b in bindings {
@@ -702,24 +712,22 @@ impl VHost {
         let name: Arc<str> = d.name.as_str().into();
         // Exclusive queues die with their connection: never durable, whatever the flag says.
         let durable = d.durable && !d.exclusive;
-        let h = queue::spawn(
-            QueueSpec {
-                name: name.clone(),
-                id: t.next_queue_id,
-                durable: d.durable,
-                exclusive_owner: d.exclusive.then_some(conn),
-                auto_delete: d.auto_delete,
-                arguments: d.arguments.clone(),
-                inbox: self.settings.inbox,
-                memory: self.memory.clone(),
-                store: if durable { self.store.clone() } else { None },
-                initial: Vec::new(),
-                vhost: self.name.clone(),
-                memory_budget: self.settings.memory_budget,
-                flow_messages: self.settings.flow_messages,
-            },
-            self.weak.clone(),
-        );
+        let h = queue::spawn(QueueSpec {
+            name: name.clone(),
+            id: t.next_queue_id,
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(conn),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments.clone(),
+            inbox: self.settings.inbox,
+            memory: self.memory.clone(),
+            store: if durable { self.store.clone() } else { None },
+            initial: Vec::new(),
+            vhost: self.name.as_str().into(),
+            memory_budget: self.settings.memory_budget,
+            flow_messages: self.settings.flow_messages,
+            on_deleted: self.on_deleted(),
+        });
         t.queues.insert(name, h.clone());
         self.publish(t, &[], true);
         let ops = if durable {

@@ -33,13 +33,18 @@ pub struct Unacked {
 pub struct ConsumerInfo {
     pub queue: QueueHandle,
     pub no_ack: bool,
+    /// Which consumer of this tag it is (see `ConsumerId::serial`).
+    pub serial: u64,
+    /// The credit cell its queue reads.
     pub flow: Arc<ConsumerFlow>,
+    /// Deliveries written out (or given back): the credit limit is this plus the window.
+    pub written: u64,
 }
 
 /// Deliveries held back while the client has paused the channel with channel.flow.
 #[derive(Debug)]
 pub struct Parked {
-    pub consumer_tag: Arc<str>,
+    pub consumer: crate::broker::ids::ConsumerId,
     pub no_ack: bool,
     pub queue: QueueHandle,
     pub entries: Vec<Entry>,
@@ -232,7 +237,7 @@ mod tests {
                 stored: None,
             }),
             redelivered: false,
-            expires: None,
+            expires_ms: None,
         }
     }
 

@@ -1,10 +1,9 @@
 //! Deliveries from queues to this connection's consumers: delivery tags assigned in the
 //! order frames are written, consumer credit given back, server-sent cancels.
 
-use std::sync::Arc;
-
 use super::{Conn, End, FLUSH_AT};
-use crate::broker::consumer::ConnEvent;
+use crate::broker::consumer::{CONSUMER_CREDIT, ConnEvent};
+use crate::broker::ids::ConsumerId;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::channel::State;
 use crate::protocol::{AMQPClass, basic, encode};
@@ -13,19 +12,18 @@ impl Conn {
     pub(super) async fn on_event(&mut self, ev: ConnEvent) -> Result<(), End> {
         match ev {
             ConnEvent::Deliver {
-                channel,
-                consumer_tag,
+                consumer,
                 no_ack,
                 queue,
-                flow,
                 entries,
             } => {
                 let n = entries.len() as u32;
+                let channel = consumer.channel.channel;
                 let live = self.channels.get(&channel).is_some_and(|c| {
                     c.state == State::Open
                         && c.consumers
-                            .get(&consumer_tag)
-                            .is_some_and(|ci| Arc::ptr_eq(&ci.flow, &flow))
+                            .get(&consumer.tag)
+                            .is_some_and(|ci| ci.serial == consumer.serial)
                 });
                 if !live {
                     if !no_ack
@@ -34,45 +32,49 @@ impl Conn {
                     {
                         self.wake_consumers(channel);
                     }
-                    queue.send(QueueCmd::Return { entries, no_ack }).await;
-                    if flow.done(n) {
-                        queue.wake();
-                    }
+                    queue
+                        .send(QueueCmd::Return {
+                            consumer,
+                            entries,
+                            no_ack,
+                        })
+                        .await;
                     return Ok(());
                 }
                 let c = self.channels.get_mut(&channel).expect("checked live");
                 if !c.active {
                     c.parked.push(crate::channel::Parked {
-                        consumer_tag,
+                        consumer,
                         no_ack,
                         queue,
                         entries,
                     });
                     return Ok(());
                 }
-                self.write_deliveries(channel, &consumer_tag, no_ack, &queue, entries)
+                self.write_deliveries(channel, &consumer.tag, no_ack, &queue, entries)
                     .await?;
-                if flow.done(n) {
-                    queue.wake();
-                }
+                self.grant(&consumer, n, &queue);
             }
             ConnEvent::Synced { token, ok } => self.on_synced(token, ok),
             ConnEvent::Taken { token, nacks } => self.on_taken(token, nacks),
-            ConnEvent::Cancelled {
-                channel,
-                consumer_tag,
-            } => {
+            ConnEvent::Wake { channel } => self.wake_consumers(channel),
+            ConnEvent::Cancelled(consumer) => {
+                let channel = consumer.channel.channel;
                 let Some(c) = self.channels.get_mut(&channel) else {
                     return Ok(());
                 };
-                if c.consumers.remove(&consumer_tag).is_some()
-                    && c.state == State::Open
-                    && self.caps.consumer_cancel_notify
+                if c.consumers
+                    .get(&consumer.tag)
+                    .is_none_or(|ci| ci.serial != consumer.serial)
                 {
+                    return Ok(());
+                }
+                c.consumers.remove(&consumer.tag);
+                if c.state == State::Open && self.caps.consumer_cancel_notify {
                     self.send_method(
                         channel,
                         AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
-                            consumer_tag: consumer_tag.to_string().into(),
+                            consumer_tag: consumer.tag.to_string().into(),
                             nowait: true,
                         })),
                     );
@@ -80,6 +82,23 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// `n` deliveries to `consumer` were written out: its queue may send `n` more (at most
+    /// CONSUMER_CREDIT are ever in flight), and is woken if it was waiting for that.
+    pub(super) fn grant(&mut self, consumer: &ConsumerId, n: u32, queue: &QueueHandle) {
+        let Some(ci) = self
+            .channels
+            .get_mut(&consumer.channel.channel)
+            .and_then(|c| c.consumers.get_mut(&consumer.tag))
+            .filter(|ci| ci.serial == consumer.serial)
+        else {
+            return;
+        };
+        ci.written += u64::from(n);
+        if ci.flow.grant(ci.written + u64::from(CONSUMER_CREDIT)) {
+            queue.wake();
+        }
     }
 
     /// Encode deliveries, handing output to the writer every FLUSH_AT bytes so that what a

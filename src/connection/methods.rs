@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use super::Conn;
 use crate::broker::args::QueueArgs;
-use crate::broker::consumer::{ConsumerFlow, ConsumerSpec};
+use crate::broker::consumer::{CONSUMER_CREDIT, ConsumerFlow, ConsumerSpec};
 use crate::broker::exchange::DestName;
+use crate::broker::ids::ConsumerId;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::broker::vhost::{ExchangeDecl, QueueDecl};
 use crate::channel::{ConsumerInfo, Settle, by_queue};
@@ -102,19 +103,12 @@ impl Conn {
                     let parked = std::mem::take(&mut self.channel(ch).parked);
                     for p in parked {
                         let n = p.entries.len() as u32;
-                        let flow = self
-                            .channel(ch)
-                            .consumers
-                            .get(&p.consumer_tag)
-                            .map(|c| c.flow.clone());
-                        self.write_deliveries(ch, &p.consumer_tag, p.no_ack, &p.queue, p.entries)
+                        self.write_deliveries(ch, &p.consumer.tag, p.no_ack, &p.queue, p.entries)
                             .await
                             .map_err(|_| {
                                 Error::connection(code::INTERNAL_ERROR, "connection is closing")
                             })?;
-                        if flow.is_some_and(|f| f.done(n)) {
-                            p.queue.wake();
-                        }
+                        self.grant(&p.consumer, n, &p.queue);
                     }
                 }
                 Ok(())
@@ -234,7 +228,7 @@ impl Conn {
                     self.exclusive.push(q.clone());
                 }
                 self.channel(ch).last_queue = Some(q.name.to_string());
-                let (messages, consumers) = q
+                let stat = q
                     .ask(QueueCmd::Stat)
                     .await
                     .ok_or_else(|| gone(&q.name, &vhost.name))?;
@@ -243,8 +237,8 @@ impl Conn {
                     d.nowait,
                     AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
                         queue: q.name.to_string().into(),
-                        message_count: messages,
-                        consumer_count: consumers,
+                        message_count: stat.messages,
+                        consumer_count: stat.consumers,
                     })),
                 );
             }
@@ -356,15 +350,16 @@ impl Conn {
             basic::AMQPMethod::Consume(c) => self.consume(ch, c).await,
             basic::AMQPMethod::Cancel(c) => {
                 let tag: Arc<str> = c.consumer_tag.as_str().into();
-                let key = self.key(ch);
+                let channel = self.key(ch);
                 if let Some(info) = self.channel(ch).consumers.remove(&tag) {
+                    let consumer = ConsumerId {
+                        channel,
+                        tag,
+                        serial: info.serial,
+                    };
                     let _ = info
                         .queue
-                        .ask(|reply| QueueCmd::Cancel {
-                            owner: key,
-                            tag: tag.clone(),
-                            reply,
-                        })
+                        .ask(|reply| QueueCmd::Cancel { consumer, reply })
                         .await;
                 }
                 self.reply(
@@ -435,15 +430,18 @@ impl Conn {
             ));
         }
         let q = vhost.queue(&name, self.id)?;
-        let flow = Arc::new(ConsumerFlow::default());
-        let (id, events) = (self.id, self.events_tx.clone());
+        let flow = Arc::new(ConsumerFlow::new(u64::from(CONSUMER_CREDIT)));
+        self.consumers_created += 1;
+        let serial = self.consumers_created;
+        let id = ConsumerId {
+            channel: self.key(ch),
+            tag: tag.clone(),
+            serial,
+        };
+        let events = self.events_tx.clone();
         let chan = self.channel(ch);
         let spec = ConsumerSpec {
-            tag: tag.clone(),
-            owner: crate::broker::queue::ChannelKey {
-                conn: id,
-                channel: ch,
-            },
+            id,
             no_ack: c.no_ack,
             exclusive: c.exclusive,
             prefetch: chan.consumer_prefetch,
@@ -459,7 +457,9 @@ impl Conn {
             ConsumerInfo {
                 queue: q.clone(),
                 no_ack: c.no_ack,
+                serial,
                 flow,
+                written: 0,
             },
         );
         chan.touched.insert(q.id, q.clone());
@@ -489,10 +489,10 @@ impl Conn {
         let vhost = self.vhost().clone();
         let name = self.channel(ch).queue_name(g.queue.as_str())?;
         let q: QueueHandle = vhost.queue(&name, self.id)?;
-        let owner = self.key(ch);
+        let channel = self.key(ch);
         let got = q
             .ask(|reply| QueueCmd::Get {
-                owner,
+                channel,
                 no_ack: g.no_ack,
                 reply,
             })

@@ -27,7 +27,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
 use crate::broker::consumer::{ConnEvent, ConnSender};
-use crate::broker::queue::{ChannelKey, ConnId, QueueCmd, QueueHandle};
+use crate::broker::ids::{ChannelId, ConnId};
+use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, State};
 use crate::error::{Error, code};
@@ -107,6 +108,8 @@ pub(crate) struct Conn {
     throttled: Vec<QueueHandle>,
     /// Body bytes of messages still being assembled, counted in the memory monitor.
     assembling: usize,
+    /// Consumers created on this connection, for `ConsumerId::serial`.
+    consumers_created: u64,
     /// Held from accept until the handshake ends (given back before open-ok is sent).
     unauthenticated: Option<tokio::sync::OwnedSemaphorePermit>,
 }
@@ -184,6 +187,7 @@ pub async fn serve(
         blocked: false,
         throttled: Vec::new(),
         unauthenticated: Some(unauthenticated),
+        consumers_created: 0,
         assembling: 0,
     };
     let timeout = Duration::from_millis(conn.broker.config.handshake_timeout_ms);
@@ -212,8 +216,9 @@ pub async fn serve(
 }
 
 impl Conn {
-    fn key(&self, channel: u16) -> ChannelKey {
-        ChannelKey {
+    fn key(&self, channel: u16) -> ChannelId {
+        ChannelId {
+            node: self.broker.node_id(),
             conn: self.id,
             channel,
         }
@@ -579,6 +584,7 @@ impl Conn {
         for p in parked {
             p.queue
                 .send(QueueCmd::Return {
+                    consumer: p.consumer,
                     entries: p.entries,
                     no_ack: p.no_ack,
                 })

@@ -1,0 +1,785 @@
+//! `QueueState`: everything a queue decides, as a pure state machine. `apply(meta, cmd)`
+//! changes the state and returns a reply to the command; what must happen outside (deliveries,
+//! store rows, released messages, the queue's own deletion) is pushed onto `fx` as data. No
+//! clock (time is `meta.now_ms`), no tokio, no store, no shared atomics: the same commands in
+//! the same order give the same state and effects on every node, which is what a replicated
+//! queue applies from its log.
+//!
+//! Invariants:
+//! - `ready` is sorted by `seq`, so a requeued message goes back to where it was;
+//! - every message is in exactly one of `ready` and `unacked`, and `weight` is the sum of
+//!   what they were counted at;
+//! - a consumer is sent at most `limit - sent` more deliveries (credit its channel grants),
+//!   holds at most `prefetch` unacked ones, and a pooled consumer also spends its channel's
+//!   pool (basic.qos global): credit is changed only by commands.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::super::args::{Overflow, QueueArgs};
+use crate::broker::ids::{ChannelId, ConsumerId};
+use crate::error::Error;
+
+/// A message handle as the state holds it: the state reads these facts, never the bytes.
+pub trait Payload: Clone + std::fmt::Debug {
+    /// Body bytes, for x-max-length-bytes; known even when the body is paged out.
+    fn size(&self) -> u32;
+    /// What holding it costs in memory (for the memory alarm and the paging budget).
+    fn weight(&self) -> usize;
+    /// Its own TTL (the expiration property), in milliseconds.
+    fn ttl_ms(&self) -> Option<u64>;
+    /// It has a row in the store (persistent), so it can be paged out.
+    fn stored(&self) -> bool;
+    /// Drop the in-memory body, keeping what is needed to read it back.
+    fn page_out(&mut self);
+}
+
+/// What a paged-out message costs in memory (its slot and handle).
+pub const PAGED_WEIGHT: usize = 64;
+
+/// Facts every command is applied with, stamped by whoever issued it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Wall-clock milliseconds.
+    pub now_ms: u64,
+}
+
+/// A queue's fixed properties.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub name: Arc<str>,
+    pub vhost: Arc<str>,
+    /// Durable: stored messages have index rows to maintain, and may be paged out.
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub args: QueueArgs,
+    /// Weight held in memory before newly enqueued stored messages are paged out.
+    pub memory_budget: usize,
+}
+
+/// A new consumer.
+#[derive(Debug, Clone)]
+pub struct Checkout {
+    pub consumer: ConsumerId,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Unacked deliveries it may hold (basic.qos global=false); 0 = unlimited.
+    pub prefetch: u32,
+    /// Deliveries it may be sent before its channel grants more.
+    pub limit: u64,
+    /// It also spends its channel's pool (basic.qos global=true); ack-mode consumers only.
+    pub pooled: bool,
+}
+
+/// Credit granted by channels, applied at once so that one dispatch sees all of it.
+#[derive(Debug, Clone, Default)]
+pub struct Credit {
+    /// New delivery limits: the consumer may be sent deliveries while `sent < limit`.
+    pub consumers: Vec<(ConsumerId, u64)>,
+    /// Channels' pools: deliveries their pooled consumers here may take, all together (a
+    /// pool never granted is empty).
+    pub pools: Vec<(ChannelId, u32)>,
+}
+
+/// A message as handed out (to a consumer, a basic.get, or back to the queue).
+#[derive(Debug, Clone)]
+pub struct Delivery<B> {
+    pub seq: u64,
+    pub body: B,
+    pub redelivered: bool,
+    /// Its deadline, kept in case it comes back (a no-ack delivery never handed over).
+    pub expires_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Command<B> {
+    Enqueue(Vec<B>),
+    Checkout(Checkout),
+    Cancel(ConsumerId),
+    Get {
+        channel: ChannelId,
+        no_ack: bool,
+    },
+    Ack(Vec<u64>),
+    /// Settled without delivery (nack/reject without requeue).
+    Discard(Vec<u64>),
+    /// Back to its place, marked redelivered (nack/reject requeue, recover).
+    Requeue(Vec<u64>),
+    /// Deliveries that never reached their consumer (cancelled, channel gone): back unchanged.
+    /// Only those the consumer still holds: its channel may have been closed and the message
+    /// handed to someone else meanwhile.
+    Return {
+        consumer: ConsumerId,
+        seqs: Vec<u64>,
+    },
+    /// No-ack deliveries that never reached their consumer: the queue takes them back.
+    Reinstate(Vec<Delivery<B>>),
+    Credit(Credit),
+    /// The channel closed: its consumers go and what it held is requeued.
+    ChannelDown(ChannelId),
+    Stat,
+    Purge,
+    Delete {
+        if_unused: bool,
+        if_empty: bool,
+    },
+    /// Time passed: expire messages, and the queue itself (x-expires).
+    Tick,
+}
+
+#[derive(Debug)]
+pub enum Reply<B> {
+    None,
+    /// Positions in the batch refused (reject-publish), ascending.
+    Enqueued {
+        refused: Vec<u32>,
+    },
+    CheckedOut(Result<(), Error>),
+    Got(Option<(Delivery<B>, u32)>),
+    Stat {
+        messages: u32,
+        consumers: u32,
+    },
+    Purged(u32),
+    Deleted(Result<u32, Error>),
+}
+
+#[derive(Debug)]
+pub enum Effect<B> {
+    Deliver {
+        consumer: ConsumerId,
+        no_ack: bool,
+        msgs: Vec<Delivery<B>>,
+    },
+    /// The consumer has messages waiting but no delivery credit left.
+    Starved(ConsumerId),
+    /// The queue dropped the consumer (deleted under it): a server-sent cancel.
+    Cancelled(ConsumerId),
+    /// First delivery of a stored message: persist it, so it comes back redelivered.
+    MarkDelivered(B),
+    /// The queue let go of the message (acked, dropped, expired, purged, sent without ack).
+    Release(B),
+    /// The queue took back a message it had let go of.
+    Reacquire(B),
+    /// The queue is gone; nothing more is applied.
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+struct Msg<B> {
+    seq: u64,
+    body: B,
+    redelivered: bool,
+    expires_ms: Option<u64>,
+    /// What it was counted at in `weight`.
+    weight: u32,
+}
+
+impl<B: Clone> Msg<B> {
+    fn delivery(&self) -> Delivery<B> {
+        Delivery {
+            seq: self.seq,
+            body: self.body.clone(),
+            redelivered: self.redelivered,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Held<B> {
+    msg: Msg<B>,
+    channel: ChannelId,
+    /// None for basic.get deliveries.
+    consumer: Option<ConsumerId>,
+}
+
+#[derive(Debug)]
+struct Consumer {
+    id: ConsumerId,
+    no_ack: bool,
+    exclusive: bool,
+    prefetch: u32,
+    pooled: bool,
+    unacked: u32,
+    sent: u64,
+    limit: u64,
+    /// Its last dispatch stopped for want of credit.
+    starved: bool,
+}
+
+#[derive(Debug)]
+pub struct QueueState<B> {
+    cfg: Config,
+    ready: VecDeque<Msg<B>>,
+    unacked: HashMap<u64, Held<B>>,
+    consumers: Vec<Consumer>,
+    pools: HashMap<ChannelId, u32>,
+    /// The consumer that gets the next message.
+    rr: usize,
+    next_seq: u64,
+    ever_consumed: bool,
+    weight: usize,
+    /// Body bytes of the ready messages.
+    ready_bytes: u64,
+    /// Last consume, cancel, get or declare: x-expires counts from here while unused.
+    last_used_ms: u64,
+    deleted: bool,
+}
+
+impl<B: Payload> QueueState<B> {
+    pub fn new(cfg: Config, meta: Meta) -> Self {
+        QueueState {
+            cfg,
+            ready: VecDeque::new(),
+            unacked: HashMap::new(),
+            consumers: Vec::new(),
+            pools: HashMap::new(),
+            rr: 0,
+            next_seq: 0,
+            ever_consumed: false,
+            weight: 0,
+            ready_bytes: 0,
+            last_used_ms: meta.now_ms,
+            deleted: false,
+        }
+    }
+
+    /// A queue rebuilt from the store: its messages in order, each with whether it had been
+    /// delivered (those come back redelivered). Their TTLs count from now.
+    pub fn recovered(cfg: Config, meta: Meta, msgs: Vec<(B, bool)>) -> Self {
+        let mut q = Self::new(cfg, meta);
+        let expires_ms = q
+            .cfg
+            .args
+            .message_ttl
+            .map(|t| meta.now_ms.saturating_add(t));
+        for (body, redelivered) in msgs {
+            q.push(body, redelivered, expires_ms);
+        }
+        q
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Weight of the messages held (ready and unacked).
+    pub fn weight(&self) -> usize {
+        self.weight
+    }
+
+    pub fn ready_len(&self) -> usize {
+        self.ready.len()
+    }
+
+    pub fn consumer_count(&self) -> usize {
+        self.consumers.len()
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// Some consumer's last dispatch stopped on its credit (its connection is behind).
+    pub fn any_starved(&self) -> bool {
+        self.consumers.iter().any(|c| c.starved)
+    }
+
+    /// What is left of a channel's pool.
+    pub fn pool(&self, channel: &ChannelId) -> u32 {
+        self.pools.get(channel).copied().unwrap_or(0)
+    }
+
+    /// What a channel's pooled consumers here could take now: what `Credit` should offer.
+    pub fn pool_demand(&self, channel: &ChannelId) -> u32 {
+        let mut room: u64 = 0;
+        for c in self
+            .consumers
+            .iter()
+            .filter(|c| c.pooled && c.id.channel == *channel)
+        {
+            let credit = c.limit.saturating_sub(c.sent);
+            let prefetch = if c.prefetch == 0 {
+                u64::MAX
+            } else {
+                u64::from(c.prefetch.saturating_sub(c.unacked))
+            };
+            room = room.saturating_add(credit.min(prefetch));
+        }
+        room.min(self.ready.len() as u64) as u32
+    }
+
+    /// When the queue must be ticked: the head's deadline, or x-expires running out.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        let head = self.ready.front().and_then(|m| m.expires_ms);
+        let unused = self
+            .cfg
+            .args
+            .expires
+            .filter(|_| self.consumers.is_empty())
+            .map(|t| self.last_used_ms.saturating_add(t));
+        match (head, unused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Apply one command: the reply to it, with effects pushed onto `fx` in the order they
+    /// must be carried out.
+    pub fn apply(&mut self, meta: Meta, cmd: Command<B>, fx: &mut Vec<Effect<B>>) -> Reply<B> {
+        if self.deleted {
+            return match cmd {
+                Command::Enqueue(msgs) => Reply::Enqueued {
+                    refused: (0..msgs.len() as u32).collect(),
+                },
+                _ => Reply::None,
+            };
+        }
+        if self.cfg.args.expires.is_some() && touches(&cmd) {
+            self.last_used_ms = meta.now_ms;
+        }
+        let reply = self.command(meta, cmd, fx);
+        if !self.deleted {
+            self.dispatch(fx);
+            self.drop_head(fx);
+        }
+        reply
+    }
+
+    fn command(&mut self, meta: Meta, cmd: Command<B>, fx: &mut Vec<Effect<B>>) -> Reply<B> {
+        match cmd {
+            Command::Enqueue(msgs) => self.enqueue(meta, msgs, fx),
+            Command::Checkout(c) => Reply::CheckedOut(self.checkout(c)),
+            Command::Cancel(id) => {
+                self.consumers.retain(|c| c.id != id);
+                self.maybe_auto_delete(fx);
+                Reply::None
+            }
+            Command::Get { channel, no_ack } => self.get(meta, channel, no_ack, fx),
+            Command::Ack(seqs) | Command::Discard(seqs) => {
+                for seq in seqs {
+                    if let Some(m) = self.settle(seq) {
+                        self.release(m, fx);
+                    }
+                }
+                Reply::None
+            }
+            Command::Requeue(seqs) => {
+                for seq in seqs {
+                    if let Some(mut m) = self.settle(seq) {
+                        m.redelivered = true;
+                        self.insert_ready(m);
+                    }
+                }
+                Reply::None
+            }
+            Command::Return { consumer, seqs } => {
+                for seq in seqs {
+                    let held = self.unacked.get(&seq).and_then(|h| h.consumer.as_ref());
+                    if held == Some(&consumer)
+                        && let Some(m) = self.settle(seq)
+                    {
+                        self.insert_ready(m);
+                    }
+                }
+                Reply::None
+            }
+            Command::Reinstate(ds) => {
+                for d in ds {
+                    self.reinstate(d, fx);
+                }
+                Reply::None
+            }
+            Command::Credit(c) => {
+                self.credit(c);
+                Reply::None
+            }
+            Command::ChannelDown(ch) => {
+                self.channel_down(ch, fx);
+                Reply::None
+            }
+            Command::Stat => {
+                self.expire_head(meta, fx);
+                Reply::Stat {
+                    messages: self.ready.len() as u32,
+                    consumers: self.consumers.len() as u32,
+                }
+            }
+            Command::Purge => Reply::Purged(self.drain_ready(fx)),
+            Command::Delete {
+                if_unused,
+                if_empty,
+            } => Reply::Deleted(self.delete_checked(if_unused, if_empty, fx)),
+            Command::Tick => {
+                self.expire_head(meta, fx);
+                if self.unused_for_too_long(meta) {
+                    self.delete(fx);
+                }
+                Reply::None
+            }
+        }
+    }
+
+    fn enqueue(&mut self, meta: Meta, msgs: Vec<B>, fx: &mut Vec<Effect<B>>) -> Reply<B> {
+        let mut refused = Vec::new();
+        let limits = self.cfg.args.limits;
+        for (i, mut body) in msgs.into_iter().enumerate() {
+            let size = u64::from(body.size());
+            if limits.overflow == Overflow::RejectPublish
+                && limits.exceeded(self.ready.len() + 1, self.ready_bytes + size)
+            {
+                refused.push(i as u32);
+                fx.push(Effect::Release(body));
+                continue;
+            }
+            let expires_ms = self.deadline(meta, &body);
+            if self.weight > self.cfg.memory_budget && self.cfg.durable && body.stored() {
+                body.page_out();
+            }
+            self.push(body, false, expires_ms);
+        }
+        Reply::Enqueued { refused }
+    }
+
+    /// The deadline of a message enqueued now: the shorter of the queue's and its own TTL.
+    fn deadline(&self, meta: Meta, body: &B) -> Option<u64> {
+        let ttl = match (self.cfg.args.message_ttl, body.ttl_ms()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ttl.map(|t| meta.now_ms.saturating_add(t))
+    }
+
+    fn push(&mut self, body: B, redelivered: bool, expires_ms: Option<u64>) {
+        let weight = body.weight() as u32;
+        self.weight += weight as usize;
+        self.ready_bytes += u64::from(body.size());
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.ready.push_back(Msg {
+            seq,
+            body,
+            redelivered,
+            expires_ms,
+            weight,
+        });
+    }
+
+    fn checkout(&mut self, c: Checkout) -> Result<(), Error> {
+        let locked = self.consumers.iter().any(|c| c.exclusive)
+            || (c.exclusive && !self.consumers.is_empty());
+        if locked {
+            return Err(Error::access_refused(format!(
+                "queue '{}' in vhost '{}' in exclusive use",
+                self.cfg.name, self.cfg.vhost
+            )));
+        }
+        self.ever_consumed = true;
+        self.consumers.push(Consumer {
+            id: c.consumer,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: c.prefetch,
+            pooled: c.pooled && !c.no_ack,
+            unacked: 0,
+            sent: 0,
+            limit: c.limit,
+            starved: false,
+        });
+        Ok(())
+    }
+
+    fn get(
+        &mut self,
+        meta: Meta,
+        channel: ChannelId,
+        no_ack: bool,
+        fx: &mut Vec<Effect<B>>,
+    ) -> Reply<B> {
+        self.expire_head(meta, fx);
+        let Some(m) = self.pop_ready() else {
+            return Reply::Got(None);
+        };
+        let d = m.delivery();
+        if no_ack {
+            self.release(m, fx);
+        } else {
+            self.mark_delivered(&m, fx);
+            self.unacked.insert(
+                m.seq,
+                Held {
+                    msg: m,
+                    channel,
+                    consumer: None,
+                },
+            );
+        }
+        Reply::Got(Some((d, self.ready.len() as u32)))
+    }
+
+    fn credit(&mut self, c: Credit) {
+        for (id, limit) in c.consumers {
+            if let Some(k) = self.consumers.iter_mut().find(|k| k.id == id) {
+                k.limit = limit;
+                k.starved = false;
+            }
+        }
+        for (ch, n) in c.pools {
+            self.pools.insert(ch, n);
+        }
+    }
+
+    fn channel_down(&mut self, ch: ChannelId, fx: &mut Vec<Effect<B>>) {
+        self.consumers.retain(|c| c.id.channel != ch);
+        self.pools.remove(&ch);
+        let mut held: Vec<u64> = self
+            .unacked
+            .iter()
+            .filter(|(_, h)| h.channel == ch)
+            .map(|(s, _)| *s)
+            .collect();
+        held.sort_unstable();
+        for seq in held {
+            if let Some(mut m) = self.settle(seq) {
+                m.redelivered = true;
+                self.insert_ready(m);
+            }
+        }
+        self.maybe_auto_delete(fx);
+    }
+
+    fn reinstate(&mut self, d: Delivery<B>, fx: &mut Vec<Effect<B>>) {
+        let weight = d.body.weight() as u32;
+        self.weight += weight as usize;
+        fx.push(Effect::Reacquire(d.body.clone()));
+        self.insert_ready(Msg {
+            seq: d.seq,
+            body: d.body,
+            redelivered: d.redelivered,
+            expires_ms: d.expires_ms,
+            weight,
+        });
+    }
+
+    /// Remove a delivery from the unacked set, giving its consumer back a prefetch slot.
+    fn settle(&mut self, seq: u64) -> Option<Msg<B>> {
+        let held = self.unacked.remove(&seq)?;
+        if let Some(id) = &held.consumer
+            && let Some(c) = self.consumers.iter_mut().find(|c| c.id == *id)
+        {
+            c.unacked = c.unacked.saturating_sub(1);
+        }
+        Some(held.msg)
+    }
+
+    /// The queue no longer holds the message.
+    fn release(&mut self, m: Msg<B>, fx: &mut Vec<Effect<B>>) {
+        self.weight = self.weight.saturating_sub(m.weight as usize);
+        fx.push(Effect::Release(m.body));
+    }
+
+    fn mark_delivered(&self, m: &Msg<B>, fx: &mut Vec<Effect<B>>) {
+        if self.cfg.durable && !m.redelivered && m.body.stored() {
+            fx.push(Effect::MarkDelivered(m.body.clone()));
+        }
+    }
+
+    fn insert_ready(&mut self, m: Msg<B>) {
+        self.ready_bytes += u64::from(m.body.size());
+        let at = self.ready.partition_point(|r| r.seq < m.seq);
+        self.ready.insert(at, m);
+    }
+
+    fn pop_ready(&mut self) -> Option<Msg<B>> {
+        let m = self.ready.pop_front()?;
+        self.ready_bytes -= u64::from(m.body.size());
+        Some(m)
+    }
+
+    /// Drop the expired messages at the head (RabbitMQ expires from the head only).
+    fn expire_head(&mut self, meta: Meta, fx: &mut Vec<Effect<B>>) {
+        while self
+            .ready
+            .front()
+            .and_then(|m| m.expires_ms)
+            .is_some_and(|at| at <= meta.now_ms)
+        {
+            if let Some(m) = self.pop_ready() {
+                self.release(m, fx);
+            }
+        }
+    }
+
+    /// Overflow drop-head: drop the oldest ready messages while over the limits.
+    fn drop_head(&mut self, fx: &mut Vec<Effect<B>>) {
+        let limits = self.cfg.args.limits;
+        if limits.overflow != Overflow::DropHead {
+            return;
+        }
+        while limits.exceeded(self.ready.len(), self.ready_bytes) {
+            let Some(m) = self.pop_ready() else {
+                break;
+            };
+            self.release(m, fx);
+        }
+    }
+
+    fn drain_ready(&mut self, fx: &mut Vec<Effect<B>>) -> u32 {
+        let n = self.ready.len() as u32;
+        while let Some(m) = self.pop_ready() {
+            self.release(m, fx);
+        }
+        n
+    }
+
+    fn unused_for_too_long(&self, meta: Meta) -> bool {
+        self.cfg.args.expires.is_some_and(|t| {
+            self.consumers.is_empty() && meta.now_ms >= self.last_used_ms.saturating_add(t)
+        })
+    }
+
+    /// Auto-delete queues go once their last consumer has gone (never if none ever came).
+    fn maybe_auto_delete(&mut self, fx: &mut Vec<Effect<B>>) {
+        if self.cfg.auto_delete && self.ever_consumed && self.consumers.is_empty() {
+            self.delete(fx);
+        }
+    }
+
+    fn delete_checked(
+        &mut self,
+        if_unused: bool,
+        if_empty: bool,
+        fx: &mut Vec<Effect<B>>,
+    ) -> Result<u32, Error> {
+        let (name, vhost) = (&self.cfg.name, &self.cfg.vhost);
+        if if_unused && !self.consumers.is_empty() {
+            return Err(Error::precondition(format!(
+                "queue '{name}' in vhost '{vhost}' in use"
+            )));
+        }
+        if if_empty && !self.ready.is_empty() {
+            return Err(Error::precondition(format!(
+                "queue '{name}' in vhost '{vhost}' is not empty"
+            )));
+        }
+        let n = self.ready.len() as u32;
+        self.delete(fx);
+        Ok(n)
+    }
+
+    fn delete(&mut self, fx: &mut Vec<Effect<B>>) {
+        self.drain_ready(fx);
+        let mut held: Vec<Held<B>> = self.unacked.drain().map(|(_, h)| h).collect();
+        held.sort_unstable_by_key(|h| h.msg.seq);
+        for h in held {
+            self.release(h.msg, fx);
+        }
+        for c in self.consumers.drain(..) {
+            fx.push(Effect::Cancelled(c.id));
+        }
+        self.pools.clear();
+        self.deleted = true;
+        fx.push(Effect::Deleted);
+    }
+
+    /// May consumer `i` take one more message, `batched` being already on its way to it?
+    fn can_take(&mut self, i: usize) -> bool {
+        let c = &mut self.consumers[i];
+        if c.sent >= c.limit {
+            c.starved = true;
+            return false;
+        }
+        if c.no_ack {
+            return true;
+        }
+        if c.prefetch != 0 && c.unacked >= c.prefetch {
+            return false;
+        }
+        !c.pooled || self.pools.get(&c.id.channel).is_some_and(|&n| n > 0)
+    }
+
+    /// Hand ready messages to consumers, one each in turn, then emit each consumer's batch.
+    /// Strict round-robin: `rr` is the consumer that gets the next message; a consumer
+    /// without credit is skipped, and a full turn with no taker ends the dispatch.
+    fn dispatch(&mut self, fx: &mut Vec<Effect<B>>) {
+        if self.ready.is_empty() || self.consumers.is_empty() {
+            return;
+        }
+        let n = self.consumers.len();
+        let mut batches: Vec<Vec<Delivery<B>>> = (0..n).map(|_| Vec::new()).collect();
+        let mut idle = 0;
+        let mut i = self.rr % n;
+        while idle < n && !self.ready.is_empty() {
+            if !self.can_take(i) {
+                idle += 1;
+                i = (i + 1) % n;
+                continue;
+            }
+            let Some(m) = self.pop_ready() else {
+                break;
+            };
+            batches[i].push(self.hand_out(i, m, fx));
+            idle = 0;
+            i = (i + 1) % n;
+            self.rr = i;
+        }
+        for (i, msgs) in batches.into_iter().enumerate() {
+            let c = &self.consumers[i];
+            if !msgs.is_empty() {
+                fx.push(Effect::Deliver {
+                    consumer: c.id.clone(),
+                    no_ack: c.no_ack,
+                    msgs,
+                });
+            }
+            if c.starved && !self.ready.is_empty() {
+                fx.push(Effect::Starved(c.id.clone()));
+            }
+        }
+    }
+
+    /// Give message `m` to consumer `i`, spending its credit.
+    fn hand_out(&mut self, i: usize, m: Msg<B>, fx: &mut Vec<Effect<B>>) -> Delivery<B> {
+        let d = m.delivery();
+        let c = &mut self.consumers[i];
+        c.sent += 1;
+        if c.no_ack {
+            self.release(m, fx);
+            return d;
+        }
+        c.unacked += 1;
+        if c.pooled
+            && let Some(n) = self.pools.get_mut(&c.id.channel)
+        {
+            *n -= 1;
+        }
+        let (channel, consumer) = (c.id.channel, Some(c.id.clone()));
+        self.mark_delivered(&m, fx);
+        self.unacked.insert(
+            m.seq,
+            Held {
+                msg: m,
+                channel,
+                consumer,
+            },
+        );
+        d
+    }
+}
+
+/// Commands that count as using the queue (x-expires).
+fn touches<B>(cmd: &Command<B>) -> bool {
+    !matches!(
+        cmd,
+        Command::Enqueue(_)
+            | Command::Ack(_)
+            | Command::Requeue(_)
+            | Command::Discard(_)
+            | Command::Credit(_)
+            | Command::Tick
+    )
+}
+
+#[cfg(test)]
+mod tests;

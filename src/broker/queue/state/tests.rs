@@ -1,0 +1,891 @@
+//! `QueueState` without tasks, sockets or clocks: a table of rules, then random command
+//! sequences checked against a small reference model.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::broker::args::Limits;
+
+/// A message handle for tests: an id, and the facts the state reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct T {
+    id: u32,
+    size: u32,
+    ttl: Option<u64>,
+    stored: bool,
+    resident: bool,
+}
+
+impl Payload for T {
+    fn size(&self) -> u32 {
+        self.size
+    }
+    fn weight(&self) -> usize {
+        if self.resident {
+            self.size as usize + 100
+        } else {
+            PAGED_WEIGHT
+        }
+    }
+    fn ttl_ms(&self) -> Option<u64> {
+        self.ttl
+    }
+    fn stored(&self) -> bool {
+        self.stored
+    }
+    fn page_out(&mut self) {
+        self.resident = false;
+    }
+}
+
+fn msg(id: u32) -> T {
+    T {
+        id,
+        size: 10,
+        ttl: None,
+        stored: false,
+        resident: true,
+    }
+}
+
+fn cfg(args: QueueArgs) -> Config {
+    Config {
+        name: "q".into(),
+        vhost: "/".into(),
+        durable: false,
+        auto_delete: false,
+        args,
+        memory_budget: usize::MAX,
+    }
+}
+
+fn chan(n: u16) -> ChannelId {
+    ChannelId {
+        node: 0,
+        conn: 1,
+        channel: n,
+    }
+}
+
+fn cid(ch: u16, tag: &str) -> ConsumerId {
+    ConsumerId {
+        channel: chan(ch),
+        tag: tag.into(),
+        serial: 0,
+    }
+}
+
+fn checkout(ch: u16, tag: &str) -> Checkout {
+    Checkout {
+        consumer: cid(ch, tag),
+        no_ack: false,
+        exclusive: false,
+        prefetch: 0,
+        limit: u64::MAX,
+        pooled: false,
+    }
+}
+
+/// A queue and a clock, applying commands and keeping their effects.
+struct Q {
+    q: QueueState<T>,
+    now: u64,
+    fx: Vec<Effect<T>>,
+}
+
+impl Q {
+    fn new(args: QueueArgs) -> Q {
+        Q::with(cfg(args))
+    }
+
+    fn with(cfg: Config) -> Q {
+        Q {
+            q: QueueState::new(cfg, Meta { now_ms: 0 }),
+            now: 0,
+            fx: Vec::new(),
+        }
+    }
+
+    fn run(&mut self, cmd: Command<T>) -> Reply<T> {
+        self.q.apply(Meta { now_ms: self.now }, cmd, &mut self.fx)
+    }
+
+    fn enqueue(&mut self, ids: impl IntoIterator<Item = u32>) -> Vec<u32> {
+        let msgs = ids.into_iter().map(msg).collect();
+        match self.run(Command::Enqueue(msgs)) {
+            Reply::Enqueued { refused } => refused,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn checkout(&mut self, c: Checkout) -> Result<(), Error> {
+        match self.run(Command::Checkout(c)) {
+            Reply::CheckedOut(r) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn get(&mut self, no_ack: bool) -> Option<(u64, u32, bool)> {
+        match self.run(Command::Get {
+            channel: chan(9),
+            no_ack,
+        }) {
+            Reply::Got(g) => g.map(|(d, _)| (d.seq, d.body.id, d.redelivered)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn ready(&mut self) -> u32 {
+        match self.run(Command::Stat) {
+            Reply::Stat { messages, .. } => messages,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Deliveries since the last call: (consumer tag, message id, redelivered).
+    fn delivered(&mut self) -> Vec<(String, u32, bool)> {
+        let mut out = Vec::new();
+        for e in &self.fx {
+            if let Effect::Deliver { consumer, msgs, .. } = e {
+                for d in msgs {
+                    out.push((consumer.tag.to_string(), d.body.id, d.redelivered));
+                }
+            }
+        }
+        self.fx.clear();
+        out
+    }
+
+    fn released(&self) -> Vec<u32> {
+        self.fx
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Release(b) => Some(b.id),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn has(&self, f: impl Fn(&Effect<T>) -> bool) -> bool {
+        self.fx.iter().any(f)
+    }
+}
+
+fn tags(v: &[(String, u32, bool)]) -> Vec<(&str, u32)> {
+    v.iter().map(|(t, id, _)| (t.as_str(), *id)).collect()
+}
+
+#[test]
+fn consumers_take_turns() {
+    let mut q = Q::new(QueueArgs::default());
+    for t in ["a", "b", "c"] {
+        q.checkout(checkout(1, t)).unwrap();
+    }
+    q.enqueue(0..7);
+    let d = q.delivered();
+    assert_eq!(
+        tags(&d),
+        [
+            ("a", 0),
+            ("a", 3),
+            ("a", 6),
+            ("b", 1),
+            ("b", 4),
+            ("c", 2),
+            ("c", 5)
+        ]
+    );
+    // The turn carries over to the next dispatch: b is next.
+    q.enqueue([7]);
+    assert_eq!(tags(&q.delivered()), [("b", 7)]);
+}
+
+#[test]
+fn prefetch_bounds_unacked_and_an_ack_frees_a_slot() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(Checkout {
+        prefetch: 2,
+        ..checkout(1, "a")
+    })
+    .unwrap();
+    q.enqueue(0..5);
+    assert_eq!(tags(&q.delivered()), [("a", 0), ("a", 1)]);
+    assert_eq!(q.ready(), 3);
+    q.run(Command::Ack(vec![0]));
+    assert_eq!(tags(&q.delivered()), [("a", 2)]);
+    q.run(Command::Discard(vec![1, 2]));
+    assert_eq!(tags(&q.delivered()), [("a", 3), ("a", 4)]);
+}
+
+#[test]
+fn credit_bounds_deliveries_and_a_grant_resumes_them() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(Checkout {
+        no_ack: true,
+        limit: 2,
+        ..checkout(1, "a")
+    })
+    .unwrap();
+    q.enqueue(0..5);
+    assert!(q.has(|e| matches!(e, Effect::Starved(c) if &*c.tag == "a")));
+    assert_eq!(tags(&q.delivered()), [("a", 0), ("a", 1)]);
+    assert!(q.q.any_starved());
+    q.run(Command::Credit(Credit {
+        consumers: vec![(cid(1, "a"), 3)],
+        pools: vec![],
+    }));
+    assert_eq!(tags(&q.delivered()), [("a", 2)]);
+    q.run(Command::Credit(Credit {
+        consumers: vec![(cid(1, "a"), 10)],
+        pools: vec![],
+    }));
+    assert_eq!(tags(&q.delivered()), [("a", 3), ("a", 4)]);
+    assert!(!q.q.any_starved());
+}
+
+#[test]
+fn a_channel_pool_is_shared_by_its_pooled_consumers() {
+    let mut q = Q::new(QueueArgs::default());
+    for t in ["a", "b"] {
+        q.checkout(Checkout {
+            pooled: true,
+            ..checkout(1, t)
+        })
+        .unwrap();
+    }
+    q.enqueue(0..6);
+    // No pool granted yet: pooled consumers take nothing.
+    assert!(q.delivered().is_empty());
+    assert_eq!(q.q.pool_demand(&chan(1)), 6);
+    q.run(Command::Credit(Credit {
+        consumers: vec![],
+        pools: vec![(chan(1), 3)],
+    }));
+    assert_eq!(tags(&q.delivered()), [("a", 0), ("a", 2), ("b", 1)]);
+    assert_eq!(q.q.pool(&chan(1)), 0);
+    q.run(Command::Credit(Credit {
+        consumers: vec![],
+        pools: vec![(chan(1), u32::MAX)],
+    }));
+    assert_eq!(q.delivered().len(), 3);
+}
+
+#[test]
+fn requeued_messages_go_back_to_their_place_redelivered() {
+    let mut q = Q::new(QueueArgs::default());
+    q.enqueue(0..4);
+    let first = q.get(false).unwrap();
+    let second = q.get(false).unwrap();
+    assert_eq!((first.1, second.1), (0, 1));
+    q.run(Command::Requeue(vec![second.0]));
+    q.run(Command::Requeue(vec![first.0]));
+    assert_eq!(q.get(true), Some((0, 0, true)));
+    assert_eq!(q.get(true), Some((1, 1, true)));
+    assert_eq!(q.get(true), Some((2, 2, false)));
+    // A return (never delivered) keeps the flag as it was.
+    q.checkout(Checkout {
+        limit: 1,
+        ..checkout(1, "a")
+    })
+    .unwrap();
+    assert_eq!(tags(&q.delivered()), [("a", 3)]);
+    q.run(Command::Cancel(cid(1, "a")));
+    q.run(Command::Return {
+        consumer: cid(1, "a"),
+        seqs: vec![3],
+    });
+    assert_eq!(q.get(true), Some((3, 3, false)));
+    assert_eq!(q.get(true), None);
+}
+
+#[test]
+fn a_no_ack_delivery_that_never_arrived_is_taken_back() {
+    let mut q = Q::new(QueueArgs::default());
+    q.enqueue([5]);
+    let Reply::Got(Some((d, 0))) = q.run(Command::Get {
+        channel: chan(1),
+        no_ack: true,
+    }) else {
+        panic!()
+    };
+    assert_eq!(q.released(), [5]);
+    q.fx.clear();
+    q.run(Command::Reinstate(vec![d]));
+    assert!(q.has(|e| matches!(e, Effect::Reacquire(b) if b.id == 5)));
+    assert_eq!(q.ready(), 1);
+}
+
+#[test]
+fn the_shorter_ttl_wins_and_expiry_is_from_the_head() {
+    let ttl = QueueArgs {
+        message_ttl: Some(100),
+        ..Default::default()
+    };
+    let mut q = Q::new(ttl);
+    let mut own = msg(1);
+    own.ttl = Some(10);
+    q.run(Command::Enqueue(vec![msg(0), own]));
+    q.now = 20;
+    q.enqueue([2]);
+    assert_eq!(q.q.next_deadline_ms(), Some(100));
+    q.now = 50;
+    q.run(Command::Tick);
+    // Message 1 has expired, but only the head leaves by expiry.
+    assert_eq!(q.ready(), 3);
+    q.now = 100;
+    assert_eq!(q.ready(), 1, "the head and the expired one behind it go");
+    assert_eq!(q.released(), [0, 1]);
+}
+
+#[test]
+fn a_message_with_ttl_0_still_reaches_a_waiting_consumer() {
+    let mut q = Q::new(QueueArgs {
+        message_ttl: Some(0),
+        ..Default::default()
+    });
+    q.enqueue([0]);
+    q.run(Command::Tick);
+    assert_eq!(q.ready(), 0);
+    q.checkout(checkout(1, "a")).unwrap();
+    q.enqueue([1]);
+    q.run(Command::Tick);
+    assert_eq!(tags(&q.delivered()), [("a", 1)]);
+}
+
+#[test]
+fn an_unused_queue_expires() {
+    let mut q = Q::new(QueueArgs {
+        expires: Some(1000),
+        ..Default::default()
+    });
+    q.now = 500;
+    q.ready(); // a declare's stat counts as use
+    q.now = 1499;
+    q.run(Command::Tick);
+    assert!(!q.q.is_deleted());
+    q.checkout(checkout(1, "a")).unwrap();
+    assert_eq!(q.q.next_deadline_ms(), None, "a consumer keeps it alive");
+    q.run(Command::Cancel(cid(1, "a")));
+    assert_eq!(q.q.next_deadline_ms(), Some(2499));
+    q.now = 2499;
+    q.run(Command::Tick);
+    assert!(q.q.is_deleted());
+    assert!(q.has(|e| matches!(e, Effect::Deleted)));
+}
+
+#[test]
+fn overflow_modes() {
+    let cases = [
+        // (max length, max bytes, overflow, ready ids after enqueueing 0..5, refused)
+        (Some(3), None, Overflow::DropHead, vec![2, 3, 4], vec![]),
+        (
+            Some(3),
+            None,
+            Overflow::RejectPublish,
+            vec![0, 1, 2],
+            vec![3, 4],
+        ),
+        (None, Some(20), Overflow::DropHead, vec![3, 4], vec![]),
+        (
+            None,
+            Some(20),
+            Overflow::RejectPublish,
+            vec![0, 1],
+            vec![2, 3, 4],
+        ),
+        (Some(0), None, Overflow::DropHead, vec![], vec![]),
+    ];
+    for (max_length, max_bytes, overflow, ready, refused) in cases {
+        let mut q = Q::new(QueueArgs {
+            limits: Limits {
+                max_length,
+                max_bytes,
+                overflow,
+            },
+            ..Default::default()
+        });
+        assert_eq!(
+            q.enqueue(0..5),
+            refused,
+            "{max_length:?} {max_bytes:?} {overflow:?}"
+        );
+        let mut got = Vec::new();
+        while let Some((_, id, _)) = q.get(true) {
+            got.push(id);
+        }
+        assert_eq!(got, ready, "{max_length:?} {max_bytes:?} {overflow:?}");
+    }
+}
+
+#[test]
+fn unacked_messages_do_not_count_against_the_length_limit() {
+    let mut q = Q::new(QueueArgs {
+        limits: Limits {
+            max_length: Some(1),
+            ..Default::default()
+        },
+        ..Default::default()
+    });
+    q.checkout(Checkout {
+        prefetch: 1,
+        ..checkout(1, "a")
+    })
+    .unwrap();
+    q.enqueue([0, 1, 2]);
+    assert_eq!(tags(&q.delivered()), [("a", 0)]);
+    assert_eq!(q.ready(), 1);
+    assert_eq!(q.get(true).map(|g| g.1), Some(2));
+}
+
+#[test]
+fn exclusive_consumers() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(checkout(1, "a")).unwrap();
+    let e = q
+        .checkout(Checkout {
+            exclusive: true,
+            ..checkout(1, "x")
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), 403);
+    q.run(Command::Cancel(cid(1, "a")));
+    q.checkout(Checkout {
+        exclusive: true,
+        ..checkout(1, "x")
+    })
+    .unwrap();
+    assert_eq!(q.checkout(checkout(2, "b")).unwrap_err().code(), 403);
+}
+
+#[test]
+fn auto_delete_after_the_last_consumer_but_never_before_the_first() {
+    let mut c = cfg(QueueArgs::default());
+    c.auto_delete = true;
+    let mut q = Q::with(c);
+    q.run(Command::ChannelDown(chan(1)));
+    assert!(!q.q.is_deleted());
+    q.checkout(checkout(1, "a")).unwrap();
+    q.checkout(checkout(2, "b")).unwrap();
+    q.run(Command::Cancel(cid(1, "a")));
+    assert!(!q.q.is_deleted());
+    q.run(Command::ChannelDown(chan(2)));
+    assert!(q.q.is_deleted());
+    // After deletion nothing is taken.
+    assert_eq!(q.enqueue([1]), [0]);
+}
+
+#[test]
+fn delete_if_unused_and_if_empty() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(checkout(1, "a")).unwrap();
+    let del = |q: &mut Q, if_unused, if_empty| match q.run(Command::Delete {
+        if_unused,
+        if_empty,
+    }) {
+        Reply::Deleted(r) => r.map_err(|e| e.code()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(del(&mut q, true, false), Err(406));
+    q.run(Command::Cancel(cid(1, "a")));
+    q.enqueue([0, 1]);
+    assert_eq!(del(&mut q, false, true), Err(406));
+    q.fx.clear();
+    assert_eq!(del(&mut q, true, false), Ok(2));
+    assert_eq!(q.released(), [0, 1]);
+    assert!(q.has(|e| matches!(e, Effect::Deleted)));
+}
+
+#[test]
+fn deleting_cancels_consumers_and_releases_what_they_hold() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(checkout(1, "a")).unwrap();
+    q.enqueue([0, 1]);
+    q.fx.clear();
+    q.run(Command::Delete {
+        if_unused: false,
+        if_empty: false,
+    });
+    assert_eq!(q.released(), [0, 1]);
+    assert!(q.has(|e| matches!(e, Effect::Cancelled(c) if &*c.tag == "a")));
+}
+
+#[test]
+fn a_closed_channel_gives_back_what_it_held_redelivered() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(checkout(1, "a")).unwrap();
+    q.checkout(Checkout {
+        prefetch: 1,
+        ..checkout(2, "b")
+    })
+    .unwrap();
+    q.enqueue(0..4);
+    assert_eq!(
+        tags(&q.delivered()),
+        [("a", 0), ("a", 2), ("a", 3), ("b", 1)]
+    );
+    q.run(Command::ChannelDown(chan(1)));
+    assert_eq!(q.q.consumer_count(), 1);
+    q.run(Command::Ack(vec![1]));
+    // b (prefetch 1) gets them back one at a time, in their original order.
+    assert_eq!(q.delivered(), [("b".to_string(), 0, true)]);
+    q.run(Command::Ack(vec![0]));
+    assert_eq!(q.delivered(), [("b".to_string(), 2, true)]);
+}
+
+#[test]
+fn a_durable_queue_marks_first_deliveries_of_stored_messages_and_pages_out_past_its_budget() {
+    let mut c = cfg(QueueArgs::default());
+    c.durable = true;
+    c.memory_budget = 250;
+    let mut q = Q::with(c);
+    let stored = |id| T {
+        stored: true,
+        ..msg(id)
+    };
+    q.run(Command::Enqueue(
+        (0..4).map(stored).chain([msg(4)]).collect(),
+    ));
+    // 110 each: the third goes over the budget, so what comes after it is paged out,
+    // unless it has no row to be read back from.
+    assert_eq!(q.q.weight(), 3 * 110 + PAGED_WEIGHT + 110);
+    let (seq, _, _) = q.get(false).unwrap();
+    assert!(q.has(|e| matches!(e, Effect::MarkDelivered(b) if b.id == 0)));
+    q.fx.clear();
+    q.run(Command::Requeue(vec![seq]));
+    q.get(false).unwrap();
+    assert!(
+        !q.has(|e| matches!(e, Effect::MarkDelivered(_))),
+        "redelivered: marked already"
+    );
+    let Reply::Got(Some((d, _))) = q.run(Command::Get {
+        channel: chan(1),
+        no_ack: true,
+    }) else {
+        panic!()
+    };
+    assert!(d.body.resident);
+    for _ in 0..2 {
+        q.get(true).unwrap();
+    }
+    let Reply::Got(Some((d, 0))) = q.run(Command::Get {
+        channel: chan(1),
+        no_ack: true,
+    }) else {
+        panic!()
+    };
+    assert_eq!(d.body.id, 4);
+    assert!(d.body.resident);
+}
+
+// ---------------------------------------------------------------------------------------
+// Model-based: random commands against a reference model written for clarity, not speed.
+
+/// splitmix64: small, fast and reproducible from a printed seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct MMsg {
+    seq: u64,
+    id: u32,
+    redelivered: bool,
+    expires: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+struct MConsumer {
+    id: ConsumerId,
+    no_ack: bool,
+    prefetch: u32,
+    unacked: u32,
+    sent: u64,
+    limit: u64,
+}
+
+/// The reference: a sorted list of ready messages and a map of unacked ones.
+#[derive(Debug, Default)]
+struct Model {
+    ready: Vec<MMsg>,
+    unacked: BTreeMap<u64, (MMsg, ChannelId, Option<ConsumerId>)>,
+    consumers: Vec<MConsumer>,
+    rr: usize,
+    next_seq: u64,
+    max_length: Option<u64>,
+    ttl: Option<u64>,
+}
+
+impl Model {
+    fn expire(&mut self, now: u64) {
+        while self
+            .ready
+            .first()
+            .is_some_and(|m| m.expires.is_some_and(|e| e <= now))
+        {
+            self.ready.remove(0);
+        }
+    }
+
+    fn put_back(&mut self, m: MMsg) {
+        let at = self.ready.iter().take_while(|r| r.seq < m.seq).count();
+        self.ready.insert(at, m);
+    }
+
+    fn settle(&mut self, seq: u64) -> Option<MMsg> {
+        let (m, _, c) = self.unacked.remove(&seq)?;
+        if let Some(c) = c
+            && let Some(k) = self.consumers.iter_mut().find(|k| k.id == c)
+        {
+            k.unacked -= 1;
+        }
+        Some(m)
+    }
+
+    fn can_take(c: &MConsumer) -> bool {
+        c.sent < c.limit && (c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch)
+    }
+
+    /// Deliveries, in the order the queue makes them: (tag, id, redelivered).
+    fn dispatch(&mut self, out: &mut Vec<(String, u32, bool)>) {
+        let n = self.consumers.len();
+        while !self.ready.is_empty() && n > 0 {
+            let Some(i) = (0..n)
+                .map(|k| (self.rr + k) % n)
+                .find(|&i| Self::can_take(&self.consumers[i]))
+            else {
+                break;
+            };
+            let m = self.ready.remove(0);
+            let c = &mut self.consumers[i];
+            c.sent += 1;
+            out.push((c.id.tag.to_string(), m.id, m.redelivered));
+            if !c.no_ack {
+                c.unacked += 1;
+                self.unacked
+                    .insert(m.seq, (m, c.id.channel, Some(c.id.clone())));
+            }
+            self.rr = (i + 1) % n;
+        }
+        if let Some(max) = self.max_length {
+            while self.ready.len() as u64 > max {
+                self.ready.remove(0);
+            }
+        }
+    }
+}
+
+/// Group deliveries per consumer, keeping each one's order (the state emits one batch per
+/// consumer per dispatch; only the order within a consumer is a promise).
+fn per_consumer(v: &[(String, u32, bool)]) -> BTreeMap<String, Vec<(u32, bool)>> {
+    let mut m: BTreeMap<String, Vec<(u32, bool)>> = BTreeMap::new();
+    for (t, id, r) in v {
+        m.entry(t.clone()).or_default().push((*id, *r));
+    }
+    m
+}
+
+fn run_model(seed: u64, steps: usize) {
+    let mut rng = Rng(seed);
+    let max_length = (rng.below(3) == 0).then(|| rng.below(6));
+    let ttl = (rng.below(3) == 0).then(|| rng.below(50));
+    let args = QueueArgs {
+        limits: Limits {
+            max_length,
+            ..Default::default()
+        },
+        message_ttl: ttl,
+        ..Default::default()
+    };
+    let mut q = Q::new(args);
+    let mut m = Model {
+        max_length,
+        ttl,
+        ..Default::default()
+    };
+    let mut next_id = 0u32;
+    let mut serial = 0u64;
+    for step in 0..steps {
+        let ctx = format!("seed {seed} step {step}");
+        q.now += rng.below(8);
+        let mut want = Vec::new();
+        let cmd = match rng.below(13) {
+            0..=2 => {
+                let n = 1 + rng.below(4) as u32;
+                let ids: Vec<u32> = (next_id..next_id + n).collect();
+                next_id += n;
+                for &id in &ids {
+                    let seq = m.next_seq;
+                    m.next_seq += 1;
+                    m.ready.push(MMsg {
+                        seq,
+                        id,
+                        redelivered: false,
+                        expires: m.ttl.map(|t| q.now + t),
+                    });
+                }
+                Command::Enqueue(ids.into_iter().map(msg).collect())
+            }
+            3 if m.consumers.len() < 4 => {
+                serial += 1;
+                let c = MConsumer {
+                    id: ConsumerId {
+                        channel: chan(1 + rng.below(2) as u16),
+                        tag: format!("c{serial}").into(),
+                        serial,
+                    },
+                    no_ack: rng.below(3) == 0,
+                    prefetch: rng.below(4) as u32,
+                    unacked: 0,
+                    sent: 0,
+                    limit: rng.below(6),
+                };
+                m.consumers.push(c.clone());
+                Command::Checkout(Checkout {
+                    consumer: c.id,
+                    no_ack: c.no_ack,
+                    exclusive: false,
+                    prefetch: c.prefetch,
+                    limit: c.limit,
+                    pooled: false,
+                })
+            }
+            4 if !m.consumers.is_empty() => {
+                let i = rng.below(m.consumers.len() as u64) as usize;
+                // The turn is an index: removing a consumer does not move it.
+                let c = m.consumers.remove(i);
+                Command::Cancel(c.id)
+            }
+            5 if !m.consumers.is_empty() => {
+                let i = rng.below(m.consumers.len() as u64) as usize;
+                let c = &mut m.consumers[i];
+                c.limit = c.sent + rng.below(5);
+                Command::Credit(Credit {
+                    consumers: vec![(c.id.clone(), c.limit)],
+                    pools: vec![],
+                })
+            }
+            6..=8 if !m.unacked.is_empty() => {
+                let keys: Vec<u64> = m.unacked.keys().copied().collect();
+                let seq = keys[rng.below(keys.len() as u64) as usize];
+                match rng.below(4) {
+                    0 => {
+                        m.settle(seq);
+                        Command::Ack(vec![seq])
+                    }
+                    1 => {
+                        m.settle(seq);
+                        Command::Discard(vec![seq])
+                    }
+                    2 => {
+                        let mut x = m.settle(seq).unwrap();
+                        x.redelivered = true;
+                        m.put_back(x);
+                        Command::Requeue(vec![seq])
+                    }
+                    _ => {
+                        // Only the consumer that holds it can give it back; a stale
+                        // return (another consumer) changes nothing.
+                        let holder = m.unacked[&seq].2.clone();
+                        let consumer = match holder {
+                            Some(c) if rng.below(4) > 0 => {
+                                let x = m.settle(seq).unwrap();
+                                m.put_back(x);
+                                c
+                            }
+                            _ => cid(1, "stale"),
+                        };
+                        Command::Return {
+                            consumer,
+                            seqs: vec![seq],
+                        }
+                    }
+                }
+            }
+            9 => {
+                m.expire(q.now);
+                let ch = chan(1 + rng.below(2) as u16);
+                let no_ack = rng.below(2) == 0;
+                if !m.ready.is_empty() {
+                    let x = m.ready.remove(0);
+                    want.push(x.id);
+                    if !no_ack {
+                        m.unacked.insert(x.seq, (x, ch, None));
+                    }
+                }
+                Command::Get {
+                    channel: ch,
+                    no_ack,
+                }
+            }
+            10 => {
+                let ch = chan(1 + rng.below(2) as u16);
+                let gone: Vec<usize> = (0..m.consumers.len())
+                    .filter(|&i| m.consumers[i].id.channel == ch)
+                    .collect();
+                for &i in gone.iter().rev() {
+                    m.consumers.remove(i);
+                }
+                let held: Vec<u64> = m
+                    .unacked
+                    .iter()
+                    .filter(|(_, (_, c, _))| *c == ch)
+                    .map(|(s, _)| *s)
+                    .collect();
+                for seq in held {
+                    let mut x = m.settle(seq).unwrap();
+                    x.redelivered = true;
+                    m.put_back(x);
+                }
+                Command::ChannelDown(ch)
+            }
+            11 => {
+                m.expire(q.now);
+                Command::Tick
+            }
+            _ => {
+                m.ready.clear();
+                Command::Purge
+            }
+        };
+        let reply = q.run(cmd);
+        let mut expected = Vec::new();
+        m.dispatch(&mut expected);
+        let got = q.delivered();
+        assert_eq!(per_consumer(&got), per_consumer(&expected), "{ctx}");
+        if let Reply::Got(g) = reply {
+            assert_eq!(g.map(|(d, _)| d.body.id), want.pop(), "{ctx}: get");
+        }
+        assert_eq!(q.q.ready_len(), m.ready.len(), "{ctx}: ready");
+        assert_eq!(q.q.unacked.len(), m.unacked.len(), "{ctx}: unacked");
+        assert_eq!(q.q.consumer_count(), m.consumers.len(), "{ctx}: consumers");
+        let ids: Vec<u32> = q.q.ready.iter().map(|x| x.body.id).collect();
+        let mids: Vec<u32> = m.ready.iter().map(|x| x.id).collect();
+        assert_eq!(ids, mids, "{ctx}: ready order");
+        let weight: usize = q.q.ready.iter().map(|x| x.weight as usize).sum::<usize>()
+            + q.q
+                .unacked
+                .values()
+                .map(|h| h.msg.weight as usize)
+                .sum::<usize>();
+        assert_eq!(q.q.weight(), weight, "{ctx}: weight");
+    }
+}
+
+#[test]
+fn random_command_sequences_match_the_model() {
+    for seed in 0..300 {
+        run_model(seed, 300);
+    }
+}

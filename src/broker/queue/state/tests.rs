@@ -1,15 +1,13 @@
-//! `QueueState` without tasks, sockets or clocks: a table of rules, then random command
-//! sequences checked against a small reference model.
-
-use std::collections::BTreeMap;
+//! `QueueState` without tasks, sockets or clocks: one test per rule (the model-based test is
+//! in `model.rs`).
 
 use super::*;
-use crate::broker::args::Limits;
+use crate::broker::args::{Limits, QueueArgs};
 
 /// A message handle for tests: an id, and the facts the state reads.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct T {
-    id: u32,
+pub(super) struct T {
+    pub(super) id: u32,
     size: u32,
     ttl: Option<u64>,
     stored: bool,
@@ -38,7 +36,7 @@ impl Payload for T {
     }
 }
 
-fn msg(id: u32) -> T {
+pub(super) fn msg(id: u32) -> T {
     T {
         id,
         size: 10,
@@ -59,7 +57,7 @@ fn cfg(args: QueueArgs) -> Config {
     }
 }
 
-fn chan(n: u16) -> ChannelId {
+pub(super) fn chan(n: u16) -> ChannelId {
     ChannelId {
         node: 0,
         conn: 1,
@@ -67,7 +65,7 @@ fn chan(n: u16) -> ChannelId {
     }
 }
 
-fn cid(ch: u16, tag: &str) -> ConsumerId {
+pub(super) fn cid(ch: u16, tag: &str) -> ConsumerId {
     ConsumerId {
         channel: chan(ch),
         tag: tag.into(),
@@ -87,14 +85,14 @@ fn checkout(ch: u16, tag: &str) -> Checkout {
 }
 
 /// A queue and a clock, applying commands and keeping their effects.
-struct Q {
-    q: QueueState<T>,
-    now: u64,
+pub(super) struct Q {
+    pub(super) q: QueueState<T>,
+    pub(super) now: u64,
     fx: Vec<Effect<T>>,
 }
 
 impl Q {
-    fn new(args: QueueArgs) -> Q {
+    pub(super) fn new(args: QueueArgs) -> Q {
         Q::with(cfg(args))
     }
 
@@ -106,7 +104,7 @@ impl Q {
         }
     }
 
-    fn run(&mut self, cmd: Command<T>) -> Reply<T> {
+    pub(super) fn run(&mut self, cmd: Command<T>) -> Reply<T> {
         self.q.apply(Meta { now_ms: self.now }, cmd, &mut self.fx)
     }
 
@@ -143,7 +141,7 @@ impl Q {
     }
 
     /// Deliveries since the last call: (consumer tag, message id, redelivered).
-    fn delivered(&mut self) -> Vec<(String, u32, bool)> {
+    pub(super) fn delivered(&mut self) -> Vec<(String, u32, bool)> {
         let mut out = Vec::new();
         for e in &self.fx {
             if let Effect::Deliver { consumer, msgs, .. } = e {
@@ -575,317 +573,4 @@ fn a_durable_queue_marks_first_deliveries_of_stored_messages_and_pages_out_past_
     };
     assert_eq!(d.body.id, 4);
     assert!(d.body.resident);
-}
-
-// ---------------------------------------------------------------------------------------
-// Model-based: random commands against a reference model written for clarity, not speed.
-
-/// splitmix64: small, fast and reproducible from a printed seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-#[derive(Debug, Clone)]
-struct MMsg {
-    seq: u64,
-    id: u32,
-    redelivered: bool,
-    expires: Option<u64>,
-}
-
-#[derive(Debug, Clone)]
-struct MConsumer {
-    id: ConsumerId,
-    no_ack: bool,
-    prefetch: u32,
-    unacked: u32,
-    sent: u64,
-    limit: u64,
-}
-
-/// The reference: a sorted list of ready messages and a map of unacked ones.
-#[derive(Debug, Default)]
-struct Model {
-    ready: Vec<MMsg>,
-    unacked: BTreeMap<u64, (MMsg, ChannelId, Option<ConsumerId>)>,
-    consumers: Vec<MConsumer>,
-    rr: usize,
-    next_seq: u64,
-    max_length: Option<u64>,
-    ttl: Option<u64>,
-}
-
-impl Model {
-    fn expire(&mut self, now: u64) {
-        while self
-            .ready
-            .first()
-            .is_some_and(|m| m.expires.is_some_and(|e| e <= now))
-        {
-            self.ready.remove(0);
-        }
-    }
-
-    fn put_back(&mut self, m: MMsg) {
-        let at = self.ready.iter().take_while(|r| r.seq < m.seq).count();
-        self.ready.insert(at, m);
-    }
-
-    fn settle(&mut self, seq: u64) -> Option<MMsg> {
-        let (m, _, c) = self.unacked.remove(&seq)?;
-        if let Some(c) = c
-            && let Some(k) = self.consumers.iter_mut().find(|k| k.id == c)
-        {
-            k.unacked -= 1;
-        }
-        Some(m)
-    }
-
-    fn can_take(c: &MConsumer) -> bool {
-        c.sent < c.limit && (c.no_ack || c.prefetch == 0 || c.unacked < c.prefetch)
-    }
-
-    /// Deliveries, in the order the queue makes them: (tag, id, redelivered).
-    fn dispatch(&mut self, out: &mut Vec<(String, u32, bool)>) {
-        let n = self.consumers.len();
-        while !self.ready.is_empty() && n > 0 {
-            let Some(i) = (0..n)
-                .map(|k| (self.rr + k) % n)
-                .find(|&i| Self::can_take(&self.consumers[i]))
-            else {
-                break;
-            };
-            let m = self.ready.remove(0);
-            let c = &mut self.consumers[i];
-            c.sent += 1;
-            out.push((c.id.tag.to_string(), m.id, m.redelivered));
-            if !c.no_ack {
-                c.unacked += 1;
-                self.unacked
-                    .insert(m.seq, (m, c.id.channel, Some(c.id.clone())));
-            }
-            self.rr = (i + 1) % n;
-        }
-        if let Some(max) = self.max_length {
-            while self.ready.len() as u64 > max {
-                self.ready.remove(0);
-            }
-        }
-    }
-}
-
-/// Group deliveries per consumer, keeping each one's order (the state emits one batch per
-/// consumer per dispatch; only the order within a consumer is a promise).
-fn per_consumer(v: &[(String, u32, bool)]) -> BTreeMap<String, Vec<(u32, bool)>> {
-    let mut m: BTreeMap<String, Vec<(u32, bool)>> = BTreeMap::new();
-    for (t, id, r) in v {
-        m.entry(t.clone()).or_default().push((*id, *r));
-    }
-    m
-}
-
-fn run_model(seed: u64, steps: usize) {
-    let mut rng = Rng(seed);
-    let max_length = (rng.below(3) == 0).then(|| rng.below(6));
-    let ttl = (rng.below(3) == 0).then(|| rng.below(50));
-    let args = QueueArgs {
-        limits: Limits {
-            max_length,
-            ..Default::default()
-        },
-        message_ttl: ttl,
-        ..Default::default()
-    };
-    let mut q = Q::new(args);
-    let mut m = Model {
-        max_length,
-        ttl,
-        ..Default::default()
-    };
-    let mut next_id = 0u32;
-    let mut serial = 0u64;
-    for step in 0..steps {
-        let ctx = format!("seed {seed} step {step}");
-        q.now += rng.below(8);
-        let mut want = Vec::new();
-        let cmd = match rng.below(13) {
-            0..=2 => {
-                let n = 1 + rng.below(4) as u32;
-                let ids: Vec<u32> = (next_id..next_id + n).collect();
-                next_id += n;
-                for &id in &ids {
-                    let seq = m.next_seq;
-                    m.next_seq += 1;
-                    m.ready.push(MMsg {
-                        seq,
-                        id,
-                        redelivered: false,
-                        expires: m.ttl.map(|t| q.now + t),
-                    });
-                }
-                Command::Enqueue(ids.into_iter().map(msg).collect())
-            }
-            3 if m.consumers.len() < 4 => {
-                serial += 1;
-                let c = MConsumer {
-                    id: ConsumerId {
-                        channel: chan(1 + rng.below(2) as u16),
-                        tag: format!("c{serial}").into(),
-                        serial,
-                    },
-                    no_ack: rng.below(3) == 0,
-                    prefetch: rng.below(4) as u32,
-                    unacked: 0,
-                    sent: 0,
-                    limit: rng.below(6),
-                };
-                m.consumers.push(c.clone());
-                Command::Checkout(Checkout {
-                    consumer: c.id,
-                    no_ack: c.no_ack,
-                    exclusive: false,
-                    prefetch: c.prefetch,
-                    limit: c.limit,
-                    pooled: false,
-                })
-            }
-            4 if !m.consumers.is_empty() => {
-                let i = rng.below(m.consumers.len() as u64) as usize;
-                // The turn is an index: removing a consumer does not move it.
-                let c = m.consumers.remove(i);
-                Command::Cancel(c.id)
-            }
-            5 if !m.consumers.is_empty() => {
-                let i = rng.below(m.consumers.len() as u64) as usize;
-                let c = &mut m.consumers[i];
-                c.limit = c.sent + rng.below(5);
-                Command::Credit(Credit {
-                    consumers: vec![(c.id.clone(), c.limit)],
-                    pools: vec![],
-                })
-            }
-            6..=8 if !m.unacked.is_empty() => {
-                let keys: Vec<u64> = m.unacked.keys().copied().collect();
-                let seq = keys[rng.below(keys.len() as u64) as usize];
-                match rng.below(4) {
-                    0 => {
-                        m.settle(seq);
-                        Command::Ack(vec![seq])
-                    }
-                    1 => {
-                        m.settle(seq);
-                        Command::Discard(vec![seq])
-                    }
-                    2 => {
-                        let mut x = m.settle(seq).unwrap();
-                        x.redelivered = true;
-                        m.put_back(x);
-                        Command::Requeue(vec![seq])
-                    }
-                    _ => {
-                        // Only the consumer that holds it can give it back; a stale
-                        // return (another consumer) changes nothing.
-                        let holder = m.unacked[&seq].2.clone();
-                        let consumer = match holder {
-                            Some(c) if rng.below(4) > 0 => {
-                                let x = m.settle(seq).unwrap();
-                                m.put_back(x);
-                                c
-                            }
-                            _ => cid(1, "stale"),
-                        };
-                        Command::Return {
-                            consumer,
-                            seqs: vec![seq],
-                        }
-                    }
-                }
-            }
-            9 => {
-                m.expire(q.now);
-                let ch = chan(1 + rng.below(2) as u16);
-                let no_ack = rng.below(2) == 0;
-                if !m.ready.is_empty() {
-                    let x = m.ready.remove(0);
-                    want.push(x.id);
-                    if !no_ack {
-                        m.unacked.insert(x.seq, (x, ch, None));
-                    }
-                }
-                Command::Get {
-                    channel: ch,
-                    no_ack,
-                }
-            }
-            10 => {
-                let ch = chan(1 + rng.below(2) as u16);
-                let gone: Vec<usize> = (0..m.consumers.len())
-                    .filter(|&i| m.consumers[i].id.channel == ch)
-                    .collect();
-                for &i in gone.iter().rev() {
-                    m.consumers.remove(i);
-                }
-                let held: Vec<u64> = m
-                    .unacked
-                    .iter()
-                    .filter(|(_, (_, c, _))| *c == ch)
-                    .map(|(s, _)| *s)
-                    .collect();
-                for seq in held {
-                    let mut x = m.settle(seq).unwrap();
-                    x.redelivered = true;
-                    m.put_back(x);
-                }
-                Command::ChannelDown(ch)
-            }
-            11 => {
-                m.expire(q.now);
-                Command::Tick
-            }
-            _ => {
-                m.ready.clear();
-                Command::Purge
-            }
-        };
-        let reply = q.run(cmd);
-        let mut expected = Vec::new();
-        m.dispatch(&mut expected);
-        let got = q.delivered();
-        assert_eq!(per_consumer(&got), per_consumer(&expected), "{ctx}");
-        if let Reply::Got(g) = reply {
-            assert_eq!(g.map(|(d, _)| d.body.id), want.pop(), "{ctx}: get");
-        }
-        assert_eq!(q.q.ready_len(), m.ready.len(), "{ctx}: ready");
-        assert_eq!(q.q.unacked.len(), m.unacked.len(), "{ctx}: unacked");
-        assert_eq!(q.q.consumer_count(), m.consumers.len(), "{ctx}: consumers");
-        let ids: Vec<u32> = q.q.ready.iter().map(|x| x.body.id).collect();
-        let mids: Vec<u32> = m.ready.iter().map(|x| x.id).collect();
-        assert_eq!(ids, mids, "{ctx}: ready order");
-        let weight: usize = q.q.ready.iter().map(|x| x.weight as usize).sum::<usize>()
-            + q.q
-                .unacked
-                .values()
-                .map(|h| h.msg.weight as usize)
-                .sum::<usize>();
-        assert_eq!(q.q.weight(), weight, "{ctx}: weight");
-    }
-}
-
-#[test]
-fn random_command_sequences_match_the_model() {
-    for seed in 0..300 {
-        run_model(seed, 300);
-    }
 }

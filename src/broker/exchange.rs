@@ -36,7 +36,7 @@ impl ExchangeKind {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ExchangeDef {
     pub name: Arc<str>,
     pub kind: ExchangeKind,

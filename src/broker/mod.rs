@@ -12,6 +12,7 @@ pub mod message;
 pub mod queue;
 pub mod receipt;
 pub mod routing;
+pub mod topology;
 pub mod vhost;
 
 use std::collections::HashMap;

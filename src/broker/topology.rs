@@ -1,0 +1,551 @@
+//! `Topology`: a vhost's exchanges, queue records and bindings, and the rules for changing
+//! them (equivalence → 406, `amq.` → 403, exclusive ownership → 405, missing → 404,
+//! auto-delete cascades, exchange-to-exchange bindings), as a pure state machine. `apply`
+//! takes a command and returns what changed (for the routing snapshot: routers are compiled
+//! by the runtime, which holds the queue handles) and the store rows to write. No locks, no
+//! tasks, no I/O: the vhost (single node) or the metadata Raft group (cluster) runs it.
+//!
+//! Invariants: every binding's source exchange exists and is indexed in `bindings` and, by
+//! destination, in `by_dest`; a binding's destination existed when it was made, and every
+//! binding to a queue or exchange goes with it.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::exchange::{Binding, BindingKey, DestName, ExchangeDef, ExchangeKind};
+use super::ids::ConnId;
+use super::routing::BindingId;
+use crate::error::{Error, code};
+use crate::protocol::{AMQPValue, FieldTable};
+use crate::store::{Op, StoredExchange, StoredQueue};
+
+/// Queue arguments whose values must match on redeclare, as RabbitMQ checks them.
+const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
+    "x-message-ttl",
+    "x-expires",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-priority",
+    "x-overflow",
+    "x-queue-mode",
+    "x-queue-type",
+    "x-single-active-consumer",
+];
+
+#[derive(Debug, Clone, Default)]
+pub struct ExchangeDecl {
+    pub name: String,
+    pub kind: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct QueueDecl {
+    pub name: String,
+    pub passive: bool,
+    pub durable: bool,
+    pub exclusive: bool,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// queue.bind / exchange.bind and their unbinds.
+#[derive(Debug, Clone)]
+pub struct BindDecl {
+    pub source: String,
+    pub dest: DestName,
+    pub key: String,
+    pub arguments: FieldTable,
+}
+
+/// A queue as the topology knows it (its contents are the queue's own business).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueRecord {
+    pub name: Arc<str>,
+    pub id: u64,
+    pub durable: bool,
+    pub exclusive_owner: Option<ConnId>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+impl QueueRecord {
+    /// Kept in the store: durable and not exclusive (exclusive queues die with their
+    /// connection, whatever the durable flag says).
+    pub fn stored(&self) -> bool {
+        self.durable && self.exclusive_owner.is_none()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Cmd {
+    DeclareExchange(ExchangeDecl),
+    DeleteExchange {
+        name: String,
+        if_unused: bool,
+    },
+    Bind(BindDecl, ConnId),
+    Unbind(BindDecl, ConnId),
+    DeclareQueue(QueueDecl, ConnId),
+    /// A declare without a name: whoever issues the command names it (`amq.gen-…`).
+    DeclareServerNamed(QueueDecl, ConnId),
+    /// The queue deleted itself (delete, auto-delete, x-expires, exclusive owner gone).
+    QueueDeleted {
+        name: Arc<str>,
+        id: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Done,
+    /// The declared (or found) queue, and whether this declare created it.
+    Queue(QueueRecord, bool),
+}
+
+/// One change for the routing snapshot, in the order made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    ExchangeAdded(ExchangeDef),
+    ExchangeRemoved(Arc<str>),
+    Bound {
+        source: Arc<str>,
+        key: BindingKey,
+        arguments: FieldTable,
+        id: BindingId,
+    },
+    Unbound {
+        source: Arc<str>,
+        key: BindingKey,
+        id: BindingId,
+    },
+    QueueAdded(QueueRecord),
+    QueueRemoved(Arc<str>),
+}
+
+/// What an accepted command changed, and the rows that make it durable.
+#[derive(Debug, Default)]
+pub struct Changes {
+    pub list: Vec<Change>,
+    pub ops: Vec<Op>,
+}
+
+#[derive(Debug)]
+pub struct Topology {
+    vhost: Arc<str>,
+    exchanges: HashMap<Arc<str>, ExchangeDef>,
+    queues: HashMap<Arc<str>, QueueRecord>,
+    /// Bindings by source exchange, each with its router id and arguments.
+    bindings: HashMap<Arc<str>, HashMap<BindingKey, (BindingId, FieldTable)>>,
+    /// The same bindings by destination, for removing everything bound to what goes.
+    by_dest: HashMap<DestName, HashSet<(Arc<str>, BindingKey)>>,
+    next_queue_id: u64,
+    next_binding: BindingId,
+}
+
+fn default_exchange_refused() -> Error {
+    Error::access_refused("operation not permitted on the default exchange")
+}
+
+impl Topology {
+    /// A vhost with its built-in exchanges (their additions are in `ch`).
+    pub fn new(vhost: &str, ch: &mut Changes) -> Topology {
+        let mut t = Topology {
+            vhost: vhost.into(),
+            exchanges: HashMap::new(),
+            queues: HashMap::new(),
+            bindings: HashMap::new(),
+            by_dest: HashMap::new(),
+            next_queue_id: 0,
+            next_binding: 0,
+        };
+        let builtin = [
+            ("", ExchangeKind::Direct),
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ];
+        for (name, kind) in builtin {
+            t.add_exchange(
+                ExchangeDef {
+                    name: name.into(),
+                    kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::default(),
+                },
+                ch,
+            );
+        }
+        t
+    }
+
+    pub fn apply(&mut self, cmd: Cmd) -> Result<(Reply, Changes), Error> {
+        let mut ch = Changes::default();
+        let reply = match cmd {
+            Cmd::DeclareExchange(d) => self.declare_exchange(&d, &mut ch).map(|()| Reply::Done),
+            Cmd::DeleteExchange { name, if_unused } => self
+                .delete_exchange(&name, if_unused, &mut ch)
+                .map(|()| Reply::Done),
+            Cmd::Bind(b, conn) => self.bind(&b, conn, &mut ch).map(|()| Reply::Done),
+            Cmd::Unbind(b, conn) => self.unbind(&b, conn, &mut ch).map(|()| Reply::Done),
+            Cmd::DeclareQueue(d, conn) => self
+                .declare_queue(&d, conn, false, &mut ch)
+                .map(|(q, created)| Reply::Queue(q, created)),
+            Cmd::DeclareServerNamed(d, conn) => self
+                .declare_queue(&d, conn, true, &mut ch)
+                .map(|(q, created)| Reply::Queue(q, created)),
+            Cmd::QueueDeleted { name, id } => {
+                self.remove_queue(&name, id, &mut ch);
+                Ok(Reply::Done)
+            }
+        }?;
+        Ok((reply, ch))
+    }
+
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.contains_key(name)
+    }
+
+    /// A queue for use by `conn`: 404 if missing, 405 if exclusive to another connection.
+    pub fn queue(&self, name: &str, conn: ConnId) -> Result<&QueueRecord, Error> {
+        let q = self.queues.get(name).ok_or_else(|| self.no_queue(name))?;
+        if q.exclusive_owner.is_some_and(|o| o != conn) {
+            return Err(self.locked(name));
+        }
+        Ok(q)
+    }
+
+    fn no_exchange(&self, name: &str) -> Error {
+        Error::not_found(format!("no exchange '{name}' in vhost '{}'", self.vhost))
+    }
+
+    fn no_queue(&self, name: &str) -> Error {
+        Error::not_found(format!("no queue '{name}' in vhost '{}'", self.vhost))
+    }
+
+    fn locked(&self, name: &str) -> Error {
+        Error::channel(
+            code::RESOURCE_LOCKED,
+            format!(
+                "cannot obtain exclusive access to locked queue '{name}' in vhost '{}'. It could be originally declared on another connection or the exclusive property value does not match that of the original declaration.",
+                self.vhost
+            ),
+        )
+    }
+
+    fn inequivalent(&self, what: &str, arg: &str, name: &str, got: &str, cur: &str) -> Error {
+        Error::precondition(format!(
+            "inequivalent arg '{arg}' for {what} '{name}' in vhost '{}': received '{got}' but current is '{cur}'",
+            self.vhost
+        ))
+    }
+
+    fn declare_exchange(&mut self, d: &ExchangeDecl, ch: &mut Changes) -> Result<(), Error> {
+        if d.name.is_empty() && !d.passive {
+            return Err(default_exchange_refused());
+        }
+        let kind = if d.passive {
+            None
+        } else {
+            Some(ExchangeKind::parse(&d.kind).ok_or_else(|| {
+                Error::connection(
+                    code::COMMAND_INVALID,
+                    format!("unknown exchange type '{}'", d.kind),
+                )
+            })?)
+        };
+        if let Some(x) = self.exchanges.get(d.name.as_str()) {
+            let Some(kind) = kind else {
+                return Ok(());
+            };
+            let checks = [
+                (
+                    "type",
+                    kind.as_str().to_string(),
+                    x.kind.as_str().to_string(),
+                ),
+                ("durable", d.durable.to_string(), x.durable.to_string()),
+                (
+                    "auto_delete",
+                    d.auto_delete.to_string(),
+                    x.auto_delete.to_string(),
+                ),
+                ("internal", d.internal.to_string(), x.internal.to_string()),
+            ];
+            for (arg, got, cur) in checks {
+                if got != cur {
+                    return Err(self.inequivalent("exchange", arg, &d.name, &got, &cur));
+                }
+            }
+            return Ok(());
+        }
+        let Some(kind) = kind else {
+            return Err(self.no_exchange(&d.name));
+        };
+        if d.name.starts_with("amq.") {
+            return Err(Error::access_refused(format!(
+                "exchange name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        let def = ExchangeDef {
+            name: d.name.as_str().into(),
+            kind,
+            durable: d.durable,
+            auto_delete: d.auto_delete,
+            internal: d.internal,
+            arguments: d.arguments.clone(),
+        };
+        if def.durable {
+            ch.ops.push(Op::PutExchange(self.stored_exchange(&def)));
+        }
+        self.add_exchange(def, ch);
+        Ok(())
+    }
+
+    fn stored_exchange(&self, x: &ExchangeDef) -> StoredExchange {
+        StoredExchange {
+            vhost: self.vhost.to_string(),
+            name: x.name.to_string(),
+            kind: x.kind.as_str().into(),
+            auto_delete: x.auto_delete,
+            internal: x.internal,
+            arguments: x.arguments.clone(),
+        }
+    }
+
+    fn add_exchange(&mut self, def: ExchangeDef, ch: &mut Changes) {
+        ch.list.push(Change::ExchangeAdded(def.clone()));
+        self.exchanges.insert(def.name.clone(), def);
+    }
+
+    fn delete_exchange(
+        &mut self,
+        name: &str,
+        if_unused: bool,
+        ch: &mut Changes,
+    ) -> Result<(), Error> {
+        if name.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
+            return Err(Error::access_refused(format!(
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.vhost
+            )));
+        }
+        if !self.exchanges.contains_key(name) {
+            return Ok(());
+        }
+        if if_unused && self.has_bindings(name) {
+            return Err(Error::precondition(format!(
+                "exchange '{name}' in vhost '{}' in use",
+                self.vhost
+            )));
+        }
+        self.remove_exchange(name, ch);
+        Ok(())
+    }
+
+    /// RabbitMQ reports a missing destination before a missing source.
+    fn check_dest(&self, dest: &DestName, conn: ConnId) -> Result<(), Error> {
+        match dest {
+            DestName::Queue(q) => {
+                self.queue(q, conn)?;
+            }
+            DestName::Exchange(x) if x.is_empty() => return Err(default_exchange_refused()),
+            DestName::Exchange(x) => {
+                if !self.exchanges.contains_key(x) {
+                    return Err(self.no_exchange(x));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Is this destination durable (so a binding to it from a durable exchange is stored)?
+    fn durable_dest(&self, dest: &DestName) -> bool {
+        match dest {
+            DestName::Queue(q) => self.queues.get(q).is_some_and(QueueRecord::stored),
+            DestName::Exchange(x) => self.exchanges.get(x).is_some_and(|x| x.durable),
+        }
+    }
+
+    fn bind(&mut self, b: &BindDecl, conn: ConnId, ch: &mut Changes) -> Result<(), Error> {
+        if b.source.is_empty() {
+            return Err(default_exchange_refused());
+        }
+        self.check_dest(&b.dest, conn)?;
+        let Some(source) = self.exchanges.get(b.source.as_str()) else {
+            return Err(self.no_exchange(&b.source));
+        };
+        let durable = source.durable && self.durable_dest(&b.dest);
+        let source = source.name.clone();
+        let key = BindingKey::new(b.dest.clone(), &b.key, &b.arguments);
+        if !self.add_binding(&source, key, b.arguments.clone(), ch) {
+            return Ok(());
+        }
+        if durable {
+            let binding = Binding {
+                dest: b.dest.clone(),
+                key: b.key.clone(),
+                arguments: b.arguments.clone(),
+            };
+            ch.ops
+                .push(Op::PutBinding(self.stored_binding(&source, &binding)));
+        }
+        Ok(())
+    }
+
+    fn unbind(&mut self, b: &BindDecl, conn: ConnId, ch: &mut Changes) -> Result<(), Error> {
+        if b.source.is_empty() || b.dest == DestName::Exchange("".into()) {
+            return Err(default_exchange_refused());
+        }
+        if let DestName::Queue(q) = &b.dest
+            && self
+                .queues
+                .get(q)
+                .is_some_and(|r| r.exclusive_owner.is_some_and(|o| o != conn))
+        {
+            return Err(self.locked(q));
+        }
+        let source: Arc<str> = b.source.as_str().into();
+        let key = BindingKey::new(b.dest.clone(), &b.key, &b.arguments);
+        if self.remove_binding(&source, &key, ch) {
+            self.maybe_auto_delete_exchange(&source, ch);
+        }
+        Ok(())
+    }
+
+    fn declare_queue(
+        &mut self,
+        d: &QueueDecl,
+        conn: ConnId,
+        server_named: bool,
+        ch: &mut Changes,
+    ) -> Result<(QueueRecord, bool), Error> {
+        if let Some(q) = self.queues.get(d.name.as_str()) {
+            self.check_redeclare(q, d, conn)?;
+            return Ok((q.clone(), false));
+        }
+        if d.passive {
+            return Err(self.no_queue(&d.name));
+        }
+        if d.name.starts_with("amq.") && !server_named {
+            return Err(Error::access_refused(format!(
+                "queue name '{}' contains reserved prefix 'amq.*'",
+                d.name
+            )));
+        }
+        self.next_queue_id += 1;
+        let q = QueueRecord {
+            name: d.name.as_str().into(),
+            id: self.next_queue_id,
+            durable: d.durable,
+            exclusive_owner: d.exclusive.then_some(conn),
+            auto_delete: d.auto_delete,
+            arguments: d.arguments.clone(),
+        };
+        if q.stored() {
+            ch.ops.push(Op::PutQueue(self.stored_queue(&q)));
+        }
+        self.insert_queue(q.clone(), ch);
+        Ok((q, true))
+    }
+
+    /// Redeclaring an existing queue: 405 if another connection's exclusive queue (or the
+    /// exclusive flag differs), 406 if a property or argument differs; passive checks only
+    /// the ownership.
+    fn check_redeclare(&self, q: &QueueRecord, d: &QueueDecl, conn: ConnId) -> Result<(), Error> {
+        if q.exclusive_owner.is_some_and(|o| o != conn) {
+            return Err(self.locked(&d.name));
+        }
+        if d.passive {
+            return Ok(());
+        }
+        if q.exclusive_owner.is_some() != d.exclusive {
+            return Err(self.locked(&d.name));
+        }
+        for (arg, got, cur) in [
+            ("durable", d.durable, q.durable),
+            ("auto_delete", d.auto_delete, q.auto_delete),
+        ] {
+            if got != cur {
+                return Err(self.inequivalent(
+                    "queue",
+                    arg,
+                    &d.name,
+                    &got.to_string(),
+                    &cur.to_string(),
+                ));
+            }
+        }
+        for arg in EQUIVALENT_QUEUE_ARGS {
+            let got = d.arguments.inner().get(*arg);
+            let cur = q.arguments.inner().get(*arg);
+            if got != cur {
+                return Err(self.inequivalent("queue", arg, &d.name, &show(got), &show(cur)));
+            }
+        }
+        Ok(())
+    }
+
+    fn stored_queue(&self, q: &QueueRecord) -> StoredQueue {
+        StoredQueue {
+            vhost: self.vhost.to_string(),
+            name: q.name.to_string(),
+            id: q.id,
+            auto_delete: q.auto_delete,
+            arguments: q.arguments.clone(),
+        }
+    }
+
+    fn insert_queue(&mut self, q: QueueRecord, ch: &mut Changes) {
+        self.next_queue_id = self.next_queue_id.max(q.id);
+        ch.list.push(Change::QueueAdded(q.clone()));
+        self.queues.insert(q.name.clone(), q);
+    }
+
+    /// A queue went (it reports that itself): forget it and every binding to it. A stale
+    /// report (a queue of that name declared since) changes nothing.
+    fn remove_queue(&mut self, name: &str, id: u64, ch: &mut Changes) {
+        if self.queues.get(name).is_none_or(|q| q.id != id) {
+            return;
+        }
+        let Some((name, _)) = self.queues.remove_entry(name) else {
+            return;
+        };
+        ch.list.push(Change::QueueRemoved(name.clone()));
+        self.drop_bindings_to(&DestName::Queue(name), ch);
+    }
+}
+
+fn show(v: Option<&AMQPValue>) -> String {
+    match v {
+        None => "none".into(),
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        Some(AMQPValue::ShortString(s)) => s.to_string(),
+        Some(AMQPValue::LongLongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongInt(n)) => n.to_string(),
+        Some(AMQPValue::LongUInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortInt(n)) => n.to_string(),
+        Some(AMQPValue::ShortUInt(n)) => n.to_string(),
+        Some(AMQPValue::Boolean(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+    }
+}
+
+mod bindings;
+mod restore;
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,488 @@
+//! Topology rules, one table or case per rule, without a broker: commands in, replies,
+//! changes and store rows out.
+
+use super::*;
+use crate::protocol::AMQPValue;
+use crate::store::StoredBinding;
+
+fn topo() -> Topology {
+    Topology::new("/", &mut Changes::default())
+}
+
+fn x(name: &str, kind: &str) -> ExchangeDecl {
+    ExchangeDecl {
+        name: name.into(),
+        kind: kind.into(),
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn q(name: &str) -> QueueDecl {
+    QueueDecl {
+        name: name.into(),
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn bind(source: &str, dest: DestName, key: &str) -> BindDecl {
+    BindDecl {
+        source: source.into(),
+        dest,
+        key: key.into(),
+        arguments: FieldTable::default(),
+    }
+}
+
+fn queue_dest(name: &str) -> DestName {
+    DestName::Queue(name.into())
+}
+
+fn exchange_dest(name: &str) -> DestName {
+    DestName::Exchange(name.into())
+}
+
+/// The reply code of a refused command, or 0 with the changes of an accepted one.
+fn run(t: &mut Topology, cmd: Cmd) -> (u16, Changes) {
+    match t.apply(cmd) {
+        Ok((_, ch)) => (0, ch),
+        Err(e) => (e.code(), Changes::default()),
+    }
+}
+
+fn code(t: &mut Topology, cmd: Cmd) -> u16 {
+    run(t, cmd).0
+}
+
+fn ops(ch: &Changes) -> Vec<&'static str> {
+    ch.ops
+        .iter()
+        .map(|op| match op {
+            Op::PutExchange(_) => "put exchange",
+            Op::DeleteExchange { .. } => "delete exchange",
+            Op::PutQueue(_) => "put queue",
+            Op::PutBinding(_) => "put binding",
+            Op::DeleteBinding(_) => "delete binding",
+            _ => "other",
+        })
+        .collect()
+}
+
+#[test]
+fn exchange_declare_rules() {
+    let mut t = topo();
+    assert_eq!(code(&mut t, Cmd::DeclareExchange(x("x", "topic"))), 0);
+    let redeclares = [
+        (x("x", "topic"), 0),
+        (x("x", "fanout"), 406),
+        (
+            ExchangeDecl {
+                durable: false,
+                ..x("x", "topic")
+            },
+            406,
+        ),
+        (
+            ExchangeDecl {
+                auto_delete: true,
+                ..x("x", "topic")
+            },
+            406,
+        ),
+        (
+            ExchangeDecl {
+                internal: true,
+                ..x("x", "topic")
+            },
+            406,
+        ),
+        (
+            ExchangeDecl {
+                passive: true,
+                ..x("x", "")
+            },
+            0,
+        ),
+        (
+            ExchangeDecl {
+                passive: true,
+                ..x("nope", "")
+            },
+            404,
+        ),
+        (x("amq.mine", "direct"), 403),
+        (x("", "direct"), 403),
+        (x("y", "bogus"), 503),
+        (
+            ExchangeDecl {
+                passive: true,
+                ..x("amq.topic", "")
+            },
+            0,
+        ),
+    ];
+    for (d, want) in redeclares {
+        assert_eq!(code(&mut t, Cmd::DeclareExchange(d.clone())), want, "{d:?}");
+    }
+}
+
+#[test]
+fn only_durable_exchanges_are_stored() {
+    let mut t = topo();
+    let (_, ch) = run(&mut t, Cmd::DeclareExchange(x("d", "direct")));
+    assert_eq!(ops(&ch), ["put exchange"]);
+    assert!(matches!(&ch.list[..], [Change::ExchangeAdded(d)] if &*d.name == "d"));
+    let transient = ExchangeDecl {
+        durable: false,
+        ..x("t", "direct")
+    };
+    let (_, ch) = run(&mut t, Cmd::DeclareExchange(transient));
+    assert!(ops(&ch).is_empty());
+    // A redeclare changes nothing.
+    let (_, ch) = run(&mut t, Cmd::DeclareExchange(x("d", "direct")));
+    assert!(ch.list.is_empty() && ch.ops.is_empty());
+}
+
+#[test]
+fn exchange_delete_rules() {
+    let mut t = topo();
+    let del = |name: &str, if_unused| Cmd::DeleteExchange {
+        name: name.into(),
+        if_unused,
+    };
+    assert_eq!(code(&mut t, del("", false)), 403);
+    assert_eq!(code(&mut t, del("amq.direct", false)), 403);
+    assert_eq!(code(&mut t, del("missing", false)), 0);
+    run(&mut t, Cmd::DeclareExchange(x("x", "direct")));
+    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
+    run(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), 1));
+    assert_eq!(code(&mut t, del("x", true)), 406);
+    let (c, ch) = run(&mut t, del("x", false));
+    assert_eq!(c, 0);
+    assert_eq!(ops(&ch), ["delete binding", "delete exchange"]);
+    assert_eq!(
+        code(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), 1)),
+        404
+    );
+}
+
+#[test]
+fn bind_rules() {
+    let mut t = topo();
+    run(&mut t, Cmd::DeclareExchange(x("x", "direct")));
+    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
+    let excl = QueueDecl {
+        exclusive: true,
+        ..q("mine")
+    };
+    run(&mut t, Cmd::DeclareQueue(excl, 1));
+    let cases = [
+        (bind("x", queue_dest("q"), "k"), 1, 0),
+        (bind("missing", queue_dest("nope"), "k"), 1, 404),
+        (bind("missing", queue_dest("q"), "k"), 1, 404),
+        (bind("", queue_dest("q"), "k"), 1, 403),
+        (bind("x", exchange_dest(""), "k"), 1, 403),
+        (bind("x", queue_dest("mine"), "k"), 2, 405),
+        (bind("x", queue_dest("mine"), "k"), 1, 0),
+        (bind("x", exchange_dest("amq.fanout"), "k"), 1, 0),
+        (bind("x", exchange_dest("missing"), "k"), 1, 404),
+    ];
+    for (b, conn, want) in cases {
+        assert_eq!(
+            code(&mut t, Cmd::Bind(b.clone(), conn)),
+            want,
+            "{b:?} from {conn}"
+        );
+    }
+    // The same binding again changes nothing.
+    let (_, ch) = run(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), 1));
+    assert!(ch.list.is_empty());
+}
+
+#[test]
+fn a_binding_is_stored_only_between_durable_ends() {
+    let mut t = topo();
+    run(&mut t, Cmd::DeclareExchange(x("dx", "direct")));
+    let tx = ExchangeDecl {
+        durable: false,
+        ..x("tx", "direct")
+    };
+    run(&mut t, Cmd::DeclareExchange(tx));
+    run(&mut t, Cmd::DeclareQueue(q("dq"), 1));
+    let tq = QueueDecl {
+        durable: false,
+        ..q("tq")
+    };
+    run(&mut t, Cmd::DeclareQueue(tq, 1));
+    let eq = QueueDecl {
+        exclusive: true,
+        ..q("eq")
+    };
+    run(&mut t, Cmd::DeclareQueue(eq, 1));
+    let cases = [
+        ("dx", "dq", true),
+        ("dx", "tq", false),
+        ("tx", "dq", false),
+        ("dx", "eq", false),
+    ];
+    for (source, dest, stored) in cases {
+        let (_, ch) = run(&mut t, Cmd::Bind(bind(source, queue_dest(dest), "k"), 1));
+        assert_eq!(ops(&ch) == ["put binding"], stored, "{source} -> {dest}");
+    }
+}
+
+#[test]
+fn unbinding_the_last_binding_of_an_auto_delete_exchange_deletes_it() {
+    let mut t = topo();
+    let ad = ExchangeDecl {
+        auto_delete: true,
+        ..x("ad", "direct")
+    };
+    run(&mut t, Cmd::DeclareExchange(ad));
+    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
+    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), "a"), 1));
+    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), "b"), 1));
+    let (_, ch) = run(&mut t, Cmd::Unbind(bind("ad", queue_dest("q"), "a"), 1));
+    assert!(
+        !ch.list
+            .iter()
+            .any(|c| matches!(c, Change::ExchangeRemoved(_)))
+    );
+    // Unbinding what is not there is fine and changes nothing.
+    let (c, ch) = run(&mut t, Cmd::Unbind(bind("ad", queue_dest("q"), "zz"), 1));
+    assert_eq!((c, ch.list.len()), (0, 0));
+    let (_, ch) = run(&mut t, Cmd::Unbind(bind("ad", queue_dest("q"), "b"), 1));
+    assert!(ch.list.contains(&Change::ExchangeRemoved("ad".into())));
+    assert_eq!(ops(&ch), ["delete binding", "delete exchange"]);
+}
+
+#[test]
+fn queue_declare_rules() {
+    let mut t = topo();
+    let ttl = |ms: i32| {
+        let mut a = FieldTable::default();
+        a.insert("x-message-ttl".into(), AMQPValue::LongInt(ms));
+        a
+    };
+    run(
+        &mut t,
+        Cmd::DeclareQueue(
+            QueueDecl {
+                arguments: ttl(100),
+                ..q("q")
+            },
+            1,
+        ),
+    );
+    let excl = QueueDecl {
+        exclusive: true,
+        ..q("ex")
+    };
+    run(&mut t, Cmd::DeclareQueue(excl.clone(), 1));
+    let cases = [
+        (
+            QueueDecl {
+                arguments: ttl(100),
+                ..q("q")
+            },
+            1,
+            0,
+        ),
+        (q("q"), 1, 406),
+        (
+            QueueDecl {
+                arguments: ttl(5),
+                ..q("q")
+            },
+            1,
+            406,
+        ),
+        (
+            QueueDecl {
+                durable: false,
+                arguments: ttl(100),
+                ..q("q")
+            },
+            1,
+            406,
+        ),
+        (
+            QueueDecl {
+                passive: true,
+                ..q("q")
+            },
+            2,
+            0,
+        ),
+        (
+            QueueDecl {
+                passive: true,
+                ..q("missing")
+            },
+            1,
+            404,
+        ),
+        (excl.clone(), 1, 0),
+        (excl.clone(), 2, 405),
+        (
+            QueueDecl {
+                passive: true,
+                ..excl.clone()
+            },
+            2,
+            405,
+        ),
+        (q("ex"), 1, 405),
+        (q("amq.q"), 1, 403),
+    ];
+    for (d, conn, want) in cases {
+        assert_eq!(
+            code(&mut t, Cmd::DeclareQueue(d.clone(), conn)),
+            want,
+            "{d:?} from {conn}"
+        );
+    }
+    let e = t.apply(Cmd::DeclareQueue(q("q"), 1)).unwrap_err();
+    assert_eq!(
+        e.reply_text(),
+        "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received 'none' but current is '100'"
+    );
+    // The broker may name queues amq.gen-…; clients may not.
+    assert_eq!(code(&mut t, Cmd::DeclareServerNamed(q("amq.gen-x"), 1)), 0);
+    assert_eq!(t.queue("ex", 2).unwrap_err().code(), 405);
+    assert_eq!(t.queue("nope", 1).unwrap_err().code(), 404);
+}
+
+#[test]
+fn new_queues_get_new_ids_and_only_durable_non_exclusive_ones_are_stored() {
+    let mut t = topo();
+    let declare = |t: &mut Topology, d: QueueDecl| match t.apply(Cmd::DeclareQueue(d, 1)) {
+        Ok((Reply::Queue(r, created), ch)) => (r.id, created, ops(&ch)),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(declare(&mut t, q("a")), (1, true, vec!["put queue"]));
+    assert_eq!(declare(&mut t, q("a")), (1, false, vec![]));
+    let transient = QueueDecl {
+        durable: false,
+        ..q("b")
+    };
+    assert_eq!(declare(&mut t, transient), (2, true, vec![]));
+    let excl = QueueDecl {
+        exclusive: true,
+        ..q("c")
+    };
+    assert_eq!(declare(&mut t, excl), (3, true, vec![]));
+}
+
+#[test]
+fn a_deleted_queue_takes_its_bindings_and_empties_auto_delete_exchanges() {
+    let mut t = topo();
+    let ad = ExchangeDecl {
+        auto_delete: true,
+        ..x("ad", "fanout")
+    };
+    run(&mut t, Cmd::DeclareExchange(ad));
+    run(&mut t, Cmd::DeclareExchange(x("keep", "fanout")));
+    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
+    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), ""), 1));
+    run(&mut t, Cmd::Bind(bind("keep", queue_dest("q"), ""), 1));
+    let id = t.queue("q", 1).unwrap().id;
+    // A stale report (another queue of that name since) changes nothing.
+    let (_, ch) = run(
+        &mut t,
+        Cmd::QueueDeleted {
+            name: "q".into(),
+            id: id + 1,
+        },
+    );
+    assert!(ch.list.is_empty());
+    let (_, ch) = run(
+        &mut t,
+        Cmd::QueueDeleted {
+            name: "q".into(),
+            id,
+        },
+    );
+    assert!(ch.list.contains(&Change::QueueRemoved("q".into())));
+    assert!(ch.list.contains(&Change::ExchangeRemoved("ad".into())));
+    assert!(!ch.list.contains(&Change::ExchangeRemoved("keep".into())));
+    let mut rows = ops(&ch);
+    rows.sort_unstable();
+    assert_eq!(
+        rows,
+        ["delete binding", "delete binding", "delete exchange"]
+    );
+    assert_eq!(t.queue("q", 1).unwrap_err().code(), 404);
+}
+
+#[test]
+fn exchange_to_exchange_bindings_go_with_either_end() {
+    let mut t = topo();
+    for name in ["a", "b", "c"] {
+        run(&mut t, Cmd::DeclareExchange(x(name, "fanout")));
+    }
+    run(&mut t, Cmd::Bind(bind("a", exchange_dest("b"), ""), 1));
+    run(&mut t, Cmd::Bind(bind("b", exchange_dest("c"), ""), 1));
+    let (_, ch) = run(
+        &mut t,
+        Cmd::DeleteExchange {
+            name: "b".into(),
+            if_unused: false,
+        },
+    );
+    let unbound: Vec<&str> = ch
+        .list
+        .iter()
+        .filter_map(|c| match c {
+            Change::Unbound { source, .. } => Some(&**source),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(unbound.len(), 2, "{unbound:?}");
+    assert!(unbound.contains(&"a") && unbound.contains(&"b"));
+    assert!(!t.has_bindings("a"));
+}
+
+#[test]
+fn restore_rebuilds_without_writing_and_skips_what_is_incomplete() {
+    let mut t = topo();
+    let mut ch = Changes::default();
+    let stored_q = StoredQueue {
+        vhost: "/".into(),
+        name: "q".into(),
+        id: 7,
+        auto_delete: false,
+        arguments: FieldTable::default(),
+    };
+    let binding = |source: &str, dest: &str| StoredBinding {
+        vhost: "/".into(),
+        source: source.into(),
+        to_queue: true,
+        destination: dest.into(),
+        routing_key: "k".into(),
+        arguments: FieldTable::default(),
+    };
+    t.restore(
+        vec![],
+        vec![stored_q],
+        vec![
+            binding("amq.direct", "q"),
+            binding("gone", "q"),
+            binding("amq.direct", "gone"),
+        ],
+        &mut ch,
+    );
+    assert!(ch.ops.is_empty());
+    let bound = ch
+        .list
+        .iter()
+        .filter(|c| matches!(c, Change::Bound { .. }))
+        .count();
+    assert_eq!(bound, 1);
+    // New queues are numbered after the recovered ones.
+    match t.apply(Cmd::DeclareQueue(q("new"), 1)) {
+        Ok((Reply::Queue(r, true), _)) => assert_eq!(r.id, 8),
+        other => panic!("{other:?}"),
+    }
+}

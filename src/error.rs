@@ -47,6 +47,15 @@ pub mod code {
     }
 }
 
+/// Why a node stops serving by itself: its store failed (it will not confirm what it cannot
+/// keep). Cluster failures join here. Apart from `Error`, which only ever closes a channel
+/// or a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Fatal {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
 /// A protocol-level failure. `Channel` is a soft error (the channel closes, the connection
 /// carries on); `Connection` is a hard error (the whole connection closes).
 #[derive(Debug, Clone, Error, PartialEq, Eq)]

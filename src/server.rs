@@ -32,7 +32,7 @@ pub struct Server {
     pub local_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
-    failed: watch::Receiver<Option<String>>,
+    failed: watch::Receiver<Option<crate::store::StoreError>>,
 }
 
 impl Server {
@@ -62,10 +62,13 @@ impl Server {
     }
 
     /// Resolves once the broker has stopped by itself because its store failed, with why.
-    pub async fn failed(&self) -> String {
+    pub async fn failed(&self) -> crate::error::Fatal {
         let mut failed = self.failed.clone();
         match failed.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
+            Ok(reason) => reason
+                .clone()
+                .unwrap_or(crate::store::StoreError::Unavailable)
+                .into(),
             // The store is gone: only after a shutdown, which the caller asked for.
             Err(_) => std::future::pending().await,
         }

@@ -5,6 +5,7 @@ pub mod args;
 pub mod clock;
 pub mod consumer;
 pub mod disk;
+pub mod durable;
 pub mod exchange;
 pub mod ids;
 pub mod memory;
@@ -20,7 +21,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use memory::MemoryMonitor;
 use message::Persisted;
 use vhost::{QueueSettings, VHost};
@@ -38,7 +39,7 @@ pub struct Broker {
 
 impl Broker {
     /// Open the store in the data directory and rebuild everything durable from it.
-    pub fn open(config: Arc<Config>) -> Result<Arc<Broker>, String> {
+    pub fn open(config: Arc<Config>) -> Result<Arc<Broker>, StoreError> {
         let started = std::time::Instant::now();
         let (store, recovered) = Store::open(&config.data_dir)?;
         let limit = config.memory_high_watermark_bytes.unwrap_or_else(|| {

@@ -220,8 +220,8 @@ impl VHost {
                 store.submit(
                     ops,
                     true,
-                    Some(Box::new(move |ok| {
-                        let _ = tx.send(ok);
+                    Some(Box::new(move |r: Result<(), _>| {
+                        let _ = tx.send(r.is_ok());
                     })),
                 );
                 Written(Some(rx))

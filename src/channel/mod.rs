@@ -22,8 +22,8 @@ pub enum State {
 pub struct Unacked {
     pub queue: QueueHandle,
     pub seq: u64,
-    /// The message's store id when it sits in a durable queue's index (for transactions,
-    /// whose acks are written with their publishes).
+    /// The message's store id, if it was written (for transactions, whose acks of it in a
+    /// durable queue are written with their publishes).
     pub stored: Option<u64>,
     /// Counted against the channel's global prefetch (consumer deliveries, not basic.get).
     pub limited: bool,
@@ -126,11 +126,7 @@ impl Channel {
         let tag = self.next_tag;
         self.next_tag += 1;
         if !no_ack {
-            let stored = queue
-                .store
-                .as_ref()
-                .and(entry.msg.stored.as_ref())
-                .map(|p| p.id);
+            let stored = entry.msg.stored.as_ref().map(|p| p.id);
             self.unacked.insert(
                 tag,
                 Unacked {

@@ -34,7 +34,6 @@ use crate::channel::{Channel, State};
 use crate::error::{Error, code};
 use crate::protocol::codec::{self, Frame, Method};
 use crate::protocol::{AMQPClass, channel, connection, encode};
-use crate::store::Op;
 
 /// Flush the output buffer to the writer once it holds this much.
 const FLUSH_AT: usize = 64 * 1024;
@@ -87,8 +86,8 @@ pub(crate) struct Conn {
     pending: Vec<publish::Pending>,
     /// Publisher confirms to send once `pending` is flushed: (channel, highest tag, count).
     confirms: confirm::Confirms,
-    /// Store writes for the persistent messages in `pending` (rows and queue index entries).
-    store_ops: Vec<Op>,
+    /// What makes the persistent messages in `pending` durable (the broker's rows).
+    durable: crate::broker::durable::Batch,
     /// Flushes whose confirms wait for the store or the queues, in publish order.
     awaiting: VecDeque<confirm::Awaiting>,
     next_token: u64,
@@ -175,7 +174,7 @@ pub async fn serve(
         exclusive: Vec::new(),
         pending: Vec::new(),
         confirms: Vec::new(),
-        store_ops: Vec::new(),
+        durable: Default::default(),
         awaiting: VecDeque::new(),
         next_token: 0,
         route_buf: Vec::new(),

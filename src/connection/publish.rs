@@ -9,13 +9,12 @@ use bytes::Bytes;
 use super::confirm::Awaiting;
 use super::{Conn, End};
 use crate::broker::consumer::ConnEvent;
-use crate::broker::message::{Message, Persisted};
+use crate::broker::message::Message;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::broker::receipt::Receipt;
 use crate::channel::State;
 use crate::error::{Error, code};
 use crate::protocol::encode;
-use crate::store::Op;
 
 impl Conn {
     pub(super) fn on_header(
@@ -121,9 +120,7 @@ impl Conn {
             self.route_buf = targets;
             return Ok(());
         }
-        let mut ops = std::mem::take(&mut self.store_ops);
-        self.persist(&mut msg, &targets, &mut ops);
-        self.store_ops = ops;
+        self.durable.publish(&self.broker.store, &mut msg, &targets);
         let msg = Arc::new(msg);
         if targets.is_empty() && mandatory {
             self.write_return(ch, &msg);
@@ -164,29 +161,6 @@ impl Conn {
         Ok(())
     }
 
-    /// A persistent message routed to durable queues is written once, referenced by each
-    /// durable queue's index entry, and shared by reference count.
-    pub(crate) fn persist(&self, msg: &mut Message, targets: &[QueueHandle], ops: &mut Vec<Op>) {
-        let durable = targets.iter().filter(|q| q.store.is_some()).count() as u32;
-        if durable == 0 || !msg.persistent {
-            return;
-        }
-        let id = self.broker.store.next_message_id();
-        let size = msg.body.len() as u32;
-        ops.push(Op::PutMessage {
-            id,
-            msg: msg.to_stored(),
-        });
-        for q in targets.iter().filter(|q| q.store.is_some()) {
-            ops.push(Op::Enqueue {
-                queue: q.id,
-                msg: id,
-                size,
-            });
-        }
-        msg.stored = Some(Arc::new(Persisted::new(id, size, durable)));
-    }
-
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
     pub(crate) fn write_return(&mut self, ch: u16, msg: &Message) {
         encode::basic_return(
@@ -211,19 +185,19 @@ impl Conn {
     pub(super) async fn flush_publishes(&mut self) -> Result<(), End> {
         let t = self.next_token;
         self.next_token += 1;
-        let syncing = !self.store_ops.is_empty();
+        let syncing = !self.durable.is_empty();
         if syncing {
             let store = self.broker.store.clone();
             store.wait_for_space().await;
             let events = self.events_tx.clone();
             // Submitted before the queues see the messages, so a consumer's ack (a dequeue)
             // can never reach the store ahead of the enqueue it undoes.
-            store.submit(
-                std::mem::take(&mut self.store_ops),
-                true,
-                Some(Box::new(move |ok| {
+            self.durable.submit(
+                &store,
+                Box::new(move |r: Result<(), _>| {
+                    let ok = r.is_ok();
                     let _ = events.send(ConnEvent::Synced { token: t, ok });
-                })),
+                }),
             );
         }
         let mut receipts = 0;

@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use super::Conn;
+use crate::broker::durable::Batch;
 use crate::broker::message::Message;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::channel::{Settle, Tx};
 use crate::error::{Error, code};
 use crate::protocol::{AMQPClass, tx};
-use crate::store::Op;
 
 impl Conn {
     pub(super) async fn on_tx(&mut self, ch: u16, m: tx::AMQPMethod) -> Result<(), Error> {
@@ -54,12 +54,12 @@ impl Conn {
     /// messages, across all queues, go to the store in one synced write; only then do the
     /// queues see them (so after a crash all of it or none of it is there).
     pub(super) async fn commit(&mut self, ch: u16, staged: Tx) -> Result<(), Error> {
-        let mut ops = Vec::new();
+        let mut rows = Batch::default();
         let mut batches: Vec<(QueueHandle, Vec<Arc<Message>>)> = Vec::new();
         let mut returns = Vec::new();
         for p in staged.publishes {
             let mut msg = p.msg;
-            self.persist(&mut msg, &p.targets, &mut ops);
+            rows.publish(&self.broker.store, &mut msg, &p.targets);
             let msg = Arc::new(msg);
             if p.targets.is_empty() && p.mandatory {
                 returns.push(msg.clone());
@@ -76,22 +76,16 @@ impl Conn {
                 continue;
             }
             for (_, u) in settled {
-                if let Some(id) = u.stored {
-                    ops.push(Op::Dequeue {
-                        queue: u.queue.id,
-                        msg: id,
-                    });
-                }
+                rows.settle(&u.queue, u.stored);
             }
         }
-        if !ops.is_empty() {
+        if !rows.is_empty() {
             let (done, written) = tokio::sync::oneshot::channel();
-            self.broker.store.submit(
-                ops,
-                true,
-                Some(Box::new(move |ok| {
-                    let _ = done.send(ok);
-                })),
+            rows.submit(
+                &self.broker.store,
+                Box::new(move |r: Result<(), _>| {
+                    let _ = done.send(r.is_ok());
+                }),
             );
             if written.await != Ok(true) {
                 return Err(Error::connection(

@@ -12,14 +12,30 @@ use bytes::Bytes;
 use crate::protocol::FieldTable;
 pub use rocks::Store;
 
-/// The store could not be read (closed at shutdown, or an I/O error): nothing may be
-/// concluded about what it holds.
-#[derive(Debug, thiserror::Error)]
-#[error("the store is unavailable")]
-pub struct Unavailable;
+/// Why the store could not do what it was asked. Opening errors stop the broker before it
+/// serves anyone; a failed write is fatal too (the store writes nothing after it); an
+/// unavailable store (closed at shutdown, or failed) allows no conclusion about its content.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create data directory {dir}: {reason}")]
+    CreateDir { dir: String, reason: String },
+    #[error("data directory {dir} is in use by another broker ({reason})")]
+    InUse { dir: String, reason: String },
+    #[error("cannot open the store in {dir}: {reason}")]
+    Open { dir: String, reason: String },
+    #[error("corrupt store in {dir}: {reason}")]
+    Corrupt { dir: String, reason: String },
+    #[error("cannot start the store writer: {0}")]
+    Writer(String),
+    #[error("store write failed: {0}")]
+    Write(String),
+    #[error("the store is unavailable")]
+    Unavailable,
+}
 
-/// Called once a request has been written (true) or could not be (false).
-pub type Done = Box<dyn FnOnce(bool) + Send>;
+/// Called once a request has been written (Ok: on disk if it asked for a sync) or could not
+/// be.
+pub type Done = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredExchange {

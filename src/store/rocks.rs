@@ -11,7 +11,7 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use tokio::sync::{Notify, watch};
 
 use super::keys;
-use super::{Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoredMessage, Unavailable};
+use super::{Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoreError, StoredMessage};
 
 const META: &str = "meta";
 const MESSAGES: &str = "messages";
@@ -54,26 +54,25 @@ pub struct Store {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Set once a write has failed: why. The store then writes nothing more (every request
     /// is answered `false`) and the broker stops, rather than confirm what it cannot keep.
-    failed: Arc<watch::Sender<Option<String>>>,
+    failed: Arc<watch::Sender<Option<StoreError>>>,
 }
 
-fn db_error(dir: &Path, e: rocksdb::Error) -> String {
-    let text = e.to_string();
-    if text.contains("lock") || text.contains("Resource temporarily unavailable") {
-        format!(
-            "data directory {} is in use by another broker ({text})",
-            dir.display()
-        )
+fn db_error(dir: &Path, e: rocksdb::Error) -> StoreError {
+    let (dir, reason) = (dir.display().to_string(), e.to_string());
+    if reason.contains("lock") || reason.contains("Resource temporarily unavailable") {
+        StoreError::InUse { dir, reason }
     } else {
-        format!("cannot open the store in {}: {text}", dir.display())
+        StoreError::Open { dir, reason }
     }
 }
 
 impl Store {
     /// Open (or create) the store in `dir` and read back everything durable.
-    pub fn open(dir: &Path) -> Result<(Arc<Store>, Recovered), String> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot create data directory {}: {e}", dir.display()))?;
+    pub fn open(dir: &Path) -> Result<(Arc<Store>, Recovered), StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::CreateDir {
+            dir: dir.display().to_string(),
+            reason: e.to_string(),
+        })?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);
@@ -93,8 +92,10 @@ impl Store {
         let db =
             DB::open_cf_descriptors(&opts, dir.join("store"), cfs).map_err(|e| db_error(dir, e))?;
         let db = Arc::new(db);
-        let (recovered, max_id) =
-            recover(&db).map_err(|e| format!("corrupt store in {}: {e}", dir.display()))?;
+        let (recovered, max_id) = recover(&db).map_err(|reason| StoreError::Corrupt {
+            dir: dir.display().to_string(),
+            reason,
+        })?;
         let (tx, rx) = mpsc::channel();
         let pending = Arc::new(AtomicUsize::new(0));
         let space = Arc::new(Notify::new());
@@ -111,7 +112,7 @@ impl Store {
             std::thread::Builder::new()
                 .name("warren-store".into())
                 .spawn(move || write_loop(db, rx, pending, space, compaction, failed))
-                .map_err(|e| format!("cannot start the store writer: {e}"))?
+                .map_err(|e| StoreError::Writer(e.to_string()))?
         };
         let store = Store {
             db: Mutex::new(Some(db)),
@@ -148,13 +149,13 @@ impl Store {
         if let Err(req) = sent {
             // The store is closed (shutting down): nothing is written.
             if let Some(done) = req.done {
-                done(false);
+                done(Err(StoreError::Unavailable));
             }
         }
     }
 
     /// Watch for a failed write: the reason, once the store has stopped writing.
-    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+    pub fn failed(&self) -> watch::Receiver<Option<StoreError>> {
         self.failed.subscribe()
     }
 
@@ -171,10 +172,10 @@ impl Store {
 
     /// Read message rows (paging in): None for a row that does not exist. Err if the store
     /// cannot be read (closed, or an I/O error): then nothing may be concluded about any row.
-    pub fn read_messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, Unavailable> {
+    pub fn read_messages(&self, ids: &[u64]) -> Result<Vec<Option<StoredMessage>>, StoreError> {
         let db = self.db.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let db = db.ok_or(Unavailable)?;
-        let msgs = db.cf_handle(MESSAGES).ok_or(Unavailable)?;
+        let db = db.ok_or(StoreError::Unavailable)?;
+        let msgs = db.cf_handle(MESSAGES).ok_or(StoreError::Unavailable)?;
         let keys: Vec<_> = ids
             .iter()
             .map(|id| (&msgs, keys::message_key(*id)))
@@ -186,7 +187,7 @@ impl Store {
                 Ok(None) => out.push(None),
                 Err(e) => {
                     tracing::error!("store read failed: {e}");
-                    return Err(Unavailable);
+                    return Err(StoreError::Unavailable);
                 }
             }
         }
@@ -271,7 +272,7 @@ fn write_loop(
     pending: Arc<AtomicUsize>,
     space: Arc<Notify>,
     compaction: Arc<Mutex<Option<std::thread::JoinHandle<()>>>>,
-    failed: Arc<watch::Sender<Option<String>>>,
+    failed: Arc<watch::Sender<Option<StoreError>>>,
 ) {
     let compacting = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let start_compaction = |db: &Arc<DB>, running: &Arc<std::sync::atomic::AtomicBool>| {
@@ -322,15 +323,16 @@ fn write_loop(
         let started = Instant::now();
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        let ok = failed.borrow().is_none()
-            && match db.write_opt(batch, &wo) {
-                Ok(()) => true,
-                Err(e) => {
-                    tracing::error!("store write failed: {e}; the store writes nothing more");
-                    failed.send_replace(Some(format!("store write failed: {e}")));
-                    false
-                }
-            };
+        let earlier = failed.borrow().clone();
+        let result = match earlier {
+            Some(_) => Err(StoreError::Unavailable),
+            None => db.write_opt(batch, &wo).map_err(|e| {
+                tracing::error!("store write failed: {e}; the store writes nothing more");
+                let e = StoreError::Write(e.to_string());
+                failed.send_replace(Some(e.clone()));
+                e
+            }),
+        };
         tracing::debug!(
             requests,
             bytes,
@@ -341,7 +343,7 @@ fn write_loop(
         pending.fetch_sub(bytes, Ordering::AcqRel);
         space.notify_waiters();
         for d in dones {
-            d(ok);
+            d(result.clone());
         }
         if deleted >= COMPACT_AFTER_BYTES && start_compaction(&db, &compacting) {
             deleted = 0;

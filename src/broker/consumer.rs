@@ -33,7 +33,7 @@ pub enum ConnEvent {
     /// A queue took the confirm-mode publishes of flush `token`, except `nacks`.
     Taken {
         token: u64,
-        nacks: Vec<super::receipt::Tag>,
+        nacks: Vec<super::receipt::ConfirmTag>,
     },
 }
 

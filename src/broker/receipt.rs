@@ -5,20 +5,31 @@
 
 use super::consumer::{ConnEvent, ConnSender};
 
-/// (channel, delivery tag) of a confirm-mode publish.
-pub type Tag = (u16, u64);
+/// A confirm-mode publish: its channel and sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConfirmTag {
+    pub channel: u16,
+    pub tag: u64,
+}
+
+/// A confirm-mode publish in a batch sent to a queue, by its position in the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceiptTag {
+    pub at: u32,
+    pub tag: ConfirmTag,
+}
 
 #[derive(Debug)]
 pub struct Receipt {
     events: ConnSender,
     token: u64,
-    /// (position in the batch, channel, tag) for the batch's confirm-mode messages.
-    tags: Vec<(u32, u16, u64)>,
+    /// The batch's confirm-mode messages.
+    tags: Vec<ReceiptTag>,
     answered: bool,
 }
 
 impl Receipt {
-    pub fn new(events: ConnSender, token: u64, tags: Vec<(u32, u16, u64)>) -> Self {
+    pub fn new(events: ConnSender, token: u64, tags: Vec<ReceiptTag>) -> Self {
         Receipt {
             events,
             token,
@@ -32,13 +43,13 @@ impl Receipt {
         let nacks = self
             .tags
             .iter()
-            .filter(|(i, _, _)| refused.binary_search(i).is_ok())
-            .map(|&(_, ch, tag)| (ch, tag))
+            .filter(|t| refused.binary_search(&t.at).is_ok())
+            .map(|t| t.tag)
             .collect();
         self.send(nacks);
     }
 
-    fn send(&mut self, nacks: Vec<Tag>) {
+    fn send(&mut self, nacks: Vec<ConfirmTag>) {
         self.answered = true;
         let _ = self.events.send(ConnEvent::Taken {
             token: self.token,
@@ -50,7 +61,7 @@ impl Receipt {
 impl Drop for Receipt {
     fn drop(&mut self) {
         if !self.answered {
-            let nacks = self.tags.iter().map(|&(_, ch, tag)| (ch, tag)).collect();
+            let nacks = self.tags.iter().map(|t| t.tag).collect();
             self.send(nacks);
         }
     }
@@ -95,7 +106,18 @@ mod tests {
         })
     }
 
-    async fn answer(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> (u64, Vec<Tag>) {
+    fn ct(channel: u16, tag: u64) -> ConfirmTag {
+        ConfirmTag { channel, tag }
+    }
+
+    fn rt(at: u32, channel: u16, tag: u64) -> ReceiptTag {
+        ReceiptTag {
+            at,
+            tag: ct(channel, tag),
+        }
+    }
+
+    async fn answer(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> (u64, Vec<ConfirmTag>) {
         match rx.recv().await {
             Some(ConnEvent::Taken { token, nacks }) => (token, nacks),
             other => panic!("expected an answer, got {other:?}"),
@@ -106,7 +128,7 @@ mod tests {
     async fn a_live_queue_takes_the_batch() {
         let (_v, q) = queue();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let r = Receipt::new(tx, 3, vec![(0, 1, 7), (1, 1, 8)]);
+        let r = Receipt::new(tx, 3, vec![rt(0, 1, 7), rt(1, 1, 8)]);
         assert!(q.send(QueueCmd::Publish(vec![msg(), msg()], Some(r))).await);
         assert_eq!(answer(&mut rx).await, (3, vec![]));
     }
@@ -125,13 +147,13 @@ mod tests {
             })
             .await
         );
-        let r = Receipt::new(tx.clone(), 4, vec![(0, 2, 1)]);
+        let r = Receipt::new(tx.clone(), 4, vec![rt(0, 2, 1)]);
         assert!(q.send(QueueCmd::Publish(vec![msg()], Some(r))).await);
         assert_eq!(deleted.await.unwrap().unwrap(), 0);
-        assert_eq!(answer(&mut rx).await, (4, vec![(2, 1)]));
+        assert_eq!(answer(&mut rx).await, (4, vec![ct(2, 1)]));
         // Once the queue is gone, a send fails and the receipt still answers.
-        let r = Receipt::new(tx, 5, vec![(0, 2, 2)]);
+        let r = Receipt::new(tx, 5, vec![rt(0, 2, 2)]);
         assert!(!q.send(QueueCmd::Publish(vec![msg()], Some(r))).await);
-        assert_eq!(answer(&mut rx).await, (5, vec![(2, 2)]));
+        assert_eq!(answer(&mut rx).await, (5, vec![ct(2, 2)]));
     }
 }

@@ -4,12 +4,19 @@
 //! is still open; a publish some queue refused is nacked on its own.
 
 use super::Conn;
-use crate::broker::receipt::Tag;
+use crate::broker::receipt::ConfirmTag;
 use crate::channel::State;
 use crate::protocol::encode;
 
-/// Confirms of one flush: (channel, highest tag, how many publishes).
-pub(super) type Confirms = Vec<(u16, u64, u32)>;
+/// The confirm-mode publishes of one flush on one channel: `count` tags up to `last`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ConfirmRun {
+    pub channel: u16,
+    pub last: u64,
+    pub count: u32,
+}
+
+pub(super) type Confirms = Vec<ConfirmRun>;
 
 pub(super) struct Awaiting {
     pub token: u64,
@@ -21,7 +28,7 @@ pub(super) struct Awaiting {
     pub failed: bool,
     pub confirms: Confirms,
     /// Publishes some queue refused.
-    pub nacks: Vec<Tag>,
+    pub nacks: Vec<ConfirmTag>,
 }
 
 impl Awaiting {
@@ -41,7 +48,7 @@ impl Conn {
     }
 
     /// A queue answered for its part of a flush.
-    pub(super) fn on_taken(&mut self, token: u64, nacks: Vec<Tag>) {
+    pub(super) fn on_taken(&mut self, token: u64, nacks: Vec<ConfirmTag>) {
         if let Some(a) = self.awaiting.iter_mut().find(|a| a.token == token) {
             a.receipts -= 1;
             a.nacks.extend(nacks);
@@ -57,7 +64,12 @@ impl Conn {
             };
             a.nacks.sort_unstable();
             a.nacks.dedup();
-            for &(ch, last, count) in &a.confirms {
+            for &ConfirmRun {
+                channel: ch,
+                last,
+                count,
+            } in &a.confirms
+            {
                 if !self
                     .channels
                     .get(&ch)
@@ -70,7 +82,7 @@ impl Conn {
                     continue;
                 }
                 let first = last + 1 - u64::from(count);
-                let refused = a.nacks.iter().filter(|(c, _)| *c == ch).map(|&(_, t)| t);
+                let refused = a.nacks.iter().filter(|n| n.channel == ch).map(|n| n.tag);
                 write_range(&mut self.out, ch, first, last, refused);
             }
         }

@@ -2,7 +2,7 @@
 //! order frames are written, consumer credit given back, server-sent cancels.
 
 use super::{Conn, End, FLUSH_AT};
-use crate::broker::consumer::{CONSUMER_CREDIT, ConnEvent};
+use crate::broker::consumer::ConnEvent;
 use crate::broker::ids::ConsumerId;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::channel::State;
@@ -19,12 +19,10 @@ impl Conn {
             } => {
                 let n = entries.len() as u32;
                 let channel = consumer.channel.channel;
-                let live = self.channels.get(&channel).is_some_and(|c| {
-                    c.state == State::Open
-                        && c.consumers
-                            .get(&consumer.tag)
-                            .is_some_and(|ci| ci.serial == consumer.serial)
-                });
+                let live = self
+                    .channels
+                    .get(&channel)
+                    .is_some_and(|c| c.state == State::Open && c.is_current(&consumer));
                 if !live {
                     if !no_ack
                         && let Some(c) = self.channels.get(&channel)
@@ -63,13 +61,9 @@ impl Conn {
                 let Some(c) = self.channels.get_mut(&channel) else {
                     return Ok(());
                 };
-                if c.consumers
-                    .get(&consumer.tag)
-                    .is_none_or(|ci| ci.serial != consumer.serial)
-                {
+                if !c.remove_consumer(&consumer) {
                     return Ok(());
                 }
-                c.consumers.remove(&consumer.tag);
                 if c.state == State::Open && self.caps.consumer_cancel_notify {
                     self.send_method(
                         channel,
@@ -87,16 +81,13 @@ impl Conn {
     /// `n` deliveries to `consumer` were written out: its queue may send `n` more (at most
     /// CONSUMER_CREDIT are ever in flight), and is woken if it was waiting for that.
     pub(super) fn grant(&mut self, consumer: &ConsumerId, n: u32, queue: &QueueHandle) {
-        let Some(ci) = self
+        let grant = self
             .channels
             .get_mut(&consumer.channel.channel)
-            .and_then(|c| c.consumers.get_mut(&consumer.tag))
-            .filter(|ci| ci.serial == consumer.serial)
-        else {
-            return;
-        };
-        ci.written += u64::from(n);
-        if ci.flow.grant(ci.written + u64::from(CONSUMER_CREDIT)) {
+            .and_then(|c| c.written(consumer, n));
+        if let Some(g) = grant
+            && g.flow.grant(g.limit)
+        {
             queue.wake();
         }
     }

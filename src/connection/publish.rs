@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::confirm::Awaiting;
+use super::confirm::{Awaiting, ConfirmRun};
 use super::{Conn, End};
 use crate::broker::consumer::ConnEvent;
 use crate::broker::message::Message;
 use crate::broker::queue::{QueueCmd, QueueHandle};
-use crate::broker::receipt::Receipt;
+use crate::broker::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::channel::State;
 use crate::error::{Error, code};
 use crate::protocol::encode;
@@ -110,9 +110,11 @@ impl Conn {
         let mut targets = std::mem::take(&mut self.route_buf);
         routes.route(exchange, &msg, &mut targets);
         drop(routes);
-        if let Some(tx) = self.channels.get_mut(&ch).and_then(|c| c.tx.as_mut()) {
+        if let Some(c) = self.channels.get_mut(&ch)
+            && c.transactional()
+        {
             // Staged: routed now, written and made visible at tx.commit.
-            tx.publishes.push(crate::channel::TxPublish {
+            c.stage(crate::channel::TxPublish {
                 msg,
                 targets: std::mem::take(&mut targets),
                 mandatory,
@@ -125,18 +127,18 @@ impl Conn {
         if targets.is_empty() && mandatory {
             self.write_return(ch, &msg);
         }
-        let mut tag = None;
-        if let Some(c) = self.channels.get_mut(&ch)
-            && let Some(next) = c.confirm_next.as_mut()
-        {
-            tag = Some(*next);
-            *next += 1;
-            match self.confirms.iter_mut().find(|(c, _, _)| *c == ch) {
-                Some(entry) => {
-                    entry.1 = *next - 1;
-                    entry.2 += 1;
+        let tag = self.channels.get_mut(&ch).and_then(|c| c.next_publish());
+        if let Some(tag) = tag {
+            match self.confirms.iter_mut().find(|r| r.channel == ch) {
+                Some(run) => {
+                    run.last = tag;
+                    run.count += 1;
                 }
-                None => self.confirms.push((ch, *next - 1, 1)),
+                None => self.confirms.push(ConfirmRun {
+                    channel: ch,
+                    last: tag,
+                    count: 1,
+                }),
             }
         }
         for q in targets.drain(..) {
@@ -153,7 +155,10 @@ impl Conn {
             };
             let p = &mut self.pending[at];
             if let Some(tag) = tag {
-                p.tags.push((p.msgs.len() as u32, ch, tag));
+                p.tags.push(ReceiptTag {
+                    at: p.msgs.len() as u32,
+                    tag: ConfirmTag { channel: ch, tag },
+                });
             }
             p.msgs.push(msg.clone());
         }
@@ -234,10 +239,9 @@ impl Conn {
     }
 }
 
-/// Publishes routed to one queue in this read; `tags` are the confirm-mode ones
-/// (position in `msgs`, channel, delivery tag).
+/// Publishes routed to one queue in this read; `tags` are the confirm-mode ones.
 pub(super) struct Pending {
     pub queue: QueueHandle,
     pub msgs: Vec<Arc<Message>>,
-    pub tags: Vec<(u32, u16, u64)>,
+    pub tags: Vec<ReceiptTag>,
 }

@@ -16,27 +16,16 @@ impl Conn {
         let c = self.channel(ch);
         let reply = match m {
             tx::AMQPMethod::Select(_) => {
-                if c.confirm_next.is_some() {
-                    return Err(Error::precondition("cannot switch from confirm to tx mode"));
-                }
-                c.tx.get_or_insert_default();
+                c.tx_select()?;
                 tx::AMQPMethod::SelectOk(tx::SelectOk {})
             }
             tx::AMQPMethod::Commit(_) => {
-                let Some(staged) = c.tx.as_mut().map(std::mem::take) else {
-                    return Err(Error::precondition("channel is not transactional"));
-                };
+                let staged = c.commit()?;
                 self.commit(ch, staged).await?;
                 tx::AMQPMethod::CommitOk(tx::CommitOk {})
             }
             tx::AMQPMethod::Rollback(_) => {
-                let Some(staged) = c.tx.as_mut().map(std::mem::take) else {
-                    return Err(Error::precondition("channel is not transactional"));
-                };
-                // Staged publishes vanish; staged acks are undone: those stay unacked.
-                for (_, settled) in staged.settles {
-                    c.unsettle(settled);
-                }
+                c.rollback()?;
                 tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
             }
             _ => {
@@ -71,11 +60,11 @@ impl Conn {
                 }
             }
         }
-        for (how, settled) in &staged.settles {
-            if matches!(how, Settle::Requeue) {
+        for s in &staged.settles {
+            if matches!(s.how, Settle::Requeue) {
                 continue;
             }
-            for (_, u) in settled {
+            for (_, u) in &s.deliveries {
                 rows.settle(&u.queue, u.stored);
             }
         }
@@ -100,9 +89,9 @@ impl Conn {
         for (q, msgs) in batches {
             q.send(QueueCmd::Publish(msgs, None)).await;
         }
-        for (how, settled) in staged.settles {
-            let settled = settled.into_iter().map(|(_, u)| u).collect();
-            self.apply_settle(ch, settled, how).await;
+        for s in staged.settles {
+            let settled = s.deliveries.into_iter().map(|(_, u)| u).collect();
+            self.apply_settle(ch, settled, s.how).await;
         }
         Ok(())
     }

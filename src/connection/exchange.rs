@@ -1,0 +1,90 @@
+//! The exchange class: declare, delete, bind, unbind, as the vhost's topology decides.
+
+use super::Conn;
+use crate::broker::exchange::DestName;
+use crate::broker::vhost::ExchangeDecl;
+use crate::error::{Error, code};
+use crate::protocol::{AMQPClass, exchange};
+
+impl Conn {
+    pub(super) async fn on_exchange(
+        &mut self,
+        ch: u16,
+        m: exchange::AMQPMethod,
+    ) -> Result<(), Error> {
+        let vhost = self.vhost().clone();
+        match m {
+            exchange::AMQPMethod::Declare(d) => {
+                vhost
+                    .declare_exchange(&ExchangeDecl {
+                        name: d.exchange.to_string(),
+                        kind: d.kind.to_string(),
+                        passive: d.passive,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: d.arguments,
+                    })?
+                    .wait()
+                    .await?;
+                self.reply(
+                    ch,
+                    d.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(exchange::DeclareOk {})),
+                );
+            }
+            exchange::AMQPMethod::Delete(d) => {
+                vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)?
+                    .wait()
+                    .await?;
+                self.reply(
+                    ch,
+                    d.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                );
+            }
+            exchange::AMQPMethod::Bind(b) => {
+                vhost
+                    .bind(
+                        b.source.as_str(),
+                        DestName::Exchange(b.destination.as_str().into()),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                        self.id,
+                    )?
+                    .wait()
+                    .await?;
+                self.reply(
+                    ch,
+                    b.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                );
+            }
+            exchange::AMQPMethod::Unbind(b) => {
+                vhost
+                    .unbind(
+                        b.source.as_str(),
+                        DestName::Exchange(b.destination.as_str().into()),
+                        b.routing_key.as_str(),
+                        &b.arguments,
+                        self.id,
+                    )?
+                    .wait()
+                    .await?;
+                self.reply(
+                    ch,
+                    b.nowait,
+                    AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                );
+            }
+            _ => {
+                return Err(Error::connection(
+                    code::COMMAND_INVALID,
+                    "unexpected exchange method",
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -9,13 +9,11 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use tokio::sync::{mpsc, oneshot};
-use warren::broker::consumer::{
-    CONSUMER_CREDIT, ChannelLimit, ConnEvent, ConsumerFlow, ConsumerSpec,
-};
+use warren::broker::consumer::{CONSUMER_CREDIT, ChannelLimit, ConsumerFlow};
 use warren::broker::ids::{ChannelId, ConsumerId};
 use warren::broker::memory::MemoryMonitor;
 use warren::broker::message::Message;
-use warren::broker::queue::QueueCmd;
+use warren::broker::queue::{ConnEvent, ConsumerSpec, QueueCmd};
 use warren::broker::routing::Dest;
 use warren::broker::routing::topic::Topic;
 use warren::broker::vhost::{QueueDecl, QueueSettings, VHost};

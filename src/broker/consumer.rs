@@ -1,43 +1,12 @@
-//! What a queue needs to deliver to a consumer without ever waiting on it: the consumer's
-//! connection inbox, and the credit that bounds what may be in flight to that connection
-//! (so a consumer that stops reading stops receiving, instead of growing the broker's memory).
+//! The credit cells between a channel and the queues it consumes from: what a consumer may
+//! still be sent (so a consumer that stops reading stops receiving, instead of growing the
+//! broker's memory), and the pool of a channel's global prefetch. The channel writes them,
+//! queue runtimes read them into commands.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-
-use tokio::sync::mpsc;
-
-use super::ids::ConsumerId;
-use super::queue::{Entry, QueueHandle};
-use crate::protocol::FieldTable;
 
 /// Deliveries a queue may have handed to a connection that it has not yet encoded.
 pub const CONSUMER_CREDIT: u32 = 512;
-
-/// Events queues send to a connection task. The inbox is unbounded as a channel, but what
-/// flows through it is bounded by consumer credit and prefetch.
-#[derive(Debug)]
-pub enum ConnEvent {
-    Deliver {
-        consumer: ConsumerId,
-        no_ack: bool,
-        queue: QueueHandle,
-        entries: Vec<Entry>,
-    },
-    /// The queue went away under the consumer (server-sent basic.cancel).
-    Cancelled(ConsumerId),
-    /// A queue gave back pool credit other queues of this channel were waiting for.
-    Wake { channel: u16 },
-    /// The store wrote (ok) or failed to write the publishes of sync request `token`.
-    Synced { token: u64, ok: bool },
-    /// A queue took the confirm-mode publishes of flush `token`, except `nacks`.
-    Taken {
-        token: u64,
-        nacks: Vec<super::receipt::ConfirmTag>,
-    },
-}
-
-pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
 
 /// The delivery credit a channel grants one consumer, as the latest value: the queue may
 /// send it deliveries while it has sent fewer than `limit`. The connection raises the limit
@@ -129,19 +98,4 @@ impl ChannelLimit {
             });
         self.starved.swap(false, Ordering::AcqRel)
     }
-}
-
-/// A consumer as its queue sees it: what it asked for, and how to reach its connection.
-#[derive(Debug, Clone)]
-pub struct ConsumerSpec {
-    pub id: ConsumerId,
-    pub no_ack: bool,
-    pub exclusive: bool,
-    /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
-    pub prefetch: u32,
-    pub arguments: FieldTable,
-    pub events: ConnSender,
-    pub flow: Arc<ConsumerFlow>,
-    /// The channel's pool (basic.qos global=true).
-    pub channel_limit: Arc<ChannelLimit>,
 }

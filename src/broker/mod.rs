@@ -11,7 +11,6 @@ pub mod ids;
 pub mod memory;
 pub mod message;
 pub mod queue;
-pub mod receipt;
 pub mod routing;
 pub mod topology;
 pub mod vhost;

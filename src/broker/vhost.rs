@@ -11,12 +11,12 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
-use super::exchange::{DestName, ExchangeRoute, Router};
+use super::exchange::DestName;
 use super::ids::ConnId;
 use super::memory::MemoryMonitor;
 use super::queue::classic::{OnDeleted, Recovered};
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
-use super::routing::{Dest, Map, Routes};
+use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
 use super::topology::{BindDecl, Change, Changes, Cmd, QueueRecord, Reply, Topology};
 use crate::error::{Error, code};
 use crate::protocol::FieldTable;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use super::Conn;
 use super::queue::gone;
-use crate::broker::consumer::ConsumerSpec;
 use crate::broker::ids::ConsumerId;
+use crate::broker::queue::ConsumerSpec;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::channel::{Settle, Settled, by_queue};
 use crate::error::{Error, code};

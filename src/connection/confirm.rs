@@ -4,7 +4,7 @@
 //! is still open; a publish some queue refused is nacked on its own.
 
 use super::Conn;
-use crate::broker::receipt::ConfirmTag;
+use crate::broker::queue::receipt::ConfirmTag;
 use crate::channel::State;
 use crate::protocol::encode;
 

@@ -2,8 +2,8 @@
 //! order frames are written, consumer credit given back, server-sent cancels.
 
 use super::{Conn, End, FLUSH_AT};
-use crate::broker::consumer::ConnEvent;
 use crate::broker::ids::ConsumerId;
+use crate::broker::queue::ConnEvent;
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::channel::State;
 use crate::protocol::{AMQPClass, basic, encode};

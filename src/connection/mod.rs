@@ -30,9 +30,9 @@ use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::{mpsc, watch};
 
 use crate::broker::Broker;
-use crate::broker::consumer::{ConnEvent, ConnSender};
 use crate::broker::ids::{ChannelId, ConnId};
 use crate::broker::queue::QueueHandle;
+use crate::broker::queue::{ConnEvent, ConnSender};
 use crate::broker::vhost::VHost;
 use crate::channel::{Channel, State};
 use crate::error::{Error, code};

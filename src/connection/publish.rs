@@ -8,10 +8,10 @@ use bytes::Bytes;
 
 use super::confirm::{Awaiting, ConfirmRun};
 use super::{Conn, End};
-use crate::broker::consumer::ConnEvent;
 use crate::broker::message::Message;
+use crate::broker::queue::ConnEvent;
+use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::broker::queue::{QueueCmd, QueueHandle};
-use crate::broker::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::channel::State;
 use crate::error::{Error, code};
 use crate::protocol::encode;

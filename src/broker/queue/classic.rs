@@ -23,10 +23,11 @@ use super::state::{
 use super::{Entry, QueueCmd, QueueHandle, QueueShared, Stat};
 use crate::broker::args::QueueArgs;
 use crate::broker::clock;
-use crate::broker::consumer::{ChannelLimit, ConnEvent, ConnSender, ConsumerFlow, ConsumerSpec};
+use crate::broker::consumer::{ChannelLimit, ConsumerFlow};
 use crate::broker::ids::{ChannelId, ConnId, ConsumerId};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Persisted};
+use crate::broker::queue::{ConnEvent, ConnSender, ConsumerSpec};
 use crate::protocol::{FieldTable, properties};
 use crate::store::{Op, Store};
 

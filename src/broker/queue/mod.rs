@@ -6,6 +6,7 @@
 //! queue whose consumers' connections cannot keep up sets `busy`, so publishers to it pause.
 
 pub mod classic;
+pub mod receipt;
 pub mod state;
 
 use std::sync::Arc;
@@ -13,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::consumer::ConsumerSpec;
+use super::consumer::{ChannelLimit, ConsumerFlow};
 use super::ids::{ChannelId, ConnId, ConsumerId};
 use super::message::Message;
-use super::receipt::Receipt;
 use crate::error::Error;
 use crate::protocol::FieldTable;
 use crate::store::Store;
+use receipt::Receipt;
 
 pub use classic::{QueueSpec, spawn};
 
@@ -31,6 +32,46 @@ pub struct Entry {
     pub redelivered: bool,
     /// Its deadline (wall-clock ms), kept in case it comes back unchanged.
     pub expires_ms: Option<u64>,
+}
+
+/// Events queues send to a connection task. The inbox is unbounded as a channel, but what
+/// flows through it is bounded by consumer credit and prefetch.
+#[derive(Debug)]
+pub enum ConnEvent {
+    Deliver {
+        consumer: ConsumerId,
+        no_ack: bool,
+        queue: QueueHandle,
+        entries: Vec<Entry>,
+    },
+    /// The queue went away under the consumer (server-sent basic.cancel).
+    Cancelled(ConsumerId),
+    /// A queue gave back pool credit other queues of this channel were waiting for.
+    Wake { channel: u16 },
+    /// The store wrote (ok) or failed to write the publishes of sync request `token`.
+    Synced { token: u64, ok: bool },
+    /// A queue took the confirm-mode publishes of flush `token`, except `nacks`.
+    Taken {
+        token: u64,
+        nacks: Vec<receipt::ConfirmTag>,
+    },
+}
+
+pub type ConnSender = mpsc::UnboundedSender<ConnEvent>;
+
+/// A consumer as its queue sees it: what it asked for, and how to reach its connection.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub id: ConsumerId,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
+    pub prefetch: u32,
+    pub arguments: FieldTable,
+    pub events: ConnSender,
+    pub flow: Arc<ConsumerFlow>,
+    /// The channel's pool (basic.qos global=true).
+    pub channel_limit: Arc<ChannelLimit>,
 }
 
 /// What a `basic.get` returns: the message and how many are left ready.

@@ -4,11 +4,13 @@
 pub mod direct;
 pub mod fanout;
 pub mod headers;
+mod router;
 pub mod topic;
+
+pub use router::{ExchangeRoute, Router};
 
 use std::sync::Arc;
 
-use crate::broker::exchange::ExchangeRoute;
 use crate::broker::message::Message;
 use crate::broker::queue::QueueHandle;
 use crate::protocol::FieldTable;

@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use super::Classic;
-use crate::broker::consumer::{ChannelLimit, ConnEvent};
+use crate::broker::consumer::ChannelLimit;
 use crate::broker::ids::ChannelId;
+use crate::broker::queue::ConnEvent;
 use crate::broker::queue::state::{Command, Credit};
 
 impl Classic {

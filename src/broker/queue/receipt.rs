@@ -3,7 +3,7 @@
 //! acks what all took and nacks the rest. A batch the queue never saw (deleted meanwhile,
 //! its inbox dropped) answers by itself when dropped: all refused.
 
-use super::consumer::{ConnEvent, ConnSender};
+use super::{ConnEvent, ConnSender};
 
 /// A confirm-mode publish: its channel and sequence number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -212,6 +212,40 @@ impl Topology {
         Ok((reply, ch))
     }
 
+    /// Check the invariants (see the module doc); for tests and fuzzing.
+    pub fn check(&self) -> Result<(), String> {
+        let mut indexed = 0;
+        for (source, list) in &self.bindings {
+            if !self.exchanges.contains_key(source) || list.is_empty() {
+                return Err(format!("bindings of missing exchange '{source}', or none"));
+            }
+            for key in list.keys() {
+                let dest_exists = match &key.dest {
+                    DestName::Queue(q) => self.queues.contains_key(q),
+                    DestName::Exchange(x) => self.exchanges.contains_key(x),
+                };
+                let in_index = self
+                    .by_dest
+                    .get(&key.dest)
+                    .is_some_and(|s| s.contains(&(source.clone(), key.clone())));
+                if !dest_exists || !in_index {
+                    return Err(format!(
+                        "binding {source} -> {:?}: dest or index missing",
+                        key.dest
+                    ));
+                }
+                indexed += 1;
+            }
+        }
+        let total: usize = self.by_dest.values().map(HashSet::len).sum();
+        if total != indexed {
+            return Err(format!(
+                "{total} indexed by destination, {indexed} by source"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn has_queue(&self, name: &str) -> bool {
         self.queues.contains_key(name)
     }

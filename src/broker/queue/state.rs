@@ -169,6 +169,58 @@ impl<B: Payload> QueueState<B> {
         room.min(self.ready.len() as u64) as u32
     }
 
+    /// Check the invariants (see the module doc); for tests and fuzzing.
+    pub fn check(&self) -> Result<(), String> {
+        if !self
+            .ready
+            .iter()
+            .zip(self.ready.iter().skip(1))
+            .all(|(a, b)| a.seq < b.seq)
+        {
+            return Err("ready is not sorted by seq".into());
+        }
+        if let Some(m) = self
+            .ready
+            .iter()
+            .find(|m| self.unacked.contains_key(&m.seq))
+        {
+            return Err(format!("seq {} is both ready and unacked", m.seq));
+        }
+        let weight: usize = self.ready.iter().map(|m| m.weight as usize).sum::<usize>()
+            + self
+                .unacked
+                .values()
+                .map(|h| h.msg.weight as usize)
+                .sum::<usize>();
+        if weight != self.weight {
+            return Err(format!(
+                "weight {} but messages weigh {weight}",
+                self.weight
+            ));
+        }
+        let bytes: u64 = self.ready.iter().map(|m| u64::from(m.body.size())).sum();
+        if bytes != self.ready_bytes {
+            return Err(format!("ready_bytes {} but {bytes}", self.ready_bytes));
+        }
+        for c in &self.consumers {
+            let held = self
+                .unacked
+                .values()
+                .filter(|h| h.consumer.as_ref() == Some(&c.id))
+                .count();
+            if held != c.unacked as usize {
+                return Err(format!(
+                    "{:?} counts {} unacked, holds {held}",
+                    c.id, c.unacked
+                ));
+            }
+        }
+        if self.deleted && !(self.ready.is_empty() && self.unacked.is_empty()) {
+            return Err("deleted with messages".into());
+        }
+        Ok(())
+    }
+
     /// When the queue must be ticked: the head's deadline, or x-expires running out.
     pub fn next_deadline_ms(&self) -> Option<u64> {
         let head = self.ready.front().and_then(|m| m.expires_ms);
@@ -326,6 +378,12 @@ impl<B: Payload> QueueState<B> {
     }
 
     fn checkout(&mut self, c: Checkout) -> Result<(), Error> {
+        if self.consumers.iter().any(|k| k.id == c.consumer) {
+            return Err(Error::connection(
+                crate::error::code::NOT_ALLOWED,
+                format!("attempt to reuse consumer tag '{}'", c.consumer.tag),
+            ));
+        }
         let locked = self.consumers.iter().any(|c| c.exclusive)
             || (c.exclusive && !self.consumers.is_empty());
         if locked {

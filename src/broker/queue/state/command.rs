@@ -44,7 +44,8 @@ pub struct Config {
     pub memory_budget: usize,
 }
 
-/// A new consumer.
+/// A new consumer. Its id is used for this checkout only (channels number their consumers):
+/// deliveries still on their way to an earlier consumer must never count as this one's.
 #[derive(Debug, Clone)]
 pub struct Checkout {
     pub consumer: ConsumerId,

@@ -308,6 +308,7 @@ fn run_model(seed: u64, steps: usize) {
                 .map(|h| h.msg.weight as usize)
                 .sum::<usize>();
         assert_eq!(q.q.weight(), weight, "{ctx}: weight");
+        q.q.check().unwrap_or_else(|e| panic!("{ctx}: {e}"));
     }
 }
 

@@ -456,6 +456,14 @@ fn exclusive_consumers() {
 }
 
 #[test]
+fn a_consumer_id_in_use_is_refused() {
+    let mut q = Q::new(QueueArgs::default());
+    q.checkout(checkout(1, "a")).unwrap();
+    assert_eq!(q.checkout(checkout(1, "a")).unwrap_err().code(), 530);
+    assert_eq!(q.q.consumer_count(), 1);
+}
+
+#[test]
 fn auto_delete_after_the_last_consumer_but_never_before_the_first() {
     let mut c = cfg(QueueArgs::default());
     c.auto_delete = true;

@@ -1,0 +1,102 @@
+//! `Topology` under arbitrary declare/bind/unbind/delete sequences over a few names (so they
+//! collide): no panic, the binding indexes stay consistent, and a refused command changes
+//! nothing.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use warren::broker::exchange::DestName;
+use warren::broker::topology::{BindDecl, Changes, Cmd, ExchangeDecl, QueueDecl, Topology};
+
+const NAMES: &[&str] = &["a", "b", "c", "", "amq.direct", "amq.x", "q"];
+const KINDS: &[&str] = &["direct", "fanout", "topic", "headers", "bogus"];
+
+fn pick<'a>(b: &mut &[u8], from: &[&'a str]) -> &'a str {
+    from[usize::from(byte(b)) % from.len()]
+}
+
+fn byte(b: &mut &[u8]) -> u8 {
+    let (x, rest) = b.split_first().map_or((0, &[][..]), |(x, r)| (*x, r));
+    *b = rest;
+    x
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = data;
+    let mut t = Topology::new("/", &mut Changes::default());
+    for _ in 0..128 {
+        if b.is_empty() {
+            break;
+        }
+        let op = byte(&mut b);
+        let flags = byte(&mut b);
+        let conn = u64::from(flags >> 7) + 1;
+        let name = pick(&mut b, NAMES).to_string();
+        let cmd = match op % 7 {
+            0 => Cmd::DeclareExchange(ExchangeDecl {
+                name,
+                kind: pick(&mut b, KINDS).into(),
+                passive: flags & 1 != 0,
+                durable: flags & 2 != 0,
+                auto_delete: flags & 4 != 0,
+                internal: flags & 8 != 0,
+                arguments: Default::default(),
+            }),
+            1 => Cmd::DeleteExchange {
+                name,
+                if_unused: flags & 1 != 0,
+            },
+            2 | 3 => {
+                let target = pick(&mut b, NAMES);
+                let dest = if flags & 16 != 0 {
+                    DestName::Exchange(target.into())
+                } else {
+                    DestName::Queue(target.into())
+                };
+                let decl = BindDecl {
+                    source: name,
+                    dest,
+                    key: pick(&mut b, NAMES).into(),
+                    arguments: Default::default(),
+                };
+                if op % 7 == 2 {
+                    Cmd::Bind(decl, conn)
+                } else {
+                    Cmd::Unbind(decl, conn)
+                }
+            }
+            4 => Cmd::DeclareQueue(
+                QueueDecl {
+                    name,
+                    passive: flags & 1 != 0,
+                    durable: flags & 2 != 0,
+                    exclusive: flags & 4 != 0,
+                    auto_delete: flags & 8 != 0,
+                    arguments: Default::default(),
+                },
+                conn,
+            ),
+            5 => Cmd::DeclareServerNamed(
+                QueueDecl {
+                    name: format!("amq.gen-{}", flags % 4),
+                    ..Default::default()
+                },
+                conn,
+            ),
+            _ => Cmd::QueueDeleted {
+                name: name.as_str().into(),
+                id: u64::from(flags % 8),
+            },
+        };
+        let before = format!("{t:?}");
+        if t.apply(cmd).is_err() {
+            assert_eq!(
+                format!("{t:?}"),
+                before,
+                "a refused command changed the topology"
+            );
+        }
+        if let Err(e) = t.check() {
+            panic!("invariant broken: {e}");
+        }
+    }
+});

@@ -60,34 +60,7 @@ impl Broker {
         );
         vhosts.insert(config.default_vhost.clone(), vhost);
 
-        // One refcount per stored row, shared by every queue that holds it.
-        let mut refs: HashMap<u64, u32> = HashMap::new();
-        for q in &recovered.queues {
-            for m in &q.messages {
-                *refs.entry(m.id).or_default() += 1;
-            }
-        }
-        let mut shared: HashMap<u64, Arc<Persisted>> = HashMap::with_capacity(refs.len());
-        let mut queues: HashMap<String, Vec<_>> = HashMap::new();
-        let mut total = 0usize;
-        for q in recovered.queues {
-            let msgs: Vec<_> = q
-                .messages
-                .into_iter()
-                .map(|m| {
-                    let p = shared
-                        .entry(m.id)
-                        .or_insert_with(|| Arc::new(Persisted::new(m.id, m.size, refs[&m.id])));
-                    (p.clone(), m.delivered)
-                })
-                .collect();
-            total += msgs.len();
-            queues
-                .entry(q.queue.vhost.clone())
-                .or_default()
-                .push((q.queue, msgs));
-        }
-        drop(shared);
+        let (mut queues, total) = shared_messages(recovered.queues);
         let mut exchanges: HashMap<String, Vec<_>> = HashMap::new();
         for x in recovered.exchanges {
             exchanges.entry(x.vhost.clone()).or_default().push(x);
@@ -139,4 +112,38 @@ impl Broker {
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// Recovered queues by vhost, each message's row shared (one refcount per row, held by
+/// every queue that has it); and how many messages there are.
+type ByVhost = HashMap<String, Vec<(crate::store::StoredQueue, queue::classic::Recovered)>>;
+
+fn shared_messages(recovered: Vec<crate::store::RecoveredQueue>) -> (ByVhost, usize) {
+    let mut refs: HashMap<u64, u32> = HashMap::new();
+    for q in &recovered {
+        for m in &q.messages {
+            *refs.entry(m.id).or_default() += 1;
+        }
+    }
+    let mut shared: HashMap<u64, Arc<Persisted>> = HashMap::with_capacity(refs.len());
+    let mut queues: ByVhost = HashMap::new();
+    let mut total = 0usize;
+    for q in recovered {
+        let msgs: Vec<_> = q
+            .messages
+            .into_iter()
+            .map(|m| {
+                let p = shared
+                    .entry(m.id)
+                    .or_insert_with(|| Arc::new(Persisted::new(m.id, m.size, refs[&m.id])));
+                (p.clone(), m.delivered)
+            })
+            .collect();
+        total += msgs.len();
+        queues
+            .entry(q.queue.vhost.clone())
+            .or_default()
+            .push((q.queue, msgs));
+    }
+    (queues, total)
 }

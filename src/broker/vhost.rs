@@ -186,7 +186,6 @@ impl VHost {
         queue::spawn(QueueSpec {
             name: q.name.clone(),
             id: q.id,
-            durable: q.durable,
             exclusive_owner: q.exclusive_owner,
             auto_delete: q.auto_delete,
             arguments: q.arguments.clone(),

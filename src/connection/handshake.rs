@@ -105,6 +105,12 @@ impl Conn {
         self.authenticate(start_ok.mechanism.as_str(), start_ok.response.as_bytes())
             .map_err(|e| End::Close(e.during(10, 11)))?;
 
+        self.tune().await?;
+        self.open().await
+    }
+
+    /// connection.tune / tune-ok: the client may lower our limits, never raise them.
+    async fn tune(&mut self) -> Result<(), End> {
         let cfg = self.broker.config.clone();
         self.send_method(
             0,
@@ -149,6 +155,12 @@ impl Conn {
         };
         self.heartbeat = tune.heartbeat;
 
+        Ok(())
+    }
+
+    /// connection.open: the vhost, and a place under the connection limit.
+    async fn open(&mut self) -> Result<(), End> {
+        let cfg = self.broker.config.clone();
         let connection::AMQPMethod::Open(open) = self.handshake_method().await? else {
             return Err(hard(code::COMMAND_INVALID, "expected connection.open"));
         };

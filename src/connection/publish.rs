@@ -12,6 +12,7 @@ use crate::broker::message::Message;
 use crate::broker::queue::ConnEvent;
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::broker::queue::{QueueCmd, QueueHandle};
+use crate::broker::routing::Routes;
 use crate::channel::State;
 use crate::error::{Error, code};
 use crate::protocol::encode;
@@ -80,25 +81,7 @@ impl Conn {
         let exchange = std::str::from_utf8(&p.exchange).unwrap_or("\u{fffd}");
         let vhost = self.vhost().clone();
         let routes = vhost.routes();
-        if !exchange.is_empty() {
-            match routes.exchange(exchange) {
-                None => {
-                    return Err(Error::not_found(format!(
-                        "no exchange '{exchange}' in vhost '{}'",
-                        vhost.name
-                    ))
-                    .during(60, 40));
-                }
-                Some(x) if x.internal => {
-                    return Err(Error::access_refused(format!(
-                        "cannot publish to internal exchange '{exchange}' in vhost '{}'",
-                        vhost.name
-                    ))
-                    .during(60, 40));
-                }
-                Some(_) => {}
-            }
-        }
+        check_exchange(&routes, exchange, &vhost.name)?;
         let mut msg = Message {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
@@ -127,6 +110,14 @@ impl Conn {
         if targets.is_empty() && mandatory {
             self.write_return(ch, &msg);
         }
+        self.stage(ch, msg, &mut targets);
+        self.route_buf = targets;
+        Ok(())
+    }
+
+    /// Stage a routed publish for its queues (one batch per queue per read), with its
+    /// confirm tag if the channel is in confirm mode.
+    fn stage(&mut self, ch: u16, msg: Arc<Message>, targets: &mut Vec<QueueHandle>) {
         let tag = self.channels.get_mut(&ch).and_then(|c| c.next_publish());
         if let Some(tag) = tag {
             match self.confirms.iter_mut().find(|r| r.channel == ch) {
@@ -162,8 +153,6 @@ impl Conn {
             }
             p.msgs.push(msg.clone());
         }
-        self.route_buf = targets;
-        Ok(())
     }
 
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
@@ -244,4 +233,21 @@ pub(super) struct Pending {
     pub queue: QueueHandle,
     pub msgs: Vec<Arc<Message>>,
     pub tags: Vec<ReceiptTag>,
+}
+
+/// A publish names an existing exchange (or the default one) that is not internal.
+fn check_exchange(routes: &Routes, exchange: &str, vhost: &str) -> Result<(), Error> {
+    if exchange.is_empty() {
+        return Ok(());
+    }
+    match routes.exchange(exchange) {
+        None => Err(
+            Error::not_found(format!("no exchange '{exchange}' in vhost '{vhost}'")).during(60, 40),
+        ),
+        Some(x) if x.internal => Err(Error::access_refused(format!(
+            "cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
+        ))
+        .during(60, 40)),
+        Some(_) => Ok(()),
+    }
 }

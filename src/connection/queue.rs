@@ -17,50 +17,7 @@ impl Conn {
     pub(super) async fn on_queue(&mut self, ch: u16, m: queue::AMQPMethod) -> Result<(), Error> {
         let vhost = self.vhost().clone();
         match m {
-            queue::AMQPMethod::Declare(d) => {
-                let mut decl = QueueDecl {
-                    name: d.queue.to_string(),
-                    passive: d.passive,
-                    durable: d.durable,
-                    exclusive: d.exclusive,
-                    auto_delete: d.auto_delete,
-                    arguments: d.arguments,
-                };
-                if !decl.passive
-                    && let Err(bad) = QueueArgs::parse(&decl.arguments)
-                {
-                    return Err(Error::precondition(format!(
-                        "invalid arg '{}' for queue '{}' in vhost '{}': {}",
-                        bad.key, decl.name, vhost.name, bad.why
-                    )));
-                }
-                let (q, written) = if decl.name.is_empty() && !decl.passive {
-                    vhost.declare_server_named(&decl, self.id)
-                } else {
-                    decl.name = self.channel(ch).queue_name(&decl.name)?;
-                    vhost.declare_queue(&decl, self.id)?
-                };
-                written.wait().await?;
-                if q.exclusive_owner == Some(self.id)
-                    && !self.exclusive.iter().any(|e| e.id == q.id)
-                {
-                    self.exclusive.push(q.clone());
-                }
-                self.channel(ch).last_queue = Some(q.name.to_string());
-                let stat = q
-                    .ask(QueueCmd::Stat)
-                    .await
-                    .ok_or_else(|| gone(&q.name, &vhost.name))?;
-                self.reply(
-                    ch,
-                    d.nowait,
-                    AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
-                        queue: q.name.to_string().into(),
-                        message_count: stat.messages,
-                        consumer_count: stat.consumers,
-                    })),
-                );
-            }
+            queue::AMQPMethod::Declare(d) => self.declare(ch, d).await?,
             queue::AMQPMethod::Bind(b) => {
                 let name = self.channel(ch).queue_name(b.queue.as_str())?;
                 let key = if b.queue.as_str().is_empty() && b.routing_key.as_str().is_empty() {
@@ -116,30 +73,7 @@ impl Conn {
                     })),
                 );
             }
-            queue::AMQPMethod::Delete(d) => {
-                let name = self.channel(ch).queue_name(d.queue.as_str())?;
-                let n = match vhost.queue(&name, self.id) {
-                    // Deleting a missing queue succeeds, as in RabbitMQ.
-                    Err(e) if e.code() == code::NOT_FOUND => 0,
-                    Err(e) => return Err(e),
-                    Ok(q) => q
-                        .ask(|reply| QueueCmd::Delete {
-                            if_unused: d.if_unused,
-                            if_empty: d.if_empty,
-                            reply,
-                        })
-                        .await
-                        .unwrap_or(Ok(0))?,
-                };
-                self.exclusive.retain(|q| *q.name != *name);
-                self.reply(
-                    ch,
-                    d.nowait,
-                    AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
-                        message_count: n,
-                    })),
-                );
-            }
+            queue::AMQPMethod::Delete(d) => self.delete(ch, d).await?,
             _ => {
                 return Err(Error::connection(
                     code::COMMAND_INVALID,
@@ -147,6 +81,81 @@ impl Conn {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// queue.declare: checked arguments, the declare (or a server-named one) written before
+    /// declare-ok, which carries the queue's counts.
+    async fn declare(&mut self, ch: u16, d: queue::Declare) -> Result<(), Error> {
+        let vhost = self.vhost().clone();
+        let mut decl = QueueDecl {
+            name: d.queue.to_string(),
+            passive: d.passive,
+            durable: d.durable,
+            exclusive: d.exclusive,
+            auto_delete: d.auto_delete,
+            arguments: d.arguments,
+        };
+        if !decl.passive
+            && let Err(bad) = QueueArgs::parse(&decl.arguments)
+        {
+            return Err(Error::precondition(format!(
+                "invalid arg '{}' for queue '{}' in vhost '{}': {}",
+                bad.key, decl.name, vhost.name, bad.why
+            )));
+        }
+        let (q, written) = if decl.name.is_empty() && !decl.passive {
+            vhost.declare_server_named(&decl, self.id)
+        } else {
+            decl.name = self.channel(ch).queue_name(&decl.name)?;
+            vhost.declare_queue(&decl, self.id)?
+        };
+        written.wait().await?;
+        if q.exclusive_owner == Some(self.id) && !self.exclusive.iter().any(|e| e.id == q.id) {
+            self.exclusive.push(q.clone());
+        }
+        self.channel(ch).last_queue = Some(q.name.to_string());
+        let stat = q
+            .ask(QueueCmd::Stat)
+            .await
+            .ok_or_else(|| gone(&q.name, &vhost.name))?;
+        self.reply(
+            ch,
+            d.nowait,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: q.name.to_string().into(),
+                message_count: stat.messages,
+                consumer_count: stat.consumers,
+            })),
+        );
+        Ok(())
+    }
+
+    /// queue.delete: a missing queue is deleted already (as in RabbitMQ).
+    async fn delete(&mut self, ch: u16, d: queue::Delete) -> Result<(), Error> {
+        let vhost = self.vhost().clone();
+        let name = self.channel(ch).queue_name(d.queue.as_str())?;
+        let n = match vhost.queue(&name, self.id) {
+            // Deleting a missing queue succeeds, as in RabbitMQ.
+            Err(e) if e.code() == code::NOT_FOUND => 0,
+            Err(e) => return Err(e),
+            Ok(q) => q
+                .ask(|reply| QueueCmd::Delete {
+                    if_unused: d.if_unused,
+                    if_empty: d.if_empty,
+                    reply,
+                })
+                .await
+                .unwrap_or(Ok(0))?,
+        };
+        self.exclusive.retain(|q| *q.name != *name);
+        self.reply(
+            ch,
+            d.nowait,
+            AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                message_count: n,
+            })),
+        );
         Ok(())
     }
 }

@@ -93,7 +93,6 @@ impl Payload for Body {
 pub struct QueueSpec {
     pub name: Arc<str>,
     pub id: u64,
-    pub durable: bool,
     pub exclusive_owner: Option<ConnId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
@@ -114,7 +113,6 @@ pub fn spawn(spec: QueueSpec) -> QueueHandle {
     let shared = Arc::new(QueueShared {
         name: spec.name,
         id: spec.id,
-        durable: spec.durable,
         exclusive_owner: spec.exclusive_owner,
         auto_delete: spec.auto_delete,
         arguments: spec.arguments,

@@ -126,7 +126,6 @@ pub enum QueueCmd {
 pub struct QueueShared {
     pub name: Arc<str>,
     pub id: u64,
-    pub durable: bool,
     pub exclusive_owner: Option<ConnId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,

@@ -124,6 +124,163 @@ fn per_consumer(v: &[(String, u32, bool)]) -> BTreeMap<String, Vec<(u32, bool)>>
     m
 }
 
+/// Counters for the ids a sequence hands out.
+#[derive(Default)]
+struct Ids {
+    next_id: u32,
+    serial: u64,
+}
+
+/// One random command, applied to the model as it is chosen; `want` gets what a get
+/// should return.
+fn step_command(
+    rng: &mut Rng,
+    m: &mut Model,
+    now: u64,
+    ids: &mut Ids,
+    want: &mut Vec<u32>,
+) -> Command<super::tests::T> {
+    match rng.below(13) {
+        0..=2 => {
+            let n = 1 + rng.below(4) as u32;
+            let new: Vec<u32> = (ids.next_id..ids.next_id + n).collect();
+            ids.next_id += n;
+            for &id in &new {
+                let seq = m.next_seq;
+                m.next_seq += 1;
+                m.ready.push(MMsg {
+                    seq,
+                    id,
+                    redelivered: false,
+                    expires: m.ttl.map(|t| now + t),
+                });
+            }
+            Command::Enqueue(new.into_iter().map(msg).collect())
+        }
+        3 if m.consumers.len() < 4 => {
+            ids.serial += 1;
+            let c = MConsumer {
+                id: ConsumerId {
+                    channel: chan(1 + rng.below(2) as u16),
+                    tag: format!("c{}", ids.serial).into(),
+                    serial: ids.serial,
+                },
+                no_ack: rng.below(3) == 0,
+                prefetch: rng.below(4) as u32,
+                unacked: 0,
+                sent: 0,
+                limit: rng.below(6),
+            };
+            m.consumers.push(c.clone());
+            Command::Checkout(Checkout {
+                consumer: c.id,
+                no_ack: c.no_ack,
+                exclusive: false,
+                prefetch: c.prefetch,
+                limit: c.limit,
+                pooled: false,
+            })
+        }
+        4 if !m.consumers.is_empty() => {
+            let i = rng.below(m.consumers.len() as u64) as usize;
+            // The turn is an index: removing a consumer does not move it.
+            let c = m.consumers.remove(i);
+            Command::Cancel(c.id)
+        }
+        5 if !m.consumers.is_empty() => {
+            let i = rng.below(m.consumers.len() as u64) as usize;
+            let c = &mut m.consumers[i];
+            c.limit = c.sent + rng.below(5);
+            Command::Credit(Credit {
+                consumers: vec![(c.id.clone(), c.limit)],
+                pools: vec![],
+            })
+        }
+        6..=8 if !m.unacked.is_empty() => {
+            let keys: Vec<u64> = m.unacked.keys().copied().collect();
+            let seq = keys[rng.below(keys.len() as u64) as usize];
+            match rng.below(4) {
+                0 => {
+                    m.settle(seq);
+                    Command::Ack(vec![seq])
+                }
+                1 => {
+                    m.settle(seq);
+                    Command::Discard(vec![seq])
+                }
+                2 => {
+                    let mut x = m.settle(seq).unwrap();
+                    x.redelivered = true;
+                    m.put_back(x);
+                    Command::Requeue(vec![seq])
+                }
+                _ => {
+                    // Only the consumer that holds it can give it back; a stale
+                    // return (another consumer) changes nothing.
+                    let holder = m.unacked[&seq].2.clone();
+                    let consumer = match holder {
+                        Some(c) if rng.below(4) > 0 => {
+                            let x = m.settle(seq).unwrap();
+                            m.put_back(x);
+                            c
+                        }
+                        _ => cid(1, "stale"),
+                    };
+                    Command::Return {
+                        consumer,
+                        seqs: vec![seq],
+                    }
+                }
+            }
+        }
+        9 => {
+            m.expire(now);
+            let ch = chan(1 + rng.below(2) as u16);
+            let no_ack = rng.below(2) == 0;
+            if !m.ready.is_empty() {
+                let x = m.ready.remove(0);
+                want.push(x.id);
+                if !no_ack {
+                    m.unacked.insert(x.seq, (x, ch, None));
+                }
+            }
+            Command::Get {
+                channel: ch,
+                no_ack,
+            }
+        }
+        10 => {
+            let ch = chan(1 + rng.below(2) as u16);
+            let gone: Vec<usize> = (0..m.consumers.len())
+                .filter(|&i| m.consumers[i].id.channel == ch)
+                .collect();
+            for &i in gone.iter().rev() {
+                m.consumers.remove(i);
+            }
+            let held: Vec<u64> = m
+                .unacked
+                .iter()
+                .filter(|(_, (_, c, _))| *c == ch)
+                .map(|(s, _)| *s)
+                .collect();
+            for seq in held {
+                let mut x = m.settle(seq).unwrap();
+                x.redelivered = true;
+                m.put_back(x);
+            }
+            Command::ChannelDown(ch)
+        }
+        11 => {
+            m.expire(now);
+            Command::Tick
+        }
+        _ => {
+            m.ready.clear();
+            Command::Purge
+        }
+    }
+}
+
 fn run_model(seed: u64, steps: usize) {
     let mut rng = Rng(seed);
     let max_length = (rng.below(3) == 0).then(|| rng.below(6));
@@ -142,151 +299,12 @@ fn run_model(seed: u64, steps: usize) {
         ttl,
         ..Default::default()
     };
-    let mut next_id = 0u32;
-    let mut serial = 0u64;
+    let mut ids = Ids::default();
     for step in 0..steps {
         let ctx = format!("seed {seed} step {step}");
         q.now += rng.below(8);
         let mut want = Vec::new();
-        let cmd = match rng.below(13) {
-            0..=2 => {
-                let n = 1 + rng.below(4) as u32;
-                let ids: Vec<u32> = (next_id..next_id + n).collect();
-                next_id += n;
-                for &id in &ids {
-                    let seq = m.next_seq;
-                    m.next_seq += 1;
-                    m.ready.push(MMsg {
-                        seq,
-                        id,
-                        redelivered: false,
-                        expires: m.ttl.map(|t| q.now + t),
-                    });
-                }
-                Command::Enqueue(ids.into_iter().map(msg).collect())
-            }
-            3 if m.consumers.len() < 4 => {
-                serial += 1;
-                let c = MConsumer {
-                    id: ConsumerId {
-                        channel: chan(1 + rng.below(2) as u16),
-                        tag: format!("c{serial}").into(),
-                        serial,
-                    },
-                    no_ack: rng.below(3) == 0,
-                    prefetch: rng.below(4) as u32,
-                    unacked: 0,
-                    sent: 0,
-                    limit: rng.below(6),
-                };
-                m.consumers.push(c.clone());
-                Command::Checkout(Checkout {
-                    consumer: c.id,
-                    no_ack: c.no_ack,
-                    exclusive: false,
-                    prefetch: c.prefetch,
-                    limit: c.limit,
-                    pooled: false,
-                })
-            }
-            4 if !m.consumers.is_empty() => {
-                let i = rng.below(m.consumers.len() as u64) as usize;
-                // The turn is an index: removing a consumer does not move it.
-                let c = m.consumers.remove(i);
-                Command::Cancel(c.id)
-            }
-            5 if !m.consumers.is_empty() => {
-                let i = rng.below(m.consumers.len() as u64) as usize;
-                let c = &mut m.consumers[i];
-                c.limit = c.sent + rng.below(5);
-                Command::Credit(Credit {
-                    consumers: vec![(c.id.clone(), c.limit)],
-                    pools: vec![],
-                })
-            }
-            6..=8 if !m.unacked.is_empty() => {
-                let keys: Vec<u64> = m.unacked.keys().copied().collect();
-                let seq = keys[rng.below(keys.len() as u64) as usize];
-                match rng.below(4) {
-                    0 => {
-                        m.settle(seq);
-                        Command::Ack(vec![seq])
-                    }
-                    1 => {
-                        m.settle(seq);
-                        Command::Discard(vec![seq])
-                    }
-                    2 => {
-                        let mut x = m.settle(seq).unwrap();
-                        x.redelivered = true;
-                        m.put_back(x);
-                        Command::Requeue(vec![seq])
-                    }
-                    _ => {
-                        // Only the consumer that holds it can give it back; a stale
-                        // return (another consumer) changes nothing.
-                        let holder = m.unacked[&seq].2.clone();
-                        let consumer = match holder {
-                            Some(c) if rng.below(4) > 0 => {
-                                let x = m.settle(seq).unwrap();
-                                m.put_back(x);
-                                c
-                            }
-                            _ => cid(1, "stale"),
-                        };
-                        Command::Return {
-                            consumer,
-                            seqs: vec![seq],
-                        }
-                    }
-                }
-            }
-            9 => {
-                m.expire(q.now);
-                let ch = chan(1 + rng.below(2) as u16);
-                let no_ack = rng.below(2) == 0;
-                if !m.ready.is_empty() {
-                    let x = m.ready.remove(0);
-                    want.push(x.id);
-                    if !no_ack {
-                        m.unacked.insert(x.seq, (x, ch, None));
-                    }
-                }
-                Command::Get {
-                    channel: ch,
-                    no_ack,
-                }
-            }
-            10 => {
-                let ch = chan(1 + rng.below(2) as u16);
-                let gone: Vec<usize> = (0..m.consumers.len())
-                    .filter(|&i| m.consumers[i].id.channel == ch)
-                    .collect();
-                for &i in gone.iter().rev() {
-                    m.consumers.remove(i);
-                }
-                let held: Vec<u64> = m
-                    .unacked
-                    .iter()
-                    .filter(|(_, (_, c, _))| *c == ch)
-                    .map(|(s, _)| *s)
-                    .collect();
-                for seq in held {
-                    let mut x = m.settle(seq).unwrap();
-                    x.redelivered = true;
-                    m.put_back(x);
-                }
-                Command::ChannelDown(ch)
-            }
-            11 => {
-                m.expire(q.now);
-                Command::Tick
-            }
-            _ => {
-                m.ready.clear();
-                Command::Purge
-            }
-        };
+        let cmd = step_command(&mut rng, &mut m, q.now, &mut ids, &mut want);
         let reply = q.run(cmd);
         let mut expected = Vec::new();
         m.dispatch(&mut expected);

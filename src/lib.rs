@@ -4,10 +4,14 @@
 //! - `server` accepts sockets and runs one `connection` task per client;
 //! - `protocol` turns bytes into frames and methods and back (the only user of amq-protocol);
 //! - `connection` does the handshake, heartbeats, flow control and writes, and drives
-//! - `channel` state (delivery tags, unacked messages, qos, confirms), calling into
-//! - `broker`: vhosts, exchanges and routing snapshots, and one task per queue, which persist
+//! - `channel` state (delivery tags, unacked messages, qos, credit, confirms, tx), calling into
+//! - `broker`: vhosts (runtime around the pure `topology`), routing snapshots, and queues
+//!   (a classic queue is a task around the pure `queue::state::QueueState`), which persist
 //!   through
 //! - `store`: RocksDB with group commit, read back at start.
+//!
+//! The pure cores (`QueueState`, `Topology`, `Channel`) take commands and return effects as
+//! data, with no I/O, clock or tasks; their runtimes carry the effects out.
 
 pub mod broker;
 pub mod channel;

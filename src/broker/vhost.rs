@@ -326,7 +326,7 @@ impl VHost {
         conn: ConnId,
     ) -> Result<(QueueHandle, Written), Error> {
         let (h, written) = self.run(Cmd::DeclareQueue(d.clone(), conn))?;
-        Ok((h.expect("a declared queue has a handle"), written))
+        Ok((h.ok_or_else(not_running)?, written))
     }
 
     /// A server-named queue (`amq.gen-…`), as for a declare with an empty name.
@@ -355,11 +355,8 @@ impl VHost {
     pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, Error> {
         let rt = self.lock();
         rt.topo.queue(name, conn)?;
-        Ok(rt
-            .handles
-            .get(name)
-            .cloned()
-            .expect("every queue record has a handle"))
+        // Every record has a running queue: both change under this lock.
+        rt.handles.get(name).cloned().ok_or_else(not_running)
     }
 
     /// Called by a queue task as it ends: forget the queue and every binding to it.
@@ -372,6 +369,10 @@ impl VHost {
             drop(written);
         }
     }
+}
+
+fn not_running() -> Error {
+    Error::connection(code::INTERNAL_ERROR, "queue not running")
 }
 
 fn bind_decl(source: &str, dest: DestName, key: &str, arguments: &FieldTable) -> BindDecl {

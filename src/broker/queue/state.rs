@@ -84,6 +84,8 @@ pub struct QueueState<B> {
     /// Last consume, cancel, get or declare: x-expires counts from here while unused.
     last_used_ms: u64,
     deleted: bool,
+    /// Reused by dispatch for its per-consumer batches (no state: empty between calls).
+    scratch: Vec<Vec<Delivery<B>>>,
 }
 
 impl<B: Payload> QueueState<B> {
@@ -101,6 +103,7 @@ impl<B: Payload> QueueState<B> {
             ready_bytes: 0,
             last_used_ms: meta.now_ms,
             deleted: false,
+            scratch: Vec::new(),
         }
     }
 
@@ -341,7 +344,9 @@ impl<B: Payload> QueueState<B> {
                 && limits.exceeded(self.ready.len() + 1, self.ready_bytes + size)
             {
                 refused.push(i as u32);
-                fx.push(Effect::Release(body));
+                if self.stores(&body) {
+                    fx.push(Effect::Release(body));
+                }
                 continue;
             }
             let expires_ms = self.deadline(meta, &body);
@@ -469,7 +474,9 @@ impl<B: Payload> QueueState<B> {
     fn reinstate(&mut self, d: Delivery<B>, fx: &mut Vec<Effect<B>>) {
         let weight = d.body.weight() as u32;
         self.weight += weight as usize;
-        fx.push(Effect::Reacquire(d.body.clone()));
+        if self.stores(&d.body) {
+            fx.push(Effect::Reacquire(d.body.clone()));
+        }
         self.insert_ready(Msg {
             seq: d.seq,
             body: d.body,
@@ -493,11 +500,19 @@ impl<B: Payload> QueueState<B> {
     /// The queue no longer holds the message.
     fn release(&mut self, m: Msg<B>, fx: &mut Vec<Effect<B>>) {
         self.weight = self.weight.saturating_sub(m.weight as usize);
-        fx.push(Effect::Release(m.body));
+        if self.stores(&m.body) {
+            fx.push(Effect::Release(m.body));
+        }
+    }
+
+    /// The message has rows in this queue's store: what happens to it is the store's
+    /// business too (store effects are emitted for these only).
+    pub(super) fn stores(&self, body: &B) -> bool {
+        self.cfg.durable && body.stored()
     }
 
     fn mark_delivered(&self, m: &Msg<B>, fx: &mut Vec<Effect<B>>) {
-        if self.cfg.durable && !m.redelivered && m.body.stored() {
+        if !m.redelivered && self.stores(&m.body) {
             fx.push(Effect::MarkDelivered(m.body.clone()));
         }
     }

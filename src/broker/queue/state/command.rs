@@ -143,11 +143,12 @@ pub enum Effect<B> {
     Starved(ConsumerId),
     /// The queue dropped the consumer (deleted under it): a server-sent cancel.
     Cancelled(ConsumerId),
-    /// First delivery of a stored message: persist it, so it comes back redelivered.
+    /// Store effects, for messages with rows in a durable queue's store only:
+    /// first delivery of one: persist it, so it comes back redelivered.
     MarkDelivered(B),
-    /// The queue let go of the message (acked, dropped, expired, purged, sent without ack).
+    /// The queue let go of it (acked, dropped, expired, purged, sent without ack).
     Release(B),
-    /// The queue took back a message it had let go of.
+    /// The queue took back one it had let go of.
     Reacquire(B),
     /// The queue is gone; nothing more is applied.
     Deleted,

@@ -27,7 +27,8 @@ impl<B: Payload> QueueState<B> {
             return;
         }
         let n = self.consumers.len();
-        let mut batches: Vec<Vec<Delivery<B>>> = (0..n).map(|_| Vec::new()).collect();
+        let mut batches = std::mem::take(&mut self.scratch);
+        batches.resize_with(n, Vec::new);
         let mut idle = 0;
         let mut i = self.rr % n;
         while idle < n && !self.ready.is_empty() {
@@ -44,30 +45,44 @@ impl<B: Payload> QueueState<B> {
             i = (i + 1) % n;
             self.rr = i;
         }
-        for (i, msgs) in batches.into_iter().enumerate() {
+        for (i, batch) in batches.iter_mut().enumerate() {
             let c = &self.consumers[i];
-            if !msgs.is_empty() {
+            if !batch.is_empty() {
                 fx.push(Effect::Deliver {
                     consumer: c.id.clone(),
                     no_ack: c.no_ack,
-                    msgs,
+                    msgs: std::mem::take(batch),
                 });
             }
             if c.starved && !self.ready.is_empty() {
                 fx.push(Effect::Starved(c.id.clone()));
             }
         }
+        batches.clear();
+        self.scratch = batches;
     }
 
     /// Give message `m` to consumer `i`, spending its credit.
     fn hand_out(&mut self, i: usize, m: Msg<B>, fx: &mut Vec<Effect<B>>) -> Delivery<B> {
-        let d = m.delivery();
         let c = &mut self.consumers[i];
         c.sent += 1;
         if c.no_ack {
-            self.release(m, fx);
-            return d;
+            if self.stores(&m.body) {
+                let d = m.delivery();
+                self.release(m, fx);
+                return d;
+            }
+            // Nothing to release outside: the delivery takes the message as it is.
+            self.weight = self.weight.saturating_sub(m.weight as usize);
+            return Delivery {
+                seq: m.seq,
+                body: m.body,
+                redelivered: m.redelivered,
+                expires_ms: m.expires_ms,
+            };
         }
+        let d = m.delivery();
+        let c = &mut self.consumers[i];
         c.unacked += 1;
         if c.pooled
             && let Some(n) = self.pools.get_mut(&c.id.channel)

@@ -36,12 +36,13 @@ impl Payload for T {
     }
 }
 
+/// A message with a store row (so the store effects of a durable queue show).
 pub(super) fn msg(id: u32) -> T {
     T {
         id,
         size: 10,
         ttl: None,
-        stored: false,
+        stored: true,
         resident: true,
     }
 }
@@ -50,7 +51,7 @@ fn cfg(args: QueueArgs) -> Config {
     Config {
         name: "q".into(),
         vhost: "/".into(),
-        durable: false,
+        durable: true,
         auto_delete: false,
         args,
         memory_budget: usize::MAX,
@@ -456,6 +457,28 @@ fn exclusive_consumers() {
 }
 
 #[test]
+fn a_transient_queue_has_no_store_effects() {
+    let mut c = cfg(QueueArgs::default());
+    c.durable = false;
+    let mut q = Q::with(c);
+    q.checkout(Checkout {
+        no_ack: true,
+        ..checkout(1, "a")
+    })
+    .unwrap();
+    q.enqueue(0..3);
+    let store_effect = |e: &Effect<T>| {
+        matches!(
+            e,
+            Effect::Release(_) | Effect::MarkDelivered(_) | Effect::Reacquire(_)
+        )
+    };
+    assert!(!q.has(store_effect));
+    assert_eq!(tags(&q.delivered()), [("a", 0), ("a", 1), ("a", 2)]);
+    assert_eq!(q.q.weight(), 0);
+}
+
+#[test]
 fn a_consumer_id_in_use_is_refused() {
     let mut q = Q::new(QueueArgs::default());
     q.checkout(checkout(1, "a")).unwrap();
@@ -544,12 +567,12 @@ fn a_durable_queue_marks_first_deliveries_of_stored_messages_and_pages_out_past_
     c.durable = true;
     c.memory_budget = 250;
     let mut q = Q::with(c);
-    let stored = |id| T {
-        stored: true,
-        ..msg(id)
+    let transient = T {
+        stored: false,
+        ..msg(4)
     };
     q.run(Command::Enqueue(
-        (0..4).map(stored).chain([msg(4)]).collect(),
+        (0..4).map(msg).chain([transient]).collect(),
     ));
     // 110 each: the third goes over the budget, so what comes after it is paged out,
     // unless it has no row to be read back from.

@@ -17,9 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::{Notify, mpsc};
 
-use super::state::{
-    self, Command, Delivery, Effect, Meta, PAGED_WEIGHT, Payload, QueueState, Reply,
-};
+use super::state::{self, Command, Delivery, Effect, Meta, QueueState, Reply};
 use super::{Entry, QueueCmd, QueueHandle, QueueShared, Stat};
 use crate::broker::args::QueueArgs;
 use crate::broker::clock;
@@ -28,10 +26,13 @@ use crate::broker::ids::{ChannelId, ConnId, ConsumerId};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::message::{Message, Persisted};
 use crate::broker::queue::{ConnEvent, ConnSender, ConsumerSpec};
-use crate::protocol::{FieldTable, properties};
+use crate::protocol::FieldTable;
 use crate::store::{Op, Store};
 
+mod body;
 mod credit;
+
+pub use body::Body;
 
 /// Called as a queue ends by deletion, before its last reply: whoever holds the queue by name
 /// forgets it (the vhost).
@@ -40,55 +41,6 @@ pub type OnDeleted = Arc<dyn Fn(&QueueShared) + Send + Sync>;
 /// Messages recovered for a queue, in order, each with whether it had been delivered. Their
 /// bodies stay on disk until they are needed.
 pub type Recovered = Vec<(Arc<Persisted>, bool)>;
-
-/// A message as a classic queue holds it: in memory, or only the handle of its store row.
-#[derive(Debug, Clone)]
-pub enum Body {
-    Mem(Arc<Message>),
-    Disk(Arc<Persisted>),
-}
-
-impl Body {
-    fn persisted(&self) -> Option<&Arc<Persisted>> {
-        match self {
-            Body::Mem(m) => m.stored.as_ref(),
-            Body::Disk(p) => Some(p),
-        }
-    }
-}
-
-impl Payload for Body {
-    fn size(&self) -> u32 {
-        match self {
-            Body::Mem(m) => m.body.len() as u32,
-            Body::Disk(p) => p.size,
-        }
-    }
-
-    fn weight(&self) -> usize {
-        match self {
-            Body::Mem(m) => m.weight(),
-            Body::Disk(_) => PAGED_WEIGHT,
-        }
-    }
-
-    fn ttl_ms(&self) -> Option<u64> {
-        match self {
-            Body::Mem(m) => properties::expiration_ms(&m.properties),
-            Body::Disk(_) => None,
-        }
-    }
-
-    fn stored(&self) -> bool {
-        self.persisted().is_some()
-    }
-
-    fn page_out(&mut self) {
-        if let Some(p) = self.persisted().cloned() {
-            *self = Body::Disk(p);
-        }
-    }
-}
 
 pub struct QueueSpec {
     pub name: Arc<str>,
@@ -323,18 +275,23 @@ impl Classic {
             limit,
             pooled: !spec.no_ack,
         };
-        let link = Link {
-            events: spec.events,
-            flow: spec.flow,
-            pool: spec.channel_limit,
-            pooled: !spec.no_ack,
-            applied: limit,
-        };
-        self.links.insert(id.clone(), link);
+        // The link first: applying the checkout may already starve the consumer, and the
+        // mark must reach its credit cell. A current id keeps its link (the state refuses it).
+        let fresh = !self.links.contains_key(&id);
+        if fresh {
+            let link = Link {
+                events: spec.events,
+                flow: spec.flow,
+                pool: spec.channel_limit,
+                pooled: !spec.no_ack,
+                applied: limit,
+            };
+            self.links.insert(id.clone(), link);
+        }
         let Reply::CheckedOut(r) = self.apply(Command::Checkout(checkout)) else {
             unreachable!("checkout answers with CheckedOut")
         };
-        if r.is_err() {
+        if r.is_err() && fresh {
             self.links.remove(&id);
         }
         r

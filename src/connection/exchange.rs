@@ -1,6 +1,7 @@
 //! The exchange class: declare, delete, bind, unbind, as the vhost's topology decides.
 
 use super::Conn;
+use super::methods::Binding;
 use crate::broker::exchange::DestName;
 use crate::broker::vhost::ExchangeDecl;
 use crate::error::{Error, code};
@@ -45,16 +46,15 @@ impl Conn {
                 );
             }
             exchange::AMQPMethod::Bind(b) => {
-                vhost
-                    .bind(
-                        b.source.as_str(),
-                        DestName::Exchange(b.destination.as_str().into()),
-                        b.routing_key.as_str(),
-                        &b.arguments,
-                        self.id,
-                    )?
-                    .wait()
-                    .await?;
+                let dest = DestName::Exchange(b.destination.as_str().into());
+                self.binding(
+                    Binding::Bind,
+                    b.source.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )
+                .await?;
                 self.reply(
                     ch,
                     b.nowait,
@@ -62,16 +62,15 @@ impl Conn {
                 );
             }
             exchange::AMQPMethod::Unbind(b) => {
-                vhost
-                    .unbind(
-                        b.source.as_str(),
-                        DestName::Exchange(b.destination.as_str().into()),
-                        b.routing_key.as_str(),
-                        &b.arguments,
-                        self.id,
-                    )?
-                    .wait()
-                    .await?;
+                let dest = DestName::Exchange(b.destination.as_str().into());
+                self.binding(
+                    Binding::Unbind,
+                    b.source.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )
+                .await?;
                 self.reply(
                     ch,
                     b.nowait,

@@ -2,10 +2,36 @@
 //! tx.rs), and the small classes handled here: channel, confirm, access.
 
 use super::Conn;
+use crate::broker::exchange::DestName;
 use crate::error::{Error, code};
-use crate::protocol::{AMQPClass, access, channel, confirm};
+use crate::protocol::{AMQPClass, FieldTable, access, channel, confirm};
+
+/// Which of queue.bind/exchange.bind and their unbinds.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Binding {
+    Bind,
+    Unbind,
+}
 
 impl Conn {
+    /// A bind or unbind of either class: the vhost decides, and a durable change is on disk
+    /// before the -ok.
+    pub(super) async fn binding(
+        &mut self,
+        how: Binding,
+        source: &str,
+        dest: DestName,
+        key: &str,
+        arguments: &FieldTable,
+    ) -> Result<(), Error> {
+        let vhost = self.vhost().clone();
+        let written = match how {
+            Binding::Bind => vhost.bind(source, dest, key, arguments, self.id)?,
+            Binding::Unbind => vhost.unbind(source, dest, key, arguments, self.id)?,
+        };
+        written.wait().await
+    }
+
     pub(super) fn channel(&mut self, ch: u16) -> &mut crate::channel::Channel {
         self.channels
             .get_mut(&ch)

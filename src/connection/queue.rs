@@ -2,6 +2,7 @@
 //! purge, delete.
 
 use super::Conn;
+use super::methods::Binding;
 use crate::broker::args::QueueArgs;
 use crate::broker::exchange::DestName;
 use crate::broker::queue::QueueCmd;
@@ -25,15 +26,8 @@ impl Conn {
                 } else {
                     b.routing_key.to_string()
                 };
-                vhost
-                    .bind(
-                        b.exchange.as_str(),
-                        DestName::Queue(name.as_str().into()),
-                        &key,
-                        &b.arguments,
-                        self.id,
-                    )?
-                    .wait()
+                let dest = DestName::Queue(name.as_str().into());
+                self.binding(Binding::Bind, b.exchange.as_str(), dest, &key, &b.arguments)
                     .await?;
                 self.reply(
                     ch,
@@ -43,16 +37,15 @@ impl Conn {
             }
             queue::AMQPMethod::Unbind(b) => {
                 let name = self.channel(ch).queue_name(b.queue.as_str())?;
-                vhost
-                    .unbind(
-                        b.exchange.as_str(),
-                        DestName::Queue(name.as_str().into()),
-                        b.routing_key.as_str(),
-                        &b.arguments,
-                        self.id,
-                    )?
-                    .wait()
-                    .await?;
+                let dest = DestName::Queue(name.as_str().into());
+                self.binding(
+                    Binding::Unbind,
+                    b.exchange.as_str(),
+                    dest,
+                    b.routing_key.as_str(),
+                    &b.arguments,
+                )
+                .await?;
                 self.send_method(
                     ch,
                     AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),

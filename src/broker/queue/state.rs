@@ -376,15 +376,7 @@ impl<B: Payload> QueueState<B> {
         if no_ack {
             self.release(m, fx);
         } else {
-            self.mark_delivered(&m, fx);
-            self.unacked.insert(
-                m.seq,
-                Held {
-                    msg: m,
-                    channel,
-                    consumer: None,
-                },
-            );
+            self.hold(m, channel, None, fx);
         }
         Reply::Got(Some((d, self.ready.len() as u32)))
     }
@@ -456,8 +448,28 @@ impl<B: Payload> QueueState<B> {
 
     /// The message has rows in this queue's store: what happens to it is the store's
     /// business too (store effects are emitted for these only).
-    pub(super) fn stores(&self, body: &B) -> bool {
+    fn stores(&self, body: &B) -> bool {
         self.cfg.durable && body.stored()
+    }
+
+    /// A delivery that needs an ack: unacked until settled, and marked delivered in the store
+    /// the first time.
+    fn hold(
+        &mut self,
+        m: Msg<B>,
+        channel: ChannelId,
+        consumer: Option<ConsumerId>,
+        fx: &mut Vec<Effect<B>>,
+    ) {
+        self.mark_delivered(&m, fx);
+        self.unacked.insert(
+            m.seq,
+            Held {
+                msg: m,
+                channel,
+                consumer,
+            },
+        );
     }
 
     fn mark_delivered(&self, m: &Msg<B>, fx: &mut Vec<Effect<B>>) {

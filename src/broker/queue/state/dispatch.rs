@@ -1,6 +1,6 @@
 //! Dispatch: ready messages handed to consumers with credit, in strict round-robin.
 
-use super::{Delivery, Effect, Held, Msg, Payload, QueueState};
+use super::{Delivery, Effect, Msg, Payload, QueueState};
 
 impl<B: Payload> QueueState<B> {
     /// May consumer `i` take one more message, `batched` being already on its way to it?
@@ -90,15 +90,7 @@ impl<B: Payload> QueueState<B> {
             *n -= 1;
         }
         let (channel, consumer) = (c.id.channel, Some(c.id.clone()));
-        self.mark_delivered(&m, fx);
-        self.unacked.insert(
-            m.seq,
-            Held {
-                msg: m,
-                channel,
-                consumer,
-            },
-        );
+        self.hold(m, channel, consumer, fx);
         d
     }
 }

@@ -417,6 +417,37 @@ async fn global_prefetch_is_shared_by_the_channel() {
     b.stop().await;
 }
 
+/// A global prefetch set while deliveries are outstanding counts them, as RabbitMQ's limiter
+/// does: nothing more arrives until acks bring the channel under the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_prefetch_set_later_counts_what_is_unacked() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "gl").await;
+    let mut cons = consume(&ch, "gl", "c", false).await;
+    for i in 0..5u8 {
+        publish(&ch, "", "gl", &[i]).await;
+    }
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(next(&mut cons).await);
+    }
+    ch.basic_qos(3, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    for i in 5..10u8 {
+        publish(&ch, "", "gl", &[i]).await;
+    }
+    // Five unacked against a limit of three; acking three leaves room for one.
+    got[2]
+        .ack(BasicAckOptions { multiple: true })
+        .await
+        .unwrap();
+    assert_eq!(next(&mut cons).await.data, vec![5]);
+    assert_eq!(count(&ch, "gl").await, 4);
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unacked_messages_return_when_the_channel_or_connection_closes() {
     let b = start().await;

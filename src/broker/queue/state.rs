@@ -154,23 +154,35 @@ impl<B: Payload> QueueState<B> {
         self.pools.get(channel).copied().unwrap_or(0)
     }
 
-    /// What a channel's pooled consumers here could take now: what `Credit` should offer.
-    pub fn pool_demand(&self, channel: &ChannelId) -> u32 {
-        let mut room: u64 = 0;
-        for c in self
+    /// What each channel's pooled consumers here could take now, by channel (ascending):
+    /// what `Credit` should offer from their pools.
+    pub fn pool_demands(&self) -> Vec<(ChannelId, u32)> {
+        let mut rooms: Vec<(ChannelId, u64)> = self
             .consumers
             .iter()
-            .filter(|c| c.pooled && c.id.channel == *channel)
-        {
-            let credit = c.limit.saturating_sub(c.sent);
-            let prefetch = if c.prefetch == 0 {
-                u64::MAX
-            } else {
-                u64::from(c.prefetch.saturating_sub(c.unacked))
-            };
-            room = room.saturating_add(credit.min(prefetch));
+            .filter(|c| c.pooled)
+            .map(|c| {
+                let credit = c.limit.saturating_sub(c.sent);
+                let prefetch = if c.prefetch == 0 {
+                    u64::MAX
+                } else {
+                    u64::from(c.prefetch.saturating_sub(c.unacked))
+                };
+                (c.id.channel, credit.min(prefetch))
+            })
+            .collect();
+        rooms.sort_unstable_by_key(|(ch, _)| *ch);
+        let ready = self.ready.len() as u64;
+        let mut out: Vec<(ChannelId, u32)> = Vec::with_capacity(rooms.len());
+        for (ch, room) in rooms {
+            match out.last_mut() {
+                Some((last, sum)) if *last == ch => {
+                    *sum = (u64::from(*sum).saturating_add(room)).min(ready) as u32;
+                }
+                _ => out.push((ch, room.min(ready) as u32)),
+            }
         }
-        room.min(self.ready.len() as u64) as u32
+        out
     }
 
     /// When the queue must be ticked: the head's deadline, or x-expires running out.

@@ -25,31 +25,31 @@ impl Classic {
                     credit.consumers.push((id.clone(), limit));
                 }
             }
-            // Pools: unlimited ones (no global prefetch) are granted without bound; limited
-            // ones are drawn from below, for what their consumers here can take.
+            // Every pool is drawn from, limited (global prefetch) or not, so that the channel
+            // counts all its unacked deliveries: a global limit set later starts from the truth.
             let mut taken: Vec<(ChannelId, Arc<ChannelLimit>)> = Vec::new();
-            let mut pools = Credit::default();
             if self.state.ready_len() > 0 {
-                for (id, l) in self.links.iter().filter(|(_, l)| l.pooled) {
-                    let ch = id.channel;
-                    if l.pool.limit() != 0 {
-                        if !taken.iter().any(|(c, _)| *c == ch) {
-                            taken.push((ch, l.pool.clone()));
-                        }
-                    } else if self.state.pool(&ch) < u32::MAX / 2
-                        && !credit.pools.iter().any(|(c, _)| *c == ch)
-                    {
-                        credit.pools.push((ch, u32::MAX));
-                    }
-                }
+                taken = self
+                    .links
+                    .iter()
+                    .filter(|(_, l)| l.pooled)
+                    .map(|(id, l)| (id.channel, l.pool.clone()))
+                    .collect();
+                taken.sort_unstable_by_key(|(ch, _)| *ch);
+                taken.dedup_by_key(|(ch, _)| *ch);
             }
-            if !credit.consumers.is_empty() || !credit.pools.is_empty() {
+            if !credit.consumers.is_empty() {
                 self.apply(Command::Credit(credit));
             }
-            for (ch, pool) in &taken {
-                let want = self.state.pool_demand(ch);
-                if want > 0 {
-                    pools.pools.push((*ch, pool.acquire(want)));
+            let mut pools = Credit::default();
+            if !taken.is_empty() {
+                for (ch, want) in self.state.pool_demands() {
+                    let Ok(at) = taken.binary_search_by_key(&ch, |(c, _)| *c) else {
+                        continue;
+                    };
+                    if want > 0 {
+                        pools.pools.push((ch, taken[at].1.acquire(want)));
+                    }
                 }
             }
             if !pools.pools.is_empty() {

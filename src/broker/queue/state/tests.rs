@@ -255,7 +255,7 @@ fn a_channel_pool_is_shared_by_its_pooled_consumers() {
     q.enqueue(0..6);
     // No pool granted yet: pooled consumers take nothing.
     assert!(q.delivered().is_empty());
-    assert_eq!(q.q.pool_demand(&chan(1)), 6);
+    assert_eq!(q.q.pool_demands(), [(chan(1), 6)]);
     q.run(Command::Credit(Credit {
         consumers: vec![],
         pools: vec![(chan(1), 3)],

@@ -43,7 +43,8 @@ impl ConsumerFlow {
     }
 }
 
-/// basic.qos with global=true: one prefetch limit shared by all consumers of a channel.
+/// A channel's count of unacked consumer deliveries, and the limit basic.qos global=true
+/// puts on it (0: none); every ack-mode delivery is counted, so a limit set later holds.
 #[derive(Debug, Default)]
 pub struct ChannelLimit {
     limit: AtomicU32,

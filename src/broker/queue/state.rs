@@ -11,7 +11,8 @@
 //!   what they were counted at;
 //! - a consumer is sent at most `limit - sent` more deliveries (credit its channel grants),
 //!   holds at most `prefetch` unacked ones, and a pooled consumer also spends its channel's
-//!   pool (basic.qos global): credit is changed only by commands.
+//!   pool (the channel's count, bounded by basic.qos global): credit is changed only by
+//!   commands.
 
 use std::collections::{HashMap, VecDeque};
 

@@ -1,6 +1,7 @@
 //! Credit for the classic queue's consumers, read from what their channels granted: each
-//! consumer's delivery limit from its credit cell, and for channels with a global prefetch a
-//! share of the channel's pool, drawn for one dispatch and given back after it.
+//! consumer's delivery limit from its credit cell, and for ack-mode consumers a share of
+//! their channel's pool (bounded by a global prefetch, if one is set), drawn for one dispatch
+//! and given back after it.
 
 use std::sync::Arc;
 
@@ -12,8 +13,8 @@ use crate::broker::queue::state::{Command, Credit};
 
 impl Classic {
     /// Read the credit channels granted since the last round into the state, then take what
-    /// pooled consumers can use from their channels' pools (global prefetch), and give back
-    /// what the dispatch left, so a pool is never held by a queue between rounds.
+    /// pooled (ack-mode) consumers can use from their channels' pools, and give back what the
+    /// dispatch left, so a pool is never held by a queue between rounds.
     pub(super) fn refresh_credit(&mut self) {
         for _ in 0..4 {
             self.again = false;

@@ -55,7 +55,8 @@ pub struct Checkout {
     pub prefetch: u32,
     /// Deliveries it may be sent before its channel grants more.
     pub limit: u64,
-    /// It also spends its channel's pool (basic.qos global=true); ack-mode consumers only.
+    /// It also spends its channel's pool (which counts the channel's unacked deliveries and
+    /// holds basic.qos global=true); ack-mode consumers only.
     pub pooled: bool,
 }
 

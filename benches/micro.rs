@@ -149,13 +149,16 @@ fn queue(c: &mut Criterion) {
         memory_budget: 32 << 20,
         flow_messages: 1 << 20,
     };
-    let vhost = VHost::new("/", settings, Arc::new(MemoryMonitor::new(0)), None);
+    let vhost = VHost::new("/", settings, Arc::new(MemoryMonitor::new(0)), None, 0);
     let q = rt.block_on(async {
         let d = QueueDecl {
             name: "bench".into(),
             ..Default::default()
         };
-        vhost.declare_queue(&d, 1).unwrap().0
+        vhost
+            .declare_queue(&d, warren::broker::ids::ConnId { node: 0, seq: 1 })
+            .await
+            .unwrap()
     });
     let (events, mut rx) = mpsc::unbounded_channel();
     let flow = Arc::new(ConsumerFlow::new(u64::from(CONSUMER_CREDIT)));
@@ -165,8 +168,7 @@ fn queue(c: &mut Criterion) {
         let spec = ConsumerSpec {
             id: ConsumerId {
                 channel: ChannelId {
-                    node: 0,
-                    conn: 1,
+                    conn: warren::broker::ids::ConnId { node: 0, seq: 1 },
                     channel: 1,
                 },
                 tag: "c".into(),

@@ -48,6 +48,20 @@ pub struct Config {
     pub disk_check_interval_ms: u64,
     /// How often the broker logs its connection, task and memory counts (0: never).
     pub stats_log_interval_ms: u64,
+    /// The cluster_name clients see in connection.start (default: "warren" on a single node,
+    /// "warren-" and the cluster's identity on a cluster node).
+    pub cluster_name: Option<String>,
+    /// Cluster: this node's id (in `peers`); unset on a single node.
+    pub node_id: Option<u64>,
+    /// Cluster: the address node links listen on and are opened from.
+    pub cluster_listen: Option<String>,
+    /// Cluster: every node as "ID=HOST:PORT" (its cluster address), this one included.
+    pub peers: Vec<String>,
+    /// Cluster: how long a metadata change may wait to be committed by a majority before
+    /// the client is told it failed.
+    pub cluster_command_timeout_ms: u64,
+    /// Cluster: a node link that carries nothing for this long is taken as down.
+    pub cluster_peer_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -78,6 +92,12 @@ impl Default for Config {
             disk_free_limit_bytes: 50_000_000,
             disk_check_interval_ms: 1_000,
             stats_log_interval_ms: 0,
+            cluster_name: None,
+            node_id: None,
+            cluster_listen: None,
+            peers: Vec::new(),
+            cluster_command_timeout_ms: 5_000,
+            cluster_peer_timeout_ms: 1_000,
         }
     }
 }
@@ -98,6 +118,15 @@ pub struct Args {
     /// HTTP listener (management API and /metrics), HOST:PORT
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
     pub http_listen: Option<String>,
+    /// Cluster: this node's id (one of the --peer ids)
+    #[arg(long, env = "WARREN_NODE_ID")]
+    pub node_id: Option<u64>,
+    /// Cluster: address for node links, HOST:PORT (links to peers are opened from it too)
+    #[arg(long, env = "WARREN_CLUSTER_LISTEN")]
+    pub cluster_listen: Option<String>,
+    /// Cluster: a node as ID=HOST:PORT; repeat for every node, this one included
+    #[arg(long = "peer", env = "WARREN_PEERS", value_delimiter = ',')]
+    pub peers: Vec<String>,
 }
 
 impl Config {
@@ -115,6 +144,15 @@ impl Config {
         }
         if let Some(v) = &args.http_listen {
             config.http_listen = v.clone();
+        }
+        if args.node_id.is_some() {
+            config.node_id = args.node_id;
+        }
+        if let Some(v) = &args.cluster_listen {
+            config.cluster_listen = Some(v.clone());
+        }
+        if !args.peers.is_empty() {
+            config.peers = args.peers.clone();
         }
         config.validate()?;
         Ok(config)
@@ -173,7 +211,60 @@ impl Config {
         if self.default_vhost.is_empty() {
             return Err("default_vhost must not be empty".into());
         }
+        self.cluster()?;
         Ok(())
+    }
+
+    /// The cluster settings, checked: None on a single node (no cluster setting given).
+    pub fn cluster(&self) -> Result<Option<crate::cluster::ClusterConfig>, String> {
+        if self.node_id.is_none() && self.cluster_listen.is_none() && self.peers.is_empty() {
+            return Ok(None);
+        }
+        let (Some(node_id), Some(listen)) = (self.node_id, &self.cluster_listen) else {
+            return Err("a cluster node needs node_id, cluster_listen and peers".into());
+        };
+        let listen = resolve(listen, "cluster_listen")?;
+        let mut peers = std::collections::BTreeMap::new();
+        for p in &self.peers {
+            let (id, addr) = p
+                .split_once('=')
+                .ok_or_else(|| format!("invalid peer '{p}': expected ID=HOST:PORT"))?;
+            let id: u64 =
+                id.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                    format!("invalid peer '{p}': the id must be a positive integer")
+                })?;
+            let addr = resolve(addr.trim(), "peer")?;
+            if peers.insert(id, addr).is_some() {
+                return Err(format!("peer id {id} is given twice"));
+            }
+        }
+        if peers
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            != peers.len()
+        {
+            return Err("two peers have the same address".into());
+        }
+        match peers.get(&node_id) {
+            None => return Err(format!("node_id {node_id} is not in the peer list")),
+            Some(&own) if own != listen => {
+                return Err(format!(
+                    "cluster_listen {listen} is not this node's peer entry {node_id}={own}"
+                ));
+            }
+            Some(_) => {}
+        }
+        if self.cluster_command_timeout_ms == 0 || self.cluster_peer_timeout_ms == 0 {
+            return Err("cluster timeouts must be at least 1 ms".into());
+        }
+        Ok(Some(crate::cluster::ClusterConfig {
+            node_id,
+            listen,
+            peers,
+            command_timeout: std::time::Duration::from_millis(self.cluster_command_timeout_ms),
+            peer_timeout: std::time::Duration::from_millis(self.cluster_peer_timeout_ms),
+        }))
     }
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
@@ -213,5 +304,64 @@ mod tests {
             ..Config::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn the_documented_config_file_is_the_defaults() {
+        let c: Config = toml::from_str(include_str!("../config/warren.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(format!("{c:?}"), format!("{:?}", Config::default()));
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let peers = |p: &[&str]| p.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let node = |id: u64, listen: &str, p: &[&str]| Config {
+            node_id: Some(id),
+            cluster_listen: Some(listen.into()),
+            peers: peers(p),
+            ..Config::default()
+        };
+        let three = [
+            "1=127.0.0.2:25672",
+            "2=127.0.0.3:25672",
+            "3=127.0.0.4:25672",
+        ];
+        let c = node(2, "127.0.0.3:25672", &three)
+            .cluster()
+            .unwrap()
+            .unwrap();
+        assert_eq!((c.node_id, c.peers.len()), (2, 3));
+        assert_eq!(Config::default().cluster().unwrap(), None);
+        let bad: [(Config, &str); 6] = [
+            (node(4, "127.0.0.3:25672", &three), "not in the peer list"),
+            (
+                node(2, "127.0.0.9:25672", &three),
+                "not this node's peer entry",
+            ),
+            (
+                node(1, "127.0.0.2:1", &["1=127.0.0.2:1", "1=127.0.0.3:1"]),
+                "twice",
+            ),
+            (
+                node(1, "127.0.0.2:1", &["1=127.0.0.2:1", "2=127.0.0.2:1"]),
+                "same address",
+            ),
+            (
+                node(1, "127.0.0.2:1", &["x=127.0.0.2:1"]),
+                "positive integer",
+            ),
+            (
+                Config {
+                    node_id: Some(1),
+                    ..Config::default()
+                },
+                "needs node_id",
+            ),
+        ];
+        for (c, why) in bad {
+            let e = c.validate().unwrap_err();
+            assert!(e.contains(why), "{e:?} should say {why:?}");
+        }
     }
 }

@@ -54,6 +54,8 @@ pub mod code {
 pub enum Fatal {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 /// A protocol-level failure. `Channel` is a soft error (the channel closes, the connection

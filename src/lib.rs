@@ -15,6 +15,7 @@
 
 pub mod broker;
 pub mod channel;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;

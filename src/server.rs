@@ -41,7 +41,9 @@ impl Server {
         let addr = config
             .listen_addr()
             .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-        let broker = Broker::open(Arc::new(config)).map_err(std::io::Error::other)?;
+        let broker = Broker::open(Arc::new(config))
+            .await
+            .map_err(std::io::Error::other)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;

@@ -59,8 +59,7 @@ impl Bytes<'_> {
 
 fn channel(n: u8) -> ChannelId {
     ChannelId {
-        node: 0,
-        conn: 1,
+        conn: warren::broker::ids::ConnId { node: 0, seq: 1 },
         channel: u16::from(n % 3),
     }
 }

@@ -29,7 +29,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let op = byte(&mut b);
         let flags = byte(&mut b);
-        let conn = u64::from(flags >> 7) + 1;
+        let conn = warren::broker::ids::ConnId {
+            node: u64::from(flags >> 7),
+            seq: 1,
+        };
         let name = pick(&mut b, NAMES).to_string();
         let cmd = match op % 7 {
             0 => Cmd::DeclareExchange(ExchangeDecl {

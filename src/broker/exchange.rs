@@ -45,7 +45,7 @@ pub struct ExchangeDef {
 }
 
 /// The destination of a binding, by name (the topology's view; `Dest` is the router's).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum DestName {
     Queue(Arc<str>),
     Exchange(Arc<str>),

@@ -1,16 +1,32 @@
-//! Names for the parties a queue deals with, as plain data: a channel is (node, connection,
-//! channel number) and a consumer is its channel plus its tag. Queue state keys everything by
-//! these, never by pointer identity, so the same commands mean the same thing on every node.
+//! Names for the parties a queue deals with, as plain data: a connection is (node, number on
+//! that node), a channel is its connection plus the channel number, and a consumer is its
+//! channel plus its tag. Queue state and topology key everything by these, never by pointer
+//! identity, so the same commands mean the same thing on every node.
 
 use std::sync::Arc;
 
-/// A connection, unique within its node for the node's lifetime.
-pub type ConnId = u64;
+use serde::{Deserialize, Serialize};
 
-/// A channel of a connection on a node (node 0 on a single node).
+/// A node of the cluster (0 on a single node).
+pub type NodeId = u64;
+
+/// A connection: unique in the cluster for its node's lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ConnId {
+    pub node: NodeId,
+    /// Counts the node's connections.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.node, self.seq)
+    }
+}
+
+/// A channel of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChannelId {
-    pub node: u32,
     pub conn: ConnId,
     pub channel: u16,
 }

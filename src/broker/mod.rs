@@ -10,6 +10,7 @@ pub mod exchange;
 pub mod ids;
 pub mod memory;
 pub mod message;
+pub mod meta;
 pub mod queue;
 pub mod routing;
 pub mod topology;
@@ -19,8 +20,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use crate::cluster::{self, Cluster};
 use crate::config::Config;
-use crate::store::{Store, StoreError};
+use crate::error::Fatal;
+use crate::store::Store;
+use ids::{ConnId, NodeId};
 use memory::MemoryMonitor;
 use message::Persisted;
 use vhost::{QueueSettings, VHost};
@@ -34,13 +38,26 @@ pub struct Broker {
     pub memory: Arc<MemoryMonitor>,
     pub disk: disk::DiskMonitor,
     pub store: Arc<Store>,
+    node: NodeId,
+    /// Set on a cluster node.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Sent in connection.start: the same on every node of a cluster.
+    pub cluster_name: String,
 }
 
 impl Broker {
-    /// Open the store in the data directory and rebuild everything durable from it.
-    pub fn open(config: Arc<Config>) -> Result<Arc<Broker>, StoreError> {
+    /// Open the store in the data directory and rebuild everything durable from it; on a
+    /// cluster node, join the cluster and catch up with its metadata first.
+    pub async fn open(config: Arc<Config>) -> Result<Arc<Broker>, Fatal> {
         let started = std::time::Instant::now();
-        let (store, recovered) = Store::open(&config.data_dir)?;
+        let cluster_config = config.cluster().map_err(cluster::ClusterError::Config)?;
+        let (store, mut recovered) = Store::open(&config.data_dir)?;
+        cluster::check_data_dir(
+            &config.data_dir,
+            cluster_config.as_ref(),
+            recovered.is_empty(),
+        )?;
+        let node = cluster_config.as_ref().map_or(0, |c| c.node_id);
         let limit = config.memory_high_watermark_bytes.unwrap_or_else(|| {
             let total = memory::total_memory().unwrap_or(4 << 30);
             (total as f64 * config.memory_high_watermark) as usize
@@ -57,6 +74,7 @@ impl Broker {
             },
             memory.clone(),
             Some(store.clone()),
+            node,
         );
         vhosts.insert(config.default_vhost.clone(), vhost);
 
@@ -70,9 +88,17 @@ impl Broker {
             bindings.entry(b.vhost.clone()).or_default().push(b);
         }
         for (name, v) in &vhosts {
+            let queues = queues.remove(name).unwrap_or_default();
+            if cluster_config.is_some() {
+                // The metadata log rebuilds the topology; the store only has the messages.
+                v.stash(queues);
+                exchanges.remove(name);
+                bindings.remove(name);
+                continue;
+            }
             v.restore(
                 exchanges.remove(name).unwrap_or_default(),
-                queues.remove(name).unwrap_or_default(),
+                queues,
                 bindings.remove(name).unwrap_or_default(),
             );
         }
@@ -89,6 +115,15 @@ impl Broker {
             config.disk_free_limit_bytes,
             std::time::Duration::from_millis(config.disk_check_interval_ms),
         );
+        let cluster_name = match (&config.cluster_name, &cluster_config) {
+            (Some(name), _) => name.clone(),
+            (None, Some(cc)) => format!("warren-{:016x}", cc.identity()),
+            (None, None) => "warren".into(),
+        };
+        let cluster = match cluster_config {
+            None => None,
+            Some(cc) => Some(join(cc, &store, &vhosts, std::mem::take(&mut recovered.raft)).await?),
+        };
         Ok(Arc::new(Broker {
             disk,
             config,
@@ -97,6 +132,9 @@ impl Broker {
             connections: AtomicUsize::new(0),
             memory,
             store,
+            node,
+            cluster,
+            cluster_name,
         }))
     }
 
@@ -104,14 +142,42 @@ impl Broker {
         self.vhosts.get(name).cloned()
     }
 
-    /// This node's id in consumer and channel names: 0 on a single node.
-    pub fn node_id(&self) -> u32 {
-        0
+    /// This node's id in connection, channel and consumer names: 0 on a single node.
+    pub fn node_id(&self) -> NodeId {
+        self.node
     }
 
-    pub fn next_conn_id(&self) -> u64 {
-        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    pub fn next_conn_id(&self) -> ConnId {
+        ConnId {
+            node: self.node,
+            seq: self.next_conn.fetch_add(1, Ordering::Relaxed),
+        }
     }
+}
+
+/// A peer whose link stays down this many peer timeouts is taken as down.
+const NODE_DOWN_AFTER_TIMEOUTS: u32 = 5;
+
+/// Start this node's part of the cluster: the metadata group applies its log to `vhosts`
+/// (again from the first entry), then every change goes through it. Returns once this node
+/// has applied everything committed before it started, which needs a majority.
+async fn join(
+    cc: cluster::ClusterConfig,
+    store: &Arc<Store>,
+    vhosts: &HashMap<String, Arc<VHost>>,
+    raft: std::collections::BTreeMap<u64, crate::store::RaftLog>,
+) -> Result<Arc<Cluster>, Fatal> {
+    let (applier, pending) = meta::applier(cc.node_id, vhosts.clone());
+    let cluster = Cluster::start(cc, store.clone(), &raft, applier).await?;
+    let replicated = meta::Replicated::new(cluster.clone(), pending);
+    for v in vhosts.values() {
+        v.replicate(replicated.clone());
+    }
+    replicated.rejoin().await;
+    tracing::info!("caught up with the cluster's metadata");
+    let down_after = cluster.config.peer_timeout * NODE_DOWN_AFTER_TIMEOUTS;
+    tokio::spawn(replicated.watch_nodes(down_after));
+    Ok(cluster)
 }
 
 /// Recovered queues by vhost, each message's row shared (one refcount per row, held by

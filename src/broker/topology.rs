@@ -13,7 +13,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::exchange::{Binding, BindingKey, DestName, ExchangeDef, ExchangeKind};
-use super::ids::ConnId;
+use serde::{Deserialize, Serialize};
+
+use super::ids::{ConnId, NodeId};
 use super::routing::BindingId;
 use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
@@ -34,7 +36,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-single-active-consumer",
 ];
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExchangeDecl {
     pub name: String,
     pub kind: String,
@@ -45,7 +47,7 @@ pub struct ExchangeDecl {
     pub arguments: FieldTable,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct QueueDecl {
     pub name: String,
     pub passive: bool,
@@ -56,7 +58,7 @@ pub struct QueueDecl {
 }
 
 /// queue.bind / exchange.bind and their unbinds.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindDecl {
     pub source: String,
     pub dest: DestName,
@@ -73,6 +75,9 @@ pub struct QueueRecord {
     pub exclusive_owner: Option<ConnId>,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// The node whose queue task holds the contents: the declaring connection's (RabbitMQ's
+    /// rule for classic queues).
+    pub home: NodeId,
 }
 
 impl QueueRecord {
@@ -83,7 +88,8 @@ impl QueueRecord {
     }
 }
 
-#[derive(Debug, Clone)]
+/// A change to the topology: plain data, so that it can be a metadata log entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Cmd {
     DeclareExchange(ExchangeDecl),
     DeleteExchange {
@@ -100,6 +106,22 @@ pub enum Cmd {
         name: Arc<str>,
         id: u64,
     },
+    /// A node is gone (taken as dead, or restarted): the exclusive queues of its connections
+    /// and its transient queues go with it, as in RabbitMQ; its durable queues stay.
+    NodeDown {
+        node: NodeId,
+    },
+}
+
+impl Cmd {
+    /// A passive declare: it only checks, so any node can answer it from what it applied.
+    pub fn is_check(&self) -> bool {
+        match self {
+            Cmd::DeclareExchange(d) => d.passive,
+            Cmd::DeclareQueue(d, _) => d.passive,
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +230,10 @@ impl Topology {
                 self.remove_queue(&name, id, &mut ch);
                 Ok(Reply::Done)
             }
+            Cmd::NodeDown { node } => {
+                self.node_down(node, &mut ch);
+                Ok(Reply::Done)
+            }
         }?;
         Ok((reply, ch))
     }
@@ -248,6 +274,11 @@ impl Topology {
 
     pub fn has_queue(&self, name: &str) -> bool {
         self.queues.contains_key(name)
+    }
+
+    /// Is this queue (name and id) still in the topology?
+    pub fn has_queue_id(&self, name: &str, id: u64) -> bool {
+        self.queues.get(name).is_some_and(|q| q.id == id)
     }
 
     /// A queue for use by `conn`: 404 if missing, 405 if exclusive to another connection.
@@ -489,6 +520,7 @@ impl Topology {
             exclusive_owner: d.exclusive.then_some(conn),
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
+            home: conn.node,
         };
         if q.stored() {
             ch.ops.push(Op::PutQueue(self.stored_queue(&q)));
@@ -552,6 +584,22 @@ impl Topology {
 
     /// A queue went (it reports that itself): forget it and every binding to it. A stale
     /// report (a queue of that name declared since) changes nothing.
+    fn node_down(&mut self, node: NodeId, ch: &mut Changes) {
+        let mut gone: Vec<(Arc<str>, u64)> = self
+            .queues
+            .values()
+            .filter(|q| q.home == node && !q.stored())
+            .map(|q| (q.name.clone(), q.id))
+            .collect();
+        // In id order, so that every node makes the same changes in the same order.
+        gone.sort_by_key(|(_, id)| *id);
+        // Where the node still runs such a queue (it was only cut off), the task ends as the
+        // last handle to it goes: nothing routes to it any more.
+        for (name, id) in gone {
+            self.remove_queue(&name, id, ch);
+        }
+    }
+
     fn remove_queue(&mut self, name: &str, id: u64, ch: &mut Changes) {
         if self.queues.get(name).is_none_or(|q| q.id != id) {
             return;

@@ -6,23 +6,23 @@
 //! command, spawn or forget queue tasks, publish a new snapshot and submit the store rows.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
 use tokio::sync::oneshot;
 
 use super::exchange::DestName;
-use super::ids::ConnId;
+use super::ids::{ConnId, NodeId};
 use super::memory::MemoryMonitor;
+use super::meta::Replicated;
 use super::queue::classic::{OnDeleted, Recovered};
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
 use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
-use super::topology::{BindDecl, Change, Changes, Cmd, QueueRecord, Reply, Topology};
+use super::topology::{Change, Changes, Cmd, QueueRecord, Reply, Topology};
 use crate::error::{Error, code};
-use crate::protocol::FieldTable;
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
 
-pub use super::topology::{ExchangeDecl, QueueDecl};
+pub use super::topology::{BindDecl, ExchangeDecl, QueueDecl};
 
 /// Per-queue settings from the config.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +38,8 @@ struct Runtime {
     topo: Topology,
     routers: HashMap<Arc<str>, ExchangeRoute>,
     handles: Map<Arc<str>, QueueHandle>,
+    /// Messages read back from the store for durable queues not started yet, by queue id.
+    recovered: HashMap<u64, Recovered>,
 }
 
 pub struct VHost {
@@ -48,6 +50,10 @@ pub struct VHost {
     settings: QueueSettings,
     memory: Arc<MemoryMonitor>,
     store: Option<Arc<Store>>,
+    /// This node: queues homed here run here.
+    node: NodeId,
+    /// Set on a cluster node: changes go through the metadata log.
+    replicated: OnceLock<Arc<Replicated>>,
 }
 
 /// A topology change on its way to disk: declare-ok and friends wait for it, so that an
@@ -56,6 +62,11 @@ pub struct VHost {
 pub struct Written(Option<oneshot::Receiver<bool>>);
 
 impl Written {
+    /// Nothing to wait for.
+    pub fn done() -> Written {
+        Written(None)
+    }
+
     pub async fn wait(self) -> Result<(), Error> {
         match self.0 {
             None => Ok(()),
@@ -76,6 +87,7 @@ impl VHost {
         settings: QueueSettings,
         memory: Arc<MemoryMonitor>,
         store: Option<Arc<Store>>,
+        node: NodeId,
     ) -> Arc<VHost> {
         let mut builtin = Changes::default();
         let topo = Topology::new(name, &mut builtin);
@@ -85,15 +97,23 @@ impl VHost {
                 topo,
                 routers: HashMap::new(),
                 handles: Map::default(),
+                recovered: HashMap::new(),
             }),
             routes: ArcSwap::from_pointee(Routes::default()),
             weak: weak.clone(),
             settings,
             memory,
             store,
+            node,
+            replicated: OnceLock::new(),
         });
-        let _ = vhost.commit(&mut vhost.lock(), builtin, &mut HashMap::new());
+        let _ = vhost.commit(&mut vhost.lock(), builtin);
         vhost
+    }
+
+    /// Route changes through the metadata log from now on (a cluster node, before serving).
+    pub fn replicate(&self, r: Arc<Replicated>) {
+        let _ = self.replicated.set(r);
     }
 
     fn lock(&self) -> MutexGuard<'_, Runtime> {
@@ -111,7 +131,7 @@ impl VHost {
     fn run(&self, cmd: Cmd) -> Result<(Option<QueueHandle>, Written), Error> {
         let mut rt = self.lock();
         let (reply, changes) = rt.topo.apply(cmd)?;
-        let written = self.commit(&mut rt, changes, &mut HashMap::new());
+        let written = self.commit(&mut rt, changes);
         let handle = match reply {
             Reply::Queue(q, _) => rt.handles.get(&q.name).cloned(),
             Reply::Done => None,
@@ -121,12 +141,7 @@ impl VHost {
 
     /// Carry out `changes` on the routers and queues (spawning new queues, with what was
     /// recovered for them), publish the snapshot and submit the rows.
-    fn commit(
-        &self,
-        rt: &mut Runtime,
-        changes: Changes,
-        recovered: &mut HashMap<u64, Recovered>,
-    ) -> Written {
+    fn commit(&self, rt: &mut Runtime, changes: Changes) -> Written {
         let mut changed = Vec::new();
         let mut queues_changed = false;
         for c in changes.list {
@@ -164,12 +179,14 @@ impl VHost {
                     }
                     changed.push(source);
                 }
-                Change::QueueAdded(q) => {
-                    let initial = recovered.remove(&q.id).unwrap_or_default();
+                Change::QueueAdded(q) if q.home == self.node => {
+                    let initial = rt.recovered.remove(&q.id).unwrap_or_default();
                     let h = self.spawn_queue(&q, initial);
                     rt.handles.insert(q.name, h);
                     queues_changed = true;
                 }
+                // Another node runs it; routing to it comes with forwarding.
+                Change::QueueAdded(_) => {}
                 Change::QueueRemoved(name) => {
                     rt.handles.remove(&name);
                     queues_changed = true;
@@ -263,7 +280,17 @@ impl VHost {
         queues: Vec<(StoredQueue, Recovered)>,
         bindings: Vec<StoredBinding>,
     ) {
-        let mut recovered = HashMap::new();
+        let records = self.stash(queues);
+        let mut rt = self.lock();
+        let mut changes = Changes::default();
+        rt.topo.restore(exchanges, records, bindings, &mut changes);
+        let _ = self.commit(&mut rt, changes);
+    }
+
+    /// Keep the messages of recovered queues until their queue is started (on a cluster
+    /// node, when the metadata log is applied again); returns the queues' records.
+    pub fn stash(&self, queues: Vec<(StoredQueue, Recovered)>) -> Vec<StoredQueue> {
+        let mut rt = self.lock();
         let mut records = Vec::with_capacity(queues.len());
         for (q, messages) in queues {
             tracing::info!(
@@ -272,116 +299,140 @@ impl VHost {
                 messages = messages.len(),
                 "recovered queue"
             );
-            recovered.insert(q.id, messages);
+            rt.recovered.insert(q.id, messages);
             records.push(q);
         }
-        let mut rt = self.lock();
-        let mut changes = Changes::default();
-        rt.topo.restore(exchanges, records, bindings, &mut changes);
-        let _ = self.commit(&mut rt, changes, &mut recovered);
+        records
     }
 
-    pub fn declare_exchange(&self, d: &ExchangeDecl) -> Result<Written, Error> {
-        Ok(self.run(Cmd::DeclareExchange(d.clone()))?.1)
+    /// Make a change: on a single node, apply it here and wait for its rows to be written;
+    /// in a cluster, through the metadata log (every node applies it once committed).
+    async fn change(&self, cmd: Cmd) -> Result<Option<QueueHandle>, Error> {
+        if let Some(r) = self.replicated.get() {
+            if !cmd.is_check() {
+                return r.run(&self.name, cmd).await;
+            }
+            r.read().await?;
+        }
+        let (handle, written) = self.run(cmd)?;
+        written.wait().await?;
+        Ok(handle)
     }
 
-    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<Written, Error> {
+    /// A committed metadata entry's change, on every node in log order.
+    pub fn apply_committed(&self, cmd: Cmd) -> (Result<Option<QueueHandle>, Error>, Written) {
+        match self.run(cmd) {
+            Ok((handle, written)) => (Ok(handle), written),
+            Err(e) => (Err(e), Written::done()),
+        }
+    }
+
+    pub async fn declare_exchange(&self, d: &ExchangeDecl) -> Result<(), Error> {
+        self.change(Cmd::DeclareExchange(d.clone())).await.map(drop)
+    }
+
+    pub async fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), Error> {
         let cmd = Cmd::DeleteExchange {
             name: name.to_string(),
             if_unused,
         };
-        Ok(self.run(cmd)?.1)
+        self.change(cmd).await.map(drop)
     }
 
-    pub fn bind(
-        &self,
-        source: &str,
-        dest: DestName,
-        key: &str,
-        arguments: &FieldTable,
-        conn: ConnId,
-    ) -> Result<Written, Error> {
-        Ok(self
-            .run(Cmd::Bind(bind_decl(source, dest, key, arguments), conn))?
-            .1)
-    }
-
-    pub fn unbind(
-        &self,
-        source: &str,
-        dest: DestName,
-        key: &str,
-        arguments: &FieldTable,
-        conn: ConnId,
-    ) -> Result<Written, Error> {
-        Ok(self
-            .run(Cmd::Unbind(bind_decl(source, dest, key, arguments), conn))?
-            .1)
+    /// queue.bind / exchange.bind (or, `bind` false, their unbinds).
+    pub async fn binding(&self, bind: bool, b: BindDecl, conn: ConnId) -> Result<(), Error> {
+        let cmd = if bind {
+            Cmd::Bind(b, conn)
+        } else {
+            Cmd::Unbind(b, conn)
+        };
+        self.change(cmd).await.map(drop)
     }
 
     /// Declare (or check) a queue; returns its handle.
-    pub fn declare_queue(
-        &self,
-        d: &QueueDecl,
-        conn: ConnId,
-    ) -> Result<(QueueHandle, Written), Error> {
-        let (h, written) = self.run(Cmd::DeclareQueue(d.clone(), conn))?;
-        Ok((h.ok_or_else(not_running)?, written))
+    pub async fn declare_queue(&self, d: &QueueDecl, conn: ConnId) -> Result<QueueHandle, Error> {
+        self.change(Cmd::DeclareQueue(d.clone(), conn))
+            .await?
+            .ok_or_else(|| self.remote(&d.name))
     }
 
     /// A server-named queue (`amq.gen-…`), as for a declare with an empty name.
-    pub fn declare_server_named(&self, d: &QueueDecl, conn: ConnId) -> (QueueHandle, Written) {
-        let mut rt = self.lock();
+    pub async fn declare_server_named(
+        &self,
+        d: &QueueDecl,
+        conn: ConnId,
+    ) -> Result<QueueHandle, Error> {
         let mut d = d.clone();
         loop {
             d.name = server_name();
-            if !rt.topo.has_queue(&d.name) {
+            if !self.lock().topo.has_queue(&d.name) {
                 break;
             }
         }
-        let (reply, changes) = rt
-            .topo
-            .apply(Cmd::DeclareServerNamed(d, conn))
-            .expect("a fresh server-named queue is always accepted");
-        let written = self.commit(&mut rt, changes, &mut HashMap::new());
-        let Reply::Queue(q, _) = reply else {
-            unreachable!("a declare answers with its queue")
-        };
-        let h = rt.handles.get(&q.name).cloned().expect("just spawned");
-        (h, written)
+        self.change(Cmd::DeclareServerNamed(d, conn))
+            .await?
+            .ok_or_else(not_running)
     }
 
     /// Look up a queue for use by `conn` (404 if missing, 405 if exclusive to another).
     pub fn queue(&self, name: &str, conn: ConnId) -> Result<QueueHandle, Error> {
         let rt = self.lock();
-        rt.topo.queue(name, conn)?;
-        // Every record has a running queue: both change under this lock.
-        rt.handles.get(name).cloned().ok_or_else(not_running)
+        let record = rt.topo.queue(name, conn)?;
+        match rt.handles.get(name) {
+            Some(h) => Ok(h.clone()),
+            None if record.home != self.node => Err(self.remote(name)),
+            // In a cluster, a queue that deleted itself is gone from here before the log
+            // says so everywhere.
+            None => Err(Error::not_found(format!(
+                "no queue '{name}' in vhost '{}'",
+                self.name
+            ))),
+        }
     }
 
-    /// Called by a queue task as it ends: forget the queue and every binding to it.
+    /// A queue whose contents live on another node (using it from here comes with
+    /// forwarding over the node links).
+    fn remote(&self, name: &str) -> Error {
+        Error::connection(
+            code::NOT_IMPLEMENTED,
+            format!(
+                "queue '{name}' in vhost '{}' lives on another node; use it there",
+                self.name
+            ),
+        )
+    }
+
+    /// Called by a queue task as it ends: forget the queue and every binding to it (in a
+    /// cluster, through the metadata log; the queue stops being routed to here at once).
     pub fn remove_queue(&self, q: &QueueShared) {
         let cmd = Cmd::QueueDeleted {
             name: q.name.clone(),
             id: q.id,
         };
-        if let Ok((_, written)) = self.run(cmd) {
-            drop(written);
+        let Some(r) = self.replicated.get().cloned() else {
+            if let Ok((_, written)) = self.run(cmd) {
+                drop(written);
+            }
+            return;
+        };
+        {
+            let mut rt = self.lock();
+            if rt.handles.get(&q.name).is_some_and(|h| h.id == q.id) {
+                rt.handles.remove(&q.name);
+                self.publish(&rt, &[], true);
+            }
+            // Already gone from the metadata (its node was taken as down): nothing to say.
+            if !rt.topo.has_queue_id(&q.name, q.id) {
+                return;
+            }
         }
+        let vhost = self.name.clone();
+        tokio::spawn(async move { r.run_until_done(&vhost, cmd).await });
     }
 }
 
 fn not_running() -> Error {
     Error::connection(code::INTERNAL_ERROR, "queue not running")
-}
-
-fn bind_decl(source: &str, dest: DestName, key: &str, arguments: &FieldTable) -> BindDecl {
-    BindDecl {
-        source: source.to_string(),
-        dest,
-        key: key.to_string(),
-        arguments: arguments.clone(),
-    }
 }
 
 fn server_name() -> String {

@@ -19,7 +19,7 @@ fn entry(seq: u64) -> Entry {
     }
 }
 
-fn queue() -> QueueHandle {
+async fn queue() -> QueueHandle {
     let settings = crate::broker::vhost::QueueSettings {
         inbox: 8,
         memory_budget: 1 << 20,
@@ -30,12 +30,15 @@ fn queue() -> QueueHandle {
         settings,
         Arc::new(crate::broker::memory::MemoryMonitor::new(0)),
         None,
+        0,
     );
     let d = QueueDecl {
         name: "q".into(),
         ..Default::default()
     };
-    v.declare_queue(&d, 1).unwrap().0
+    v.declare_queue(&d, crate::broker::ids::ConnId { node: 0, seq: 1 })
+        .await
+        .unwrap()
 }
 
 fn seqs(s: Settled) -> Vec<u64> {
@@ -47,7 +50,7 @@ fn seqs(s: Settled) -> Vec<u64> {
 
 #[tokio::test]
 async fn tags_count_from_one_and_settle_ranges() {
-    let q = queue();
+    let q = queue().await;
     let mut ch = Channel::default();
     let tags: Vec<u64> = (0..5)
         .map(|s| ch.deliver(&q, &entry(s), false, true))
@@ -73,7 +76,7 @@ async fn tags_count_from_one_and_settle_ranges() {
 
 #[tokio::test]
 async fn no_ack_deliveries_are_not_tracked() {
-    let q = queue();
+    let q = queue().await;
     let mut ch = Channel::default();
     let t = ch.deliver(&q, &entry(0), true, false);
     assert_eq!(ch.settle(Settle::Ack, t, false).unwrap_err().code(), 406);
@@ -81,7 +84,7 @@ async fn no_ack_deliveries_are_not_tracked() {
 
 #[tokio::test]
 async fn a_transaction_stages_settlements_and_a_rollback_puts_them_back() {
-    let q = queue();
+    let q = queue().await;
     let mut ch = Channel::default();
     assert_eq!(ch.commit().unwrap_err().code(), 406);
     assert_eq!(ch.rollback().unwrap_err().code(), 406);
@@ -123,7 +126,7 @@ fn confirm_tags_count_from_one_and_exclude_transactions() {
 
 #[tokio::test]
 async fn consumers_get_credit_as_deliveries_are_written() {
-    let q = queue();
+    let q = queue().await;
     let mut ch = Channel::default();
     let tag: Arc<str> = "c".into();
     let (serial, flow) = ch.add_consumer(&tag, &q, false).unwrap();
@@ -134,8 +137,7 @@ async fn consumers_get_credit_as_deliveries_are_written() {
     assert_eq!(ch.add_consumer(&tag, &q, false).unwrap_err().code(), 530);
     let id = crate::broker::ids::ConsumerId {
         channel: crate::broker::ids::ChannelId {
-            node: 0,
-            conn: 1,
+            conn: crate::broker::ids::ConnId { node: 0, seq: 1 },
             channel: 1,
         },
         tag: tag.clone(),

@@ -13,7 +13,7 @@ impl Conn {
     /// Close a channel for a soft error: channel.close now, release its consumers and
     /// deliveries, and drop everything until the client's close-ok.
     pub(super) async fn close_channel(&mut self, ch: u16, err: Error) -> Result<(), End> {
-        tracing::debug!(conn = self.id, channel = ch, "channel error: {err}");
+        tracing::debug!(conn = %self.id, channel = ch, "channel error: {err}");
         let (class_id, method_id) = err.ids();
         self.send_method(
             ch,
@@ -78,7 +78,7 @@ impl Conn {
     /// Send connection.close for `err` and wait (bounded) for the client's close-ok.
     pub(super) async fn close_connection(&mut self, err: Error) {
         if err.code() != code::CONNECTION_FORCED {
-            tracing::info!(conn = self.id, peer = %self.peer, "closing connection: {err}");
+            tracing::info!(conn = %self.id, peer = %self.peer, "closing connection: {err}");
         }
         let (class_id, method_id) = err.ids();
         self.send_method(

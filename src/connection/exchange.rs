@@ -25,8 +25,7 @@ impl Conn {
                         auto_delete: d.auto_delete,
                         internal: d.internal,
                         arguments: d.arguments,
-                    })?
-                    .wait()
+                    })
                     .await?;
                 self.reply(
                     ch,
@@ -36,8 +35,7 @@ impl Conn {
             }
             exchange::AMQPMethod::Delete(d) => {
                 vhost
-                    .delete_exchange(d.exchange.as_str(), d.if_unused)?
-                    .wait()
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)
                     .await?;
                 self.reply(
                     ch,

@@ -14,7 +14,7 @@ fn hard(code: u16, text: impl Into<String>) -> End {
     End::Close(Error::connection(code, text))
 }
 
-fn server_properties() -> FieldTable {
+fn server_properties(cluster_name: &str) -> FieldTable {
     let mut caps = FieldTable::default();
     for cap in [
         "publisher_confirms",
@@ -33,7 +33,7 @@ fn server_properties() -> FieldTable {
     props.insert("product".into(), text("warren"));
     props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
     props.insert("platform".into(), text("Rust"));
-    props.insert("cluster_name".into(), text("warren"));
+    props.insert("cluster_name".into(), text(cluster_name));
     props.insert(
         "information".into(),
         text("warren: an AMQP 0-9-1 broker; see README.md"),
@@ -91,7 +91,7 @@ impl Conn {
             AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
                 version_major: 0,
                 version_minor: 9,
-                server_properties: server_properties(),
+                server_properties: server_properties(&self.broker.cluster_name),
                 mechanisms: "PLAIN AMQPLAIN".into(),
                 locales: "en_US".into(),
             })),
@@ -189,7 +189,7 @@ impl Conn {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
         self.flush().await?;
-        tracing::debug!(conn = self.id, peer = %self.peer, vhost = name, "connection open");
+        tracing::debug!(conn = %self.id, peer = %self.peer, vhost = name, "connection open");
         Ok(())
     }
 

@@ -3,6 +3,7 @@
 
 use super::Conn;
 use crate::broker::exchange::DestName;
+use crate::broker::vhost::BindDecl;
 use crate::error::{Error, code};
 use crate::protocol::{AMQPClass, FieldTable, access, channel, confirm};
 
@@ -25,11 +26,15 @@ impl Conn {
         arguments: &FieldTable,
     ) -> Result<(), Error> {
         let vhost = self.vhost().clone();
-        let written = match how {
-            Binding::Bind => vhost.bind(source, dest, key, arguments, self.id)?,
-            Binding::Unbind => vhost.unbind(source, dest, key, arguments, self.id)?,
+        let b = BindDecl {
+            source: source.to_string(),
+            dest,
+            key: key.to_string(),
+            arguments: arguments.clone(),
         };
-        written.wait().await
+        vhost
+            .binding(matches!(how, Binding::Bind), b, self.id)
+            .await
     }
 
     pub(super) fn channel(&mut self, ch: u16) -> &mut crate::channel::Channel {

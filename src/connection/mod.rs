@@ -218,7 +218,6 @@ pub async fn serve(
 impl Conn {
     fn key(&self, channel: u16) -> ChannelId {
         ChannelId {
-            node: self.broker.node_id(),
             conn: self.id,
             channel,
         }

@@ -97,13 +97,12 @@ impl Conn {
                 bad.key, decl.name, vhost.name, bad.why
             )));
         }
-        let (q, written) = if decl.name.is_empty() && !decl.passive {
-            vhost.declare_server_named(&decl, self.id)
+        let q = if decl.name.is_empty() && !decl.passive {
+            vhost.declare_server_named(&decl, self.id).await?
         } else {
             decl.name = self.channel(ch).queue_name(&decl.name)?;
-            vhost.declare_queue(&decl, self.id)?
+            vhost.declare_queue(&decl, self.id).await?
         };
-        written.wait().await?;
         if q.exclusive_owner == Some(self.id) && !self.exclusive.iter().any(|e| e.id == q.id) {
             self.exclusive.push(q.clone());
         }

@@ -10,6 +10,34 @@ use crate::protocol::{FieldTable, table};
 pub const EXCHANGE: u8 = b'x';
 pub const QUEUE: u8 = b'q';
 pub const BINDING: u8 = b'b';
+/// Raft column family: a group's hard state and its log entries.
+pub const RAFT_STATE: u8 = b's';
+pub const RAFT_ENTRY: u8 = b'e';
+
+/// `[group][kind]`, then for entries the index: big-endian, so a group's entries are
+/// contiguous and in index order.
+pub fn raft_key(group: u64, kind: u8, index: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(kind);
+    if kind == RAFT_ENTRY {
+        k.extend_from_slice(&index.to_be_bytes());
+    }
+    k
+}
+
+/// (group, kind, index) of a Raft key.
+pub fn decode_raft_key(key: &[u8]) -> Option<(u64, u8, u64)> {
+    let group = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    let kind = *key.get(8)?;
+    match kind {
+        RAFT_STATE if key.len() == 9 => Some((group, kind, 0)),
+        RAFT_ENTRY if key.len() == 17 => {
+            Some((group, kind, u64::from_be_bytes(key[9..].try_into().ok()?)))
+        }
+        _ => None,
+    }
+}
 
 fn lp(out: &mut Vec<u8>, s: &[u8]) {
     let len = s.len().min(255);

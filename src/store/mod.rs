@@ -114,6 +114,18 @@ pub enum Op {
         queue: u64,
         msg: u64,
     },
+    /// Raft log entries of a group from index `first` on, in order (encoded by the cluster);
+    /// any stored entry after the last one goes (a new leader's log replaces a stale tail).
+    RaftAppend {
+        group: u64,
+        first: u64,
+        entries: Vec<Vec<u8>>,
+    },
+    /// A Raft group's hard state (term, vote, commit), encoded by the cluster.
+    RaftState {
+        group: u64,
+        state: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -121,6 +133,7 @@ impl Op {
     pub fn size(&self) -> usize {
         match self {
             Op::PutMessage { msg, .. } => 32 + msg.body.len() + msg.properties.len(),
+            Op::RaftAppend { entries, .. } => 32 + entries.iter().map(Vec::len).sum::<usize>(),
             _ => 32,
         }
     }
@@ -142,10 +155,32 @@ pub struct RecoveredMessage {
     pub size: u32,
 }
 
+/// A Raft group's persisted state as written (the cluster decodes it).
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct RaftLog {
+    pub state: Option<Vec<u8>>,
+    /// The index of the first entry in `entries`.
+    pub first: u64,
+    /// From `first` on, without gaps.
+    pub entries: Vec<Vec<u8>>,
+}
+
 /// Everything durable, read back at start (message bodies stay on disk until needed).
 #[derive(Debug, Default)]
 pub struct Recovered {
     pub exchanges: Vec<StoredExchange>,
     pub queues: Vec<RecoveredQueue>,
     pub bindings: Vec<StoredBinding>,
+    /// Raft groups by id (cluster nodes only).
+    pub raft: std::collections::BTreeMap<u64, RaftLog>,
+}
+
+impl Recovered {
+    /// Nothing was stored yet: a new data directory.
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty()
+            && self.queues.is_empty()
+            && self.bindings.is_empty()
+            && self.raft.is_empty()
+    }
 }

@@ -16,6 +16,7 @@ use super::{Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoreError, S
 const META: &str = "meta";
 const MESSAGES: &str = "messages";
 const INDEX: &str = "queue_index";
+const RAFT: &str = "raft";
 
 /// One write never takes more than this many bytes of requests (the rest waits for the next).
 const MAX_BATCH_BYTES: usize = 16 << 20;
@@ -88,6 +89,7 @@ impl Store {
             ColumnFamilyDescriptor::new(META, Options::default()),
             ColumnFamilyDescriptor::new(MESSAGES, msg_opts),
             ColumnFamilyDescriptor::new(INDEX, Options::default()),
+            ColumnFamilyDescriptor::new(RAFT, Options::default()),
         ];
         let db =
             DB::open_cf_descriptors(&opts, dir.join("store"), cfs).map_err(|e| db_error(dir, e))?;
@@ -215,14 +217,37 @@ impl Store {
 }
 
 fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
-    let (Some(meta), Some(msgs), Some(index)) = (
+    let (Some(meta), Some(msgs), Some(index), Some(raft)) = (
         db.cf_handle(META),
         db.cf_handle(MESSAGES),
         db.cf_handle(INDEX),
+        db.cf_handle(RAFT),
     ) else {
         return;
     };
     match op {
+        Op::RaftAppend {
+            group,
+            first,
+            entries,
+        } => {
+            let end = first + entries.len() as u64;
+            for (i, e) in entries.into_iter().enumerate() {
+                batch.put_cf(
+                    &raft,
+                    keys::raft_key(group, keys::RAFT_ENTRY, first + i as u64),
+                    e,
+                );
+            }
+            batch.delete_range_cf(
+                &raft,
+                keys::raft_key(group, keys::RAFT_ENTRY, end),
+                keys::raft_key(group + 1, keys::RAFT_ENTRY, 0),
+            );
+        }
+        Op::RaftState { group, state } => {
+            batch.put_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0), state)
+        }
         Op::PutExchange(x) => batch.put_cf(
             &meta,
             keys::exchange_key(&x.vhost, &x.name),
@@ -385,6 +410,35 @@ fn start_compaction(
     spawned.ok()
 }
 
+/// Every Raft group's hard state and entries, checking that each group's entries have no
+/// gaps.
+fn read_raft(db: &DB, r: &mut Recovered) -> Result<(), String> {
+    let raft = db.cf_handle(RAFT).ok_or("missing column family")?;
+    let mut last: Option<(u64, u64)> = None;
+    for item in db.iterator_cf(&raft, IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| e.to_string())?;
+        let (group, kind, index) =
+            keys::decode_raft_key(&k).ok_or_else(|| format!("undecodable raft key {k:?}"))?;
+        let log = r.raft.entry(group).or_default();
+        if kind == keys::RAFT_STATE {
+            log.state = Some(v.to_vec());
+            continue;
+        }
+        if let Some((g, i)) = last
+            && g == group
+            && i + 1 != index
+        {
+            return Err(format!("raft group {group}: entry {index} follows {i}"));
+        }
+        last = Some((group, index));
+        if log.entries.is_empty() {
+            log.first = index;
+        }
+        log.entries.push(v.to_vec());
+    }
+    Ok(())
+}
+
 /// Read back topology, queue indexes and the messages they reference; drop what nothing
 /// references (index rows of deleted queues, messages of no queue). Returns the highest
 /// message id seen.
@@ -413,6 +467,7 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
             _ => return Err(bad()),
         }
     }
+    read_raft(db, &mut r)?;
     let mut cleanup = WriteBatch::default();
     let by_id: std::collections::HashMap<u64, usize> = r
         .queues

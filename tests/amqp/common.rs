@@ -249,8 +249,12 @@ pub struct Raw {
 
 impl Raw {
     pub async fn connect(b: &TestBroker) -> Raw {
+        Raw::over(TcpStream::connect(("127.0.0.1", b.port)).await.unwrap())
+    }
+
+    pub fn over(sock: TcpStream) -> Raw {
         Raw {
-            sock: TcpStream::connect(("127.0.0.1", b.port)).await.unwrap(),
+            sock,
             buf: BytesMut::new(),
         }
     }

@@ -3,6 +3,7 @@
 
 mod basics;
 mod cli;
+mod cluster;
 mod common;
 mod connection;
 mod crash;

@@ -79,19 +79,22 @@ mod tests {
     use crate::broker::queue::{QueueCmd, QueueHandle};
     use crate::broker::vhost::{QueueDecl, QueueSettings, VHost};
 
-    fn queue() -> (Arc<VHost>, QueueHandle) {
+    async fn queue() -> (Arc<VHost>, QueueHandle) {
         let settings = QueueSettings {
             inbox: 8,
             memory_budget: 1 << 20,
             flow_messages: 1 << 16,
         };
         let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(0));
-        let v = VHost::new("/", settings, memory, None);
+        let v = VHost::new("/", settings, memory, None, 0);
         let d = QueueDecl {
             name: "q".into(),
             ..Default::default()
         };
-        let q = v.declare_queue(&d, 1).unwrap().0;
+        let q = v
+            .declare_queue(&d, crate::broker::ids::ConnId { node: 0, seq: 1 })
+            .await
+            .unwrap();
         (v, q)
     }
 
@@ -126,7 +129,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_queue_takes_the_batch() {
-        let (_v, q) = queue();
+        let (_v, q) = queue().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let r = Receipt::new(tx, 3, vec![rt(0, 1, 7), rt(1, 1, 8)]);
         assert!(q.send(QueueCmd::Publish(vec![msg(), msg()], Some(r))).await);
@@ -136,7 +139,7 @@ mod tests {
     /// The publish is in the inbox when the queue is deleted: the queue never takes it.
     #[tokio::test]
     async fn a_queue_deleted_under_a_publish_refuses_it() {
-        let (_v, q) = queue();
+        let (_v, q) = queue().await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         let (reply, deleted) = oneshot::channel();
         assert!(

@@ -42,6 +42,8 @@ impl Topology {
                 exclusive_owner: None,
                 auto_delete: q.auto_delete,
                 arguments: q.arguments,
+                // Restored from a single node's store: node 0.
+                home: 0,
             };
             self.insert_queue(record, ch);
         }

@@ -5,6 +5,10 @@ use super::*;
 use crate::protocol::AMQPValue;
 use crate::store::StoredBinding;
 
+fn conn(seq: u64) -> ConnId {
+    ConnId { node: 0, seq }
+}
+
 fn topo() -> Topology {
     Topology::new("/", &mut Changes::default())
 }
@@ -155,14 +159,14 @@ fn exchange_delete_rules() {
     assert_eq!(code(&mut t, del("amq.direct", false)), 403);
     assert_eq!(code(&mut t, del("missing", false)), 0);
     run(&mut t, Cmd::DeclareExchange(x("x", "direct")));
-    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
-    run(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), 1));
+    run(&mut t, Cmd::DeclareQueue(q("q"), conn(1)));
+    run(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), conn(1)));
     assert_eq!(code(&mut t, del("x", true)), 406);
     let (c, ch) = run(&mut t, del("x", false));
     assert_eq!(c, 0);
     assert_eq!(ops(&ch), ["delete binding", "delete exchange"]);
     assert_eq!(
-        code(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), 1)),
+        code(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), conn(1))),
         404
     );
 }
@@ -171,12 +175,12 @@ fn exchange_delete_rules() {
 fn bind_rules() {
     let mut t = topo();
     run(&mut t, Cmd::DeclareExchange(x("x", "direct")));
-    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
+    run(&mut t, Cmd::DeclareQueue(q("q"), conn(1)));
     let excl = QueueDecl {
         exclusive: true,
         ..q("mine")
     };
-    run(&mut t, Cmd::DeclareQueue(excl, 1));
+    run(&mut t, Cmd::DeclareQueue(excl, conn(1)));
     let cases = [
         (bind("x", queue_dest("q"), "k"), 1, 0),
         (bind("missing", queue_dest("nope"), "k"), 1, 404),
@@ -188,15 +192,15 @@ fn bind_rules() {
         (bind("x", exchange_dest("amq.fanout"), "k"), 1, 0),
         (bind("x", exchange_dest("missing"), "k"), 1, 404),
     ];
-    for (b, conn, want) in cases {
+    for (b, from, want) in cases {
         assert_eq!(
-            code(&mut t, Cmd::Bind(b.clone(), conn)),
+            code(&mut t, Cmd::Bind(b.clone(), conn(from))),
             want,
-            "{b:?} from {conn}"
+            "{b:?} from {from}"
         );
     }
     // The same binding again changes nothing.
-    let (_, ch) = run(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), 1));
+    let (_, ch) = run(&mut t, Cmd::Bind(bind("x", queue_dest("q"), "k"), conn(1)));
     assert!(ch.list.is_empty());
 }
 
@@ -209,17 +213,17 @@ fn a_binding_is_stored_only_between_durable_ends() {
         ..x("tx", "direct")
     };
     run(&mut t, Cmd::DeclareExchange(tx));
-    run(&mut t, Cmd::DeclareQueue(q("dq"), 1));
+    run(&mut t, Cmd::DeclareQueue(q("dq"), conn(1)));
     let tq = QueueDecl {
         durable: false,
         ..q("tq")
     };
-    run(&mut t, Cmd::DeclareQueue(tq, 1));
+    run(&mut t, Cmd::DeclareQueue(tq, conn(1)));
     let eq = QueueDecl {
         exclusive: true,
         ..q("eq")
     };
-    run(&mut t, Cmd::DeclareQueue(eq, 1));
+    run(&mut t, Cmd::DeclareQueue(eq, conn(1)));
     let cases = [
         ("dx", "dq", true),
         ("dx", "tq", false),
@@ -227,7 +231,10 @@ fn a_binding_is_stored_only_between_durable_ends() {
         ("dx", "eq", false),
     ];
     for (source, dest, stored) in cases {
-        let (_, ch) = run(&mut t, Cmd::Bind(bind(source, queue_dest(dest), "k"), 1));
+        let (_, ch) = run(
+            &mut t,
+            Cmd::Bind(bind(source, queue_dest(dest), "k"), conn(1)),
+        );
         assert_eq!(ops(&ch) == ["put binding"], stored, "{source} -> {dest}");
     }
 }
@@ -240,19 +247,28 @@ fn unbinding_the_last_binding_of_an_auto_delete_exchange_deletes_it() {
         ..x("ad", "direct")
     };
     run(&mut t, Cmd::DeclareExchange(ad));
-    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
-    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), "a"), 1));
-    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), "b"), 1));
-    let (_, ch) = run(&mut t, Cmd::Unbind(bind("ad", queue_dest("q"), "a"), 1));
+    run(&mut t, Cmd::DeclareQueue(q("q"), conn(1)));
+    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), "a"), conn(1)));
+    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), "b"), conn(1)));
+    let (_, ch) = run(
+        &mut t,
+        Cmd::Unbind(bind("ad", queue_dest("q"), "a"), conn(1)),
+    );
     assert!(
         !ch.list
             .iter()
             .any(|c| matches!(c, Change::ExchangeRemoved(_)))
     );
     // Unbinding what is not there is fine and changes nothing.
-    let (c, ch) = run(&mut t, Cmd::Unbind(bind("ad", queue_dest("q"), "zz"), 1));
+    let (c, ch) = run(
+        &mut t,
+        Cmd::Unbind(bind("ad", queue_dest("q"), "zz"), conn(1)),
+    );
     assert_eq!((c, ch.list.len()), (0, 0));
-    let (_, ch) = run(&mut t, Cmd::Unbind(bind("ad", queue_dest("q"), "b"), 1));
+    let (_, ch) = run(
+        &mut t,
+        Cmd::Unbind(bind("ad", queue_dest("q"), "b"), conn(1)),
+    );
     assert!(ch.list.contains(&Change::ExchangeRemoved("ad".into())));
     assert_eq!(ops(&ch), ["delete binding", "delete exchange"]);
 }
@@ -272,14 +288,14 @@ fn queue_declare_rules() {
                 arguments: ttl(100),
                 ..q("q")
             },
-            1,
+            conn(1),
         ),
     );
     let excl = QueueDecl {
         exclusive: true,
         ..q("ex")
     };
-    run(&mut t, Cmd::DeclareQueue(excl.clone(), 1));
+    run(&mut t, Cmd::DeclareQueue(excl.clone(), conn(1)));
     let cases = [
         (
             QueueDecl {
@@ -336,28 +352,31 @@ fn queue_declare_rules() {
         (q("ex"), 1, 405),
         (q("amq.q"), 1, 403),
     ];
-    for (d, conn, want) in cases {
+    for (d, from, want) in cases {
         assert_eq!(
-            code(&mut t, Cmd::DeclareQueue(d.clone(), conn)),
+            code(&mut t, Cmd::DeclareQueue(d.clone(), conn(from))),
             want,
-            "{d:?} from {conn}"
+            "{d:?} from {from}"
         );
     }
-    let e = t.apply(Cmd::DeclareQueue(q("q"), 1)).unwrap_err();
+    let e = t.apply(Cmd::DeclareQueue(q("q"), conn(1))).unwrap_err();
     assert_eq!(
         e.reply_text(),
         "PRECONDITION_FAILED - inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/': received 'none' but current is '100'"
     );
     // The broker may name queues amq.gen-…; clients may not.
-    assert_eq!(code(&mut t, Cmd::DeclareServerNamed(q("amq.gen-x"), 1)), 0);
-    assert_eq!(t.queue("ex", 2).unwrap_err().code(), 405);
-    assert_eq!(t.queue("nope", 1).unwrap_err().code(), 404);
+    assert_eq!(
+        code(&mut t, Cmd::DeclareServerNamed(q("amq.gen-x"), conn(1))),
+        0
+    );
+    assert_eq!(t.queue("ex", conn(2)).unwrap_err().code(), 405);
+    assert_eq!(t.queue("nope", conn(1)).unwrap_err().code(), 404);
 }
 
 #[test]
 fn new_queues_get_new_ids_and_only_durable_non_exclusive_ones_are_stored() {
     let mut t = topo();
-    let declare = |t: &mut Topology, d: QueueDecl| match t.apply(Cmd::DeclareQueue(d, 1)) {
+    let declare = |t: &mut Topology, d: QueueDecl| match t.apply(Cmd::DeclareQueue(d, conn(1))) {
         Ok((Reply::Queue(r, created), ch)) => (r.id, created, ops(&ch)),
         other => panic!("{other:?}"),
     };
@@ -384,10 +403,13 @@ fn a_deleted_queue_takes_its_bindings_and_empties_auto_delete_exchanges() {
     };
     run(&mut t, Cmd::DeclareExchange(ad));
     run(&mut t, Cmd::DeclareExchange(x("keep", "fanout")));
-    run(&mut t, Cmd::DeclareQueue(q("q"), 1));
-    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), ""), 1));
-    run(&mut t, Cmd::Bind(bind("keep", queue_dest("q"), ""), 1));
-    let id = t.queue("q", 1).unwrap().id;
+    run(&mut t, Cmd::DeclareQueue(q("q"), conn(1)));
+    run(&mut t, Cmd::Bind(bind("ad", queue_dest("q"), ""), conn(1)));
+    run(
+        &mut t,
+        Cmd::Bind(bind("keep", queue_dest("q"), ""), conn(1)),
+    );
+    let id = t.queue("q", conn(1)).unwrap().id;
     // A stale report (another queue of that name since) changes nothing.
     let (_, ch) = run(
         &mut t,
@@ -413,7 +435,7 @@ fn a_deleted_queue_takes_its_bindings_and_empties_auto_delete_exchanges() {
         rows,
         ["delete binding", "delete binding", "delete exchange"]
     );
-    assert_eq!(t.queue("q", 1).unwrap_err().code(), 404);
+    assert_eq!(t.queue("q", conn(1)).unwrap_err().code(), 404);
 }
 
 #[test]
@@ -422,8 +444,14 @@ fn exchange_to_exchange_bindings_go_with_either_end() {
     for name in ["a", "b", "c"] {
         run(&mut t, Cmd::DeclareExchange(x(name, "fanout")));
     }
-    run(&mut t, Cmd::Bind(bind("a", exchange_dest("b"), ""), 1));
-    run(&mut t, Cmd::Bind(bind("b", exchange_dest("c"), ""), 1));
+    run(
+        &mut t,
+        Cmd::Bind(bind("a", exchange_dest("b"), ""), conn(1)),
+    );
+    run(
+        &mut t,
+        Cmd::Bind(bind("b", exchange_dest("c"), ""), conn(1)),
+    );
     let (_, ch) = run(
         &mut t,
         Cmd::DeleteExchange {
@@ -481,8 +509,58 @@ fn restore_rebuilds_without_writing_and_skips_what_is_incomplete() {
         .count();
     assert_eq!(bound, 1);
     // New queues are numbered after the recovered ones.
-    match t.apply(Cmd::DeclareQueue(q("new"), 1)) {
+    match t.apply(Cmd::DeclareQueue(q("new"), conn(1))) {
         Ok((Reply::Queue(r, true), _)) => assert_eq!(r.id, 8),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_node_down_takes_its_exclusive_and_transient_queues_only() {
+    let mut t = topo();
+    let on = |node: u64| ConnId { node, seq: 1 };
+    let decls = [
+        ("ex2", on(2), true, false),
+        ("tq2", on(2), false, false),
+        ("dq2", on(2), false, true),
+        ("tq1", on(1), false, false),
+    ];
+    for (name, c, exclusive, durable) in decls {
+        let d = QueueDecl {
+            exclusive,
+            durable,
+            ..q(name)
+        };
+        run(&mut t, Cmd::DeclareQueue(d, c));
+    }
+    run(
+        &mut t,
+        Cmd::Bind(bind("amq.direct", queue_dest("tq2"), "k"), on(2)),
+    );
+    let (_, ch) = run(&mut t, Cmd::NodeDown { node: 2 });
+    // Removed in declaration order, bindings with them; nothing is written but deletes.
+    let what: Vec<String> = ch
+        .list
+        .iter()
+        .map(|c| match c {
+            Change::QueueRemoved(q) => format!("remove {q}"),
+            Change::Unbound { source, key, .. } => format!("unbind {source} {:?}", key.dest),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        what,
+        [
+            "remove ex2",
+            "remove tq2",
+            "unbind amq.direct Queue(\"tq2\")"
+        ]
+    );
+    assert!(ops(&ch).iter().all(|op| op.starts_with("delete")), "{:?}", ops(&ch));
+    for (name, found) in [("ex2", false), ("tq2", false), ("dq2", true), ("tq1", true)] {
+        assert_eq!(t.queue(name, on(1)).is_ok(), found, "{name}");
+    }
+    t.check().unwrap();
+    let (_, again) = run(&mut t, Cmd::NodeDown { node: 2 });
+    assert!(again.list.is_empty());
 }

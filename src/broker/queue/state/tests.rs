@@ -60,8 +60,7 @@ fn cfg(args: QueueArgs) -> Config {
 
 pub(super) fn chan(n: u16) -> ChannelId {
     ChannelId {
-        node: 0,
-        conn: 1,
+        conn: crate::broker::ids::ConnId { node: 0, seq: 1 },
         channel: n,
     }
 }

@@ -1,0 +1,415 @@
+//! The broker's side of the metadata group on a cluster node. A topology change becomes a
+//! log entry naming its vhost, its origin node and a request number; every node applies
+//! committed entries in log order to its vhosts (`Applier`), and the origin node hands the
+//! outcome (the reply, or the error every node computed alike) to the waiting channel.
+//!
+//! Invariants: an entry is applied at most once however often it was proposed (a proposal
+//! can be lost with a leader, so the proposer proposes again; the applier skips an
+//! (origin, request) it applied already, deterministically on every node); a change whose
+//! commit is not seen within the command timeout is reported as failed, never as done.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::ids::NodeId;
+use super::queue::QueueHandle;
+use super::topology::Cmd;
+use super::vhost::{VHost, Written};
+use crate::cluster::{Apply, Cluster, ClusterError};
+use crate::error::{Error, code};
+
+/// A proposal not seen committed by then is proposed again (it may have been dropped).
+const REPROPOSE: Duration = Duration::from_millis(1000);
+/// Applied (origin, request) pairs remembered for skipping duplicates.
+const REMEMBERED: usize = 65_536;
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    origin: NodeId,
+    req: u64,
+    op: MetaOp,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+enum MetaOp {
+    Topology {
+        vhost: String,
+        cmd: Cmd,
+    },
+    /// A node is gone, in every vhost (see `Cmd::NodeDown`). A starting node proposes it
+    /// for itself: once applied, it has applied everything committed before too.
+    NodeDown {
+        node: NodeId,
+    },
+}
+
+type Outcome = (Result<Option<QueueHandle>, Error>, Written);
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Outcome>>>>;
+
+/// Proposes changes and waits for their outcome.
+pub struct Replicated {
+    cluster: Arc<Cluster>,
+    next_req: AtomicU64,
+    pending: Pending,
+}
+
+/// Applies committed entries to this node's vhosts, on the cluster task.
+pub struct Applier {
+    node: NodeId,
+    vhosts: HashMap<String, Arc<VHost>>,
+    pending: Pending,
+    seen: HashSet<(NodeId, u64)>,
+    order: VecDeque<(NodeId, u64)>,
+}
+
+/// The applier for `vhosts`, and what `Replicated::new` shares with it.
+pub fn applier(node: NodeId, vhosts: HashMap<String, Arc<VHost>>) -> (Box<dyn Apply>, Pending) {
+    let pending = Pending::default();
+    let a = Applier {
+        node,
+        vhosts,
+        pending: pending.clone(),
+        seen: HashSet::new(),
+        order: VecDeque::new(),
+    };
+    (Box::new(a), pending)
+}
+
+fn unavailable(why: impl std::fmt::Display) -> Error {
+    Error::channel(
+        code::INTERNAL_ERROR,
+        format!("metadata change failed: {why}"),
+    )
+}
+
+/// Forgets a request's waiter however its wait ends.
+struct Forget<'a>(&'a Pending, u64);
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
+    }
+}
+
+impl Replicated {
+    pub fn new(cluster: Arc<Cluster>, pending: Pending) -> Arc<Replicated> {
+        Arc::new(Replicated {
+            cluster,
+            // Random, so that requests of an earlier run of this node (replayed from the
+            // log at start) are not taken for new ones.
+            next_req: AtomicU64::new(rand::random::<u64>() >> 1),
+            pending,
+        })
+    }
+
+    /// A topology change through the log: its outcome once this node applied it (and wrote
+    /// its rows), or an error if no majority committed it within the command timeout.
+    pub async fn run(&self, vhost: &str, cmd: Cmd) -> Result<Option<QueueHandle>, Error> {
+        let op = MetaOp::Topology {
+            vhost: vhost.to_string(),
+            cmd,
+        };
+        let timeout = self.cluster.config.command_timeout;
+        let (outcome, written) = self.commit(op, Some(timeout)).await?;
+        let handle = outcome?;
+        written.wait().await?;
+        Ok(handle)
+    }
+
+    /// The same, retried until it is committed: for changes nobody waits for (a queue that
+    /// deleted itself) that must still reach every node.
+    pub async fn run_until_done(&self, vhost: &str, cmd: Cmd) {
+        loop {
+            match self.run(vhost, cmd.clone()).await {
+                Err(e) if e.code() == code::INTERNAL_ERROR => {
+                    tracing::warn!(vhost, "{e}; trying again")
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// A check (passive declare) sees every change committed before it, on any node: wait
+    /// until this node has applied them, within the command timeout.
+    pub async fn read(&self) -> Result<(), Error> {
+        let timeout = self.cluster.config.command_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut leader = self.cluster.leader();
+        loop {
+            leader.borrow_and_update();
+            tokio::select! {
+                r = self.cluster.read() => {
+                    return r.map_err(|_| unavailable("the node is shutting down"));
+                }
+                // A read in flight to a leader that lost office is lost with it.
+                _ = leader.changed() => {}
+                _ = tokio::time::sleep(REPROPOSE) => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    return Err(unavailable(format!(
+                        "not confirmed within {} ms (no majority of cluster nodes reachable)",
+                        timeout.as_millis()
+                    )));
+                }
+            }
+        }
+    }
+
+    /// A starting node: the queues its connections had before are gone, and once that is
+    /// applied here, so is everything committed before. Waits for a majority as long as it
+    /// takes (the node serves no client until then).
+    pub async fn rejoin(&self) {
+        let me = self.cluster.node_id();
+        let mut waited = 0u32;
+        loop {
+            let op = MetaOp::NodeDown { node: me };
+            match self.commit(op, Some(Duration::from_secs(5))).await {
+                Ok(_) => return,
+                Err(_) => {
+                    waited += 5;
+                    tracing::info!("waiting for a majority of cluster nodes ({waited} s)");
+                }
+            }
+        }
+    }
+
+    /// While this node leads, a peer whose link stays down for `down_after` is taken as down.
+    pub async fn watch_nodes(self: Arc<Self>, down_after: Duration) {
+        let me = self.cluster.node_id();
+        let (mut up, leader) = (self.cluster.links_up(), self.cluster.leader());
+        let mut down_since: HashMap<NodeId, tokio::time::Instant> = HashMap::new();
+        let mut reported: HashSet<NodeId> = HashSet::new();
+        let mut check = tokio::time::interval(down_after / 4);
+        loop {
+            tokio::select! {
+                r = up.changed() => if r.is_err() { return },
+                _ = check.tick() => {}
+            }
+            let now = tokio::time::Instant::now();
+            let leading = *leader.borrow() == me;
+            let links = up.borrow_and_update().clone();
+            for (peer, is_up) in links {
+                if is_up {
+                    down_since.remove(&peer);
+                    reported.remove(&peer);
+                    continue;
+                }
+                let since = *down_since.entry(peer).or_insert(now);
+                if leading && now - since >= down_after && reported.insert(peer) {
+                    let timeout = Some(self.cluster.config.command_timeout);
+                    if self
+                        .commit(MetaOp::NodeDown { node: peer }, timeout)
+                        .await
+                        .is_err()
+                    {
+                        reported.remove(&peer);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit(&self, op: MetaOp, timeout: Option<Duration>) -> Result<Outcome, Error> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed);
+        let entry = Entry {
+            origin: self.cluster.node_id(),
+            req,
+            op,
+        };
+        let data = postcard::to_stdvec(&entry).map_err(unavailable)?;
+        let (tx, mut rx) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(req, tx);
+        let _forget = Forget(&self.pending, req);
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut leader = self.cluster.leader();
+        loop {
+            leader.borrow_and_update();
+            if let Err(ClusterError::Stopped) = self.cluster.propose(data.clone()).await {
+                return Err(unavailable("the node is shutting down"));
+            }
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                r = &mut rx => return r.map_err(|_| unavailable("the node is shutting down")),
+                // A proposal in flight to a leader that lost office is lost with it.
+                _ = leader.changed() => {}
+                _ = tokio::time::sleep(REPROPOSE) => {}
+                _ = expired => {
+                    let ms = timeout.unwrap_or_default().as_millis();
+                    return Err(unavailable(format!(
+                        "not committed within {ms} ms (no majority of cluster nodes reachable)"
+                    )));
+                }
+            }
+        }
+    }
+}
+
+impl Applier {
+    /// Remember an applied request; false if it was applied before.
+    fn first_time(&mut self, key: (NodeId, u64)) -> bool {
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+}
+
+impl Apply for Applier {
+    fn apply(&mut self, index: u64, data: &[u8]) {
+        let entry: Entry = match postcard::from_bytes(data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(index, "undecodable metadata entry skipped: {e}");
+                return;
+            }
+        };
+        if !self.first_time((entry.origin, entry.req)) {
+            return;
+        }
+        let outcome = match entry.op {
+            MetaOp::NodeDown { node } => {
+                tracing::info!(
+                    node,
+                    "node down or restarted: its exclusive and transient queues go"
+                );
+                for v in self.vhosts.values() {
+                    drop(v.apply_committed(Cmd::NodeDown { node }));
+                }
+                (Ok(None), Written::done())
+            }
+            MetaOp::Topology { vhost, cmd } => match self.vhosts.get(&vhost) {
+                Some(v) => v.apply_committed(cmd),
+                None => (
+                    Err(Error::connection(
+                        code::NOT_ALLOWED,
+                        format!("no access to vhost '{vhost}'"),
+                    )),
+                    Written::done(),
+                ),
+            },
+        };
+        if entry.origin == self.node {
+            let waiter = self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&entry.req);
+            if let Some(tx) = waiter {
+                let _ = tx.send(outcome);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ids::ConnId;
+    use crate::broker::vhost::{ExchangeDecl, QueueDecl, QueueSettings};
+
+    fn entry(origin: NodeId, req: u64, op: MetaOp) -> Vec<u8> {
+        postcard::to_stdvec(&Entry { origin, req, op }).unwrap()
+    }
+
+    fn topo(cmd: Cmd) -> MetaOp {
+        MetaOp::Topology {
+            vhost: "/".into(),
+            cmd,
+        }
+    }
+
+    fn queue(name: &str) -> QueueDecl {
+        QueueDecl {
+            name: name.into(),
+            ..Default::default()
+        }
+    }
+
+    fn exchange(name: &str, passive: bool) -> ExchangeDecl {
+        ExchangeDecl {
+            name: name.into(),
+            kind: "direct".into(),
+            passive,
+            ..Default::default()
+        }
+    }
+
+    fn conn(node: NodeId) -> ConnId {
+        ConnId { node, seq: 1 }
+    }
+
+    /// The reply code of looking a queue up on this node (0: running here).
+    fn lookup(v: &VHost, name: &str) -> u16 {
+        v.queue(name, conn(1)).map_or_else(|e| e.code(), |_| 0)
+    }
+
+    #[tokio::test]
+    async fn committed_entries_apply_once_and_answer_their_proposer() {
+        let settings = QueueSettings {
+            inbox: 8,
+            memory_budget: 1 << 20,
+            flow_messages: 1 << 16,
+        };
+        let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(0));
+        let v = VHost::new("/", settings, memory, None, 1);
+        let (mut a, pending) = applier(1, HashMap::from([("/".to_string(), v.clone())]));
+        let (tx, rx) = oneshot::channel();
+        pending.lock().unwrap().insert(7, tx);
+
+        // Node 1's own declare: applied, answered with the queue running here.
+        a.apply(
+            1,
+            &entry(1, 7, topo(Cmd::DeclareQueue(queue("mine"), conn(1)))),
+        );
+        let (outcome, _) = rx.await.unwrap();
+        assert!(outcome.unwrap().is_some());
+        // Node 2's declare (same request number, other origin): applied, homed on node 2.
+        a.apply(
+            2,
+            &entry(2, 7, topo(Cmd::DeclareQueue(queue("theirs"), conn(2)))),
+        );
+        // The same request of node 1 committed twice (proposed again): the copy is skipped.
+        a.apply(
+            3,
+            &entry(1, 7, topo(Cmd::DeclareExchange(exchange("dup", false)))),
+        );
+        // Undecodable entries and unknown vhosts change nothing.
+        a.apply(4, b"\xff\xff\xff");
+        let elsewhere = MetaOp::Topology {
+            vhost: "other".into(),
+            cmd: Cmd::DeclareExchange(exchange("elsewhere", false)),
+        };
+        a.apply(5, &entry(2, 8, elsewhere));
+        assert_eq!(lookup(&v, "mine"), 0);
+        assert_eq!(lookup(&v, "theirs"), code::NOT_IMPLEMENTED);
+        let dup = v.declare_exchange(&exchange("dup", true)).await;
+        assert_eq!(dup.unwrap_err().code(), code::NOT_FOUND);
+
+        // Node 2 goes: its transient queue with it; node 1's stays.
+        a.apply(6, &entry(1, 9, MetaOp::NodeDown { node: 2 }));
+        assert_eq!(lookup(&v, "theirs"), code::NOT_FOUND);
+        assert_eq!(lookup(&v, "mine"), 0);
+        assert!(pending.lock().unwrap().is_empty());
+    }
+}

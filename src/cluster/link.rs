@@ -1,0 +1,490 @@
+//! Node links: one TCP connection per node pair, carrying length-prefixed frames that
+//! multiplex every Raft group's messages (and, later, forwarded work), with a node-level
+//! heartbeat for failure detection.
+//!
+//! The node with the lower id dials; the higher one accepts. Outgoing connections are opened
+//! from this node's cluster address, so a peer (or a firewall rule) can tell nodes apart by
+//! source address. Each side opens with a `Hello` naming its node and the cluster's identity
+//! (a hash of the peer list): a node with another peer list is refused.
+//!
+//! Delivery is best effort: frames queued while a link is down, or past its bounded queue,
+//! are dropped (Raft re-sends what matters). A link that carries nothing for the peer timeout
+//! is closed and redialed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use super::ClusterConfig;
+
+/// Frames bigger than this close the link (a Raft batch is bounded far below it).
+pub const MAX_FRAME: usize = 64 << 20;
+/// Frames queued for one peer; past it, new ones are dropped until the link drains.
+const PEER_QUEUE: usize = 4096;
+/// Bytes gathered into one write.
+const WRITE_BATCH: usize = 256 << 10;
+/// How often an idle link says it is alive.
+const HEARTBEAT: Duration = Duration::from_millis(100);
+/// Incoming connections waiting for their hello at once.
+const PENDING_HELLOS: usize = 64;
+/// Pause between failed dials.
+const REDIAL: Duration = Duration::from_millis(200);
+
+const HELLO: u8 = 1;
+const HEARTBEAT_FRAME: u8 = 2;
+const RAFT: u8 = 3;
+
+/// One frame on a link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Frame {
+    Hello {
+        cluster: u64,
+        node: u64,
+    },
+    Heartbeat,
+    /// An encoded Raft message of a group.
+    Raft {
+        group: u64,
+        msg: Bytes,
+    },
+}
+
+impl Frame {
+    /// `[len: u32][kind: u8][payload]`, len counting kind and payload.
+    pub fn encode(&self, out: &mut BytesMut) {
+        let at = out.len();
+        out.put_u32(0);
+        match self {
+            Frame::Hello { cluster, node } => {
+                out.put_u8(HELLO);
+                out.put_u64(*cluster);
+                out.put_u64(*node);
+            }
+            Frame::Heartbeat => out.put_u8(HEARTBEAT_FRAME),
+            Frame::Raft { group, msg } => {
+                out.put_u8(RAFT);
+                out.put_u64(*group);
+                out.put_slice(msg);
+            }
+        }
+        let len = (out.len() - at - 4) as u32;
+        out[at..at + 4].copy_from_slice(&len.to_be_bytes());
+    }
+
+    /// The next whole frame in `buf`, if there is one; an error for a malformed frame.
+    pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, String> {
+        if buf.len() < 4 {
+            return Ok(None);
+        }
+        let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+        if len == 0 || len > MAX_FRAME {
+            return Err(format!("bad frame length {len}"));
+        }
+        if buf.len() < 4 + len {
+            buf.reserve(4 + len - buf.len());
+            return Ok(None);
+        }
+        buf.advance(4);
+        let mut body = buf.split_to(len).freeze();
+        let kind = body.get_u8();
+        let need = |n: usize, body: &Bytes| {
+            if body.len() < n {
+                Err(format!("short frame of kind {kind}"))
+            } else {
+                Ok(())
+            }
+        };
+        let frame = match kind {
+            HELLO => {
+                need(16, &body)?;
+                Frame::Hello {
+                    cluster: body.get_u64(),
+                    node: body.get_u64(),
+                }
+            }
+            HEARTBEAT_FRAME => Frame::Heartbeat,
+            RAFT => {
+                need(8, &body)?;
+                let group = body.get_u64();
+                Frame::Raft { group, msg: body }
+            }
+            other => return Err(format!("unknown frame kind {other}")),
+        };
+        Ok(Some(frame))
+    }
+}
+
+/// A frame from a peer, for the node's Raft loop.
+#[derive(Debug)]
+pub struct Inbound {
+    pub from: u64,
+    pub frame: Frame,
+}
+
+/// The links of this node to every peer.
+pub struct Links {
+    out: BTreeMap<u64, mpsc::Sender<Frame>>,
+    /// Which peers have a link up now.
+    up: watch::Receiver<BTreeMap<u64, bool>>,
+}
+
+impl Links {
+    /// Listen on the cluster address and keep a link to every peer; frames received go to
+    /// `inbound`.
+    pub async fn start(
+        cfg: &ClusterConfig,
+        inbound: mpsc::Sender<Inbound>,
+    ) -> std::io::Result<Arc<Links>> {
+        let listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
+        })?;
+        let identity = cfg.identity();
+        let peers: Vec<(u64, SocketAddr)> = cfg
+            .peers
+            .iter()
+            .filter(|(id, _)| **id != cfg.node_id)
+            .map(|(id, a)| (*id, *a))
+            .collect();
+        let (up_tx, up) = watch::channel(peers.iter().map(|(id, _)| (*id, false)).collect());
+        let up_tx = Arc::new(up_tx);
+        let mut out = BTreeMap::new();
+        let mut accepted = BTreeMap::new();
+        for &(id, addr) in &peers {
+            let (tx, rx) = mpsc::channel(PEER_QUEUE);
+            out.insert(id, tx);
+            let (acc_tx, acc_rx) = mpsc::channel(2);
+            let peer = Peer {
+                me: cfg.node_id,
+                identity,
+                id,
+                addr,
+                local: cfg.listen,
+                timeout: cfg.peer_timeout,
+                inbound: inbound.clone(),
+                up: up_tx.clone(),
+            };
+            if cfg.node_id > id {
+                accepted.insert(id, acc_tx);
+            }
+            tokio::spawn(peer.run(rx, acc_rx));
+        }
+        tokio::spawn(accept_loop(listener, cfg.clone(), accepted));
+        Ok(Arc::new(Links { out, up }))
+    }
+
+    /// Queue a frame for a peer; dropped if its link is down or backed up.
+    pub fn send(&self, to: u64, frame: Frame) {
+        if let Some(tx) = self.out.get(&to)
+            && tx.try_send(frame).is_err()
+        {
+            tracing::trace!(peer = to, "link queue full; frame dropped");
+        }
+    }
+
+    /// Which peers have a link up, as it changes.
+    pub fn up(&self) -> watch::Receiver<BTreeMap<u64, bool>> {
+        self.up.clone()
+    }
+}
+
+/// Accept links from lower-numbered peers and hand each to its peer's task after the hello.
+async fn accept_loop(
+    listener: TcpListener,
+    cfg: ClusterConfig,
+    accepted: BTreeMap<u64, mpsc::Sender<(TcpStream, BytesMut)>>,
+) {
+    // Connections that have not said hello yet are bounded: a flood of them is dropped.
+    let hellos = Arc::new(tokio::sync::Semaphore::new(PENDING_HELLOS));
+    loop {
+        let (mut stream, from) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("cluster accept failed: {e}");
+                tokio::time::sleep(REDIAL).await;
+                continue;
+            }
+        };
+        let Ok(permit) = hellos.clone().try_acquire_owned() else {
+            continue;
+        };
+        let cfg = cfg.clone();
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut buf = BytesMut::new();
+            let hello =
+                tokio::time::timeout(cfg.peer_timeout * 5, read_frame(&mut stream, &mut buf));
+            let node = match hello.await {
+                Ok(Ok(Frame::Hello { cluster, node })) if cluster == cfg.identity() => node,
+                Ok(Ok(Frame::Hello { node, .. })) => {
+                    tracing::error!(
+                        %from,
+                        node,
+                        "refused a node link: that node has another peer list"
+                    );
+                    return;
+                }
+                _ => return,
+            };
+            let Some(tx) = accepted.get(&node) else {
+                tracing::warn!(%from, node, "refused a node link from an unexpected node id");
+                return;
+            };
+            let expected = cfg.peers[&node].ip();
+            if !expected.is_unspecified() && from.ip() != expected {
+                tracing::warn!(%from, node, "refused a node link from the wrong address");
+                return;
+            }
+            let _ = tx.send((stream, buf)).await;
+        });
+    }
+}
+
+async fn read_frame(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<Frame> {
+    loop {
+        match Frame::decode(buf) {
+            Ok(Some(f)) => return Ok(f),
+            Ok(None) => {}
+            Err(e) => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+        }
+        if stream.read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+}
+
+/// One peer's link, redialed or re-accepted whenever it fails.
+struct Peer {
+    me: u64,
+    identity: u64,
+    id: u64,
+    addr: SocketAddr,
+    local: SocketAddr,
+    timeout: Duration,
+    inbound: mpsc::Sender<Inbound>,
+    up: Arc<watch::Sender<BTreeMap<u64, bool>>>,
+}
+
+impl Peer {
+    async fn run(
+        self,
+        mut out: mpsc::Receiver<Frame>,
+        mut accepted: mpsc::Receiver<(TcpStream, BytesMut)>,
+    ) {
+        let mut next: Option<(TcpStream, BytesMut)> = None;
+        loop {
+            let (stream, buf) = match next.take() {
+                Some(s) => s,
+                None if self.me < self.id => match self.dial().await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(peer = self.id, "dial failed: {e}");
+                        // Frames for a peer that is down are stale by the time it is back.
+                        while out.try_recv().is_ok() {}
+                        tokio::time::sleep(REDIAL).await;
+                        continue;
+                    }
+                },
+                None => match accepted.recv().await {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            if self.me > self.id {
+                // The acceptor answers the hello, so the dialer knows it was not refused.
+                let mut hello = BytesMut::new();
+                Frame::Hello {
+                    cluster: self.identity,
+                    node: self.me,
+                }
+                .encode(&mut hello);
+                let mut stream = stream;
+                if stream.write_all(&hello).await.is_err() {
+                    continue;
+                }
+                next = self.serve(stream, buf, &mut out, &mut accepted).await;
+            } else {
+                next = self.serve(stream, buf, &mut out, &mut accepted).await;
+            }
+        }
+    }
+
+    async fn dial(&self) -> std::io::Result<(TcpStream, BytesMut)> {
+        let socket = if self.local.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(self.local.ip(), 0))?;
+        let mut stream = tokio::time::timeout(self.timeout, socket.connect(self.addr))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        stream.set_nodelay(true)?;
+        let mut hello = BytesMut::new();
+        Frame::Hello {
+            cluster: self.identity,
+            node: self.me,
+        }
+        .encode(&mut hello);
+        stream.write_all(&hello).await?;
+        let mut buf = BytesMut::new();
+        match tokio::time::timeout(self.timeout * 5, read_frame(&mut stream, &mut buf)).await {
+            Ok(Ok(Frame::Hello { cluster, node }))
+                if cluster == self.identity && node == self.id =>
+            {
+                Ok((stream, buf))
+            }
+            Ok(Ok(_)) => Err(std::io::Error::other("unexpected hello")),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(std::io::ErrorKind::TimedOut.into()),
+        }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_modify(|m| {
+            m.insert(self.id, up);
+        });
+        if up {
+            tracing::info!(peer = self.id, addr = %self.addr, "node link up");
+        } else {
+            tracing::warn!(peer = self.id, addr = %self.addr, "node link down");
+        }
+    }
+
+    /// Carry frames both ways until the link fails or a newer connection from the peer
+    /// replaces it (returned, to serve next).
+    async fn serve(
+        &self,
+        stream: TcpStream,
+        mut rbuf: BytesMut,
+        out: &mut mpsc::Receiver<Frame>,
+        accepted: &mut mpsc::Receiver<(TcpStream, BytesMut)>,
+    ) -> Option<(TcpStream, BytesMut)> {
+        let _ = stream.set_nodelay(true);
+        let (mut reader, mut writer) = stream.into_split();
+        self.set_up(true);
+        let mut wbuf = BytesMut::new();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let mut last_recv = Instant::now();
+        let replaced = loop {
+            tokio::select! {
+                r = reader.read_buf(&mut rbuf) => {
+                    match r {
+                        Ok(0) | Err(_) => break None,
+                        Ok(_) => {}
+                    }
+                    last_recv = Instant::now();
+                    loop {
+                        match Frame::decode(&mut rbuf) {
+                            Ok(Some(Frame::Heartbeat | Frame::Hello { .. })) => {}
+                            Ok(Some(frame)) => {
+                                let msg = Inbound { from: self.id, frame };
+                                if self.inbound.send(msg).await.is_err() {
+                                    return None;
+                                }
+                            }
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::warn!(peer = self.id, "bad frame on node link: {e}");
+                                self.set_up(false);
+                                return None;
+                            }
+                        }
+                    }
+                }
+                f = out.recv() => {
+                    let Some(f) = f else { break None };
+                    f.encode(&mut wbuf);
+                    while wbuf.len() < WRITE_BATCH {
+                        match out.try_recv() {
+                            Ok(f) => f.encode(&mut wbuf),
+                            Err(_) => break,
+                        }
+                    }
+                    if writer.write_all(&wbuf).await.is_err() {
+                        break None;
+                    }
+                    wbuf.clear();
+                }
+                _ = heartbeat.tick() => {
+                    if last_recv.elapsed() > self.timeout {
+                        tracing::warn!(peer = self.id, "node link silent; closing it");
+                        break None;
+                    }
+                    Frame::Heartbeat.encode(&mut wbuf);
+                    if writer.write_all(&wbuf).await.is_err() {
+                        break None;
+                    }
+                    wbuf.clear();
+                }
+                // Only the accepting side gets new connections from the peer.
+                s = accepted.recv(), if self.me > self.id => break s,
+            }
+        };
+        self.set_up(false);
+        replaced
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let frames = [
+            Frame::Hello {
+                cluster: 7,
+                node: 3,
+            },
+            Frame::Heartbeat,
+            Frame::Raft {
+                group: 0,
+                msg: Bytes::from_static(b"\x08\x01raft"),
+            },
+            Frame::Raft {
+                group: u64::MAX,
+                msg: Bytes::new(),
+            },
+        ];
+        let mut all = BytesMut::new();
+        for f in &frames {
+            f.encode(&mut all);
+        }
+        for cut in 0..all.len() {
+            let mut buf = BytesMut::from(&all[..cut]);
+            let mut got = Vec::new();
+            while let Some(f) = Frame::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            buf.extend_from_slice(&all[cut..]);
+            while let Some(f) = Frame::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            assert_eq!(got, frames, "cut at {cut}");
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn malformed_frames_are_errors() {
+        let cases: [&[u8]; 5] = [
+            &[0, 0, 0, 0],
+            &[0xff, 0xff, 0xff, 0xff],
+            &[0, 0, 0, 1, 99],
+            &[0, 0, 0, 2, HELLO, 0],
+            &[0, 0, 0, 3, RAFT, 0, 0],
+        ];
+        for c in cases {
+            let mut buf = BytesMut::from(c);
+            assert!(Frame::decode(&mut buf).is_err(), "{c:?}");
+        }
+    }
+}

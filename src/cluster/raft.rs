@@ -1,0 +1,289 @@
+//! One Raft group on this node: raft-rs's `RawNode` over an in-memory mirror of the log that
+//! the store keeps. The caller drives it (`tick`, `step`, `propose`) and calls `ready` after
+//! each batch of inputs; `ready` does the group's I/O in the order Raft requires: messages a
+//! leader may send at once go out first, new entries and the hard state are synced to the
+//! store, only then go the messages that depend on them, and committed entries are handed to
+//! the state machine in log order.
+//!
+//! Invariants: the store holds every entry the mirror holds, contiguous from the first; an
+//! entry is applied only once committed, and on restart every committed entry is applied
+//! again from the first (the state machines are rebuilt from the log).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use protobuf::Message as _;
+use raft::prelude::{ConfState, Entry, EntryType, HardState, Message};
+use raft::storage::MemStorage;
+use raft::{RawNode, StateRole};
+
+use super::link::{Frame, Links};
+use super::{ClusterConfig, ClusterError};
+use crate::store::{Op, RaftLog, Store, StoreError};
+
+/// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
+const ELECTION_TICKS: usize = 10;
+/// Ticks between a leader's heartbeats.
+const HEARTBEAT_TICKS: usize = 2;
+/// How often a group ticks.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+pub struct Group {
+    pub id: u64,
+    node: RawNode<MemStorage>,
+    store: Arc<Store>,
+    links: Arc<Links>,
+    /// The index of the last committed entry handed on (of any kind).
+    applied: u64,
+    /// Read indexes that came back: (index, the read's context).
+    read_states: Vec<(u64, Vec<u8>)>,
+}
+
+/// raft-rs logs through slog; its lines go to tracing under the `raft` target.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, r: &slog::Record, _: &slog::OwnedKVList) -> Result<(), slog::Never> {
+        match r.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", r.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", r.msg()),
+            _ => tracing::debug!(target: "raft", "{}", r.msg()),
+        }
+        Ok(())
+    }
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Corrupt(format!("{what}: {e}"))
+}
+
+impl Group {
+    /// The group with every node of the cluster as a voter, its log as the store saved it.
+    pub fn open(
+        id: u64,
+        cfg: &ClusterConfig,
+        saved: Option<&RaftLog>,
+        store: Arc<Store>,
+        links: Arc<Links>,
+    ) -> Result<Group, ClusterError> {
+        let voters: Vec<u64> = cfg.peers.keys().copied().collect();
+        let storage = MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new())));
+        if let Some(log) = saved {
+            let mut core = storage.wl();
+            if let Some(state) = &log.state {
+                let hs =
+                    HardState::parse_from_bytes(state).map_err(|e| corrupt("hard state", e))?;
+                core.set_hardstate(hs);
+            }
+            let mut entries = Vec::with_capacity(log.entries.len());
+            for (i, bytes) in log.entries.iter().enumerate() {
+                let e = Entry::parse_from_bytes(bytes).map_err(|e| corrupt("raft entry", e))?;
+                if e.index != log.first + i as u64 {
+                    return Err(corrupt(
+                        "raft entry",
+                        format!("index {} out of place", e.index),
+                    ));
+                }
+                entries.push(e);
+            }
+            if entries.first().is_some_and(|e| e.index != 1) {
+                return Err(corrupt("raft log", "does not start at index 1"));
+            }
+            core.append(&entries).map_err(|e| corrupt("raft log", e))?;
+        }
+        let config = raft::Config {
+            id: cfg.node_id,
+            election_tick: ELECTION_TICKS,
+            heartbeat_tick: HEARTBEAT_TICKS,
+            max_size_per_msg: 1 << 20,
+            max_inflight_msgs: 256,
+            // A leader cut off from the majority steps down; a node that rejoins does not
+            // disturb a working leader with a higher term.
+            check_quorum: true,
+            pre_vote: true,
+            applied: 0,
+            ..Default::default()
+        };
+        config
+            .validate()
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        let logger = slog::Logger::root(TracingDrain, slog::o!("group" => id));
+        let node = RawNode::new(&config, storage, &logger)
+            .map_err(|e| ClusterError::Config(e.to_string()))?;
+        Ok(Group {
+            id,
+            node,
+            store,
+            links,
+            applied: 0,
+            read_states: Vec::new(),
+        })
+    }
+
+    pub fn tick(&mut self) {
+        self.node.tick();
+    }
+
+    /// A message from a peer; one that cannot be decoded is dropped.
+    pub fn step(&mut self, bytes: &[u8]) {
+        match Message::parse_from_bytes(bytes) {
+            Ok(m) => {
+                if let Err(e) = self.node.step(m) {
+                    tracing::debug!(group = self.id, "raft step: {e}");
+                }
+            }
+            Err(e) => tracing::warn!(group = self.id, "undecodable raft message: {e}"),
+        }
+    }
+
+    /// Propose an entry (forwarded to the leader if this node is not it); refused while no
+    /// leader is known.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ClusterError> {
+        self.node
+            .propose(Vec::new(), data)
+            .map_err(|_| ClusterError::NoLeader)
+    }
+
+    /// Ask for a read index (answered through `take_read_states`; lost without a leader).
+    pub fn read_index(&mut self, ctx: Vec<u8>) {
+        self.node.read_index(ctx);
+    }
+
+    pub fn take_read_states(&mut self) -> Vec<(u64, Vec<u8>)> {
+        std::mem::take(&mut self.read_states)
+    }
+
+    pub fn applied(&self) -> u64 {
+        self.applied
+    }
+
+    /// The leader this node knows of (0: none).
+    pub fn leader(&self) -> u64 {
+        self.node.raft.leader_id
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.node.raft.state == StateRole::Leader
+    }
+
+    pub fn term(&self) -> u64 {
+        self.node.raft.term
+    }
+
+    /// Carry out what the group has to do now; committed entries' data go to `apply` with
+    /// their index. A store failure is fatal.
+    pub async fn ready(
+        &mut self,
+        apply: &mut (dyn FnMut(u64, &[u8]) + Send),
+    ) -> Result<(), ClusterError> {
+        if !self.node.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.node.ready();
+        self.send(ready.take_messages());
+        for rs in ready.take_read_states() {
+            self.read_states.push((rs.index, rs.request_ctx));
+        }
+        if !ready.snapshot().is_empty() {
+            // Snapshots are not made yet (the log is never compacted), so none arrive.
+            return Err(ClusterError::Corrupt("unexpected raft snapshot".into()));
+        }
+        self.apply(ready.take_committed_entries(), apply);
+        let mut ops = Vec::new();
+        if !ready.entries().is_empty() {
+            let first = ready.entries()[0].index;
+            let entries = ready
+                .entries()
+                .iter()
+                .map(|e| e.write_to_bytes().expect("an entry encodes"))
+                .collect();
+            ops.push(Op::RaftAppend {
+                group: self.id,
+                first,
+                entries,
+            });
+            self.node
+                .mut_store()
+                .wl()
+                .append(ready.entries())
+                .map_err(|e| corrupt("raft append", e))?;
+        }
+        if let Some(hs) = ready.hs() {
+            ops.push(self.state_op(hs));
+            self.node.mut_store().wl().set_hardstate(hs.clone());
+        }
+        if !ops.is_empty() {
+            self.persist(ops).await?;
+        }
+        self.send(ready.take_persisted_messages());
+        let mut light = self.node.advance(ready);
+        if let Some(commit) = light.commit_index() {
+            let hs = {
+                let mut store = self.node.mut_store().wl();
+                store.mut_hard_state().set_commit(commit);
+                store.hard_state().clone()
+            };
+            let op = self.state_op(&hs);
+            // Not synced: a lost commit index is learnt again from the leader.
+            self.store.submit(vec![op], false, None);
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries(), apply);
+        self.node.advance_apply();
+        Ok(())
+    }
+
+    fn state_op(&self, hs: &HardState) -> Op {
+        Op::RaftState {
+            group: self.id,
+            state: hs.write_to_bytes().expect("a hard state encodes"),
+        }
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, apply: &mut (dyn FnMut(u64, &[u8]) + Send)) {
+        for e in entries {
+            self.applied = e.index;
+            // Empty entries are a new leader's no-op; membership is fixed for now.
+            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+                apply(e.index, &e.data);
+            }
+        }
+    }
+
+    async fn persist(&self, ops: Vec<Op>) -> Result<(), ClusterError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.submit(
+            ops,
+            true,
+            Some(Box::new(move |r: Result<(), StoreError>| {
+                let _ = tx.send(r);
+            })),
+        );
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ClusterError::Store(e)),
+            Err(_) => Err(ClusterError::Store(StoreError::Unavailable)),
+        }
+    }
+
+    fn send(&self, msgs: Vec<Message>) {
+        for m in msgs {
+            let to = m.to;
+            match m.write_to_bytes() {
+                Ok(bytes) => self.links.send(
+                    to,
+                    Frame::Raft {
+                        group: self.id,
+                        msg: Bytes::from(bytes),
+                    },
+                ),
+                Err(e) => tracing::error!(group = self.id, "cannot encode a raft message: {e}"),
+            }
+        }
+    }
+}

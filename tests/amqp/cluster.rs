@@ -1,0 +1,581 @@
+//! A cluster of real `warren` processes on one host: each node on its own loopback address
+//! (127.0.0.2, .3, .4) with its own data directory, so that nodes can be killed with SIGKILL
+//! and restarted. Metadata goes through the Raft group: a declare on one node is seen on
+//! every node, 404/405/406/403 hold across nodes, the leader's death does not stop changes,
+//! a restarted node catches up before it serves, and a minority refuses changes in bounded
+//! time.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lapin::options::*;
+use lapin::types::FieldTable;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::watch;
+
+use warren::protocol::{AMQPClass, AMQPValue, connection};
+
+use crate::common::code;
+
+/// How long a test waits for a node to serve (start, election, catch-up).
+const READY: Duration = Duration::from_secs(30);
+
+struct Node {
+    id: u64,
+    ip: Ipv4Addr,
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    /// The AMQP port once the node serves (None while it waits for a majority).
+    amqp: watch::Receiver<Option<u16>>,
+    /// Every log line, for what the node says about leadership.
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+struct TestCluster {
+    nodes: Vec<Node>,
+    peers: Vec<String>,
+    config: std::path::PathBuf,
+    _config_dir: tempfile::TempDir,
+}
+
+fn free_port(ip: Ipv4Addr) -> u16 {
+    TcpListener::bind(SocketAddr::from((ip, 0)))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl TestCluster {
+    /// `n` nodes, all started; `settings` goes into every node's config file.
+    fn start(n: usize, settings: &str) -> TestCluster {
+        let ips: Vec<Ipv4Addr> = (0..n)
+            .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
+            .collect();
+        let peers = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| format!("{}={ip}:{}", i + 1, free_port(*ip)))
+            .collect();
+        let config_dir = tempfile::tempdir().unwrap();
+        let config = config_dir.path().join("warren.toml");
+        std::fs::write(&config, settings).unwrap();
+        let mut c = TestCluster {
+            nodes: Vec::new(),
+            peers,
+            config,
+            _config_dir: config_dir,
+        };
+        for (i, ip) in ips.into_iter().enumerate() {
+            let (_, rx) = watch::channel(None);
+            c.nodes.push(Node {
+                id: i as u64 + 1,
+                ip,
+                dir: tempfile::tempdir().unwrap(),
+                child: None,
+                amqp: rx,
+                log: Arc::default(),
+            });
+            c.spawn(i);
+        }
+        c
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let own = &self.peers[i];
+        let cluster_listen = own.split_once('=').unwrap().1;
+        let mut cmd = crate::common::warren();
+        cmd.arg("--config")
+            .arg(&self.config)
+            .arg("--node-id")
+            .arg(node.id.to_string())
+            .arg("--listen")
+            .arg(format!("{}:0", node.ip))
+            .arg("--cluster-listen")
+            .arg(cluster_listen)
+            .arg("--data-dir")
+            .arg(node.dir.path());
+        for p in &self.peers {
+            cmd.arg("--peer").arg(p);
+        }
+        let mut child = cmd
+            .env("WARREN_LOG", "info")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = watch::channel(None);
+        let log = node.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.split("listening for AMQP on ").nth(1) {
+                    let port = rest.trim().rsplit(':').next().unwrap().parse().ok();
+                    let _ = tx.send(port);
+                }
+                log.lock().unwrap().push(line);
+            }
+        });
+        node.child = Some(child);
+        node.amqp = rx;
+    }
+
+    /// The node's AMQP URL once it serves.
+    async fn url(&self, i: usize) -> String {
+        let node = &self.nodes[i];
+        let mut rx = node.amqp.clone();
+        let port = tokio::time::timeout(READY, rx.wait_for(Option::is_some))
+            .await
+            .unwrap_or_else(|_| panic!("node {} serves within {READY:?}", node.id))
+            .expect("node log open")
+            .expect("port");
+        format!("amqp://guest:guest@{}:{port}/%2f", node.ip)
+    }
+
+    async fn connect(&self, i: usize) -> Connection {
+        Connection::connect(&self.url(i).await, ConnectionProperties::default())
+            .await
+            .expect("connect")
+    }
+
+    async fn channel(&self, i: usize) -> (Connection, Channel) {
+        let c = self.connect(i).await;
+        let ch = c.create_channel().await.unwrap();
+        (c, ch)
+    }
+
+    fn kill9(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// The index of the node that says last that it leads the metadata group.
+    fn leader(&self) -> Option<usize> {
+        let mut best: Option<(u64, usize)> = None;
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.child.is_none() {
+                continue;
+            }
+            for line in n.log.lock().unwrap().iter() {
+                if !line.contains("leads the metadata group") || !line.contains("this node") {
+                    continue;
+                }
+                let term = line
+                    .split("term=")
+                    .nth(1)
+                    .and_then(|t| t.split_whitespace().next())
+                    .and_then(|t| t.parse().ok())
+                    .unwrap_or(0);
+                if best.is_none_or(|(t, _)| term >= t) {
+                    best = Some((term, i));
+                }
+            }
+        }
+        best.map(|(_, i)| i)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+    }
+}
+
+fn durable_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    }
+}
+
+fn passive_exchange() -> ExchangeDeclareOptions {
+    ExchangeDeclareOptions {
+        passive: true,
+        ..Default::default()
+    }
+}
+
+/// The reply code of a passive exchange.declare on a fresh channel (None: it exists).
+async fn exchange_code(c: &Connection, name: &str) -> Option<u16> {
+    let ch = c.create_channel().await.unwrap();
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Topic,
+        passive_exchange(),
+        FieldTable::default(),
+    )
+    .await
+    .err()
+    .map(|e| code(&e).expect("a reply code"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declares_on_one_node_hold_on_every_node() {
+    let cluster = TestCluster::start(3, "");
+    let (c1, ch1) = cluster.channel(0).await;
+    let c2 = cluster.connect(1).await;
+    let c3 = cluster.connect(2).await;
+    ch1.exchange_declare(
+        "x".into(),
+        ExchangeKind::Topic,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    // The -ok means a majority committed it; a passive declare on any node sees every
+    // change committed before it.
+    for c in [&c1, &c2, &c3] {
+        assert_eq!(
+            exchange_code(c, "x").await,
+            None,
+            "every node knows exchange x"
+        );
+    }
+    // Redeclaring with another type on another node: 406 from the same rules.
+    let ch2 = c2.create_channel().await.unwrap();
+    let e = ch2
+        .exchange_declare(
+            "x".into(),
+            ExchangeKind::Fanout,
+            durable_exchange(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406));
+    let ch3 = c3.create_channel().await.unwrap();
+    let e = ch3
+        .exchange_declare(
+            "amq.mine".into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(403));
+    // An exclusive queue is its connection's on every node.
+    ch1.queue_declare(
+        "mine".into(),
+        QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let ch3 = c3.create_channel().await.unwrap();
+    let e = ch3
+        .queue_declare(
+            "mine".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(405));
+    // A delete on one node is seen on the others.
+    let ch3 = c3.create_channel().await.unwrap();
+    ch3.exchange_delete("x".into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(exchange_code(&c1, "x").await, Some(404));
+    // connection.start names the cluster, the same on every node.
+    let mut names = Vec::new();
+    for i in 0..3 {
+        let url = cluster.url(i).await;
+        let addr = url
+            .split('@')
+            .nth(1)
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .to_string();
+        let mut raw = crate::common::Raw::over(tokio::net::TcpStream::connect(addr).await.unwrap());
+        raw.send(b"AMQP\x00\x00\x09\x01").await;
+        let Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) =
+            raw.next_method().await
+        else {
+            panic!("connection.start expected");
+        };
+        match s.server_properties.inner().get("cluster_name") {
+            Some(AMQPValue::LongString(name)) => names.push(name.to_string()),
+            other => panic!("cluster_name {other:?}"),
+        }
+    }
+    assert!(names[0].starts_with("warren-"), "{names:?}");
+    assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
+}
+
+async fn declare_exchange(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
+    ch.exchange_declare(
+        name.into(),
+        ExchangeKind::Direct,
+        durable_exchange(),
+        FieldTable::default(),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_metadata_leader_does_not_stop_declares() {
+    let mut cluster = TestCluster::start(3, "");
+    for i in 0..3 {
+        cluster.url(i).await;
+    }
+    let leader = cluster.leader().expect("a node says it leads");
+    let client = (leader + 1) % 3;
+    let other = (leader + 2) % 3;
+    let (_c, ch) = cluster.channel(client).await;
+    for n in 0..20 {
+        declare_exchange(&ch, &format!("before-{n}")).await.unwrap();
+    }
+    cluster.kill9(leader);
+    // Every declare gets its -ok: the survivors elect a new leader well within the
+    // command timeout, and a proposal lost with the old leader is made again.
+    for n in 0..20 {
+        declare_exchange(&ch, &format!("after-{n}")).await.unwrap();
+    }
+    let c = cluster.connect(other).await;
+    for n in 0..20 {
+        for name in [format!("before-{n}"), format!("after-{n}")] {
+            assert_eq!(
+                exchange_code(&c, &name).await,
+                None,
+                "{name} on the other survivor"
+            );
+        }
+    }
+    let new_leader = cluster.leader().expect("a new leader");
+    assert_ne!(new_leader, leader);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_catches_up_before_it_serves() {
+    let mut cluster = TestCluster::start(3, "");
+    let (_c, ch) = cluster.channel(0).await;
+    declare_exchange(&ch, "early").await.unwrap();
+    cluster.url(2).await;
+    cluster.kill9(2);
+    for n in 0..30 {
+        declare_exchange(&ch, &format!("missed-{n}")).await.unwrap();
+    }
+    ch.exchange_delete("early".into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    cluster.spawn(2);
+    let c3 = cluster.connect(2).await;
+    for n in 0..30 {
+        assert_eq!(exchange_code(&c3, &format!("missed-{n}")).await, None);
+    }
+    assert_eq!(exchange_code(&c3, "early").await, Some(404));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_refuses_changes_in_bounded_time_then_recovers() {
+    let mut cluster = TestCluster::start(3, "cluster_command_timeout_ms = 2000\n");
+    let (_c, ch) = cluster.channel(0).await;
+    declare_exchange(&ch, "with-majority").await.unwrap();
+    cluster.url(1).await;
+    cluster.url(2).await;
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let started = std::time::Instant::now();
+    let e = declare_exchange(&ch, "alone").await.unwrap_err();
+    assert_eq!(code(&e), Some(541), "{e}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Half-applied it is not: once a majority is back, the change is either there or not,
+    // and new changes go through.
+    cluster.spawn(1);
+    let (_c2, ch2) = cluster.channel(1).await;
+    declare_exchange(&ch2, "back").await.unwrap();
+    let c1 = cluster.connect(0).await;
+    assert_eq!(exchange_code(&c1, "back").await, None);
+    assert_eq!(exchange_code(&c1, "with-majority").await, None);
+}
+
+#[test]
+fn bad_cluster_settings_exit_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let peers = ["--peer", "1=127.0.0.2:1", "--peer", "2=127.0.0.3:1"];
+    let cases: [(&[&str], &str); 3] = [
+        (
+            &["--node-id", "3", "--cluster-listen", "127.0.0.2:1"],
+            "not in the peer list",
+        ),
+        (
+            &["--node-id", "1"],
+            "needs node_id, cluster_listen and peers",
+        ),
+        (
+            &["--node-id", "1", "--cluster-listen", "127.0.0.9:1"],
+            "not this node's peer entry",
+        ),
+    ];
+    for (args, why) in cases {
+        let out = crate::common::warren()
+            .args(args)
+            .args(peers)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(err.contains(why), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_of_another_cluster_is_refused() {
+    let mut cluster = TestCluster::start(3, "");
+    cluster.url(0).await;
+    cluster.kill9(0);
+    // The same data dir under another peer list.
+    let out = crate::common::warren()
+        .args(["--node-id", "1", "--cluster-listen", "127.0.0.2:1"])
+        .args(["--peer", "1=127.0.0.2:1", "--peer", "2=127.0.0.3:1"])
+        .arg("--data-dir")
+        .arg(cluster.nodes[0].dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("another cluster"), "{err}");
+    // And as a single node.
+    let out = crate::common::warren()
+        .args(["--listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(cluster.nodes[0].dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("belongs to a cluster node"), "{err}");
+}
+
+async fn declare_queue(ch: &Channel, name: &str, opts: QueueDeclareOptions) {
+    ch.queue_declare(name.into(), opts, FieldTable::default())
+        .await
+        .unwrap();
+}
+
+/// The reply code of a passive queue.declare from a fresh connection (None: found).
+async fn queue_code(cluster: &TestCluster, node: usize, name: &str) -> Option<u16> {
+    let c = cluster.connect(node).await;
+    let ch = c.create_channel().await.unwrap();
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let r = ch
+        .queue_declare(name.into(), passive, FieldTable::default())
+        .await;
+    r.err().map(|e| code(&e).expect("a reply code"))
+}
+
+/// Node 3's queues: one exclusive to a connection, one transient, one durable.
+async fn declare_three(ch: &Channel) {
+    let exclusive = QueueDeclareOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    declare_queue(ch, "ex", exclusive).await;
+    declare_queue(ch, "tq", QueueDeclareOptions::default()).await;
+    declare_queue(ch, "dq", crate::common::durable()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_nodes_exclusive_and_transient_queues_are_gone() {
+    let mut cluster = TestCluster::start(3, "");
+    let (_c3, ch3) = cluster.channel(2).await;
+    declare_three(&ch3).await;
+    let (_c1, ch1) = cluster.channel(0).await;
+    let e = ch1
+        .queue_declare(
+            "ex".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(405), "exclusive to a connection of node 3");
+    cluster.kill9(2);
+    cluster.spawn(2);
+    // Node 3 serves only once its restart is committed: its connections' exclusive queues
+    // and its transient queues are gone everywhere; its durable queue is back on it.
+    assert_eq!(queue_code(&cluster, 2, "ex").await, Some(404));
+    assert_eq!(queue_code(&cluster, 2, "tq").await, Some(404));
+    assert_eq!(queue_code(&cluster, 0, "ex").await, Some(404));
+    assert_eq!(queue_code(&cluster, 2, "dq").await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_exclusive_and_transient_queues_go_with_it() {
+    let mut cluster = TestCluster::start(3, "cluster_peer_timeout_ms = 200\n");
+    let (_c3, ch3) = cluster.channel(2).await;
+    declare_three(&ch3).await;
+    cluster.url(0).await;
+    cluster.url(1).await;
+    cluster.kill9(2);
+    // The leader takes node 3 as down once its link has been down for 5 peer timeouts
+    // (1 s here), and commits that; until then the queues are still there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (ex, tq) = (
+            queue_code(&cluster, 0, "ex").await,
+            queue_code(&cluster, 1, "tq").await,
+        );
+        if ex == Some(404) && tq == Some(404) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 3 never taken as down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its durable queue stays: it lives on node 3 and comes back with it.
+    assert_ne!(queue_code(&cluster, 0, "dq").await, Some(404));
+}
+
+fn signal(cluster: &TestCluster, i: usize, sig: &str) {
+    let pid = cluster.nodes[i].child.as_ref().unwrap().id();
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_node_catches_up_once_it_runs_again() {
+    let cluster = TestCluster::start(3, "");
+    let (_c, ch) = cluster.channel(0).await;
+    cluster.url(2).await;
+    signal(&cluster, 2, "-STOP");
+    // The two others are a majority: changes go on without the hung node.
+    for n in 0..10 {
+        declare_exchange(&ch, &format!("while-paused-{n}"))
+            .await
+            .unwrap();
+    }
+    signal(&cluster, 2, "-CONT");
+    let c3 = cluster.connect(2).await;
+    for n in 0..10 {
+        assert_eq!(exchange_code(&c3, &format!("while-paused-{n}")).await, None);
+    }
+}

@@ -60,7 +60,7 @@ pub enum Fatal {
 
 /// A protocol-level failure. `Channel` is a soft error (the channel closes, the connection
 /// carries on); `Connection` is a hard error (the whole connection closes).
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     #[error("channel error {code}: {text}")]
     Channel {

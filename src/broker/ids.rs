@@ -25,7 +25,7 @@ impl std::fmt::Display for ConnId {
 }
 
 /// A channel of a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ChannelId {
     pub conn: ConnId,
     pub channel: u16,

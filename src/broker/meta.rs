@@ -195,8 +195,8 @@ impl Replicated {
             let now = tokio::time::Instant::now();
             let leading = *leader.borrow() == me;
             let links = up.borrow_and_update().clone();
-            for (peer, is_up) in links {
-                if is_up {
+            for (peer, session) in links {
+                if session.is_some() {
                     down_since.remove(&peer);
                     reported.remove(&peer);
                     continue;

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod message;
 pub mod meta;
 pub mod queue;
+pub mod remote;
 pub mod routing;
 pub mod topology;
 pub mod vhost;
@@ -168,7 +169,13 @@ async fn join(
     raft: std::collections::BTreeMap<u64, crate::store::RaftLog>,
 ) -> Result<Arc<Cluster>, Fatal> {
     let (applier, pending) = meta::applier(cc.node_id, vhosts.clone());
+    // Set before the log is applied: queues homed elsewhere get their stubs as it is.
+    let forwarder = remote::Forwarder::new();
+    for v in vhosts.values() {
+        v.forward(forwarder.clone());
+    }
     let cluster = Cluster::start(cc, store.clone(), &raft, applier).await?;
+    forwarder.start(cluster.clone(), vhosts.clone());
     let replicated = meta::Replicated::new(cluster.clone(), pending);
     for v in vhosts.values() {
         v.replicate(replicated.clone());

@@ -276,6 +276,10 @@ impl Topology {
         self.queues.contains_key(name)
     }
 
+    pub fn queue_record(&self, name: &str) -> Option<&QueueRecord> {
+        self.queues.get(name)
+    }
+
     /// Is this queue (name and id) still in the topology?
     pub fn has_queue_id(&self, name: &str, id: u64) -> bool {
         self.queues.get(name).is_some_and(|q| q.id == id)

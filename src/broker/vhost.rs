@@ -17,6 +17,7 @@ use super::memory::MemoryMonitor;
 use super::meta::Replicated;
 use super::queue::classic::{OnDeleted, Recovered};
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
+use super::remote::{self, Forwarder};
 use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
 use super::topology::{Change, Changes, Cmd, QueueRecord, Reply, Topology};
 use crate::error::{Error, code};
@@ -54,6 +55,8 @@ pub struct VHost {
     node: NodeId,
     /// Set on a cluster node: changes go through the metadata log.
     replicated: OnceLock<Arc<Replicated>>,
+    /// Set on a cluster node: queues homed elsewhere are used through it.
+    remote: OnceLock<Arc<Forwarder>>,
 }
 
 /// A topology change on its way to disk: declare-ok and friends wait for it, so that an
@@ -106,6 +109,7 @@ impl VHost {
             store,
             node,
             replicated: OnceLock::new(),
+            remote: OnceLock::new(),
         });
         let _ = vhost.commit(&mut vhost.lock(), builtin);
         vhost
@@ -114,6 +118,21 @@ impl VHost {
     /// Route changes through the metadata log from now on (a cluster node, before serving).
     pub fn replicate(&self, r: Arc<Replicated>) {
         let _ = self.replicated.set(r);
+    }
+
+    /// Use queues homed on other nodes through `f` (a cluster node, before the log is
+    /// applied).
+    pub fn forward(&self, f: Arc<Forwarder>) {
+        let _ = self.remote.set(f);
+    }
+
+    /// A queue of this name and id that runs here (not a stub for another node's).
+    pub fn home_queue(&self, name: &str, id: u64) -> Option<QueueHandle> {
+        let rt = self.lock();
+        rt.topo
+            .queue_record(name)
+            .filter(|q| q.id == id && q.home == self.node)?;
+        rt.handles.get(name).filter(|h| h.id == id).cloned()
     }
 
     fn lock(&self) -> MutexGuard<'_, Runtime> {
@@ -185,10 +204,19 @@ impl VHost {
                     rt.handles.insert(q.name, h);
                     queues_changed = true;
                 }
-                // Another node runs it; routing to it comes with forwarding.
-                Change::QueueAdded(_) => {}
+                // Another node runs it: used through a stub that forwards to it.
+                Change::QueueAdded(q) => {
+                    if let Some(f) = self.remote.get() {
+                        let h = remote::spawn_stub(&q, &self.name, f.clone(), self.settings.inbox);
+                        rt.handles.insert(q.name, h);
+                        queues_changed = true;
+                    }
+                }
                 Change::QueueRemoved(name) => {
-                    rt.handles.remove(&name);
+                    // Still here only if the queue did not delete itself: stop its task.
+                    if let Some(h) = rt.handles.remove(&name) {
+                        h.stop();
+                    }
                     queues_changed = true;
                 }
             }

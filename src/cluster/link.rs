@@ -1,5 +1,5 @@
 //! Node links: one TCP connection per node pair, carrying length-prefixed frames that
-//! multiplex every Raft group's messages (and, later, forwarded work), with a node-level
+//! multiplex every Raft group's messages and forwarded queue work, with a node-level
 //! heartbeat for failure detection.
 //!
 //! The node with the lower id dials; the higher one accepts. Outgoing connections are opened
@@ -7,9 +7,12 @@
 //! source address. Each side opens with a `Hello` naming its node and the cluster's identity
 //! (a hash of the peer list): a node with another peer list is refused.
 //!
-//! Delivery is best effort: frames queued while a link is down, or past its bounded queue,
-//! are dropped (Raft re-sends what matters). A link that carries nothing for the peer timeout
-//! is closed and redialed.
+//! Raft frames are best effort: frames queued while a link is down, or past its bounded
+//! queue, are dropped (Raft re-sends what matters). Forwarded work belongs to a session: each
+//! connection of a link is one, numbered (`Session`); a forward frame is sent only on the
+//! session it was meant for, in order, and waits for room in the queue; a frame received is
+//! tagged with its session. A link that carries nothing for the peer timeout is closed and
+//! redialed, which ends its session.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -40,6 +43,11 @@ const REDIAL: Duration = Duration::from_millis(200);
 const HELLO: u8 = 1;
 const HEARTBEAT_FRAME: u8 = 2;
 const RAFT: u8 = 3;
+const FORWARD: u8 = 4;
+
+/// One connection of a link, numbered from 1 on each node (the two ends number alike only
+/// by chance: a session number is meaningful to its own node).
+pub type Session = u64;
 
 /// One frame on a link.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +62,8 @@ pub enum Frame {
         group: u64,
         msg: Bytes,
     },
+    /// Forwarded queue work (encoded by the broker).
+    Forward(Bytes),
 }
 
 impl Frame {
@@ -71,6 +81,10 @@ impl Frame {
             Frame::Raft { group, msg } => {
                 out.put_u8(RAFT);
                 out.put_u64(*group);
+                out.put_slice(msg);
+            }
+            Frame::Forward(msg) => {
+                out.put_u8(FORWARD);
                 out.put_slice(msg);
             }
         }
@@ -115,24 +129,35 @@ impl Frame {
                 let group = body.get_u64();
                 Frame::Raft { group, msg: body }
             }
+            FORWARD => Frame::Forward(body),
             other => return Err(format!("unknown frame kind {other}")),
         };
         Ok(Some(frame))
     }
 }
 
-/// A frame from a peer, for the node's Raft loop.
+/// A frame from a peer, and the session it came on.
 #[derive(Debug)]
 pub struct Inbound {
     pub from: u64,
+    pub session: Session,
     pub frame: Frame,
 }
 
+/// A frame to send, and the session it is for (None: any, as for Raft frames).
+#[derive(Debug)]
+struct Outgoing {
+    session: Option<Session>,
+    frame: Frame,
+}
+
+/// Which peers have a link up now, and its session.
+pub type Sessions = BTreeMap<u64, Option<Session>>;
+
 /// The links of this node to every peer.
 pub struct Links {
-    out: BTreeMap<u64, mpsc::Sender<Frame>>,
-    /// Which peers have a link up now.
-    up: watch::Receiver<BTreeMap<u64, bool>>,
+    out: BTreeMap<u64, mpsc::Sender<Outgoing>>,
+    up: watch::Receiver<Sessions>,
 }
 
 impl Links {
@@ -141,6 +166,7 @@ impl Links {
     pub async fn start(
         cfg: &ClusterConfig,
         inbound: mpsc::Sender<Inbound>,
+        forwarded: mpsc::UnboundedSender<Inbound>,
     ) -> std::io::Result<Arc<Links>> {
         let listener = TcpListener::bind(cfg.listen).await.map_err(|e| {
             std::io::Error::new(e.kind(), format!("cannot listen on {}: {e}", cfg.listen))
@@ -152,7 +178,7 @@ impl Links {
             .filter(|(id, _)| **id != cfg.node_id)
             .map(|(id, a)| (*id, *a))
             .collect();
-        let (up_tx, up) = watch::channel(peers.iter().map(|(id, _)| (*id, false)).collect());
+        let (up_tx, up) = watch::channel(peers.iter().map(|(id, _)| (*id, None)).collect());
         let up_tx = Arc::new(up_tx);
         let mut out = BTreeMap::new();
         let mut accepted = BTreeMap::new();
@@ -168,6 +194,7 @@ impl Links {
                 local: cfg.listen,
                 timeout: cfg.peer_timeout,
                 inbound: inbound.clone(),
+                forwarded: forwarded.clone(),
                 up: up_tx.clone(),
             };
             if cfg.node_id > id {
@@ -181,15 +208,31 @@ impl Links {
 
     /// Queue a frame for a peer; dropped if its link is down or backed up.
     pub fn send(&self, to: u64, frame: Frame) {
+        let item = Outgoing {
+            session: None,
+            frame,
+        };
         if let Some(tx) = self.out.get(&to)
-            && tx.try_send(frame).is_err()
+            && tx.try_send(item).is_err()
         {
             tracing::trace!(peer = to, "link queue full; frame dropped");
         }
     }
 
-    /// Which peers have a link up, as it changes.
-    pub fn up(&self) -> watch::Receiver<BTreeMap<u64, bool>> {
+    /// Queue forwarded work for a peer's session, waiting for room; it is dropped if that
+    /// session has ended by the time it would be written.
+    pub async fn forward(&self, to: u64, session: Session, msg: Bytes) {
+        if let Some(tx) = self.out.get(&to) {
+            let item = Outgoing {
+                session: Some(session),
+                frame: Frame::Forward(msg),
+            };
+            let _ = tx.send(item).await;
+        }
+    }
+
+    /// Which peers have a link up, and its session, as it changes.
+    pub fn up(&self) -> watch::Receiver<Sessions> {
         self.up.clone()
     }
 }
@@ -269,16 +312,18 @@ struct Peer {
     local: SocketAddr,
     timeout: Duration,
     inbound: mpsc::Sender<Inbound>,
-    up: Arc<watch::Sender<BTreeMap<u64, bool>>>,
+    forwarded: mpsc::UnboundedSender<Inbound>,
+    up: Arc<watch::Sender<Sessions>>,
 }
 
 impl Peer {
     async fn run(
         self,
-        mut out: mpsc::Receiver<Frame>,
+        mut out: mpsc::Receiver<Outgoing>,
         mut accepted: mpsc::Receiver<(TcpStream, BytesMut)>,
     ) {
         let mut next: Option<(TcpStream, BytesMut)> = None;
+        let mut session: Session = 0;
         loop {
             let (stream, buf) = match next.take() {
                 Some(s) => s,
@@ -292,11 +337,18 @@ impl Peer {
                         continue;
                     }
                 },
-                None => match accepted.recv().await {
-                    Some(s) => s,
-                    None => return,
+                None => loop {
+                    // While down, what is queued is stale: drop it so senders never wait.
+                    tokio::select! {
+                        s = accepted.recv() => match s {
+                            Some(s) => break s,
+                            None => return,
+                        },
+                        _ = out.recv() => {}
+                    }
                 },
             };
+            session += 1;
             if self.me > self.id {
                 // The acceptor answers the hello, so the dialer knows it was not refused.
                 let mut hello = BytesMut::new();
@@ -309,9 +361,13 @@ impl Peer {
                 if stream.write_all(&hello).await.is_err() {
                     continue;
                 }
-                next = self.serve(stream, buf, &mut out, &mut accepted).await;
+                next = self
+                    .serve(stream, buf, session, &mut out, &mut accepted)
+                    .await;
             } else {
-                next = self.serve(stream, buf, &mut out, &mut accepted).await;
+                next = self
+                    .serve(stream, buf, session, &mut out, &mut accepted)
+                    .await;
             }
         }
     }
@@ -347,11 +403,11 @@ impl Peer {
         }
     }
 
-    fn set_up(&self, up: bool) {
+    fn set_up(&self, session: Option<Session>) {
         self.up.send_modify(|m| {
-            m.insert(self.id, up);
+            m.insert(self.id, session);
         });
-        if up {
+        if session.is_some() {
             tracing::info!(peer = self.id, addr = %self.addr, "node link up");
         } else {
             tracing::warn!(peer = self.id, addr = %self.addr, "node link down");
@@ -364,12 +420,15 @@ impl Peer {
         &self,
         stream: TcpStream,
         mut rbuf: BytesMut,
-        out: &mut mpsc::Receiver<Frame>,
+        session: Session,
+        out: &mut mpsc::Receiver<Outgoing>,
         accepted: &mut mpsc::Receiver<(TcpStream, BytesMut)>,
     ) -> Option<(TcpStream, BytesMut)> {
         let _ = stream.set_nodelay(true);
         let (mut reader, mut writer) = stream.into_split();
-        self.set_up(true);
+        self.set_up(Some(session));
+        // Only frames for this session (or for any) go out on it.
+        let keep = |o: &Outgoing| o.session.is_none_or(|s| s == session);
         let mut wbuf = BytesMut::new();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_recv = Instant::now();
@@ -384,8 +443,14 @@ impl Peer {
                     loop {
                         match Frame::decode(&mut rbuf) {
                             Ok(Some(Frame::Heartbeat | Frame::Hello { .. })) => {}
+                            Ok(Some(frame @ Frame::Forward(_))) => {
+                                // Not waited for: what a peer forwards is bounded by the
+                                // windows its senders keep (see broker::remote).
+                                let msg = Inbound { from: self.id, session, frame };
+                                let _ = self.forwarded.send(msg);
+                            }
                             Ok(Some(frame)) => {
-                                let msg = Inbound { from: self.id, frame };
+                                let msg = Inbound { from: self.id, session, frame };
                                 if self.inbound.send(msg).await.is_err() {
                                     return None;
                                 }
@@ -393,7 +458,7 @@ impl Peer {
                             Ok(None) => break,
                             Err(e) => {
                                 tracing::warn!(peer = self.id, "bad frame on node link: {e}");
-                                self.set_up(false);
+                                self.set_up(None);
                                 return None;
                             }
                         }
@@ -401,10 +466,13 @@ impl Peer {
                 }
                 f = out.recv() => {
                     let Some(f) = f else { break None };
-                    f.encode(&mut wbuf);
+                    if keep(&f) {
+                        f.frame.encode(&mut wbuf);
+                    }
                     while wbuf.len() < WRITE_BATCH {
                         match out.try_recv() {
-                            Ok(f) => f.encode(&mut wbuf),
+                            Ok(f) if keep(&f) => f.frame.encode(&mut wbuf),
+                            Ok(_) => {}
                             Err(_) => break,
                         }
                     }
@@ -428,7 +496,7 @@ impl Peer {
                 s = accepted.recv(), if self.me > self.id => break s,
             }
         };
-        self.set_up(false);
+        self.set_up(None);
         replaced
     }
 }
@@ -453,6 +521,7 @@ mod tests {
                 group: u64::MAX,
                 msg: Bytes::new(),
             },
+            Frame::Forward(Bytes::from_static(b"work")),
         ];
         let mut all = BytesMut::new();
         for f in &frames {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::link::{Frame, Inbound, Links};
+use super::link::{Frame, Inbound, Links, Session, Sessions};
 use super::raft::{Group, TICK};
 use super::{ClusterConfig, ClusterError, META_GROUP};
 use crate::store::{RaftLog, Store};
@@ -40,6 +40,8 @@ pub struct Cluster {
     requests: mpsc::Sender<Request>,
     leader: watch::Receiver<u64>,
     links: Arc<Links>,
+    /// Forwarded work from peers, until the broker takes it.
+    forwarded: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
 }
 
 impl Cluster {
@@ -52,7 +54,8 @@ impl Cluster {
         apply: Box<dyn Apply>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let (in_tx, in_rx) = mpsc::channel(4096);
-        let links = Links::start(&config, in_tx)
+        let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
+        let links = Links::start(&config, in_tx, fwd_tx)
             .await
             .map_err(|e| ClusterError::Listen(e.to_string()))?;
         let group = Group::open(
@@ -76,6 +79,7 @@ impl Cluster {
             requests: p_tx,
             leader: l_rx,
             links,
+            forwarded: std::sync::Mutex::new(Some(fwd_rx)),
         }))
     }
 
@@ -115,9 +119,22 @@ impl Cluster {
         self.leader.clone()
     }
 
-    /// Which peers have a link up, as it changes.
-    pub fn links_up(&self) -> watch::Receiver<BTreeMap<u64, bool>> {
+    /// Which peers have a link up, and its session, as it changes.
+    pub fn links_up(&self) -> watch::Receiver<Sessions> {
         self.links.up()
+    }
+
+    /// Forwarded work for a peer's session (waits for room; dropped if the session ended).
+    pub async fn forward(&self, to: u64, session: Session, msg: bytes::Bytes) {
+        self.links.forward(to, session, msg).await;
+    }
+
+    /// Forwarded work from peers: once, for whoever serves it.
+    pub fn take_forwarded(&self) -> Option<mpsc::UnboundedReceiver<Inbound>> {
+        self.forwarded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
     }
 }
 

@@ -547,8 +547,20 @@ async fn a_dead_nodes_exclusive_and_transient_queues_go_with_it() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Its durable queue stays: it lives on node 3 and comes back with it.
-    assert_ne!(queue_code(&cluster, 0, "dq").await, Some(404));
+    // Its durable queue stays (it lives on node 3 and comes back with it): redeclaring it
+    // otherwise is still inequivalent. Used while its node is down, it answers 404, as
+    // RabbitMQ does for a durable queue whose home node is down.
+    let (_c, ch) = cluster.channel(0).await;
+    let e = ch
+        .queue_declare(
+            "dq".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406));
+    assert_eq!(queue_code(&cluster, 0, "dq").await, Some(404));
 }
 
 fn signal(cluster: &TestCluster, i: usize, sig: &str) {
@@ -578,4 +590,123 @@ async fn a_paused_node_catches_up_once_it_runs_again() {
     for n in 0..10 {
         assert_eq!(exchange_code(&c3, &format!("while-paused-{n}")).await, None);
     }
+}
+
+/// Publish `n` persistent messages on a confirm-mode channel; the acks and nacks received.
+async fn publish_confirmed(ch: &Channel, queue: &str, n: usize) -> (usize, usize) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut confirms = Vec::new();
+    for i in 0..n {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                crate::common::persistent(),
+            )
+            .await
+            .unwrap();
+        confirms.push(c);
+    }
+    let (mut acked, mut nacked) = (0, 0);
+    for c in confirms {
+        if c.await.unwrap().is_ack() {
+            acked += 1;
+        } else {
+            nacked += 1;
+        }
+    }
+    (acked, nacked)
+}
+
+async fn count(cluster: &TestCluster, node: usize, queue: &str) -> u32 {
+    let (_c, ch) = cluster.channel(node).await;
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+    .message_count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_is_used_from_any_node() {
+    let mut cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_queue(&ch1, "far", crate::common::durable()).await;
+    // Publish from node 2 to the queue on node 1: confirmed once node 1 has it on disk.
+    let (_c2, ch2) = cluster.channel(1).await;
+    assert_eq!(publish_confirmed(&ch2, "far", 100).await, (100, 0));
+    assert_eq!(count(&cluster, 2, "far").await, 100);
+    // Get and ack from node 3, in order.
+    let (c3, ch3) = cluster.channel(2).await;
+    for i in 0..10 {
+        let m = ch3
+            .basic_get("far".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message");
+        assert_eq!(m.delivery.data, format!("m{i}").as_bytes());
+        assert!(!m.delivery.redelivered);
+        m.delivery.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    // One held unacked when its connection closes: back, redelivered, at the head.
+    let held = ch3
+        .basic_get("far".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(held.delivery.data, b"m10");
+    c3.close(200, "bye".into()).await.unwrap();
+    assert_eq!(count(&cluster, 1, "far").await, 90);
+    let again = ch1
+        .basic_get("far".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(again.delivery.data, b"m10");
+    assert!(again.delivery.redelivered);
+    // Consuming from another node is not there yet, and says so.
+    let (_c, ch) = cluster.channel(1).await;
+    let e = ch
+        .basic_consume(
+            "far".into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(540));
+    // The home node dies: what was confirmed is back with it.
+    cluster.kill9(0);
+    let (_c, ch) = cluster.channel(1).await;
+    let (acked, nacked) = publish_confirmed(&ch, "far", 5).await;
+    assert_eq!(
+        (acked, nacked),
+        (0, 5),
+        "nothing confirmed while its home is down"
+    );
+    cluster.spawn(0);
+    cluster.url(0).await;
+    assert_eq!(count(&cluster, 1, "far").await, 89);
+    // Purge and delete from other nodes.
+    let (_c, ch) = cluster.channel(2).await;
+    let purged = ch
+        .queue_purge("far".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(purged, 89);
+    ch.queue_delete("far".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(queue_code(&cluster, 0, "far").await, Some(404));
 }

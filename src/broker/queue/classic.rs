@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 
 use super::state::{self, Command, Delivery, Effect, Meta, QueueState, Reply};
 use super::{Entry, QueueCmd, QueueHandle, QueueShared, Stat};
@@ -62,18 +62,15 @@ pub struct QueueSpec {
 /// Start a queue task; it ends when the queue is deleted.
 pub fn spawn(spec: QueueSpec) -> QueueHandle {
     let (tx, rx) = mpsc::channel(spec.inbox.max(1));
-    let shared = Arc::new(QueueShared {
-        name: spec.name,
-        id: spec.id,
-        exclusive_owner: spec.exclusive_owner,
-        auto_delete: spec.auto_delete,
-        arguments: spec.arguments,
-        store: spec.store,
+    let shared = Arc::new(QueueShared::new(
+        spec.name,
+        spec.id,
+        spec.exclusive_owner,
+        spec.auto_delete,
+        spec.arguments,
+        spec.store,
         tx,
-        wake: Notify::new(),
-        busy: Default::default(),
-        unbusy: Notify::new(),
-    });
+    ));
     let args = QueueArgs::parse(&shared.arguments).unwrap_or_else(|bad| {
         // Checked at declare; only a store written by another version gets here.
         tracing::warn!(queue = %shared.name, arg = bad.key, "ignoring invalid argument: {}", bad.why);
@@ -260,6 +257,12 @@ impl Classic {
                 }) {
                     let _ = reply.send(r);
                 }
+            }
+            QueueCmd::Stop => {
+                for (consumer, link) in self.links.drain() {
+                    let _ = link.events.send(ConnEvent::Cancelled(consumer));
+                }
+                self.broken = true;
             }
         }
     }

@@ -119,6 +119,10 @@ pub enum QueueCmd {
         if_empty: bool,
         reply: oneshot::Sender<Result<u32, Error>>,
     },
+    /// The queue is gone from the metadata without having deleted itself (a log replayed at
+    /// start, or its node taken as down): end the task, cancelling its consumers, writing
+    /// nothing about the queue.
+    Stop,
 }
 
 /// What everyone else holds of a queue: its identity, declared properties and inbox.
@@ -142,6 +146,38 @@ pub struct QueueShared {
 pub type QueueHandle = Arc<QueueShared>;
 
 impl QueueShared {
+    /// A queue's shared part around the inbox its task reads.
+    pub fn new(
+        name: Arc<str>,
+        id: u64,
+        exclusive_owner: Option<ConnId>,
+        auto_delete: bool,
+        arguments: FieldTable,
+        store: Option<Arc<Store>>,
+        tx: mpsc::Sender<QueueCmd>,
+    ) -> QueueShared {
+        QueueShared {
+            name,
+            id,
+            exclusive_owner,
+            auto_delete,
+            arguments,
+            store,
+            tx,
+            wake: Notify::new(),
+            busy: AtomicBool::new(false),
+            unbusy: Notify::new(),
+        }
+    }
+
+    /// Tell the task to stop (see `QueueCmd::Stop`), without waiting.
+    pub fn stop(self: &Arc<Self>) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(QueueCmd::Stop) {
+            let tx = self.tx.clone();
+            tokio::spawn(async move { tx.send(cmd).await });
+        }
+    }
+
     /// Send a command; false if the queue is gone (deleted meanwhile).
     pub async fn send(&self, cmd: QueueCmd) -> bool {
         self.tx.send(cmd).await.is_ok()

@@ -556,7 +556,11 @@ fn a_node_down_takes_its_exclusive_and_transient_queues_only() {
             "unbind amq.direct Queue(\"tq2\")"
         ]
     );
-    assert!(ops(&ch).iter().all(|op| op.starts_with("delete")), "{:?}", ops(&ch));
+    assert!(
+        ops(&ch).iter().all(|op| op.starts_with("delete")),
+        "{:?}",
+        ops(&ch)
+    );
     for (name, found) in [("ex2", false), ("tq2", false), ("dq2", true), ("tq1", true)] {
         assert_eq!(t.queue(name, on(1)).is_ok(), found, "{name}");
     }

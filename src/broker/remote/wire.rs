@@ -1,0 +1,233 @@
+//! What nodes say to each other about queues: plain data, encoded with postcard into the
+//! node link's forward frames. Requests carry a number the answer repeats.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::ids::ChannelId;
+use crate::broker::message::Message;
+use crate::broker::queue::Entry;
+use crate::error::Error;
+
+/// A queue as both nodes name it: the home node checks the id, so a queue deleted and
+/// declared again under the same name is not taken for the old one.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct QueueRef {
+    pub vhost: String,
+    pub name: String,
+    pub id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireMsg {
+    pub exchange: Bytes,
+    pub routing_key: Bytes,
+    pub properties: Bytes,
+    pub body: Bytes,
+    pub persistent: bool,
+}
+
+impl WireMsg {
+    pub fn of(m: &Message) -> WireMsg {
+        WireMsg {
+            exchange: m.exchange.clone(),
+            routing_key: m.routing_key.clone(),
+            properties: m.properties.clone(),
+            body: m.body.clone(),
+            persistent: m.persistent,
+        }
+    }
+
+    pub fn into_message(self) -> Message {
+        Message {
+            exchange: self.exchange,
+            routing_key: self.routing_key,
+            properties: self.properties,
+            body: self.body,
+            persistent: self.persistent,
+            stored: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireEntry {
+    pub seq: u64,
+    pub redelivered: bool,
+    pub expires_ms: Option<u64>,
+    pub msg: WireMsg,
+}
+
+impl WireEntry {
+    pub fn of(e: &Entry) -> WireEntry {
+        WireEntry {
+            seq: e.seq,
+            redelivered: e.redelivered,
+            expires_ms: e.expires_ms,
+            msg: WireMsg::of(&e.msg),
+        }
+    }
+
+    pub fn into_entry(self) -> Entry {
+        Entry {
+            seq: self.seq,
+            msg: std::sync::Arc::new(self.msg.into_message()),
+            redelivered: self.redelivered,
+            expires_ms: self.expires_ms,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Fwd {
+    // To the queue's home node.
+    /// Every publish is answered (`Taken`), confirm-mode or not: the sender counts what is
+    /// in flight by it.
+    Publish {
+        req: u64,
+        queue: QueueRef,
+        msgs: Vec<WireMsg>,
+    },
+    Get {
+        req: u64,
+        queue: QueueRef,
+        channel: ChannelId,
+        no_ack: bool,
+    },
+    Settle {
+        queue: QueueRef,
+        how: Settle,
+        seqs: Vec<u64>,
+    },
+    ChannelClosed {
+        queue: QueueRef,
+        channel: ChannelId,
+    },
+    Stat {
+        req: u64,
+        queue: QueueRef,
+    },
+    Purge {
+        req: u64,
+        queue: QueueRef,
+    },
+    Delete {
+        req: u64,
+        queue: QueueRef,
+        if_unused: bool,
+        if_empty: bool,
+    },
+    // Back from the home node.
+    /// The publishes except those at `refused` (positions) are in the queue, and on disk
+    /// where they had to be.
+    Taken {
+        req: u64,
+        refused: Vec<u32>,
+    },
+    Got {
+        req: u64,
+        got: Option<(WireEntry, u32)>,
+    },
+    Counted {
+        req: u64,
+        messages: u32,
+        consumers: u32,
+    },
+    Purged {
+        req: u64,
+        messages: u32,
+    },
+    Deleted {
+        req: u64,
+        result: Result<u32, Error>,
+    },
+    /// The queue is not on the home node (deleted meanwhile): the request has no answer.
+    Gone {
+        req: u64,
+    },
+}
+
+impl Fwd {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(postcard::to_stdvec(self).expect("forwarded work encodes"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Fwd, postcard::Error> {
+        postcard::from_bytes(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::ids::ConnId;
+
+    #[test]
+    fn forwarded_work_round_trips() {
+        let queue = QueueRef {
+            vhost: "/".into(),
+            name: "q".into(),
+            id: 7,
+        };
+        let msg = WireMsg {
+            exchange: Bytes::from_static(b"x"),
+            routing_key: Bytes::from_static(b"k"),
+            properties: Bytes::from_static(b"\x80\x00\x02"),
+            body: Bytes::from(vec![0u8; 3000]),
+            persistent: true,
+        };
+        let channel = ChannelId {
+            conn: ConnId { node: 2, seq: 9 },
+            channel: 3,
+        };
+        let entry = WireEntry {
+            seq: 11,
+            redelivered: true,
+            expires_ms: Some(5),
+            msg: msg.clone(),
+        };
+        let all = [
+            Fwd::Publish {
+                req: 1,
+                queue: queue.clone(),
+                msgs: vec![msg.clone(), msg],
+            },
+            Fwd::Get {
+                req: 2,
+                queue: queue.clone(),
+                channel,
+                no_ack: false,
+            },
+            Fwd::Settle {
+                queue: queue.clone(),
+                how: Settle::Requeue,
+                seqs: vec![1, 5, 9],
+            },
+            Fwd::ChannelClosed { queue, channel },
+            Fwd::Taken {
+                req: 1,
+                refused: vec![0],
+            },
+            Fwd::Got {
+                req: 2,
+                got: Some((entry, 4)),
+            },
+            Fwd::Deleted {
+                req: 3,
+                result: Err(Error::precondition("queue 'q' in vhost '/' is in use")),
+            },
+            Fwd::Gone { req: 4 },
+        ];
+        for f in all {
+            assert_eq!(Fwd::decode(&f.encode()).unwrap(), f);
+        }
+        assert!(Fwd::decode(b"\xff\xff").is_err());
+    }
+}

@@ -34,7 +34,7 @@ pub struct ChannelId {
 /// One consumer: its channel and tag, and which consumer of that tag it is (a tag can be
 /// reused after a cancel; deliveries still in flight to the old one must not be taken for the
 /// new one's).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ConsumerId {
     pub channel: ChannelId,
     pub tag: Arc<str>,

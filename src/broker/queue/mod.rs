@@ -178,6 +178,11 @@ impl QueueShared {
         }
     }
 
+    /// Resolves when the queue is woken (a consumer regained credit).
+    pub async fn woken(&self) {
+        self.wake.notified().await;
+    }
+
     /// Send a command; false if the queue is gone (deleted meanwhile).
     pub async fn send(&self, cmd: QueueCmd) -> bool {
         self.tx.send(cmd).await.is_ok()

@@ -5,20 +5,40 @@
 //! requeues those messages (`redelivered`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
 use super::wire::{Fwd, QueueRef, Settle, WireEntry};
 use super::{Forwarder, decode};
+use crate::broker::consumer::{ChannelLimit, ConsumerFlow};
 use crate::broker::durable::Batch;
-use crate::broker::ids::{ChannelId, NodeId};
+use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
-use crate::broker::queue::{ConnEvent, QueueCmd, QueueHandle};
+use crate::broker::queue::{ConnEvent, ConnSender, ConsumerSpec, QueueCmd, QueueHandle};
 use crate::cluster::link::{Inbound, Session};
 
-/// Channels of a peer's session that hold messages got from a queue here.
+/// Channels of a peer's session that hold messages got from (or consume) a queue here.
 type Held = HashMap<(NodeId, Session), HashMap<(u64, ChannelId), QueueHandle>>;
+
+/// A peer's consumer of a queue here: its credit cell, and where its deliveries go.
+struct Serving {
+    peer: NodeId,
+    session: Session,
+    queue: QueueRef,
+    handle: QueueHandle,
+    flow: Arc<ConsumerFlow>,
+}
+
+type Servings = Arc<Mutex<HashMap<ConsumerId, Serving>>>;
+
+/// What the serve loop keeps.
+struct Home {
+    held: Held,
+    serving: Servings,
+    /// Where queues send the deliveries of peers' consumers.
+    events: ConnSender,
+}
 
 pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
     let Some(cluster) = fwd.cluster().cloned() else {
@@ -26,7 +46,17 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
     };
     let mut up = cluster.links_up();
     let mut last: BTreeMap<NodeId, Option<Session>> = up.borrow_and_update().clone();
-    let mut held = Held::new();
+    let (events, deliveries) = mpsc::unbounded_channel();
+    let mut home = Home {
+        held: Held::new(),
+        serving: Servings::default(),
+        events,
+    };
+    tokio::spawn(send_deliveries(
+        fwd.clone(),
+        deliveries,
+        home.serving.clone(),
+    ));
     loop {
         tokio::select! {
             m = rx.recv() => {
@@ -34,7 +64,7 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
                 // The link publishes a session before it reads a frame of it.
                 let live = up.borrow().get(&m.from).copied().flatten() == Some(m.session);
                 if let Some(f) = decode(&m) {
-                    handle(&fwd, &mut held, m.from, m.session, live, f).await;
+                    handle(&fwd, &mut home, m.from, m.session, live, f).await;
                 }
             }
             r = up.changed() => {
@@ -43,11 +73,17 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
                 }
                 let now = up.borrow_and_update().clone();
                 fwd.sessions_changed(&now);
+                let live = |p: &NodeId, s: Session| now.get(p).copied().flatten() == Some(s);
+                home.serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|_, c| live(&c.peer, c.session));
                 for (peer, was) in &last {
                     if let Some(old) = *was
-                        && now.get(peer).copied().flatten() != Some(old)
+                        && !live(peer, old)
                     {
-                        for ((_, channel), q) in held.remove(&(*peer, old)).unwrap_or_default() {
+                        let held = home.held.remove(&(*peer, old)).unwrap_or_default();
+                        for ((_, channel), q) in held {
                             q.send(QueueCmd::ChannelClosed(channel)).await;
                         }
                     }
@@ -63,9 +99,62 @@ fn local(fwd: &Forwarder, q: &QueueRef) -> Option<QueueHandle> {
     fwd.vhost(&q.vhost)?.home_queue(&q.name, q.id)
 }
 
+/// Deliveries to peers' consumers, each on the session it consumes over; what cannot go
+/// (the consumer or its session is gone) goes back to its queue.
+async fn send_deliveries(
+    fwd: Arc<Forwarder>,
+    mut events: mpsc::UnboundedReceiver<ConnEvent>,
+    serving: Servings,
+) {
+    while let Some(ev) = events.recv().await {
+        match ev {
+            ConnEvent::Deliver {
+                consumer,
+                no_ack,
+                queue,
+                entries,
+            } => {
+                let to = serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&consumer)
+                    .map(|c| (c.peer, c.session, c.queue.clone()));
+                let Some((peer, session, q)) = to else {
+                    let back = QueueCmd::Return {
+                        consumer,
+                        entries,
+                        no_ack,
+                    };
+                    queue.send(back).await;
+                    continue;
+                };
+                let msg = Fwd::Deliver {
+                    queue: q,
+                    consumer,
+                    no_ack,
+                    entries: entries.iter().map(WireEntry::of).collect(),
+                };
+                fwd.send(peer, session, &msg).await;
+            }
+            ConnEvent::Cancelled(consumer) => {
+                let c = serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&consumer);
+                if let Some(c) = c {
+                    let msg = Fwd::ConsumerGone { consumer };
+                    fwd.send(c.peer, c.session, &msg).await;
+                }
+            }
+            // The pool of a global prefetch is the consumer's own node's business.
+            _ => {}
+        }
+    }
+}
+
 async fn handle(
     fwd: &Arc<Forwarder>,
-    held: &mut Held,
+    home: &mut Home,
     from: NodeId,
     session: Session,
     live: bool,
@@ -84,8 +173,135 @@ async fn handle(
         | Fwd::Counted { req, .. }
         | Fwd::Purged { req, .. }
         | Fwd::Deleted { req, .. }
+        | Fwd::Consumed { req, .. }
+        | Fwd::Cancelled { req }
         | Fwd::Gone { req } => fwd.answer(from, req, f),
+        Fwd::Deliver {
+            queue,
+            consumer,
+            no_ack,
+            entries,
+        } => {
+            let entries = entries.into_iter().map(WireEntry::into_entry).collect();
+            if let Err((consumer, entries)) = fwd.deliver(from, session, consumer, no_ack, entries)
+            {
+                // Not a consumer here any more: the deliveries go back unchanged.
+                let back = Fwd::Return {
+                    queue,
+                    consumer,
+                    entries: entries.iter().map(WireEntry::of).collect(),
+                    no_ack,
+                };
+                fwd.send(from, session, &back).await;
+            }
+        }
+        Fwd::ConsumerGone { consumer } => fwd.consumer_gone(consumer),
         _ if !live => {}
+        Fwd::Consume {
+            req,
+            queue,
+            consumer,
+            no_ack,
+            exclusive,
+            prefetch,
+            arguments,
+            limit,
+        } => {
+            let (tx, rx) = oneshot::channel();
+            if let Some(q) = local(fwd, &queue) {
+                let flow = Arc::new(ConsumerFlow::new(limit));
+                home.serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        consumer.clone(),
+                        Serving {
+                            peer: from,
+                            session,
+                            queue,
+                            handle: q.clone(),
+                            flow: flow.clone(),
+                        },
+                    );
+                home.held
+                    .entry((from, session))
+                    .or_default()
+                    .insert((q.id, consumer.channel), q.clone());
+                let spec = ConsumerSpec {
+                    id: consumer.clone(),
+                    no_ack,
+                    exclusive,
+                    prefetch,
+                    arguments,
+                    events: home.events.clone(),
+                    flow,
+                    channel_limit: Arc::new(ChannelLimit::default()),
+                };
+                let serving = home.serving.clone();
+                tokio::spawn(async move {
+                    let result = q
+                        .ask(|reply| QueueCmd::Consume(spec, reply))
+                        .await
+                        .unwrap_or_else(|| Err(crate::error::Error::not_found("queue gone")));
+                    if result.is_err() {
+                        serving
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&consumer);
+                    }
+                    let _ = tx.send(Fwd::Consumed { req, result });
+                });
+            }
+            answer(req, rx);
+        }
+        Fwd::Credit {
+            consumer, limit, ..
+        } => {
+            let serving = home.serving.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(c) = serving.get(&consumer)
+                && c.flow.grant(limit)
+            {
+                c.handle.wake();
+            }
+        }
+        Fwd::Cancel {
+            req,
+            queue,
+            consumer,
+        } => {
+            let (tx, rx) = oneshot::channel();
+            home.serving
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&consumer);
+            if let Some(q) = local(fwd, &queue) {
+                tokio::spawn(async move {
+                    if q.ask(|reply| QueueCmd::Cancel { consumer, reply })
+                        .await
+                        .is_some()
+                    {
+                        let _ = tx.send(Fwd::Cancelled { req });
+                    }
+                });
+            }
+            answer(req, rx);
+        }
+        Fwd::Return {
+            queue,
+            consumer,
+            entries,
+            no_ack,
+        } => {
+            if let Some(q) = local(fwd, &queue) {
+                let entries = entries.into_iter().map(WireEntry::into_entry).collect();
+                q.send(QueueCmd::Return {
+                    consumer,
+                    entries,
+                    no_ack,
+                })
+                .await;
+            }
+        }
         Fwd::Publish { req, queue, msgs } => {
             let (tx, rx) = oneshot::channel();
             publish(fwd, &queue, req, msgs, tx).await;
@@ -101,7 +317,8 @@ async fn handle(
                 return fwd.send(from, session, &Fwd::Gone { req }).await;
             };
             if !no_ack {
-                held.entry((from, session))
+                home.held
+                    .entry((from, session))
                     .or_default()
                     .insert((q.id, channel), q.clone());
             }
@@ -131,9 +348,13 @@ async fn handle(
         }
         Fwd::ChannelClosed { queue, channel } => {
             if let Some(q) = local(fwd, &queue) {
-                if let Some(h) = held.get_mut(&(from, session)) {
+                if let Some(h) = home.held.get_mut(&(from, session)) {
                     h.remove(&(q.id, channel));
                 }
+                home.serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|id, _| id.channel != channel);
                 q.send(QueueCmd::ChannelClosed(channel)).await;
             }
         }

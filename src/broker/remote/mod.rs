@@ -8,7 +8,11 @@
 //! answers as if the queue had gone), and the home node requeues what the peer's channels
 //! held from basic.get; a settlement sent on an earlier session is not applied.
 //!
-//! Not yet: consumers (basic.consume) of a queue on another node.
+//! Consumers: the using node keeps its consumers of a stub's queue here (`Consuming`), and
+//! hands deliveries from the home node to their connections as a local queue would; the
+//! credit their connections grant goes back to the home node. When the session ends, they
+//! are cancelled (basic.cancel, as RabbitMQ does when a queue's node goes down) and the home
+//! node requeues what they held.
 
 mod home;
 mod stub;
@@ -20,7 +24,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
-use super::ids::NodeId;
+use super::ids::{ConsumerId, NodeId};
+use super::queue::{ConnEvent, ConnSender, QueueHandle};
 use super::vhost::VHost;
 use crate::cluster::Cluster;
 use crate::cluster::link::{Frame, Inbound, Session};
@@ -35,8 +40,23 @@ struct Waiter {
     tx: oneshot::Sender<Fwd>,
 }
 
+/// A consumer on this node of a queue homed on another.
+struct Consuming {
+    home: NodeId,
+    session: Session,
+    events: ConnSender,
+    /// The stub.
+    queue: QueueHandle,
+    /// The stub's messages held unacked, with their session.
+    held: Held,
+}
+
+/// Messages held unacked through a stub, by seq, with the session they came on.
+type Held = Arc<Mutex<HashMap<u64, Session>>>;
+
 /// This node's forwarding, both ways.
 pub struct Forwarder {
+    consumers: Mutex<HashMap<ConsumerId, Consuming>>,
     cluster: OnceLock<Arc<Cluster>>,
     vhosts: OnceLock<HashMap<String, Arc<VHost>>>,
     next_req: AtomicU64,
@@ -46,6 +66,7 @@ pub struct Forwarder {
 impl Forwarder {
     pub fn new() -> Arc<Forwarder> {
         Arc::new(Forwarder {
+            consumers: Mutex::new(HashMap::new()),
             cluster: OnceLock::new(),
             vhosts: OnceLock::new(),
             next_req: AtomicU64::new(1),
@@ -108,12 +129,80 @@ impl Forwarder {
         }
     }
 
-    /// Sessions that ended: their waiters are dropped (the requests failed).
+    /// Sessions that ended: their waiters are dropped (the requests failed) and their
+    /// consumers cancelled.
     fn sessions_changed(&self, now: &BTreeMap<NodeId, Option<Session>>) {
+        let live =
+            |peer: &NodeId, session: Session| now.get(peer).copied().flatten() == Some(session);
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|_, w| now.get(&w.peer).copied().flatten() == Some(w.session));
+            .retain(|_, w| live(&w.peer, w.session));
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers.retain(|id, c| {
+            let keep = live(&c.home, c.session);
+            if !keep {
+                let _ = c.events.send(ConnEvent::Cancelled(id.clone()));
+            }
+            keep
+        });
+    }
+
+    fn add_consumer(&self, id: ConsumerId, c: Consuming) {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, c);
+    }
+
+    fn remove_consumer(&self, id: &ConsumerId) -> Option<ConsumerId> {
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        consumers.remove(id).map(|_| id.clone())
+    }
+
+    /// Deliveries from the home node for a consumer here; false if it is not (any more) a
+    /// consumer of that session, and the entries must go back.
+    fn deliver(
+        &self,
+        from: NodeId,
+        session: Session,
+        consumer: ConsumerId,
+        no_ack: bool,
+        entries: Vec<super::queue::Entry>,
+    ) -> Result<(), (ConsumerId, Vec<super::queue::Entry>)> {
+        let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = consumers
+            .get(&consumer)
+            .filter(|c| c.home == from && c.session == session)
+        else {
+            return Err((consumer, entries));
+        };
+        if !no_ack {
+            let mut held = c.held.lock().unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                held.insert(e.seq, session);
+            }
+        }
+        let ev = ConnEvent::Deliver {
+            consumer,
+            no_ack,
+            queue: c.queue.clone(),
+            entries,
+        };
+        let _ = c.events.send(ev);
+        Ok(())
+    }
+
+    /// The home node cancelled a consumer (its queue went away).
+    fn consumer_gone(&self, consumer: ConsumerId) {
+        let c = self
+            .consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&consumer);
+        if let Some(c) = c {
+            let _ = c.events.send(ConnEvent::Cancelled(consumer));
+        }
     }
 
     fn vhost(&self, name: &str) -> Option<&Arc<VHost>> {

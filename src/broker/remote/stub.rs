@@ -12,13 +12,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use super::Forwarder;
-use super::wire::{Fwd, QueueRef, Settle, WireMsg};
-use crate::broker::ids::NodeId;
+use super::wire::{Fwd, QueueRef, Settle, WireEntry, WireMsg};
+use super::{Consuming, Forwarder, Held};
+use crate::broker::consumer::ConsumerFlow;
+use crate::broker::ids::{ConsumerId, NodeId};
 use crate::broker::queue::{QueueCmd, QueueHandle, QueueShared, Stat};
 use crate::broker::topology::QueueRecord;
 use crate::cluster::link::Session;
-use crate::error::{Error, code};
+use crate::error::Error;
 
 /// Bytes of publishes in flight to the home node, per queue.
 const WINDOW: usize = 8 << 20;
@@ -47,41 +48,86 @@ pub fn spawn_stub(q: &QueueRecord, vhost: &str, fwd: Arc<Forwarder>, inbox: usiz
         fwd,
         window: Arc::new(Semaphore::new(WINDOW / UNIT)),
         held: Arc::default(),
+        flows: Arc::default(),
+        shared: shared.clone(),
     };
     tokio::spawn(stub.run(rx));
     shared
 }
+
+/// A consumer's credit cell, and the limit last sent to the home node.
+type Flows = Arc<Mutex<HashMap<ConsumerId, (Arc<ConsumerFlow>, u64)>>>;
 
 struct Stub {
     home: NodeId,
     queue: QueueRef,
     fwd: Arc<Forwarder>,
     window: Arc<Semaphore>,
-    /// Messages got with acks pending, by seq, with the session they came on: settlements
-    /// are forwarded only on that session.
-    held: Arc<Mutex<HashMap<u64, Session>>>,
+    /// Messages held with acks pending, by seq, with the session they came on:
+    /// settlements are forwarded only on that session.
+    held: Held,
+    /// This queue's consumers on this node.
+    flows: Flows,
+    shared: QueueHandle,
 }
 
-fn no_consumers(queue: &str) -> Error {
-    Error::connection(
-        code::NOT_IMPLEMENTED,
-        format!(
-            "consuming from queue '{queue}' on another node is not supported yet; consume on its node"
-        ),
-    )
+fn unreachable_home(queue: &str) -> Error {
+    Error::not_found(format!(
+        "home node of queue '{queue}' is down or inaccessible"
+    ))
 }
 
 impl Stub {
     async fn run(self, mut rx: mpsc::Receiver<QueueCmd>) {
-        while let Some(cmd) = rx.recv().await {
-            if matches!(cmd, QueueCmd::Stop) {
-                return;
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => {
+                    match cmd {
+                        None | Some(QueueCmd::Stop) => break,
+                        Some(cmd) => self.handle(cmd).await,
+                    }
+                }
+                _ = self.shared.woken() => self.credit().await,
             }
-            self.handle(cmd).await;
+        }
+        let ids: Vec<ConsumerId> = {
+            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            flows.drain().map(|(id, _)| id).collect()
+        };
+        for id in ids {
+            self.fwd.consumer_gone(id);
         }
     }
 
-    /// Send a request and hand its answer, if one comes, to `then`.
+    /// Consumers' connections wrote deliveries out: tell the home node how far each may
+    /// now be sent, and arrange to be woken by the next grant.
+    async fn credit(&self) {
+        let Some(session) = self.fwd.session(self.home).await else {
+            return;
+        };
+        let mut grants = Vec::new();
+        {
+            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            for (id, (flow, sent)) in flows.iter_mut() {
+                flow.starve();
+                let limit = flow.limit();
+                if limit > *sent {
+                    *sent = limit;
+                    grants.push((id.clone(), limit));
+                }
+            }
+        }
+        for (consumer, limit) in grants {
+            let msg = Fwd::Credit {
+                queue: self.queue.clone(),
+                consumer,
+                limit,
+            };
+            self.fwd.send(self.home, session, &msg).await;
+        }
+    }
+
+    /// Send a request; its answer comes on the receiver (dropped if the session ends).
     async fn ask(&self, session: Session, make: impl FnOnce(u64) -> Fwd) -> oneshot::Receiver<Fwd> {
         let (req, rx) = self.fwd.expect(self.home, session);
         self.fwd.send(self.home, session, &make(req)).await;
@@ -93,7 +139,7 @@ impl Stub {
             // Dropping the command drops its reply (the queue looks gone) and its receipt
             // (its publishes are nacked).
             if let QueueCmd::Consume(_, reply) = cmd {
-                let _ = reply.send(Err(no_consumers(&self.queue.name)));
+                let _ = reply.send(Err(unreachable_home(&self.queue.name)));
             }
             return;
         };
@@ -152,6 +198,19 @@ impl Stub {
             QueueCmd::Requeue(seqs) => self.settle(session, Settle::Requeue, seqs).await,
             QueueCmd::Discard(seqs) => self.settle(session, Settle::Discard, seqs).await,
             QueueCmd::ChannelClosed(channel) => {
+                let gone: Vec<ConsumerId> = {
+                    let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+                    let ids = flows
+                        .keys()
+                        .filter(|id| id.channel == channel)
+                        .cloned()
+                        .collect();
+                    flows.retain(|id, _| id.channel != channel);
+                    ids
+                };
+                for id in gone {
+                    self.fwd.remove_consumer(&id);
+                }
                 let msg = Fwd::ChannelClosed { queue: q, channel };
                 self.fwd.send(self.home, session, &msg).await;
             }
@@ -198,14 +257,90 @@ impl Stub {
                     }
                 });
             }
-            QueueCmd::Consume(_, reply) => {
-                let _ = reply.send(Err(no_consumers(&self.queue.name)));
+            QueueCmd::Consume(spec, reply) => {
+                let id = spec.id.clone();
+                let limit = spec.flow.limit();
+                spec.flow.starve();
+                // Known before the home node has it: deliveries may follow its answer at once.
+                self.flows
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(id.clone(), (spec.flow.clone(), limit));
+                let consuming = Consuming {
+                    home: self.home,
+                    session,
+                    events: spec.events.clone(),
+                    queue: self.shared.clone(),
+                    held: self.held.clone(),
+                };
+                self.fwd.add_consumer(id.clone(), consuming);
+                let rx = self
+                    .ask(session, |req| Fwd::Consume {
+                        req,
+                        queue: q,
+                        consumer: id.clone(),
+                        no_ack: spec.no_ack,
+                        exclusive: spec.exclusive,
+                        prefetch: spec.prefetch,
+                        arguments: spec.arguments,
+                        limit,
+                    })
+                    .await;
+                let (fwd, flows, name) = (
+                    self.fwd.clone(),
+                    self.flows.clone(),
+                    self.queue.name.clone(),
+                );
+                tokio::spawn(async move {
+                    let result = match rx.await {
+                        Ok(Fwd::Consumed { result, .. }) => result,
+                        _ => Err(unreachable_home(&name)),
+                    };
+                    if result.is_err() {
+                        flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                        fwd.remove_consumer(&id);
+                    }
+                    let _ = reply.send(result);
+                });
             }
-            QueueCmd::Cancel { reply, .. } => {
-                let _ = reply.send(());
+            QueueCmd::Cancel { consumer, reply } => {
+                self.flows
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&consumer);
+                self.fwd.remove_consumer(&consumer);
+                let rx = self
+                    .ask(session, |req| Fwd::Cancel {
+                        req,
+                        queue: q,
+                        consumer,
+                    })
+                    .await;
+                tokio::spawn(async move {
+                    let _ = rx.await;
+                    let _ = reply.send(());
+                });
             }
-            // Only consumers' deliveries come back; there are none through a stub yet.
-            QueueCmd::Return { .. } | QueueCmd::Stop => {}
+            QueueCmd::Return {
+                consumer,
+                entries,
+                no_ack,
+            } => {
+                {
+                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+                    for e in &entries {
+                        held.remove(&e.seq);
+                    }
+                }
+                let msg = Fwd::Return {
+                    queue: q,
+                    consumer,
+                    entries: entries.iter().map(WireEntry::of).collect(),
+                    no_ack,
+                };
+                self.fwd.send(self.home, session, &msg).await;
+            }
+            QueueCmd::Stop => {}
         }
     }
 

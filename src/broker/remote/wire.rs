@@ -4,10 +4,11 @@
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::broker::ids::ChannelId;
+use crate::broker::ids::{ChannelId, ConsumerId};
 use crate::broker::message::Message;
 use crate::broker::queue::Entry;
 use crate::error::Error;
+use crate::protocol::FieldTable;
 
 /// A queue as both nodes name it: the home node checks the id, so a queue deleted and
 /// declared again under the same name is not taken for the old one.
@@ -124,7 +125,53 @@ pub enum Fwd {
         if_unused: bool,
         if_empty: bool,
     },
+    Consume {
+        req: u64,
+        queue: QueueRef,
+        consumer: ConsumerId,
+        no_ack: bool,
+        exclusive: bool,
+        prefetch: u32,
+        arguments: FieldTable,
+        /// The consumer's first credit limit (see `ConsumerFlow`).
+        limit: u64,
+    },
+    /// The consumer's connection wrote deliveries out: the queue may send up to `limit`.
+    Credit {
+        queue: QueueRef,
+        consumer: ConsumerId,
+        limit: u64,
+    },
+    Cancel {
+        req: u64,
+        queue: QueueRef,
+        consumer: ConsumerId,
+    },
+    /// Deliveries the consumer's connection could not hand out, back unchanged.
+    Return {
+        queue: QueueRef,
+        consumer: ConsumerId,
+        entries: Vec<WireEntry>,
+        no_ack: bool,
+    },
     // Back from the home node.
+    Consumed {
+        req: u64,
+        result: Result<(), Error>,
+    },
+    Cancelled {
+        req: u64,
+    },
+    Deliver {
+        queue: QueueRef,
+        consumer: ConsumerId,
+        no_ack: bool,
+        entries: Vec<WireEntry>,
+    },
+    /// The queue went away under the consumer (a server-sent basic.cancel).
+    ConsumerGone {
+        consumer: ConsumerId,
+    },
     /// The publishes except those at `refused` (positions) are in the queue, and on disk
     /// where they had to be.
     Taken {

@@ -33,6 +33,12 @@ struct Args {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     url: String,
+    /// Producers connect here instead of --url (a cluster: another node than the queue's).
+    #[arg(long)]
+    producer_url: Option<String>,
+    /// Consumers connect here instead of --url.
+    #[arg(long)]
+    consumer_url: Option<String>,
     #[arg(long, default_value_t = 1)]
     producers: usize,
     #[arg(long, default_value_t = 1)]
@@ -448,6 +454,8 @@ fn ready(what: &str) {
 
 async fn run(a: Args) -> Res<serde_json::Value> {
     let url = Url::parse(&a.url).map_err(err)?;
+    let producer_url = Url::parse(a.producer_url.as_deref().unwrap_or(&a.url)).map_err(err)?;
+    let consumer_url = Url::parse(a.consumer_url.as_deref().unwrap_or(&a.url)).map_err(err)?;
     let a = Arc::new(a);
     let stats = Arc::new(Stats::default());
     let mut control = Client::connect(&url).await?;
@@ -500,7 +508,7 @@ async fn run(a: Args) -> Res<serde_json::Value> {
         for q in queue_names(&a) {
             for _ in 0..a.consumers {
                 tasks.push(tokio::spawn(consumer(
-                    url.clone(),
+                    consumer_url.clone(),
                     q.clone(),
                     a.clone(),
                     stats.clone(),
@@ -511,7 +519,7 @@ async fn run(a: Args) -> Res<serde_json::Value> {
     }
     for _ in 0..a.producers {
         tasks.push(tokio::spawn(producer(
-            url.clone(),
+            producer_url.clone(),
             a.clone(),
             stats.clone(),
             deadline,

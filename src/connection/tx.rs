@@ -1,11 +1,14 @@
 //! Transactions: tx.select, and tx.commit applying a transaction's staged publishes and acks
-//! in one synced store write (atomic across queues) before they become visible.
+//! in one synced store write (atomic across the node's queues) before they become visible;
+//! commit-ok waits until every queue took its publishes (a queue on another node writes
+//! its part there, separately).
 
 use std::sync::Arc;
 
 use super::Conn;
 use crate::broker::durable::Batch;
 use crate::broker::message::Message;
+use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::channel::{Settle, Tx};
 use crate::error::{Error, code};
@@ -86,8 +89,29 @@ impl Conn {
         for msg in returns {
             self.write_return(ch, &msg);
         }
+        // commit-ok waits until every queue took its part: a queue on another node writes
+        // (and syncs) it there, so its answer is what makes that part durable.
+        let (events, mut taken) = tokio::sync::mpsc::unbounded_channel();
+        let mut answers = 0;
         for (q, msgs) in batches {
-            q.send(QueueCmd::Publish(msgs, None)).await;
+            let tags = (0..msgs.len() as u32)
+                .map(|at| ReceiptTag {
+                    at,
+                    tag: ConfirmTag {
+                        channel: ch,
+                        tag: u64::from(at),
+                    },
+                })
+                .collect();
+            let receipt = Receipt::new(events.clone(), 0, tags);
+            q.send(QueueCmd::Publish(msgs, Some(receipt))).await;
+            answers += 1;
+        }
+        drop(events);
+        for _ in 0..answers {
+            if taken.recv().await.is_none() {
+                break;
+            }
         }
         for s in staged.settles {
             let settled = s.deliveries.into_iter().map(|(_, u)| u).collect();

@@ -275,15 +275,8 @@ async fn declares_on_one_node_hold_on_every_node() {
     .await
     .unwrap();
     let ch3 = c3.create_channel().await.unwrap();
-    let e = ch3
-        .queue_declare(
-            "mine".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(405));
+    let refused = declare_refused(&ch3, "mine", QueueDeclareOptions::default()).await;
+    assert_eq!(refused, Some(405));
     // A delete on one node is seen on the others.
     let ch3 = c3.create_channel().await.unwrap();
     ch3.exchange_delete("x".into(), ExchangeDeleteOptions::default())
@@ -466,6 +459,14 @@ async fn a_data_dir_of_another_cluster_is_refused() {
     assert!(err.contains("belongs to a cluster node"), "{err}");
 }
 
+/// The reply code of a queue.declare that must fail.
+async fn declare_refused(ch: &Channel, name: &str, opts: QueueDeclareOptions) -> Option<u16> {
+    let r = ch
+        .queue_declare(name.into(), opts, FieldTable::default())
+        .await;
+    code(&r.expect_err("queue.declare refused"))
+}
+
 async fn declare_queue(ch: &Channel, name: &str, opts: QueueDeclareOptions) {
     ch.queue_declare(name.into(), opts, FieldTable::default())
         .await
@@ -503,15 +504,8 @@ async fn a_restarted_nodes_exclusive_and_transient_queues_are_gone() {
     let (_c3, ch3) = cluster.channel(2).await;
     declare_three(&ch3).await;
     let (_c1, ch1) = cluster.channel(0).await;
-    let e = ch1
-        .queue_declare(
-            "ex".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(405), "exclusive to a connection of node 3");
+    let refused = declare_refused(&ch1, "ex", QueueDeclareOptions::default()).await;
+    assert_eq!(refused, Some(405), "exclusive to a connection of node 3");
     cluster.kill9(2);
     cluster.spawn(2);
     // Node 3 serves only once its restart is committed: its connections' exclusive queues
@@ -551,15 +545,8 @@ async fn a_dead_nodes_exclusive_and_transient_queues_go_with_it() {
     // otherwise is still inequivalent. Used while its node is down, it answers 404, as
     // RabbitMQ does for a durable queue whose home node is down.
     let (_c, ch) = cluster.channel(0).await;
-    let e = ch
-        .queue_declare(
-            "dq".into(),
-            QueueDeclareOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap_err();
-    assert_eq!(code(&e), Some(406));
+    let refused = declare_refused(&ch, "dq", QueueDeclareOptions::default()).await;
+    assert_eq!(refused, Some(406));
     assert_eq!(queue_code(&cluster, 0, "dq").await, Some(404));
 }
 
@@ -624,17 +611,7 @@ async fn publish_confirmed(ch: &Channel, queue: &str, n: usize) -> (usize, usize
 
 async fn count(cluster: &TestCluster, node: usize, queue: &str) -> u32 {
     let (_c, ch) = cluster.channel(node).await;
-    ch.queue_declare(
-        queue.into(),
-        QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap()
-    .message_count()
+    crate::common::count(&ch, queue).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,4 +742,30 @@ async fn a_remote_consumer_is_cancelled_when_its_queue_goes() {
         .unwrap();
     // The server-sent basic.cancel ends the consumer's stream.
     assert!(consumer.next().await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_committed_to_a_queue_on_another_node_is_on_its_disk() {
+    let mut cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_queue(&ch1, "txq", crate::common::durable()).await;
+    let (_c2, ch2) = cluster.channel(1).await;
+    ch2.tx_select().await.unwrap();
+    for i in 0..20 {
+        ch2.basic_publish(
+            "".into(),
+            "txq".into(),
+            BasicPublishOptions::default(),
+            format!("t{i}").as_bytes(),
+            crate::common::persistent(),
+        )
+        .await
+        .unwrap();
+    }
+    ch2.tx_commit().await.unwrap();
+    // commit-ok came after the home node wrote them: killing it at once loses none.
+    cluster.kill9(0);
+    cluster.spawn(0);
+    cluster.url(0).await;
+    assert_eq!(count(&cluster, 1, "txq").await, 20);
 }

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""A 3-node warren cluster against one warren node and a 3-node RabbitMQ cluster.
+
+    benches/cluster.py [--rounds 3] [--duration 10] [--out benches/results]
+
+Every broker runs on this machine. The warren cluster runs on 127.0.0.2-4; RabbitMQ 3.10
+(from Debian, installed if missing) runs three nodes joined with `rabbitmqctl
+join_cluster`. In each scenario the queue is a classic queue declared on node 1 (its
+home), the producer connects to node 2 and the consumer to node 3; against the single
+node, all three are the same node. Prints a table of medians (msg/s, p50/p99 end-to-end
+latency) and writes cluster.json to --out.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import compare  # noqa: E402  (the brokers, builds and helpers are shared)
+
+SCENARIOS = [
+    ("c1", "transient 16 B, auto-ack", "--size 16 --auto-ack"),
+    ("c2", "persistent 1 KiB, durable queue, confirms (window 1000), ack multiple 100",
+     "--size 1024 --persistent --durable --confirm 1000 --multiple-ack 100 --prefetch 1000"),
+]
+
+
+def log(msg):
+    print(f"cluster: {msg}", file=sys.stderr, flush=True)
+
+
+def free_port(host):
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_port(host, port, procs, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a broker exited with {p.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
+
+
+class Cluster:
+    """Brokers with a URL per node; urls[0] is the queue's home."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dir = tempfile.mkdtemp(prefix=f"cluster-{name}-")
+        self.procs = []
+        self.urls = []
+
+    def stop(self):
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class WarrenSingle(Cluster):
+    def __init__(self, binary):
+        super().__init__("warren-1")
+        port = free_port("127.0.0.1")
+        self.procs.append(subprocess.Popen(
+            [binary, "--listen", f"127.0.0.1:{port}", "--data-dir", f"{self.dir}/data"],
+            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}.log", "w"),
+            start_new_session=True))
+        wait_port("127.0.0.1", port, self.procs)
+        self.urls = [f"amqp://guest:guest@127.0.0.1:{port}/%2f"] * 3
+
+
+class WarrenCluster(Cluster):
+    def __init__(self, binary):
+        super().__init__("warren-3")
+        hosts = [f"127.0.0.{2 + i}" for i in range(3)]
+        links = [free_port(h) for h in hosts]
+        amqp = [free_port(h) for h in hosts]
+        peers = []
+        for i, h in enumerate(hosts):
+            peers += ["--peer", f"{i + 1}={h}:{links[i]}"]
+        for i, h in enumerate(hosts):
+            self.procs.append(subprocess.Popen(
+                [binary, "--node-id", str(i + 1), "--listen", f"{h}:{amqp[i]}",
+                 "--cluster-listen", f"{h}:{links[i]}", "--data-dir", f"{self.dir}/n{i + 1}"]
+                + peers,
+                stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}-n{i + 1}.log", "w"),
+                start_new_session=True))
+        for h, p in zip(hosts, amqp):
+            wait_port(h, p, self.procs)
+        self.urls = [f"amqp://guest:guest@{h}:{p}/%2f" for h, p in zip(hosts, amqp)]
+
+
+class RabbitCluster(Cluster):
+    def __init__(self):
+        super().__init__("rabbitmq-3")
+        ports = [compare.free_port() for _ in range(3)]
+        names = [f"cl{i + 1}x{ports[0]}@localhost" for i in range(3)]
+        self.env = []
+        for i, port in enumerate(ports):
+            d = f"{self.dir}/n{i + 1}"
+            os.makedirs(d)
+            env = dict(os.environ)
+            env.update({
+                # One HOME: the nodes share the Erlang cookie.
+                "HOME": self.dir,
+                "RABBITMQ_NODENAME": names[i],
+                "RABBITMQ_NODE_PORT": str(port),
+                "RABBITMQ_DIST_PORT": str(compare.free_port()),
+                "RABBITMQ_MNESIA_BASE": f"{d}/mnesia",
+                "RABBITMQ_LOG_BASE": f"{d}/log",
+                "RABBITMQ_ENABLED_PLUGINS_FILE": f"{d}/enabled_plugins",
+                "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq",
+            })
+            self.env.append(env)
+            self.procs.append(subprocess.Popen(
+                ["/usr/lib/rabbitmq/bin/rabbitmq-server"], cwd=d, env=env,
+                stdout=open(f"{d}.log", "w"), stderr=subprocess.STDOUT,
+                start_new_session=True))
+            wait_port("127.0.0.1", port, self.procs)
+        for i in (1, 2):
+            for step in (["stop_app"], ["join_cluster", names[0]], ["start_app"]):
+                subprocess.run(["rabbitmqctl", "-n", names[i]] + step, env=self.env[i],
+                               check=True, capture_output=True, timeout=120)
+            wait_port("127.0.0.1", ports[i], self.procs)
+        self.urls = [f"amqp://guest:guest@127.0.0.1:{p}/%2f" for p in ports]
+
+
+def run(perf, c, args, duration, workdir):
+    out = os.path.join(workdir, "perf.json")
+    cmd = [perf, "--url", c.urls[0], "--producer-url", c.urls[1], "--consumer-url", c.urls[2],
+           "--duration", str(duration), "--json", out, "--queue", "cluster"] + args.split()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=duration * 10 + 300)
+    with open(out) as f:
+        r = json.load(f)
+    return {"msg_per_sec": r["consumed_per_sec"], "p50_us": r["latency_us"]["p50"],
+            "p99_us": r["latency_us"]["p99"]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=10.0)
+    ap.add_argument("--out", default=os.path.join(compare.REPO, "benches", "results"))
+    ap.add_argument("--skip-rabbitmq", action="store_true")
+    a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not a.skip_rabbitmq:
+        compare.ensure_rabbitmq()
+    warren_bin, perf = compare.build()
+    os.makedirs(a.out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix="cluster-")
+    kinds = [("warren-1", lambda: WarrenSingle(warren_bin)),
+             ("warren-3", lambda: WarrenCluster(warren_bin))]
+    if not a.skip_rabbitmq:
+        kinds.append(("rabbitmq-3", RabbitCluster))
+    runs = {(s[0], k[0]): [] for s in SCENARIOS for k in kinds}
+    for rnd in range(a.rounds):
+        order = kinds if rnd % 2 == 0 else list(reversed(kinds))
+        for name, start in order:
+            log(f"round {rnd + 1}/{a.rounds}: {name}")
+            c = start()
+            try:
+                time.sleep(2)
+                for sid, title, args in SCENARIOS:
+                    r = run(perf, c, args, a.duration, workdir)
+                    runs[(sid, name)].append(r)
+                    log(f"  ({sid}) {name}: {r['msg_per_sec']:,.0f} msg/s, "
+                        f"p50 {r['p50_us']:,.0f} us, p99 {r['p99_us']:,.0f} us")
+            finally:
+                c.stop()
+    shutil.rmtree(workdir, ignore_errors=True)
+    table = []
+    for sid, title, args in SCENARIOS:
+        row = {"scenario": sid, "title": title, "perf_args": args}
+        for name, _ in kinds:
+            rs = runs[(sid, name)]
+            row[name] = {k: statistics.median(r[k] for r in rs)
+                         for k in ("msg_per_sec", "p50_us", "p99_us")}
+        table.append(row)
+    with open(os.path.join(a.out, "cluster.json"), "w") as f:
+        json.dump({"rounds": a.rounds, "duration": a.duration, "table": table,
+                   "runs": {f"{s}/{n}": v for (s, n), v in runs.items()}}, f, indent=2)
+    print(f"\nmedians of {a.rounds} rounds, {a.duration:g} s each; queue on node 1, "
+          "producer on node 2, consumer on node 3\n")
+    names = [n for n, _ in kinds]
+    print("| scenario | " + " | ".join(names) + " |")
+    print("|---|" + "---|" * len(names))
+    for row in table:
+        cells = [f"{row[n]['msg_per_sec']:,.0f} msg/s (p50 {row[n]['p50_us']:,.0f} us, "
+                 f"p99 {row[n]['p99_us']:,.0f} us)" for n in names]
+        print(f"| ({row['scenario']}) {row['title']} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

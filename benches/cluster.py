@@ -30,6 +30,8 @@ SCENARIOS = [
     ("c1", "transient 16 B, auto-ack", "--size 16 --auto-ack"),
     ("c2", "persistent 1 KiB, durable queue, confirms (window 1000), ack multiple 100",
      "--size 1024 --persistent --durable --confirm 1000 --multiple-ack 100 --prefetch 1000"),
+    ("c3", "latency at a fixed 10k msg/s, transient 16 B, auto-ack",
+     "--size 16 --auto-ack --rate 10000"),
 ]
 
 
@@ -141,7 +143,8 @@ class RabbitCluster(Cluster):
             wait_port("127.0.0.1", port, self.procs)
         for i in (1, 2):
             for step in (["stop_app"], ["join_cluster", names[0]], ["start_app"]):
-                subprocess.run(["rabbitmqctl", "-n", names[i]] + step, env=self.env[i],
+                subprocess.run(["/usr/lib/rabbitmq/bin/rabbitmqctl", "-n", names[i]] + step,
+                               env=self.env[i],
                                check=True, capture_output=True, timeout=120)
             wait_port("127.0.0.1", ports[i], self.procs)
         self.urls = [f"amqp://guest:guest@127.0.0.1:{p}/%2f" for p in ports]
@@ -154,8 +157,9 @@ def run(perf, c, args, duration, workdir):
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, timeout=duration * 10 + 300)
     with open(out) as f:
         r = json.load(f)
-    return {"msg_per_sec": r["consumed_per_sec"], "p50_us": r["latency_us"]["p50"],
-            "p99_us": r["latency_us"]["p99"]}
+    lat = r.get("latency_us") or {}
+    return {"msg_per_sec": r.get("consumed_per_sec") or 0.0, "p50_us": lat.get("p50") or 0.0,
+            "p99_us": lat.get("p99") or 0.0, "raw": r}
 
 
 def main():

@@ -167,16 +167,18 @@ impl Replicated {
     /// takes (the node serves no client until then).
     pub async fn rejoin(&self) {
         let me = self.cluster.node_id();
-        let mut waited = 0u32;
-        loop {
-            let op = MetaOp::NodeDown { node: me };
-            match self.commit(op, Some(Duration::from_secs(5))).await {
-                Ok(_) => return,
-                Err(_) => {
-                    waited += 5;
-                    tracing::info!("waiting for a majority of cluster nodes ({waited} s)");
-                }
+        // One request, proposed again until it commits: separate attempts could commit
+        // late, after this node serves, and take its new connections' exclusive queues.
+        let op = MetaOp::NodeDown { node: me };
+        let waiting = async {
+            for waited in (5u32..).step_by(5) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                tracing::info!("waiting for a majority of cluster nodes ({waited} s)");
             }
+        };
+        tokio::select! {
+            _ = self.commit(op, None) => {}
+            _ = waiting => {}
         }
     }
 

@@ -129,7 +129,9 @@ impl Broker {
             disk,
             config,
             vhosts,
-            next_conn: AtomicU64::new(1),
+            // From a random point: a restarted node's connections must not be taken for
+            // its earlier ones (consumer ids, exclusive owners) by nodes still holding them.
+            next_conn: AtomicU64::new((u64::from(rand::random::<u32>()) << 24) + 1),
             connections: AtomicUsize::new(0),
             memory,
             store,

@@ -62,7 +62,13 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
             m = rx.recv() => {
                 let Some(m) = m else { return };
                 // The link publishes a session before it reads a frame of it.
-                let live = up.borrow().get(&m.from).copied().flatten() == Some(m.session);
+                let now = up.borrow().clone();
+                let live = now.get(&m.from).copied().flatten() == Some(m.session);
+                // A peer's old session ends before its new one is served: what the old one
+                // held goes back before new consumers of the same ids arrive.
+                if live && last.get(&m.from).copied().flatten() != Some(m.session) {
+                    end_sessions(&fwd, &mut home, &mut last, now).await;
+                }
                 if let Some(f) = decode(&m) {
                     handle(&fwd, &mut home, m.from, m.session, live, f).await;
                 }
@@ -72,26 +78,37 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
                     return;
                 }
                 let now = up.borrow_and_update().clone();
-                fwd.sessions_changed(&now);
-                let live = |p: &NodeId, s: Session| now.get(p).copied().flatten() == Some(s);
-                home.serving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|_, c| live(&c.peer, c.session));
-                for (peer, was) in &last {
-                    if let Some(old) = *was
-                        && !live(peer, old)
-                    {
-                        let held = home.held.remove(&(*peer, old)).unwrap_or_default();
-                        for ((_, channel), q) in held {
-                            q.send(QueueCmd::ChannelClosed(channel)).await;
-                        }
-                    }
-                }
-                last = now;
+                end_sessions(&fwd, &mut home, &mut last, now).await;
             }
         }
     }
+}
+
+/// Sessions in `last` that are not in `now` have ended: fail their requests, forget their
+/// consumers, and close their channels on the queues (requeueing what they held).
+async fn end_sessions(
+    fwd: &Forwarder,
+    home: &mut Home,
+    last: &mut BTreeMap<NodeId, Option<Session>>,
+    now: BTreeMap<NodeId, Option<Session>>,
+) {
+    fwd.sessions_changed(&now);
+    let live = |p: &NodeId, s: Session| now.get(p).copied().flatten() == Some(s);
+    home.serving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .retain(|_, c| live(&c.peer, c.session));
+    for (peer, was) in last.iter() {
+        if let Some(old) = *was
+            && !live(peer, old)
+        {
+            let held = home.held.remove(&(*peer, old)).unwrap_or_default();
+            for ((_, channel), q) in held {
+                q.send(QueueCmd::ChannelClosed(channel)).await;
+            }
+        }
+    }
+    *last = now;
 }
 
 /// The queue a peer names, if it runs here (same id: not a namesake declared since).

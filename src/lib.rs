@@ -10,6 +10,10 @@
 //!   through
 //! - `store`: RocksDB with group commit, read back at start.
 //!
+//! On a cluster node, `cluster` adds the node links and the Raft metadata group: `broker`
+//! proposes topology changes through it (`broker::meta`) and uses queues of other nodes
+//! over its links (`broker::remote`).
+//!
 //! The pure cores (`QueueState`, `Topology`, `Channel`) take commands and return effects as
 //! data, with no I/O, clock or tasks; their runtimes carry the effects out.
 

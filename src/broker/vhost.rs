@@ -4,6 +4,11 @@
 //! deletes take the mutex (never across an await; nothing under it does I/O but queueing a
 //! store write, so durable changes are written in the order they were made), apply the
 //! command, spawn or forget queue tasks, publish a new snapshot and submit the store rows.
+//!
+//! On a cluster node a change is first committed through the metadata log (`meta.rs`) and
+//! then applied here, on every node in log order; a passive declare first waits until this
+//! node has applied every change committed before it. Only the home node of a queue runs
+//! it; the others hold a stub handle that forwards to it (`remote/`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};

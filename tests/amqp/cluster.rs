@@ -769,3 +769,89 @@ async fn a_transaction_committed_to_a_queue_on_another_node_is_on_its_disk() {
     cluster.url(0).await;
     assert_eq!(count(&cluster, 1, "txq").await, 20);
 }
+
+/// A consumer on `node` that never reads its socket after consume-ok (auto-ack).
+async fn stuck_consumer(cluster: &TestCluster, node: usize, queue: &str) -> crate::common::Raw {
+    use warren::protocol::basic;
+    let url = cluster.url(node).await;
+    let addr = url
+        .split('@')
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut stuck = crate::common::Raw::over(tokio::net::TcpStream::connect(addr).await.unwrap());
+    stuck.open(0, 0).await;
+    stuck.open_channel(1).await;
+    let consume = basic::Consume {
+        queue: queue.into(),
+        consumer_tag: "stuck".into(),
+        no_local: false,
+        no_ack: true,
+        exclusive: false,
+        nowait: false,
+        arguments: Default::default(),
+    };
+    let ok = stuck
+        .call(1, AMQPClass::Basic(basic::AMQPMethod::Consume(consume)))
+        .await;
+    assert!(
+        matches!(ok, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))),
+        "{ok:?}"
+    );
+    stuck
+}
+
+/// Flow control across nodes: a publisher on another node than a queue whose consumer is
+/// stuck is paused once the queue passes `queue_flow_messages`, as a local one is, instead of
+/// growing the queue on the home node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remote_publisher_outrunning_a_stuck_consumer_is_paused() {
+    const TOTAL: usize = 40_000;
+    let cluster = TestCluster::start(
+        3,
+        "queue_flow_messages = 500\nwriter_buffer_bytes = 65536\n",
+    );
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_queue(&ch1, "fq", QueueDeclareOptions::default()).await;
+    let stuck = stuck_consumer(&cluster, 0, "fq").await;
+    let (_c2, pch) = cluster.channel(1).await;
+    pch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut publishing = tokio::spawn(async move {
+        let body = vec![3u8; 1024];
+        let mut confirms = Vec::with_capacity(TOTAL);
+        for _ in 0..TOTAL {
+            let c = pch
+                .basic_publish(
+                    "".into(),
+                    "fq".into(),
+                    BasicPublishOptions::default(),
+                    &body,
+                    lapin::BasicProperties::default(),
+                )
+                .await
+                .unwrap();
+            confirms.push(c);
+        }
+        for c in confirms {
+            assert!(c.await.unwrap().is_ack());
+        }
+    });
+    // Without flow control the 40 MB would be taken in well under this.
+    let early = tokio::time::timeout(Duration::from_secs(3), &mut publishing).await;
+    assert!(early.is_err(), "the remote publisher was never paused");
+    let held = crate::common::count(&ch1, "fq").await as usize;
+    assert!(
+        held < 12_000,
+        "the queue grew to {held} despite flow control"
+    );
+    drop(stuck);
+    tokio::time::timeout(Duration::from_secs(60), publishing)
+        .await
+        .expect("the publisher finishes once the consumer is gone")
+        .unwrap();
+}

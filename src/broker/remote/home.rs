@@ -488,6 +488,10 @@ async fn publish(
             Some(ConnEvent::Taken { nacks, .. }) => nacks.iter().map(|t| t.tag as u32).collect(),
             _ => (0..n).collect(),
         };
+        // Flow control across nodes: while the queue is busy (its consumers are behind),
+        // the answer waits, so the sender's window fills and its publishers pause, as a
+        // local publisher to a busy queue is paused.
+        q.unbusy().await;
         if let Some(rx) = synced
             && !rx.await.unwrap_or(false)
         {

@@ -423,8 +423,8 @@ impl VHost {
         }
     }
 
-    /// A queue whose contents live on another node (using it from here comes with
-    /// forwarding over the node links).
+    /// A queue whose contents live on another node and that has no stub here (stubs are
+    /// made once forwarding is set up, before the log is applied: this is a safeguard).
     fn remote(&self, name: &str) -> Error {
         Error::connection(
             code::NOT_IMPLEMENTED,

@@ -605,7 +605,7 @@ impl Topology {
     }
 
     fn remove_queue(&mut self, name: &str, id: u64, ch: &mut Changes) {
-        if self.queues.get(name).is_none_or(|q| q.id != id) {
+        if !self.has_queue_id(name, id) {
             return;
         }
         let Some((name, _)) = self.queues.remove_entry(name) else {

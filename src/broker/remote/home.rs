@@ -15,7 +15,9 @@ use crate::broker::consumer::{ChannelLimit, ConsumerFlow};
 use crate::broker::durable::Batch;
 use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
-use crate::broker::queue::{ConnEvent, ConnSender, ConsumerSpec, QueueCmd, QueueHandle};
+use crate::broker::queue::{
+    ConnEvent, ConnSender, ConsumerSpec, GetReply, QueueCmd, QueueHandle, Stat,
+};
 use crate::cluster::link::{Inbound, Session};
 
 /// Channels of a peer's session that hold messages got from (or consume) a queue here.
@@ -62,11 +64,11 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
             m = rx.recv() => {
                 let Some(m) = m else { return };
                 // The link publishes a session before it reads a frame of it.
-                let now = up.borrow().clone();
-                let live = now.get(&m.from).copied().flatten() == Some(m.session);
+                let live = up.borrow().get(&m.from).copied().flatten() == Some(m.session);
                 // A peer's old session ends before its new one is served: what the old one
                 // held goes back before new consumers of the same ids arrive.
                 if live && last.get(&m.from).copied().flatten() != Some(m.session) {
+                    let now = up.borrow().clone();
                     end_sessions(&fwd, &mut home, &mut last, now).await;
                 }
                 if let Some(f) = decode(&m) {
@@ -286,21 +288,12 @@ async fn handle(
             queue,
             consumer,
         } => {
-            let (tx, rx) = oneshot::channel();
             home.serving
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .remove(&consumer);
-            if let Some(q) = local(fwd, &queue) {
-                tokio::spawn(async move {
-                    if q.ask(|reply| QueueCmd::Cancel { consumer, reply })
-                        .await
-                        .is_some()
-                    {
-                        let _ = tx.send(Fwd::Cancelled { req });
-                    }
-                });
-            }
+            let cancel = |reply| QueueCmd::Cancel { consumer, reply };
+            let rx = ask_local(local(fwd, &queue), cancel, move |()| Fwd::Cancelled { req });
             answer(req, rx);
         }
         Fwd::Return {
@@ -339,17 +332,14 @@ async fn handle(
                     .or_default()
                     .insert((q.id, channel), q.clone());
             }
-            let (tx, rx) = oneshot::channel();
-            tokio::spawn(async move {
-                let got = q.ask(|reply| QueueCmd::Get {
-                    channel,
-                    no_ack,
-                    reply,
-                });
-                if let Some(got) = got.await {
-                    let got = got.map(|(e, n)| (WireEntry::of(&e), n));
-                    let _ = tx.send(Fwd::Got { req, got });
-                }
+            let get = move |reply| QueueCmd::Get {
+                channel,
+                no_ack,
+                reply,
+            };
+            let rx = ask_local(Some(q), get, move |got: GetReply| Fwd::Got {
+                req,
+                got: got.map(|(e, n)| (WireEntry::of(&e), n)),
             });
             answer(req, rx);
         }
@@ -376,29 +366,19 @@ async fn handle(
             }
         }
         Fwd::Stat { req, queue } => {
-            let (tx, rx) = oneshot::channel();
-            if let Some(q) = local(fwd, &queue) {
-                tokio::spawn(async move {
-                    if let Some(s) = q.ask(QueueCmd::Stat).await {
-                        let _ = tx.send(Fwd::Counted {
-                            req,
-                            messages: s.messages,
-                            consumers: s.consumers,
-                        });
-                    }
-                });
-            }
+            let rx = ask_local(local(fwd, &queue), QueueCmd::Stat, move |s: Stat| {
+                Fwd::Counted {
+                    req,
+                    messages: s.messages,
+                    consumers: s.consumers,
+                }
+            });
             answer(req, rx);
         }
         Fwd::Purge { req, queue } => {
-            let (tx, rx) = oneshot::channel();
-            if let Some(q) = local(fwd, &queue) {
-                tokio::spawn(async move {
-                    if let Some(messages) = q.ask(QueueCmd::Purge).await {
-                        let _ = tx.send(Fwd::Purged { req, messages });
-                    }
-                });
-            }
+            let rx = ask_local(local(fwd, &queue), QueueCmd::Purge, move |messages| {
+                Fwd::Purged { req, messages }
+            });
             answer(req, rx);
         }
         Fwd::Delete {
@@ -407,22 +387,36 @@ async fn handle(
             if_unused,
             if_empty,
         } => {
-            let (tx, rx) = oneshot::channel();
-            if let Some(q) = local(fwd, &queue) {
-                tokio::spawn(async move {
-                    let r = q.ask(|reply| QueueCmd::Delete {
-                        if_unused,
-                        if_empty,
-                        reply,
-                    });
-                    if let Some(result) = r.await {
-                        let _ = tx.send(Fwd::Deleted { req, result });
-                    }
-                });
-            }
+            let delete = move |reply| QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            };
+            let rx = ask_local(local(fwd, &queue), delete, move |result| Fwd::Deleted {
+                req,
+                result,
+            });
             answer(req, rx);
         }
     }
+}
+
+/// Ask a queue here (if it runs here) and turn its answer into the reply to a peer; the
+/// receiver is dropped unanswered if the queue is gone (the peer hears `Gone`).
+fn ask_local<T: Send + 'static>(
+    q: Option<QueueHandle>,
+    make: impl FnOnce(oneshot::Sender<T>) -> QueueCmd + Send + 'static,
+    reply: impl FnOnce(T) -> Fwd + Send + 'static,
+) -> oneshot::Receiver<Fwd> {
+    let (tx, rx) = oneshot::channel();
+    if let Some(q) = q {
+        tokio::spawn(async move {
+            if let Some(answer) = q.ask(make).await {
+                let _ = tx.send(reply(answer));
+            }
+        });
+    }
+    rx
 }
 
 /// Enqueue forwarded publishes as a local publisher would: persistent messages to a durable

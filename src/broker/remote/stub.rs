@@ -71,6 +71,20 @@ struct Stub {
     shared: QueueHandle,
 }
 
+/// Hand the home node's answer to the waiting command once it comes, if `take` finds in it
+/// what the command waits for; otherwise the reply is dropped (the queue looks gone).
+fn relay<T: Send + 'static>(
+    rx: oneshot::Receiver<Fwd>,
+    reply: oneshot::Sender<T>,
+    take: impl FnOnce(Fwd) -> Option<T> + Send + 'static,
+) {
+    tokio::spawn(async move {
+        if let Some(answer) = rx.await.ok().and_then(take) {
+            let _ = reply.send(answer);
+        }
+    });
+}
+
 fn unreachable_home(queue: &str) -> Error {
     Error::not_found(format!(
         "home node of queue '{queue}' is down or inaccessible"
@@ -182,16 +196,15 @@ impl Stub {
                     })
                     .await;
                 let held = self.held.clone();
-                tokio::spawn(async move {
-                    if let Ok(Fwd::Got { got, .. }) = rx.await {
-                        let got = got.map(|(e, n)| (e.into_entry(), n));
-                        if let (Some((e, _)), false) = (&got, no_ack) {
-                            held.lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .insert(e.seq, session);
-                        }
-                        let _ = reply.send(got);
+                relay(rx, reply, move |f| {
+                    let Fwd::Got { got, .. } = f else { return None };
+                    let got = got.map(|(e, n)| (e.into_entry(), n));
+                    if let (Some((e, _)), false) = (&got, no_ack) {
+                        held.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .insert(e.seq, session);
                     }
+                    Some(got)
                 });
             }
             QueueCmd::Ack(seqs) => self.settle(session, Settle::Ack, seqs).await,
@@ -216,26 +229,23 @@ impl Stub {
             }
             QueueCmd::Stat(reply) => {
                 let rx = self.ask(session, |req| Fwd::Stat { req, queue: q }).await;
-                tokio::spawn(async move {
-                    if let Ok(Fwd::Counted {
+                relay(rx, reply, |f| match f {
+                    Fwd::Counted {
                         messages,
                         consumers,
                         ..
-                    }) = rx.await
-                    {
-                        let _ = reply.send(Stat {
-                            messages,
-                            consumers,
-                        });
-                    }
+                    } => Some(Stat {
+                        messages,
+                        consumers,
+                    }),
+                    _ => None,
                 });
             }
             QueueCmd::Purge(reply) => {
                 let rx = self.ask(session, |req| Fwd::Purge { req, queue: q }).await;
-                tokio::spawn(async move {
-                    if let Ok(Fwd::Purged { messages, .. }) = rx.await {
-                        let _ = reply.send(messages);
-                    }
+                relay(rx, reply, |f| match f {
+                    Fwd::Purged { messages, .. } => Some(messages),
+                    _ => None,
                 });
             }
             QueueCmd::Delete {
@@ -251,10 +261,9 @@ impl Stub {
                         if_empty,
                     })
                     .await;
-                tokio::spawn(async move {
-                    if let Ok(Fwd::Deleted { result, .. }) = rx.await {
-                        let _ = reply.send(result);
-                    }
+                relay(rx, reply, |f| match f {
+                    Fwd::Deleted { result, .. } => Some(result),
+                    _ => None,
                 });
             }
             QueueCmd::Consume(spec, reply) => {

@@ -155,6 +155,26 @@ impl TestCluster {
         }
     }
 
+    /// How many of node `i`'s log lines contain `needle`.
+    fn said(&self, i: usize, needle: &str) -> usize {
+        let log = self.nodes[i].log.lock().unwrap();
+        log.iter().filter(|l| l.contains(needle)).count()
+    }
+
+    /// Wait until node `i` has said `needle` more than `before` times (its log is the only
+    /// place a link coming up shows).
+    async fn until_said(&self, i: usize, needle: &str, before: usize) {
+        let deadline = std::time::Instant::now() + READY;
+        while self.said(i, needle) <= before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {} never said {needle:?}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The index of the node that says last that it leads the metadata group.
     fn leader(&self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
@@ -660,8 +680,11 @@ async fn a_queue_is_used_from_any_node() {
         (0, 5),
         "nothing confirmed while its home is down"
     );
+    // Once node 2's link to the restarted home is up again, the queue is there for it.
+    let links = cluster.said(1, "node link up peer=1 ");
     cluster.spawn(0);
     cluster.url(0).await;
+    cluster.until_said(1, "node link up peer=1 ", links).await;
     assert_eq!(count(&cluster, 1, "far").await, 89);
     // Purge and delete from other nodes.
     let (_c, ch) = cluster.channel(2).await;
@@ -765,8 +788,10 @@ async fn a_transaction_committed_to_a_queue_on_another_node_is_on_its_disk() {
     ch2.tx_commit().await.unwrap();
     // commit-ok came after the home node wrote them: killing it at once loses none.
     cluster.kill9(0);
+    let links = cluster.said(1, "node link up peer=1 ");
     cluster.spawn(0);
     cluster.url(0).await;
+    cluster.until_said(1, "node link up peer=1 ", links).await;
     assert_eq!(count(&cluster, 1, "txq").await, 20);
 }
 

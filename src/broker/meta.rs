@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::ids::NodeId;
 use super::queue::QueueHandle;
@@ -63,17 +63,26 @@ pub struct Applier {
     node: NodeId,
     vhosts: HashMap<String, Arc<VHost>>,
     pending: Pending,
+    /// Bumped when the cluster took this node as down while it ran (it was cut off): its
+    /// connections' exclusive queues are gone everywhere, so its connections must go too.
+    evicted: Arc<watch::Sender<u64>>,
     seen: HashSet<(NodeId, u64)>,
     order: VecDeque<(NodeId, u64)>,
 }
 
-/// The applier for `vhosts`, and what `Replicated::new` shares with it.
-pub fn applier(node: NodeId, vhosts: HashMap<String, Arc<VHost>>) -> (Box<dyn Apply>, Pending) {
+/// The applier for `vhosts`, and what `Replicated::new` shares with it. `evicted` is
+/// bumped when another node took this one as down (see `Applier::evicted`).
+pub fn applier(
+    node: NodeId,
+    vhosts: HashMap<String, Arc<VHost>>,
+    evicted: Arc<watch::Sender<u64>>,
+) -> (Box<dyn Apply>, Pending) {
     let pending = Pending::default();
     let a = Applier {
         node,
         vhosts,
         pending: pending.clone(),
+        evicted,
         seen: HashSet::new(),
         order: VecDeque::new(),
     };
@@ -298,6 +307,17 @@ impl Apply for Applier {
                 for v in self.vhosts.values() {
                     drop(v.apply_committed(Cmd::NodeDown { node }));
                 }
+                // A node proposes its own NodeDown only as it starts, before it serves;
+                // from another node it means this one was cut off long enough to be
+                // taken as down (before start, in the replayed log, nobody is connected).
+                if node == self.node && entry.origin != self.node {
+                    tracing::warn!(
+                        by = entry.origin,
+                        "the cluster took this node as down while it was cut off: \
+                         closing its client connections"
+                    );
+                    self.evicted.send_modify(|n| *n += 1);
+                }
                 (Ok(None), Written::done())
             }
             MetaOp::Topology { vhost, cmd } => match self.vhosts.get(&vhost) {
@@ -375,7 +395,10 @@ mod tests {
         };
         let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(0));
         let v = VHost::new("/", settings, memory, None, 1);
-        let (mut a, pending) = applier(1, HashMap::from([("/".to_string(), v.clone())]));
+        let evicted = Arc::new(watch::Sender::new(0));
+        let evictions = evicted.subscribe();
+        let vhosts = HashMap::from([("/".to_string(), v.clone())]);
+        let (mut a, pending) = applier(1, vhosts, evicted);
         let (tx, rx) = oneshot::channel();
         pending.lock().unwrap().insert(7, tx);
 
@@ -413,5 +436,13 @@ mod tests {
         assert_eq!(lookup(&v, "theirs"), code::NOT_FOUND);
         assert_eq!(lookup(&v, "mine"), 0);
         assert!(pending.lock().unwrap().is_empty());
+        // Node 2 took this node (1) as down: its connections are evicted; its own NodeDown
+        // (proposed as it starts) evicts nobody.
+        assert!(!evictions.has_changed().unwrap());
+        a.apply(7, &entry(1, 10, MetaOp::NodeDown { node: 1 }));
+        assert!(!evictions.has_changed().unwrap());
+        a.apply(8, &entry(2, 11, MetaOp::NodeDown { node: 1 }));
+        assert!(evictions.has_changed().unwrap());
+        assert_eq!(lookup(&v, "mine"), code::NOT_FOUND);
     }
 }

@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+use tokio::sync::watch;
+
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::error::Fatal;
@@ -44,6 +46,9 @@ pub struct Broker {
     pub cluster: Option<Arc<Cluster>>,
     /// Sent in connection.start: the same on every node of a cluster.
     pub cluster_name: String,
+    /// Changes when the cluster took this node as down while it ran: connections open
+    /// then are closed (`meta::Applier`).
+    pub evicted: Arc<watch::Sender<u64>>,
 }
 
 impl Broker {
@@ -121,9 +126,13 @@ impl Broker {
             (None, Some(cc)) => format!("warren-{:016x}", cc.identity()),
             (None, None) => "warren".into(),
         };
+        let evicted = Arc::new(watch::Sender::new(0));
         let cluster = match cluster_config {
             None => None,
-            Some(cc) => Some(join(cc, &store, &vhosts, std::mem::take(&mut recovered.raft)).await?),
+            Some(cc) => {
+                let raft = std::mem::take(&mut recovered.raft);
+                Some(join(cc, &store, &vhosts, raft, evicted.clone()).await?)
+            }
         };
         Ok(Arc::new(Broker {
             disk,
@@ -138,6 +147,7 @@ impl Broker {
             node,
             cluster,
             cluster_name,
+            evicted,
         }))
     }
 
@@ -169,8 +179,9 @@ async fn join(
     store: &Arc<Store>,
     vhosts: &HashMap<String, Arc<VHost>>,
     raft: std::collections::BTreeMap<u64, crate::store::RaftLog>,
+    evicted: Arc<watch::Sender<u64>>,
 ) -> Result<Arc<Cluster>, Fatal> {
-    let (applier, pending) = meta::applier(cc.node_id, vhosts.clone());
+    let (applier, pending) = meta::applier(cc.node_id, vhosts.clone(), evicted);
     // Set before the log is applied: queues homed elsewhere get their stubs as it is.
     let forwarder = remote::Forwarder::new();
     for v in vhosts.values() {

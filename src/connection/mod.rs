@@ -194,7 +194,10 @@ pub async fn serve(
     let handshake = tokio::time::timeout(timeout, conn.handshake()).await;
     conn.unauthenticated = None;
     let end = match handshake {
-        Ok(Ok(())) => conn.run(shutdown).await,
+        Ok(Ok(())) => {
+            let evicted = conn.broker.evicted.subscribe();
+            conn.run(shutdown, evicted).await
+        }
         Ok(Err(end)) => end,
         Err(_) => {
             tracing::debug!(peer = %conn.peer, "handshake timed out");
@@ -267,7 +270,11 @@ impl Conn {
         }
     }
 
-    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
+    async fn run(
+        &mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut evicted: watch::Receiver<u64>,
+    ) -> End {
         let hb = self.heartbeat;
         let period = if hb > 0 {
             Duration::from_secs(hb as u64) / 2
@@ -337,6 +344,10 @@ impl Conn {
                 _ = shutdown.changed() => Err(End::Close(Error::connection(
                     code::CONNECTION_FORCED,
                     "broker forced connection closure with reason 'shutdown'",
+                ))),
+                _ = evicted.changed() => Err(End::Close(Error::connection(
+                    code::CONNECTION_FORCED,
+                    "this node was cut off from the cluster and taken as down; reconnect",
                 ))),
             };
             if let Err(end) = step {

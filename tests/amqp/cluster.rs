@@ -22,9 +22,9 @@ use crate::common::code;
 /// How long a test waits for a node to serve (start, election, catch-up).
 const READY: Duration = Duration::from_secs(30);
 
-struct Node {
+pub(crate) struct Node {
     id: u64,
-    ip: Ipv4Addr,
+    pub(crate) ip: Ipv4Addr,
     dir: tempfile::TempDir,
     child: Option<std::process::Child>,
     /// The AMQP port once the node serves (None while it waits for a majority).
@@ -33,8 +33,8 @@ struct Node {
     log: Arc<Mutex<Vec<String>>>,
 }
 
-struct TestCluster {
-    nodes: Vec<Node>,
+pub(crate) struct TestCluster {
+    pub(crate) nodes: Vec<Node>,
     peers: Vec<String>,
     config: std::path::PathBuf,
     _config_dir: tempfile::TempDir,
@@ -50,7 +50,7 @@ fn free_port(ip: Ipv4Addr) -> u16 {
 
 impl TestCluster {
     /// `n` nodes, all started; `settings` goes into every node's config file.
-    fn start(n: usize, settings: &str) -> TestCluster {
+    pub(crate) fn start(n: usize, settings: &str) -> TestCluster {
         let ips: Vec<Ipv4Addr> = (0..n)
             .map(|i| Ipv4Addr::new(127, 0, 0, 2 + i as u8))
             .collect();
@@ -83,7 +83,7 @@ impl TestCluster {
         c
     }
 
-    fn spawn(&mut self, i: usize) {
+    pub(crate) fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         let own = &self.peers[i];
         let cluster_listen = own.split_once('=').unwrap().1;
@@ -125,7 +125,7 @@ impl TestCluster {
     }
 
     /// The node's AMQP URL once it serves.
-    async fn url(&self, i: usize) -> String {
+    pub(crate) async fn url(&self, i: usize) -> String {
         let node = &self.nodes[i];
         let mut rx = node.amqp.clone();
         let port = tokio::time::timeout(READY, rx.wait_for(Option::is_some))
@@ -136,19 +136,19 @@ impl TestCluster {
         format!("amqp://guest:guest@{}:{port}/%2f", node.ip)
     }
 
-    async fn connect(&self, i: usize) -> Connection {
+    pub(crate) async fn connect(&self, i: usize) -> Connection {
         Connection::connect(&self.url(i).await, ConnectionProperties::default())
             .await
             .expect("connect")
     }
 
-    async fn channel(&self, i: usize) -> (Connection, Channel) {
+    pub(crate) async fn channel(&self, i: usize) -> (Connection, Channel) {
         let c = self.connect(i).await;
         let ch = c.create_channel().await.unwrap();
         (c, ch)
     }
 
-    fn kill9(&mut self, i: usize) {
+    pub(crate) fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.nodes[i].child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -156,14 +156,14 @@ impl TestCluster {
     }
 
     /// How many of node `i`'s log lines contain `needle`.
-    fn said(&self, i: usize, needle: &str) -> usize {
+    pub(crate) fn said(&self, i: usize, needle: &str) -> usize {
         let log = self.nodes[i].log.lock().unwrap();
         log.iter().filter(|l| l.contains(needle)).count()
     }
 
     /// Wait until node `i` has said `needle` more than `before` times (its log is the only
     /// place a link coming up shows).
-    async fn until_said(&self, i: usize, needle: &str, before: usize) {
+    pub(crate) async fn until_said(&self, i: usize, needle: &str, before: usize) {
         let deadline = std::time::Instant::now() + READY;
         while self.said(i, needle) <= before {
             assert!(
@@ -176,7 +176,7 @@ impl TestCluster {
     }
 
     /// The index of the node that says last that it leads the metadata group.
-    fn leader(&self) -> Option<usize> {
+    pub(crate) fn leader(&self) -> Option<usize> {
         let mut best: Option<(u64, usize)> = None;
         for (i, n) in self.nodes.iter().enumerate() {
             if n.child.is_none() {
@@ -224,7 +224,7 @@ fn passive_exchange() -> ExchangeDeclareOptions {
 }
 
 /// The reply code of a passive exchange.declare on a fresh channel (None: it exists).
-async fn exchange_code(c: &Connection, name: &str) -> Option<u16> {
+pub(crate) async fn exchange_code(c: &Connection, name: &str) -> Option<u16> {
     let ch = c.create_channel().await.unwrap();
     ch.exchange_declare(
         name.into(),
@@ -331,7 +331,7 @@ async fn declares_on_one_node_hold_on_every_node() {
     assert!(names.iter().all(|n| *n == names[0]), "{names:?}");
 }
 
-async fn declare_exchange(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
+pub(crate) async fn declare_exchange(ch: &Channel, name: &str) -> Result<(), lapin::Error> {
     ch.exchange_declare(
         name.into(),
         ExchangeKind::Direct,
@@ -494,7 +494,7 @@ async fn declare_queue(ch: &Channel, name: &str, opts: QueueDeclareOptions) {
 }
 
 /// The reply code of a passive queue.declare from a fresh connection (None: found).
-async fn queue_code(cluster: &TestCluster, node: usize, name: &str) -> Option<u16> {
+pub(crate) async fn queue_code(cluster: &TestCluster, node: usize, name: &str) -> Option<u16> {
     let c = cluster.connect(node).await;
     let ch = c.create_channel().await.unwrap();
     let passive = QueueDeclareOptions {
@@ -508,7 +508,7 @@ async fn queue_code(cluster: &TestCluster, node: usize, name: &str) -> Option<u1
 }
 
 /// Node 3's queues: one exclusive to a connection, one transient, one durable.
-async fn declare_three(ch: &Channel) {
+pub(crate) async fn declare_three(ch: &Channel) {
     let exclusive = QueueDeclareOptions {
         exclusive: true,
         ..Default::default()
@@ -600,7 +600,7 @@ async fn a_paused_node_catches_up_once_it_runs_again() {
 }
 
 /// Publish `n` persistent messages on a confirm-mode channel; the acks and nacks received.
-async fn publish_confirmed(ch: &Channel, queue: &str, n: usize) -> (usize, usize) {
+pub(crate) async fn publish_confirmed(ch: &Channel, queue: &str, n: usize) -> (usize, usize) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -629,7 +629,7 @@ async fn publish_confirmed(ch: &Channel, queue: &str, n: usize) -> (usize, usize
     (acked, nacked)
 }
 
-async fn count(cluster: &TestCluster, node: usize, queue: &str) -> u32 {
+pub(crate) async fn count(cluster: &TestCluster, node: usize, queue: &str) -> u32 {
     let (_c, ch) = cluster.channel(node).await;
     crate::common::count(&ch, queue).await
 }

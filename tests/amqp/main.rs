@@ -15,6 +15,7 @@ mod flow;
 mod hostile;
 mod limits;
 mod messages;
+mod partition;
 mod queues;
 mod scale;
 mod ttl;

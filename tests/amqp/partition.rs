@@ -1,0 +1,191 @@
+//! Partitions of a 3-node cluster. Each test runs on a thread of its own that moves into a
+//! private network namespace (`unshare(CLONE_NEWNET)`, then `ip link set lo up`); the
+//! runtime, the nodes and their links are started from it and so live there too. Each node
+//! has its own loopback address, and nftables drops the traffic between two addresses. The
+//! namespace and its rules vanish with the thread. Clients reach every node throughout (they
+//! connect from 127.0.0.1, which no rule names).
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+
+use crate::cluster::{
+    TestCluster, count, declare_exchange, declare_three, exchange_code, publish_confirmed,
+    queue_code,
+};
+use crate::common::{Raw, code};
+
+/// Run `test` on a new thread inside a private network namespace, on a runtime made there.
+fn in_private_network<F: Future<Output = ()>>(test: impl FnOnce() -> F + Send + 'static) {
+    let thread = std::thread::spawn(move || {
+        // SAFETY: unshare takes no pointers; it moves only the calling thread (a network
+        // namespace may be unshared by one thread of a multithreaded process).
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET) needs root: {}",
+            std::io::Error::last_os_error()
+        );
+        run("ip", &["link", "set", "lo", "up"], "");
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(test());
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+fn run(program: &str, args: &[&str], stdin: &str) {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e} (apt-get install nftables iproute2)"));
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success(), "{program} {args:?} failed");
+}
+
+/// Drop every packet between `alone` and `others`, both ways.
+fn cut_off(alone: Ipv4Addr, others: &[Ipv4Addr]) {
+    let others = others
+        .iter()
+        .map(|ip| ip.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rules = format!(
+        "table inet partition {{
+           chain out {{
+             type filter hook output priority 0; policy accept;
+             ip saddr {alone} ip daddr {{ {others} }} drop
+             ip daddr {alone} ip saddr {{ {others} }} drop
+           }}
+         }}"
+    );
+    run("nft", &["-f", "-"], &rules);
+}
+
+fn heal() {
+    run("nft", &["delete", "table", "inet", "partition"], "");
+}
+
+/// A client connection to node `i` that only waits: raw, so that the close it gets is seen.
+async fn idle_connection(cluster: &TestCluster, i: usize) -> Raw {
+    let url = cluster.url(i).await;
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let sock = tokio::net::TcpStream::connect((cluster.nodes[i].ip, port))
+        .await
+        .unwrap();
+    let mut raw = Raw::over(sock);
+    raw.open(131_072, 0).await;
+    raw
+}
+
+/// The metadata leader is cut off from the two others while clients still reach every node.
+/// Its side refuses changes in bounded time; the majority elects another leader, goes on
+/// with changes and takes the cut-off node as down. Once healed, the cut-off node has
+/// exactly the majority's changes, none of its own refused ones; its exclusive and transient
+/// queues are gone, its durable queue is back with every confirmed message, and the
+/// connections it had are closed with 320 (their exclusive queues are gone everywhere).
+#[test]
+fn a_cut_off_node_refuses_changes_and_converges_once_healed() {
+    in_private_network(|| async {
+        let settings = "cluster_peer_timeout_ms = 300\ncluster_command_timeout_ms = 3000\n";
+        let cluster = TestCluster::start(3, settings);
+        for i in 0..3 {
+            cluster.url(i).await;
+        }
+        let cut = cluster.leader().expect("a metadata leader");
+        let (a, b) = ((cut + 1) % 3, (cut + 2) % 3);
+        let ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|n| n.ip).collect();
+
+        let (c_cut, ch_cut) = cluster.channel(cut).await;
+        declare_three(&ch_cut).await;
+        assert_eq!(publish_confirmed(&ch_cut, "dq", 10).await, (10, 0));
+        let mut idle = idle_connection(&cluster, cut).await;
+        let leaders_seen = cluster.said(a, "leads the metadata group");
+        let downs_seen = cluster.said(a, "node down or restarted");
+        let links_seen = [cut, a, b].map(|i| cluster.said(i, "node link up"));
+
+        cut_off(ips[cut], &[ips[a], ips[b]]);
+
+        // The cut-off side: a change fails within the command timeout, and so does a check
+        // (it cannot know it is up to date).
+        let started = Instant::now();
+        let refused = declare_exchange(&ch_cut, "minority-side")
+            .await
+            .unwrap_err();
+        assert_eq!(code(&refused), Some(541), "{refused}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(exchange_code(&c_cut, "anything").await, Some(541));
+
+        // The majority side: a new leader, then changes go on, and the cut-off node is taken
+        // as down (its exclusive and transient queues go; its durable queue is out of reach).
+        cluster
+            .until_said(a, "leads the metadata group", leaders_seen)
+            .await;
+        let (_c_a, ch_a) = cluster.channel(a).await;
+        declare_exchange(&ch_a, "majority-side").await.unwrap();
+        cluster
+            .until_said(a, "node down or restarted", downs_seen)
+            .await;
+        for q in ["ex", "tq", "dq"] {
+            assert_eq!(queue_code(&cluster, b, q).await, Some(404), "{q}");
+        }
+
+        heal();
+        cluster
+            .until_said(cut, "node link up", links_seen[0] + 1)
+            .await;
+        cluster.until_said(a, "node link up", links_seen[1]).await;
+        cluster.until_said(b, "node link up", links_seen[2]).await;
+
+        idle.expect_close(320).await;
+        for i in [cut, a, b] {
+            let c = cluster.connect(i).await;
+            assert_eq!(exchange_code(&c, "majority-side").await, None, "node {i}");
+            assert_eq!(
+                exchange_code(&c, "minority-side").await,
+                Some(404),
+                "node {i}"
+            );
+        }
+        assert_eq!(queue_code(&cluster, cut, "ex").await, Some(404));
+        assert_eq!(queue_code(&cluster, cut, "tq").await, Some(404));
+        assert_eq!(count(&cluster, cut, "dq").await, 10);
+        assert_eq!(count(&cluster, a, "dq").await, 10);
+        // And the healed node takes changes again, seen everywhere.
+        let (_c, ch) = cluster.channel(cut).await;
+        let exclusive = QueueDeclareOptions {
+            exclusive: true,
+            ..Default::default()
+        };
+        ch.queue_declare("ex".into(), exclusive, FieldTable::default())
+            .await
+            .unwrap();
+        let c_b = cluster.connect(b).await;
+        assert_eq!(exchange_code(&c_b, "majority-side").await, None);
+        assert_eq!(queue_code(&cluster, b, "ex").await, Some(405));
+    });
+}

@@ -61,6 +61,10 @@ cleanup() {
     "$here/broker.sh" stop "$workdir" >/dev/null 2>&1 || true
     "$here/broker.sh" stop "$workdir/alarm" >/dev/null 2>&1 || true
   fi
+  for n in 1 2 3; do
+    [ -d "$workdir/node$n" ] && "$here/broker.sh" stop "$workdir/node$n" >/dev/null 2>&1
+  done
+  true
   rm -rf "$workdir"
 }
 trap cleanup EXIT
@@ -146,6 +150,49 @@ run_suite celery "$python" "$here/celery/test_celery.py"
 run_suite rabbitmqc "$here/rabbitmqc/test.sh"
 run_suite java "$here/java/test.sh"
 run_suite go "$here/go/test.sh"
+
+# The pika suite again against a 3-node warren cluster (127.0.0.2-4), each new connection
+# on the next node: a scenario's second connection is on another node than its first.
+if [ -n "$started" ]; then
+  free_port() {
+    "$python" -c 'import socket, sys; s = socket.socket(); s.bind((sys.argv[1], 0)); print(s.getsockname()[1])' "$1"
+  }
+  peers=() urls=()
+  for n in 1 2 3; do
+    peers+=(--peer "$n=127.0.0.$((n + 1)):$(free_port "127.0.0.$((n + 1))")")
+  done
+  for n in 1 2 3; do
+    ip="127.0.0.$((n + 1))"
+    mkdir -p "$workdir/node$n"
+    amqp_port="$(free_port "$ip")"
+    urls+=("amqp://guest:guest@$ip:$amqp_port/%2F")
+    listen="${peers[$((2 * n - 1))]#*=}"
+    BROKER_HOST="$ip" "$here/broker.sh" launch "$workdir/node$n" "$bin" "$amqp_port" \
+      --node-id "$n" --cluster-listen "$listen" "${peers[@]}"
+  done
+  cluster_up=1
+  for n in 1 2 3; do
+    if ! "$here/broker.sh" wait "$workdir/node$n"; then
+      tail -n 20 "$workdir/node$n/warren.log" >&2
+      cluster_up=""
+    fi
+  done
+  if [ -n "$cluster_up" ]; then
+    log "started a 3-node cluster: ${urls[*]}"
+    AMQP_URLS="$(IFS=,; echo "${urls[*]}")" INTEROP_LABEL=pikacluster \
+      run_suite pikacluster "$python" "$here/pika/test_pika.py"
+  else
+    total_failed=$((total_failed + 1))
+    status=1
+  fi
+  for n in 3 2 1; do
+    if ! "$here/broker.sh" stop "$workdir/node$n"; then
+      log "cluster node $n did not exit 0 on SIGTERM"
+      total_failed=$((total_failed + 1))
+      status=1
+    fi
+  done
+fi
 
 if [ -n "$started" ]; then
   broker_rc=0

@@ -3,6 +3,11 @@
 
 Run: AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2F python3 interop/pika/test_pika.py [NAME...]
 
+Against a cluster, AMQP_URLS lists one URL per node (comma-separated): each new
+connection goes to the next node in turn, so that a scenario's second connection (the
+one that deletes, requeues or cleans up) is on another node than its first.
+INTEROP_LABEL names the suite in the summary line (default "pika").
+
 Every scenario opens its own connection, uses queue and exchange names with a
 per-run random suffix, deletes what it declared, and asserts exact outcomes.
 Exit status is 0 only when every selected scenario passed. The last line is
@@ -23,6 +28,17 @@ from pika.compat import long
 from pika.exceptions import ChannelClosedByBroker, UnroutableError
 
 URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+URLS = [u for u in os.environ.get("AMQP_URLS", "").split(",") if u] or [URL]
+URL = URLS[0]
+LABEL = os.environ.get("INTEROP_LABEL", "pika")
+_next_node = [0]
+
+
+def next_url():
+    """The URL of the node the next connection goes to (round robin over URLS)."""
+    url = URLS[_next_node[0] % len(URLS)]
+    _next_node[0] += 1
+    return url
 RUN = uuid.uuid4().hex[:10]
 SCENARIO_TIMEOUT = 20  # seconds, per scenario
 
@@ -74,7 +90,7 @@ class Ctx:
         self.conn = self.connect()
 
     def connect(self):
-        params = pika.URLParameters(URL)
+        params = pika.URLParameters(next_url())
         params.connection_attempts = 1
         params.socket_timeout = 5
         params.blocked_connection_timeout = 10
@@ -859,7 +875,7 @@ def main(argv):
                 if not argv or any(a in s.__name__ for a in argv)]
     signal.signal(signal.SIGALRM, on_alarm)
     passed = failed = 0
-    print(f"pika {pika.__version__} against {URL} (run {RUN})")
+    print(f"pika {pika.__version__} against {', '.join(URLS)} (run {RUN})")
     for scenario in selected:
         label = scenario.__name__[len("scenario_"):]
         started = time.monotonic()
@@ -890,7 +906,7 @@ def main(argv):
                 finally:
                     signal.alarm(0)
         sys.stdout.flush()
-    print(f"pika: {passed} passed, {failed} failed")
+    print(f"{LABEL}: {passed} passed, {failed} failed")
     return 0 if failed == 0 and passed > 0 else 1
 
 

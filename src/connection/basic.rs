@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use super::Conn;
-use super::queue::gone;
 use crate::broker::ids::ConsumerId;
 use crate::broker::queue::ConsumerSpec;
 use crate::broker::queue::{QueueCmd, QueueHandle};
@@ -139,7 +138,7 @@ impl Conn {
             }
             None => {
                 self.channel(ch).consumers.remove(&tag);
-                return Err(gone(&name, &vhost.name));
+                return Err(q.gone(&vhost.name));
             }
         }
         self.reply(
@@ -164,7 +163,7 @@ impl Conn {
                 reply,
             })
             .await
-            .ok_or_else(|| gone(&name, &vhost.name))?;
+            .ok_or_else(|| q.gone(&vhost.name))?;
         let Some((entry, remaining)) = got else {
             self.send_method(
                 ch,

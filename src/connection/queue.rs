@@ -10,10 +10,6 @@ use crate::broker::vhost::QueueDecl;
 use crate::error::{Error, code};
 use crate::protocol::{AMQPClass, queue};
 
-pub(super) fn gone(name: &str, vhost: &str) -> Error {
-    Error::not_found(format!("no queue '{name}' in vhost '{vhost}'"))
-}
-
 impl Conn {
     pub(super) async fn on_queue(&mut self, ch: u16, m: queue::AMQPMethod) -> Result<(), Error> {
         let vhost = self.vhost().clone();
@@ -57,7 +53,7 @@ impl Conn {
                 let n = q
                     .ask(QueueCmd::Purge)
                     .await
-                    .ok_or_else(|| gone(&name, &vhost.name))?;
+                    .ok_or_else(|| q.gone(&vhost.name))?;
                 self.reply(
                     ch,
                     p.nowait,
@@ -110,7 +106,7 @@ impl Conn {
         let stat = q
             .ask(QueueCmd::Stat)
             .await
-            .ok_or_else(|| gone(&q.name, &vhost.name))?;
+            .ok_or_else(|| q.gone(&vhost.name))?;
         self.reply(
             ch,
             d.nowait,

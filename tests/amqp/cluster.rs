@@ -568,6 +568,26 @@ async fn a_dead_nodes_exclusive_and_transient_queues_go_with_it() {
     let refused = declare_refused(&ch, "dq", QueueDeclareOptions::default()).await;
     assert_eq!(refused, Some(406));
     assert_eq!(queue_code(&cluster, 0, "dq").await, Some(404));
+    // With RabbitMQ's words, for a get as for a consume.
+    let down = "home node 'node 3' of durable queue 'dq' in vhost '/' is down or inaccessible";
+    let (c, ch) = cluster.channel(1).await;
+    let e = ch
+        .basic_get("dq".into(), BasicGetOptions::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(404));
+    assert!(e.to_string().contains(down), "{e}");
+    let ch = c.create_channel().await.unwrap();
+    let e = ch
+        .basic_consume(
+            "dq".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains(down), "{e}");
 }
 
 fn signal(cluster: &TestCluster, i: usize, sig: &str) {

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::consumer::{ChannelLimit, ConsumerFlow};
-use super::ids::{ChannelId, ConnId, ConsumerId};
+use super::ids::{ChannelId, ConnId, ConsumerId, NodeId};
 use super::message::Message;
 use crate::error::Error;
 use crate::protocol::FieldTable;
@@ -135,6 +135,8 @@ pub struct QueueShared {
     pub arguments: FieldTable,
     /// Set for durable queues: their persistent messages are in the store.
     pub store: Option<Arc<Store>>,
+    /// Set on a stub: the queue lives on another node.
+    pub remote: Option<RemoteHome>,
     tx: mpsc::Sender<QueueCmd>,
     wake: Notify,
     /// Flow control: set while the queue has a backlog its consumers' connections cannot
@@ -144,6 +146,25 @@ pub struct QueueShared {
 }
 
 pub type QueueHandle = Arc<QueueShared>;
+
+/// Where a queue held as a stub lives, for the error when it cannot be reached.
+#[derive(Debug, Clone, Copy)]
+pub struct RemoteHome {
+    pub node: NodeId,
+    pub durable: bool,
+}
+
+impl RemoteHome {
+    /// RabbitMQ's 404 for a queue whose home node is down.
+    pub fn unreachable(&self, queue: &str, vhost: &str) -> Error {
+        let durable = if self.durable { "durable " } else { "" };
+        Error::not_found(format!(
+            "home node 'node {}' of {durable}queue '{queue}' in vhost '{vhost}' is down or \
+             inaccessible",
+            self.node
+        ))
+    }
+}
 
 impl QueueShared {
     /// A queue's shared part around the inbox its task reads.
@@ -163,10 +184,19 @@ impl QueueShared {
             auto_delete,
             arguments,
             store,
+            remote: None,
             tx,
             wake: Notify::new(),
             busy: AtomicBool::new(false),
             unbusy: Notify::new(),
+        }
+    }
+
+    /// The 404 for a command whose queue did not answer: gone, or out of reach.
+    pub fn gone(&self, vhost: &str) -> Error {
+        match self.remote {
+            Some(home) => home.unreachable(&self.name, vhost),
+            None => Error::not_found(format!("no queue '{}' in vhost '{vhost}'", self.name)),
         }
     }
 

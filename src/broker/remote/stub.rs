@@ -4,8 +4,8 @@
 //! Flow control: publishes in flight to the home node (sent, not yet taken) are bounded in
 //! bytes; past the window the task stops reading its inbox, so publishers wait as they would
 //! on a local queue's full inbox. Without a session (the link is down for longer than the
-//! peer timeout) a publish is nacked, and a get, stat, purge or delete answers as for a
-//! queue that is gone (404, as RabbitMQ answers for a queue whose home node is down).
+//! peer timeout) a publish is nacked, and a get, stat, purge or delete answers 404 with
+//! RabbitMQ's words for a queue whose home node is down.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,10 +16,9 @@ use super::wire::{Fwd, QueueRef, Settle, WireEntry, WireMsg};
 use super::{Consuming, Forwarder, Held};
 use crate::broker::consumer::ConsumerFlow;
 use crate::broker::ids::{ConsumerId, NodeId};
-use crate::broker::queue::{QueueCmd, QueueHandle, QueueShared, Stat};
+use crate::broker::queue::{QueueCmd, QueueHandle, QueueShared, RemoteHome, Stat};
 use crate::broker::topology::QueueRecord;
 use crate::cluster::link::Session;
-use crate::error::Error;
 
 /// Bytes of publishes in flight to the home node, per queue.
 const WINDOW: usize = 8 << 20;
@@ -29,7 +28,7 @@ const UNIT: usize = 1024;
 /// A handle for `q`, homed on another node, served by a new stub task.
 pub fn spawn_stub(q: &QueueRecord, vhost: &str, fwd: Arc<Forwarder>, inbox: usize) -> QueueHandle {
     let (tx, rx) = mpsc::channel(inbox.max(1));
-    let shared = Arc::new(QueueShared::new(
+    let mut shared = QueueShared::new(
         q.name.clone(),
         q.id,
         q.exclusive_owner,
@@ -37,7 +36,13 @@ pub fn spawn_stub(q: &QueueRecord, vhost: &str, fwd: Arc<Forwarder>, inbox: usiz
         q.arguments.clone(),
         None,
         tx,
-    ));
+    );
+    let home = RemoteHome {
+        node: q.home,
+        durable: q.durable,
+    };
+    shared.remote = Some(home);
+    let shared = Arc::new(shared);
     let stub = Stub {
         home: q.home,
         queue: QueueRef {
@@ -83,12 +88,6 @@ fn relay<T: Send + 'static>(
             let _ = reply.send(answer);
         }
     });
-}
-
-fn unreachable_home(queue: &str) -> Error {
-    Error::not_found(format!(
-        "home node of queue '{queue}' is down or inaccessible"
-    ))
 }
 
 impl Stub {
@@ -153,7 +152,7 @@ impl Stub {
             // Dropping the command drops its reply (the queue looks gone) and its receipt
             // (its publishes are nacked).
             if let QueueCmd::Consume(_, reply) = cmd {
-                let _ = reply.send(Err(unreachable_home(&self.queue.name)));
+                let _ = reply.send(Err(self.shared.gone(&self.queue.vhost)));
             }
             return;
         };
@@ -295,15 +294,13 @@ impl Stub {
                         limit,
                     })
                     .await;
-                let (fwd, flows, name) = (
-                    self.fwd.clone(),
-                    self.flows.clone(),
-                    self.queue.name.clone(),
-                );
+                let (fwd, flows, shared) =
+                    (self.fwd.clone(), self.flows.clone(), self.shared.clone());
+                let vhost = self.queue.vhost.clone();
                 tokio::spawn(async move {
                     let result = match rx.await {
                         Ok(Fwd::Consumed { result, .. }) => result,
-                        _ => Err(unreachable_home(&name)),
+                        _ => Err(shared.gone(&vhost)),
                     };
                     if result.is_err() {
                         flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);

@@ -764,6 +764,71 @@ async fn a_consumer_on_another_node_gets_every_message_in_order() {
     assert_eq!(unacked.len(), 50);
 }
 
+/// basic.qos global=true holds across nodes: a channel on node 2 consuming from queues
+/// homed on nodes 1, 2 and 3 has at most its limit unacked in all, acks free room for any of
+/// them, and credit a queue left unused moves on (every message arrives).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_prefetch_spans_queues_on_every_node() {
+    use futures_lite::StreamExt;
+    let cluster = TestCluster::start(3, "");
+    let queues = ["g1", "g2", "g3"];
+    let mut conns = Vec::new();
+    for (node, q) in queues.iter().enumerate() {
+        let (c, ch) = cluster.channel(node).await;
+        declare_queue(&ch, q, QueueDeclareOptions::default()).await;
+        assert_eq!(publish_confirmed(&ch, q, 5).await, (5, 0));
+        conns.push(c);
+    }
+    let ready = async || {
+        let mut n = 0;
+        for q in queues {
+            n += count(&cluster, 1, q).await;
+        }
+        n
+    };
+    let (_c, ch) = cluster.channel(1).await;
+    ch.basic_qos(3, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let mut each = Vec::new();
+    for q in queues {
+        each.push(crate::common::consume(&ch, q, q, false).await);
+    }
+    let (c3, c2, c1) = (
+        each.pop().unwrap(),
+        each.pop().unwrap(),
+        each.pop().unwrap(),
+    );
+    let mut all = c1.or(c2).or(c3);
+    let mut next = async || {
+        tokio::time::timeout(READY, all.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap()
+    };
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next().await);
+    }
+    assert_eq!(ready().await, 12, "three out, on a limit of three");
+    held.remove(0)
+        .ack(BasicAckOptions::default())
+        .await
+        .unwrap();
+    held.push(next().await);
+    assert_eq!(ready().await, 11, "one acked, one more out");
+    // Acked as they come, every message arrives: credit held by a queue that ran dry goes
+    // back to the others.
+    for d in held {
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    for _ in 4..15 {
+        next().await.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(ready().await, 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_consumer_is_cancelled_when_its_queue_goes() {
     use futures_lite::StreamExt;

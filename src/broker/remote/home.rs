@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 use super::wire::{Fwd, QueueRef, Settle, WireEntry};
 use super::{Forwarder, decode};
@@ -34,13 +34,26 @@ struct Serving {
 
 type Servings = Arc<Mutex<HashMap<ConsumerId, Serving>>>;
 
+/// The stand-in pool of a peer's channel with a global prefetch (see `super`), and its
+/// counts at the last idle check.
+struct Proxy {
+    pool: Arc<ChannelLimit>,
+    seen: (u64, u64),
+}
+
 /// What the serve loop keeps.
 struct Home {
     held: Held,
     serving: Servings,
     /// Where queues send the deliveries of peers' consumers.
     events: ConnSender,
+    proxies: HashMap<(NodeId, Session, ChannelId), Proxy>,
+    /// Told when a stand-in pool falls short.
+    asks: Arc<Notify>,
 }
+
+/// Pool credit unused for this long goes back to the channel's node.
+const IDLE_POOL: std::time::Duration = std::time::Duration::from_millis(200);
 
 pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
     let Some(cluster) = fwd.cluster().cloned() else {
@@ -53,7 +66,11 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
         held: Held::new(),
         serving: Servings::default(),
         events,
+        proxies: HashMap::new(),
+        asks: Arc::new(Notify::new()),
     };
+    let asks = home.asks.clone();
+    let mut idle = tokio::time::interval(IDLE_POOL);
     tokio::spawn(send_deliveries(
         fwd.clone(),
         deliveries,
@@ -82,7 +99,36 @@ pub(super) async fn serve(fwd: Arc<Forwarder>, mut rx: mpsc::UnboundedReceiver<I
                 let now = up.borrow_and_update().clone();
                 end_sessions(&fwd, &mut home, &mut last, now).await;
             }
+            _ = asks.notified() => {
+                for ((peer, session, channel), p) in &home.proxies {
+                    let want = p.pool.take_want();
+                    if want > 0 {
+                        fwd.send(*peer, *session, &Fwd::PoolWant { channel: *channel, want }).await;
+                    }
+                }
+            }
+            _ = idle.tick() => return_idle(&fwd, &mut home).await,
         }
+    }
+}
+
+/// Give back pool credit that no queue here took since the last check.
+async fn return_idle(fwd: &Forwarder, home: &mut Home) {
+    for ((peer, session, channel), p) in home.proxies.iter_mut() {
+        let now = p.pool.counts();
+        if now == p.seen && now.0 > now.1 {
+            let n = p
+                .pool
+                .take_back((now.0 - now.1).min(u64::from(u32::MAX)) as u32);
+            if n > 0 {
+                let msg = Fwd::PoolReturn {
+                    channel: *channel,
+                    n,
+                };
+                fwd.send(*peer, *session, &msg).await;
+            }
+        }
+        p.seen = p.pool.counts();
     }
 }
 
@@ -100,6 +146,8 @@ async fn end_sessions(
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .retain(|_, c| live(&c.peer, c.session));
+    home.proxies
+        .retain(|(peer, session, _), _| live(peer, *session));
     for (peer, was) in last.iter() {
         if let Some(old) = *was
             && !live(peer, old)
@@ -165,7 +213,8 @@ async fn send_deliveries(
                     fwd.send(c.peer, c.session, &msg).await;
                 }
             }
-            // The pool of a global prefetch is the consumer's own node's business.
+            // A stand-in pool's queues are woken by grants from the channel's node
+            // (`PoolGrant`), not by give-backs here.
             _ => {}
         }
     }
@@ -215,7 +264,28 @@ async fn handle(
             }
         }
         Fwd::ConsumerGone { consumer } => fwd.consumer_gone(consumer),
+        Fwd::PoolWant { channel, want } => {
+            let n = fwd.want((from, session, channel), want);
+            if n > 0 {
+                fwd.send(from, session, &Fwd::PoolGrant { channel, n })
+                    .await;
+            }
+        }
+        Fwd::PoolReturn { channel, n } => fwd.returned((from, session, channel), n),
         _ if !live => {}
+        Fwd::PoolGrant { channel, n } => {
+            if let Some(p) = home.proxies.get(&(from, session, channel)) {
+                // Woken whether or not it is marked starved: a queue that gave back what it
+                // drew cleared the mark, and still waits for this.
+                p.pool.grant(n);
+                let serving = home.serving.lock().unwrap_or_else(|e| e.into_inner());
+                for (id, c) in serving.iter() {
+                    if id.channel == channel && c.peer == from && c.session == session {
+                        c.handle.wake();
+                    }
+                }
+            }
+        }
         Fwd::Consume {
             req,
             queue,
@@ -225,9 +295,24 @@ async fn handle(
             prefetch,
             arguments,
             limit,
+            pooled,
         } => {
             let (tx, rx) = oneshot::channel();
             if let Some(q) = local(fwd, &queue) {
+                let channel_limit = if pooled {
+                    let asks = home.asks.clone();
+                    let proxy = home
+                        .proxies
+                        .entry((from, session, consumer.channel))
+                        .or_insert_with(|| Proxy {
+                            pool: Arc::new(ChannelLimit::granted(asks)),
+                            seen: (0, 0),
+                        });
+                    proxy.pool.clone()
+                } else {
+                    // No global prefetch: the channel's node counts deliveries as they come.
+                    Arc::new(ChannelLimit::default())
+                };
                 let flow = Arc::new(ConsumerFlow::new(limit));
                 home.serving
                     .lock()
@@ -254,7 +339,7 @@ async fn handle(
                     arguments,
                     events: home.events.clone(),
                     flow,
-                    channel_limit: Arc::new(ChannelLimit::default()),
+                    channel_limit,
                 };
                 let serving = home.serving.clone();
                 tokio::spawn(async move {
@@ -358,6 +443,7 @@ async fn handle(
                 if let Some(h) = home.held.get_mut(&(from, session)) {
                     h.remove(&(q.id, channel));
                 }
+                home.proxies.remove(&(from, session, channel));
                 home.serving
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

@@ -13,6 +13,13 @@
 //! credit their connections grant goes back to the home node. When the session ends, they
 //! are cancelled (basic.cancel, as RabbitMQ does when a queue's node goes down) and the home
 //! node requeues what they held.
+//!
+//! Global prefetch: the pool of a channel with basic.qos global=true stays on the channel's
+//! node. A queue elsewhere draws on a stand-in pool its home node keeps for the channel
+//! (`ChannelLimit::granted`), holding only what the channel's node granted from the real
+//! pool; short of credit it asks (`PoolWant`), and it gives back what it leaves idle
+//! (`PoolReturn`). Deliveries spend the grant; their acks free the real pool as a local
+//! queue's would. Credit granted over a session that ends goes back to the pool.
 
 mod home;
 mod stub;
@@ -24,7 +31,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::oneshot;
 
-use super::ids::{ConsumerId, NodeId};
+use super::consumer::ChannelLimit;
+use super::ids::{ChannelId, ConsumerId, NodeId};
 use super::queue::{ConnEvent, ConnSender, QueueHandle};
 use super::vhost::VHost;
 use crate::cluster::Cluster;
@@ -45,6 +53,10 @@ struct Consuming {
     home: NodeId,
     session: Session,
     events: ConnSender,
+    /// Its channel's pool, and whether the home node draws on grants from it (the channel
+    /// had a global prefetch when it consumed); otherwise deliveries are counted as they come.
+    pool: Arc<ChannelLimit>,
+    pooled: bool,
     /// The stub.
     queue: QueueHandle,
     /// The stub's messages held unacked, with their session.
@@ -54,9 +66,23 @@ struct Consuming {
 /// Messages held unacked through a stub, by seq, with the session they came on.
 type Held = Arc<Mutex<HashMap<u64, Session>>>;
 
+/// A channel's pool as lent to one home node over one session.
+struct Lent {
+    pool: Arc<ChannelLimit>,
+    /// Where to wake the channel's consumers when credit comes back.
+    events: ConnSender,
+    /// Granted and not yet spent by a delivery or given back.
+    outstanding: u64,
+    /// Asked for and not granted yet (the pool was short).
+    wanted: u32,
+}
+
+type LentKey = (NodeId, Session, ChannelId);
+
 /// This node's forwarding, both ways.
 pub struct Forwarder {
     consumers: Mutex<HashMap<ConsumerId, Consuming>>,
+    lent: Mutex<HashMap<LentKey, Lent>>,
     cluster: OnceLock<Arc<Cluster>>,
     vhosts: OnceLock<HashMap<String, Arc<VHost>>>,
     next_req: AtomicU64,
@@ -67,6 +93,7 @@ impl Forwarder {
     pub fn new() -> Arc<Forwarder> {
         Arc::new(Forwarder {
             consumers: Mutex::new(HashMap::new()),
+            lent: Mutex::new(HashMap::new()),
             cluster: OnceLock::new(),
             vhosts: OnceLock::new(),
             next_req: AtomicU64::new(1),
@@ -146,6 +173,85 @@ impl Forwarder {
             }
             keep
         });
+        drop(consumers);
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        lent.retain(|(home, session, channel), l| {
+            let keep = live(home, *session);
+            if !keep {
+                give_back(l, channel, l.outstanding);
+            }
+            keep
+        });
+    }
+
+    /// A consumer of a queue on `home` whose channel has a global prefetch.
+    fn lend(&self, key: LentKey, pool: Arc<ChannelLimit>, events: ConnSender) {
+        self.lent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key)
+            .or_insert(Lent {
+                pool,
+                events,
+                outstanding: 0,
+                wanted: 0,
+            });
+    }
+
+    /// The home node asks for pool credit: what to grant now (the rest when acks free it).
+    fn want(&self, key: LentKey, want: u32) -> u32 {
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(l) = lent.get_mut(&key) else {
+            return 0;
+        };
+        let n = l.pool.acquire(want);
+        l.outstanding += u64::from(n);
+        l.wanted = want - n;
+        n
+    }
+
+    /// Grants for wants of `home` that the pool could not meet before (it was woken).
+    fn retry_wants(&self, home: NodeId) -> Vec<(Session, ChannelId, u32)> {
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grants = Vec::new();
+        for ((h, session, channel), l) in lent.iter_mut() {
+            if *h != home || l.wanted == 0 {
+                continue;
+            }
+            let n = l.pool.acquire(l.wanted);
+            if n > 0 {
+                l.outstanding += u64::from(n);
+                l.wanted -= n;
+                grants.push((*session, *channel, n));
+            }
+        }
+        grants
+    }
+
+    /// The home node gives back `n` of its grant.
+    fn returned(&self, key: LentKey, n: u32) {
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = lent.get_mut(&key) {
+            let n = u64::from(n).min(l.outstanding);
+            l.outstanding -= n;
+            give_back(l, &key.2, n);
+        }
+    }
+
+    /// A channel closed: its pool is lent no more.
+    fn forget_lent(&self, home: NodeId, channel: ChannelId) {
+        self.lent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(h, _, c), _| !(*h == home && *c == channel));
+    }
+
+    /// Deliveries from `key`'s grant arrived (`n` of them).
+    fn spent(&self, key: &LentKey, n: u32) -> Option<Arc<ChannelLimit>> {
+        let mut lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        let l = lent.get_mut(key)?;
+        l.outstanding = l.outstanding.saturating_sub(u64::from(n));
+        Some(l.pool.clone())
     }
 
     fn add_consumer(&self, id: ConsumerId, c: Consuming) {
@@ -171,13 +277,28 @@ impl Forwarder {
         entries: Vec<super::queue::Entry>,
     ) -> Result<(), (ConsumerId, Vec<super::queue::Entry>)> {
         let consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = entries.len() as u32;
+        let key = (from, session, consumer.channel);
         let Some(c) = consumers
             .get(&consumer)
             .filter(|c| c.home == from && c.session == session)
         else {
+            // Not handed out: what they spent of a grant goes back to the pool.
+            if !no_ack
+                && let Some(pool) = self.spent(&key, n)
+                && pool.release(n)
+            {
+                self.wake_channel(&key);
+            }
             return Err((consumer, entries));
         };
         if !no_ack {
+            // The connection counts them in its channel's pool until they are settled.
+            if c.pooled {
+                self.spent(&key, n);
+            } else {
+                c.pool.force(n);
+            }
             let mut held = c.held.lock().unwrap_or_else(|e| e.into_inner());
             for e in &entries {
                 held.insert(e.seq, session);
@@ -205,8 +326,26 @@ impl Forwarder {
         }
     }
 
+    fn wake_channel(&self, key: &LentKey) {
+        let lent = self.lent.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(l) = lent.get(key) {
+            let _ = l.events.send(ConnEvent::Wake {
+                channel: key.2.channel,
+            });
+        }
+    }
+
     fn vhost(&self, name: &str) -> Option<&Arc<VHost>> {
         self.vhosts.get()?.get(name)
+    }
+}
+
+/// Put `n` of a lent pool's credit back, waking the channel's consumers if one waited.
+fn give_back(l: &Lent, channel: &ChannelId, n: u64) {
+    if n > 0 && l.pool.release(n.min(u64::from(u32::MAX)) as u32) {
+        let _ = l.events.send(ConnEvent::Wake {
+            channel: channel.channel,
+        });
     }
 }
 

@@ -138,6 +138,11 @@ impl Stub {
             };
             self.fwd.send(self.home, session, &msg).await;
         }
+        // A woken stub may be woken by acks that freed its channels' pools.
+        for (session, channel, n) in self.fwd.retry_wants(self.home) {
+            let msg = Fwd::PoolGrant { channel, n };
+            self.fwd.send(self.home, session, &msg).await;
+        }
     }
 
     /// Send a request; its answer comes on the receiver (dropped if the session ends).
@@ -223,6 +228,7 @@ impl Stub {
                 for id in gone {
                     self.fwd.remove_consumer(&id);
                 }
+                self.fwd.forget_lent(self.home, channel);
                 let msg = Fwd::ChannelClosed { queue: q, channel };
                 self.fwd.send(self.home, session, &msg).await;
             }
@@ -274,10 +280,19 @@ impl Stub {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(id.clone(), (spec.flow.clone(), limit));
+                // A global prefetch spans nodes only for consumers started under it.
+                let pooled = !spec.no_ack && spec.channel_limit.limit() > 0;
+                if pooled {
+                    let key = (self.home, session, id.channel);
+                    let pool = spec.channel_limit.clone();
+                    self.fwd.lend(key, pool, spec.events.clone());
+                }
                 let consuming = Consuming {
                     home: self.home,
                     session,
                     events: spec.events.clone(),
+                    pool: spec.channel_limit.clone(),
+                    pooled,
                     queue: self.shared.clone(),
                     held: self.held.clone(),
                 };
@@ -292,6 +307,7 @@ impl Stub {
                         prefetch: spec.prefetch,
                         arguments: spec.arguments,
                         limit,
+                        pooled,
                     })
                     .await;
                 let (fwd, flows, shared) =

@@ -135,6 +135,14 @@ pub enum Fwd {
         arguments: FieldTable,
         /// The consumer's first credit limit (see `ConsumerFlow`).
         limit: u64,
+        /// Its channel has a global prefetch: the queue draws on credit the channel's node
+        /// grants (`PoolGrant`), asking for more with `PoolWant`.
+        pooled: bool,
+    },
+    /// Credit from the pool of a channel with a global prefetch, for its consumers here.
+    PoolGrant {
+        channel: ChannelId,
+        n: u32,
     },
     /// The consumer's connection wrote deliveries out: the queue may send up to `limit`.
     Credit {
@@ -155,6 +163,16 @@ pub enum Fwd {
         no_ack: bool,
     },
     // Back from the home node.
+    /// The channel's consumers here are short of this much pool credit.
+    PoolWant {
+        channel: ChannelId,
+        want: u32,
+    },
+    /// Pool credit granted and left unused for a while, given back.
+    PoolReturn {
+        channel: ChannelId,
+        n: u32,
+    },
     Consumed {
         req: u64,
         result: Result<(), Error>,
@@ -271,6 +289,9 @@ mod tests {
                 result: Err(Error::precondition("queue 'q' in vhost '/' is in use")),
             },
             Fwd::Gone { req: 4 },
+            Fwd::PoolWant { channel, want: 7 },
+            Fwd::PoolGrant { channel, n: 5 },
+            Fwd::PoolReturn { channel, n: 2 },
         ];
         for f in all {
             assert_eq!(Fwd::decode(&f.encode()).unwrap(), f);

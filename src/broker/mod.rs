@@ -40,6 +40,8 @@ pub struct Broker {
     pub connections: AtomicUsize,
     pub memory: Arc<MemoryMonitor>,
     pub disk: disk::DiskMonitor,
+    /// The alarms publishers obey: this node's, and on a cluster every live peer's too.
+    pub alarms: Arc<remote::alarms::Alarms>,
     pub store: Arc<Store>,
     node: NodeId,
     /// Set on a cluster node.
@@ -127,11 +129,18 @@ impl Broker {
             (None, None) => "warren".into(),
         };
         let evicted = Arc::new(watch::Sender::new(0));
+        let alarms = remote::alarms::Alarms::new(memory.subscribe(), disk.subscribe());
         let cluster = match cluster_config {
             None => None,
             Some(cc) => {
                 let raft = std::mem::take(&mut recovered.raft);
-                Some(join(cc, &store, &vhosts, raft, evicted.clone()).await?)
+                let joined = Joining {
+                    store: &store,
+                    vhosts: &vhosts,
+                    evicted: evicted.clone(),
+                    alarms: alarms.clone(),
+                };
+                Some(join(cc, joined, raft).await?)
             }
         };
         Ok(Arc::new(Broker {
@@ -148,6 +157,7 @@ impl Broker {
             cluster,
             cluster_name,
             evicted,
+            alarms,
         }))
     }
 
@@ -168,6 +178,14 @@ impl Broker {
     }
 }
 
+/// What a joining node's broker shares with its part of the cluster.
+struct Joining<'a> {
+    store: &'a Arc<Store>,
+    vhosts: &'a HashMap<String, Arc<VHost>>,
+    evicted: Arc<watch::Sender<u64>>,
+    alarms: Arc<remote::alarms::Alarms>,
+}
+
 /// A peer whose link stays down this many peer timeouts is taken as down.
 const NODE_DOWN_AFTER_TIMEOUTS: u32 = 5;
 
@@ -176,11 +194,15 @@ const NODE_DOWN_AFTER_TIMEOUTS: u32 = 5;
 /// has applied everything committed before it started, which needs a majority.
 async fn join(
     cc: cluster::ClusterConfig,
-    store: &Arc<Store>,
-    vhosts: &HashMap<String, Arc<VHost>>,
+    with: Joining<'_>,
     raft: std::collections::BTreeMap<u64, crate::store::RaftLog>,
-    evicted: Arc<watch::Sender<u64>>,
 ) -> Result<Arc<Cluster>, Fatal> {
+    let Joining {
+        store,
+        vhosts,
+        evicted,
+        alarms,
+    } = with;
     let (applier, pending) = meta::applier(cc.node_id, vhosts.clone(), evicted);
     // Set before the log is applied: queues homed elsewhere get their stubs as it is.
     let forwarder = remote::Forwarder::new();
@@ -188,7 +210,7 @@ async fn join(
         v.forward(forwarder.clone());
     }
     let cluster = Cluster::start(cc, store.clone(), &raft, applier).await?;
-    forwarder.start(cluster.clone(), vhosts.clone());
+    forwarder.start(cluster.clone(), vhosts.clone(), alarms);
     let replicated = meta::Replicated::new(cluster.clone(), pending);
     for v in vhosts.values() {
         v.replicate(replicated.clone());

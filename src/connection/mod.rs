@@ -152,8 +152,8 @@ pub async fn serve(
     let (reader, write_half) = stream.into_split();
     let (wtx, writer) = writer::spawn(write_half, broker.config.writer_buffer_bytes);
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let alarm = broker.memory.subscribe();
-    let disk_alarm = broker.disk.subscribe();
+    let alarm = broker.alarms.memory();
+    let disk_alarm = broker.alarms.disk();
     let mut conn = Conn {
         id: broker.next_conn_id(),
         // As RabbitMQ: until tune-ok, frames are at most the protocol's minimum, so a client

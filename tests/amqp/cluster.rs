@@ -829,6 +829,63 @@ async fn a_global_prefetch_spans_queues_on_every_node() {
     assert_eq!(ready().await, 0);
 }
 
+/// Alarms are cluster-wide, as in RabbitMQ: node 1 over its memory watermark blocks a
+/// publisher on node 2 that publishes only to a queue on node 2; draining node 1's queue
+/// unblocks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_alarm_on_one_node_blocks_publishers_on_every_node() {
+    use futures_lite::StreamExt;
+    use lapin::Event;
+    let cluster = TestCluster::start(3, "memory_high_watermark_bytes = 1048576\n");
+    let p2 = cluster.connect(1).await;
+    let mut events = p2.events_listener();
+    let ch2 = p2.create_channel().await.unwrap();
+    declare_queue(&ch2, "near", QueueDeclareOptions::default()).await;
+    assert_eq!(publish_confirmed(&ch2, "near", 1).await, (1, 0));
+
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_queue(&ch1, "far", QueueDeclareOptions::default()).await;
+    // Node 1's own publisher stalls once its node stops reading it: on a task of its own.
+    let filling = tokio::spawn(async move {
+        let body = vec![1u8; 64 * 1024];
+        for _ in 0..20 {
+            crate::common::publish(&ch1, "", "far", &body).await;
+        }
+        ch1
+    });
+    let blocked = tokio::time::timeout(READY, async {
+        while let Some(ev) = events.next().await {
+            if let Event::ConnectionBlocked(reason) = ev {
+                return reason;
+            }
+        }
+        panic!("events ended");
+    })
+    .await
+    .expect("connection.blocked on node 2");
+    assert_eq!(blocked, "low on memory");
+
+    let (_c3, ch3) = cluster.channel(2).await;
+    let purged = ch3
+        .queue_purge("far".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert!(purged >= 15, "{purged}");
+    tokio::time::timeout(READY, async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev, Event::ConnectionUnblocked) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("connection.unblocked on node 2");
+    assert_eq!(publish_confirmed(&ch2, "near", 1).await, (1, 0));
+    assert_eq!(count(&cluster, 1, "near").await, 2);
+    let ch1 = filling.await.unwrap();
+    assert_eq!(purged + crate::common::count(&ch1, "far").await, 20);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_consumer_is_cancelled_when_its_queue_goes() {
     use futures_lite::StreamExt;

@@ -273,6 +273,9 @@ async fn handle(
         }
         Fwd::PoolReturn { channel, n } => fwd.returned((from, session, channel), n),
         _ if !live => {}
+        Fwd::Alarms { memory, disk } => {
+            fwd.peer_alarms(from, session, super::alarms::NodeAlarms { memory, disk });
+        }
         Fwd::PoolGrant { channel, n } => {
             if let Some(p) = home.proxies.get(&(from, session, channel)) {
                 // Woken whether or not it is marked starved: a queue that gave back what it

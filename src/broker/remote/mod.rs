@@ -21,6 +21,7 @@
 //! (`PoolReturn`). Deliveries spend the grant; their acks free the real pool as a local
 //! queue's would. Credit granted over a session that ends goes back to the pool.
 
+pub mod alarms;
 mod home;
 mod stub;
 pub mod wire;
@@ -85,6 +86,7 @@ pub struct Forwarder {
     lent: Mutex<HashMap<LentKey, Lent>>,
     cluster: OnceLock<Arc<Cluster>>,
     vhosts: OnceLock<HashMap<String, Arc<VHost>>>,
+    alarms: OnceLock<Arc<alarms::Alarms>>,
     next_req: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiter>>,
 }
@@ -96,19 +98,27 @@ impl Forwarder {
             lent: Mutex::new(HashMap::new()),
             cluster: OnceLock::new(),
             vhosts: OnceLock::new(),
+            alarms: OnceLock::new(),
             next_req: AtomicU64::new(1),
             waiting: Mutex::new(HashMap::new()),
         })
     }
 
     /// Start serving forwarded work, once the cluster runs (before any client is served).
-    pub fn start(self: &Arc<Self>, cluster: Arc<Cluster>, vhosts: HashMap<String, Arc<VHost>>) {
+    pub fn start(
+        self: &Arc<Self>,
+        cluster: Arc<Cluster>,
+        vhosts: HashMap<String, Arc<VHost>>,
+        alarms: Arc<alarms::Alarms>,
+    ) {
         let Some(rx) = cluster.take_forwarded() else {
             return;
         };
         let _ = self.vhosts.set(vhosts);
-        let _ = self.cluster.set(cluster);
+        let _ = self.cluster.set(cluster.clone());
+        let _ = self.alarms.set(alarms.clone());
         tokio::spawn(home::serve(self.clone(), rx));
+        tokio::spawn(alarms.tell_peers(self.clone(), cluster));
     }
 
     fn cluster(&self) -> Option<&Arc<Cluster>> {
@@ -161,6 +171,9 @@ impl Forwarder {
     fn sessions_changed(&self, now: &BTreeMap<NodeId, Option<Session>>) {
         let live =
             |peer: &NodeId, session: Session| now.get(peer).copied().flatten() == Some(session);
+        if let Some(a) = self.alarms.get() {
+            a.sessions_changed(now);
+        }
         self.waiting
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -323,6 +336,12 @@ impl Forwarder {
             .remove(&consumer);
         if let Some(c) = c {
             let _ = c.events.send(ConnEvent::Cancelled(consumer));
+        }
+    }
+
+    fn peer_alarms(&self, peer: NodeId, session: Session, said: alarms::NodeAlarms) {
+        if let Some(a) = self.alarms.get() {
+            a.peer_said(peer, session, said);
         }
     }
 

@@ -168,6 +168,12 @@ pub enum Fwd {
         channel: ChannelId,
         want: u32,
     },
+    // Either way.
+    /// The sender's own memory and disk alarms (see `alarms`).
+    Alarms {
+        memory: bool,
+        disk: bool,
+    },
     /// Pool credit granted and left unused for a while, given back.
     PoolReturn {
         channel: ChannelId,
@@ -292,6 +298,10 @@ mod tests {
             Fwd::PoolWant { channel, want: 7 },
             Fwd::PoolGrant { channel, n: 5 },
             Fwd::PoolReturn { channel, n: 2 },
+            Fwd::Alarms {
+                memory: true,
+                disk: false,
+            },
         ];
         for f in all {
             assert_eq!(Fwd::decode(&f.encode()).unwrap(), f);

@@ -886,6 +886,100 @@ async fn a_memory_alarm_on_one_node_blocks_publishers_on_every_node() {
     assert_eq!(purged + crate::common::count(&ch1, "far").await, 20);
 }
 
+/// Settling, recovering and cancelling from another node follow the single-node rules: a
+/// queue on node 1, its consumer on node 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settling_from_another_node_follows_the_single_node_rules() {
+    use futures_lite::StreamExt;
+    let cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let auto_delete = QueueDeclareOptions {
+        auto_delete: true,
+        ..Default::default()
+    };
+    declare_queue(&ch1, "settle", auto_delete).await;
+    assert_eq!(publish_confirmed(&ch1, "settle", 4).await, (4, 0));
+    let (_c2, ch2) = cluster.channel(1).await;
+    let mut consumer = crate::common::consume(&ch2, "settle", "far", false).await;
+    let mut next = async || {
+        tokio::time::timeout(READY, consumer.next())
+            .await
+            .expect("a delivery")
+            .unwrap()
+            .unwrap()
+    };
+    let body = |d: &lapin::message::Delivery| String::from_utf8(d.data.clone()).unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(next().await);
+    }
+    let got: Vec<_> = seen.iter().map(|d| (body(d), d.redelivered)).collect();
+    assert_eq!(got[0], ("m0".into(), false));
+    // nack with requeue: back, redelivered; reject without requeue: gone.
+    seen[0]
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    seen[1]
+        .reject(BasicRejectOptions { requeue: false })
+        .await
+        .unwrap();
+    let again = next().await;
+    assert_eq!((body(&again), again.redelivered), ("m0".into(), true));
+    again.ack(BasicAckOptions::default()).await.unwrap();
+    // basic.recover requeues the rest (m2, m3), redelivered, in order.
+    ch2.basic_recover(BasicRecoverOptions { requeue: true })
+        .await
+        .unwrap();
+    for want in ["m2", "m3"] {
+        let d = next().await;
+        assert_eq!((body(&d), d.redelivered), (want.into(), true));
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(count(&cluster, 2, "settle").await, 0);
+    // An exclusive consumer on node 2 keeps node 3's consumer out (403).
+    declare_queue(&ch1, "solo", QueueDeclareOptions::default()).await;
+    let (_c2b, ch2b) = cluster.channel(1).await;
+    let exclusive = BasicConsumeOptions {
+        exclusive: true,
+        ..Default::default()
+    };
+    let _only = ch2b
+        .basic_consume(
+            "solo".into(),
+            "only".into(),
+            exclusive,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (_c3, ch3) = cluster.channel(2).await;
+    let e = ch3
+        .basic_consume(
+            "solo".into(),
+            "another".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(403), "{e}");
+    // Cancelling the last consumer of an auto-delete queue deletes it, on every node.
+    ch2.basic_cancel("far".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    for node in 0..3 {
+        assert_eq!(
+            queue_code(&cluster, node, "settle").await,
+            Some(404),
+            "node {node}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_remote_consumer_is_cancelled_when_its_queue_goes() {
     use futures_lite::StreamExt;

@@ -26,6 +26,15 @@ pub fn raft_key(group: u64, kind: u8, index: u64) -> Vec<u8> {
     k
 }
 
+/// Just past a group's last possible entry key, and before its hard state (`RAFT_STATE`
+/// sorts after `RAFT_ENTRY`): the end of a range that deletes entries only.
+pub fn raft_entries_end(group: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(RAFT_ENTRY + 1);
+    k
+}
+
 /// (group, kind, index) of a Raft key.
 pub fn decode_raft_key(key: &[u8]) -> Option<(u64, u8, u64)> {
     let group = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);

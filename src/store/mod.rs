@@ -126,6 +126,10 @@ pub enum Op {
         group: u64,
         state: Vec<u8>,
     },
+    /// A group left for good (its queue was deleted): its log and hard state go.
+    RaftDelete {
+        group: u64,
+    },
 }
 
 impl Op {

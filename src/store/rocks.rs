@@ -239,11 +239,20 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                     e,
                 );
             }
+            // Entries only: the group's hard state sorts after them and must stay.
             batch.delete_range_cf(
                 &raft,
                 keys::raft_key(group, keys::RAFT_ENTRY, end),
-                keys::raft_key(group + 1, keys::RAFT_ENTRY, 0),
+                keys::raft_entries_end(group),
             );
+        }
+        Op::RaftDelete { group } => {
+            batch.delete_range_cf(
+                &raft,
+                keys::raft_key(group, keys::RAFT_ENTRY, 0),
+                keys::raft_entries_end(group),
+            );
+            batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0));
         }
         Op::RaftState { group, state } => {
             batch.put_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0), state)
@@ -514,4 +523,57 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
         "store read"
     );
     Ok((r, max_id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(store: &Store, ops: Vec<Op>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.submit(
+            ops,
+            true,
+            Some(Box::new(move |r: Result<(), StoreError>| {
+                let _ = tx.send(r);
+            })),
+        );
+        rx.recv().unwrap().unwrap();
+    }
+
+    fn append(group: u64, first: u64, n: u64) -> Op {
+        Op::RaftAppend {
+            group,
+            first,
+            entries: (first..first + n).map(|i| vec![i as u8]).collect(),
+        }
+    }
+
+    /// A regression: an append's range delete of a stale tail also deleted the group's hard
+    /// state (it sorts after the entries), so a restart forgot the term and vote.
+    #[test]
+    fn raft_appends_keep_the_hard_state_and_a_deleted_group_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let state = |group: u64| Op::RaftState {
+            group,
+            state: vec![group as u8; 3],
+        };
+        write(
+            &store,
+            vec![state(4), append(4, 1, 5), state(5), append(5, 1, 2)],
+        );
+        // A new leader's log replaces the tail: entries 4 and 5 go, the state stays.
+        write(&store, vec![append(4, 3, 1)]);
+        write(&store, vec![Op::RaftDelete { group: 5 }]);
+        store.close();
+        drop(store);
+        let (store, r) = Store::open(dir.path()).unwrap();
+        let log = &r.raft[&4];
+        assert_eq!(log.state, Some(vec![4; 3]));
+        assert_eq!((log.first, log.entries.len()), (1, 3));
+        assert_eq!(log.entries[2], vec![3]);
+        assert!(!r.raft.contains_key(&5), "{:?}", r.raft.get(&5));
+        store.close();
+    }
 }

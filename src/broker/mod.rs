@@ -209,7 +209,7 @@ async fn join(
     for v in vhosts.values() {
         v.forward(forwarder.clone());
     }
-    let cluster = Cluster::start(cc, store.clone(), &raft, applier).await?;
+    let cluster = Cluster::start(cc, store.clone(), raft, applier).await?;
     forwarder.start(cluster.clone(), vhosts.clone(), alarms);
     let replicated = meta::Replicated::new(cluster.clone(), pending);
     for v in vhosts.values() {

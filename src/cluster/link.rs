@@ -158,9 +158,21 @@ pub type Sessions = BTreeMap<u64, Option<Session>>;
 pub struct Links {
     out: BTreeMap<u64, mpsc::Sender<Outgoing>>,
     up: watch::Receiver<Sessions>,
+    /// Kept by `none`, whose watch nobody else sends on.
+    _idle: Option<watch::Sender<Sessions>>,
 }
 
 impl Links {
+    /// No peers (a single node's groups of one): nothing is ever sent.
+    pub fn none() -> Arc<Links> {
+        let (tx, up) = watch::channel(Sessions::new());
+        Arc::new(Links {
+            out: BTreeMap::new(),
+            up,
+            _idle: Some(tx),
+        })
+    }
+
     /// Listen on the cluster address and keep a link to every peer; frames received go to
     /// `inbound`.
     pub async fn start(
@@ -203,7 +215,11 @@ impl Links {
             tokio::spawn(peer.run(rx, acc_rx));
         }
         tokio::spawn(accept_loop(listener, cfg.clone(), accepted));
-        Ok(Arc::new(Links { out, up }))
+        Ok(Arc::new(Links {
+            out,
+            up,
+            _idle: None,
+        }))
     }
 
     /// Queue a frame for a peer; dropped if its link is down or backed up.

@@ -1,7 +1,8 @@
 //! This node's cluster runtime: one task drives the node's Raft groups (ticks every
 //! `raft::TICK`, steps messages from the links, takes proposals) and does each round's ready
-//! work, handing committed metadata entries to the broker's `Apply` in log order. The
-//! `Cluster` handle proposes and reports who leads.
+//! work with one sync for every group, handing each group's committed entries to its
+//! `Apply` in log order. The `Cluster` handle opens and closes groups, proposes, and reports
+//! who leads. On a single node the same runtime runs groups of one, without links.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{Frame, Inbound, Links, Session, Sessions};
-use super::raft::{Group, TICK};
+use super::raft::{Group, TICK, persist};
 use super::{ClusterConfig, ClusterError, META_GROUP};
-use crate::store::{RaftLog, Store};
+use crate::store::{Op, RaftLog, Store};
 
 /// Inputs taken in one round before the ready work (bounds a round's latency).
 const ROUND: usize = 1024;
@@ -26,13 +27,28 @@ pub trait Apply: Send + 'static {
 enum Request {
     /// An entry to propose; answered once this node's Raft took it.
     Propose {
+        group: u64,
         data: Vec<u8>,
         done: oneshot::Sender<Result<(), ClusterError>>,
     },
     /// Answered once this node has applied everything committed when it was asked (Raft's
     /// read index: the leader confirms with a majority that it still leads). Dropped without
     /// an answer if no leader is known.
-    Read { done: oneshot::Sender<()> },
+    Read {
+        group: u64,
+        done: oneshot::Sender<()>,
+    },
+    /// Start taking part in a group (its log as the store saved it, if any).
+    Open {
+        group: u64,
+        voters: Vec<u64>,
+        campaign: bool,
+        apply: Box<dyn Apply>,
+        leader: watch::Sender<u64>,
+        done: oneshot::Sender<Result<(), ClusterError>>,
+    },
+    /// Leave a group for good: it stops and its log is deleted.
+    Close { group: u64 },
 }
 
 pub struct Cluster {
@@ -46,11 +62,11 @@ pub struct Cluster {
 
 impl Cluster {
     /// Open the links and the metadata group (its log as `saved` holds it) and start driving
-    /// them.
+    /// them; other groups' saved logs wait for `open_group`.
     pub async fn start(
         config: ClusterConfig,
         store: Arc<Store>,
-        saved: &BTreeMap<u64, RaftLog>,
+        saved: BTreeMap<u64, RaftLog>,
         apply: Box<dyn Apply>,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let (in_tx, in_rx) = mpsc::channel(4096);
@@ -58,29 +74,60 @@ impl Cluster {
         let links = Links::start(&config, in_tx, fwd_tx)
             .await
             .map_err(|e| ClusterError::Listen(e.to_string()))?;
-        let group = Group::open(
-            META_GROUP,
-            &config,
-            saved.get(&META_GROUP),
-            store,
-            links.clone(),
-        )?;
-        let (p_tx, p_rx) = mpsc::channel(1024);
-        let (l_tx, l_rx) = watch::channel(0);
-        tokio::spawn(run(group, in_rx, p_rx, apply, l_tx));
+        let voters = config.peers.keys().copied().collect();
+        let cluster = Cluster::spawn(config, store, saved, links, in_rx, fwd_rx);
+        // The metadata group reports to the cluster's own leader watch (see `Runtime::open`).
+        let unused = watch::Sender::new(0);
+        cluster
+            .open(META_GROUP, voters, false, apply, unused)
+            .await?;
         tracing::info!(
-            node = config.node_id,
-            listen = %config.listen,
-            peers = config.peers.len(),
+            node = cluster.config.node_id,
+            listen = %cluster.config.listen,
+            peers = cluster.config.peers.len(),
             "cluster node started"
         );
-        Ok(Arc::new(Cluster {
+        Ok(cluster)
+    }
+
+    /// A single node's Raft runtime, for groups of one (its quorum queues): no links, no
+    /// metadata group. `config` names this node (its Raft id) and the timeouts.
+    pub fn local(
+        config: ClusterConfig,
+        store: Arc<Store>,
+        saved: BTreeMap<u64, RaftLog>,
+    ) -> Arc<Cluster> {
+        let (_in_tx, in_rx) = mpsc::channel(1);
+        let (_fwd_tx, fwd_rx) = mpsc::unbounded_channel();
+        Cluster::spawn(config, store, saved, Links::none(), in_rx, fwd_rx)
+    }
+
+    fn spawn(
+        config: ClusterConfig,
+        store: Arc<Store>,
+        saved: BTreeMap<u64, RaftLog>,
+        links: Arc<Links>,
+        inbound: mpsc::Receiver<Inbound>,
+        forwarded: mpsc::UnboundedReceiver<Inbound>,
+    ) -> Arc<Cluster> {
+        let (p_tx, p_rx) = mpsc::channel(1024);
+        let (l_tx, l_rx) = watch::channel(0);
+        let runtime = Runtime {
+            node_id: config.node_id,
+            groups: BTreeMap::new(),
+            saved,
+            store,
+            links: links.clone(),
+            meta_leader: l_tx,
+        };
+        tokio::spawn(runtime.run(inbound, p_rx));
+        Arc::new(Cluster {
             config,
             requests: p_tx,
             leader: l_rx,
             links,
-            forwarded: std::sync::Mutex::new(Some(fwd_rx)),
-        }))
+            forwarded: std::sync::Mutex::new(Some(forwarded)),
+        })
     }
 
     pub fn node_id(&self) -> u64 {
@@ -91,20 +138,30 @@ impl Cluster {
     /// to the leader). It may still be lost if leadership changes before it commits; the
     /// caller learns of the commit from its own state machine.
     pub async fn propose(&self, data: Vec<u8>) -> Result<(), ClusterError> {
+        self.propose_to(META_GROUP, data).await
+    }
+
+    /// The same for any group this node takes part in.
+    pub async fn propose_to(&self, group: u64, data: Vec<u8>) -> Result<(), ClusterError> {
         let (done, rx) = oneshot::channel();
         self.requests
-            .send(Request::Propose { data, done })
+            .send(Request::Propose { group, data, done })
             .await
             .map_err(|_| ClusterError::Stopped)?;
         rx.await.map_err(|_| ClusterError::Stopped)?
     }
 
-    /// Resolves once this node has applied every entry committed before the call; never
-    /// resolves if the read is lost (no leader, or none reachable): the caller bounds it.
+    /// Resolves once this node has applied every metadata entry committed before the call;
+    /// never resolves if the read is lost (no leader, or none reachable): the caller bounds it.
     pub async fn read(&self) -> Result<(), ClusterError> {
+        self.read_group(META_GROUP).await
+    }
+
+    /// The same for any group this node takes part in.
+    pub async fn read_group(&self, group: u64) -> Result<(), ClusterError> {
         let (done, rx) = oneshot::channel();
         self.requests
-            .send(Request::Read { done })
+            .send(Request::Read { group, done })
             .await
             .map_err(|_| ClusterError::Stopped)?;
         match rx.await {
@@ -112,6 +169,51 @@ impl Cluster {
             // Dropped: lost, as far as the caller is concerned.
             Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Take part in group `group` with `voters` (Raft ids) as its members, applying its
+    /// committed entries with `apply` (on the cluster task: it must not block). `campaign`:
+    /// stand for election at once (the member meant to lead first). Returns the group's
+    /// leader as this node knows it (0: none), as it changes.
+    pub async fn open_group(
+        &self,
+        group: u64,
+        voters: Vec<u64>,
+        campaign: bool,
+        apply: Box<dyn Apply>,
+    ) -> Result<watch::Receiver<u64>, ClusterError> {
+        let (leader, rx) = watch::channel(0);
+        self.open(group, voters, campaign, apply, leader).await?;
+        Ok(rx)
+    }
+
+    async fn open(
+        &self,
+        group: u64,
+        voters: Vec<u64>,
+        campaign: bool,
+        apply: Box<dyn Apply>,
+        leader: watch::Sender<u64>,
+    ) -> Result<(), ClusterError> {
+        let (done, rx) = oneshot::channel();
+        let req = Request::Open {
+            group,
+            voters,
+            campaign,
+            apply,
+            leader,
+            done,
+        };
+        self.requests
+            .send(req)
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        rx.await.map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Leave a group for good (its queue is deleted): it stops and its log is deleted.
+    pub async fn close_group(&self, group: u64) {
+        let _ = self.requests.send(Request::Close { group }).await;
     }
 
     /// The metadata leader as this node knows it (0: none), as it changes.
@@ -177,88 +279,211 @@ impl Reads {
     }
 }
 
-async fn run(
-    mut group: Group,
-    mut inbound: mpsc::Receiver<Inbound>,
-    mut requests: mpsc::Receiver<Request>,
-    mut apply: Box<dyn Apply>,
+/// A group this node takes part in.
+struct Running {
+    group: Group,
+    apply: Box<dyn Apply>,
     leader: watch::Sender<u64>,
-) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut known = (0, 0);
-    let mut reads = Reads::default();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => group.tick(),
-            m = inbound.recv() => match m {
-                Some(m) => step(&mut group, m),
-                None => break,
-            },
-            r = requests.recv() => match r {
-                Some(r) => request(&mut group, &mut reads, r),
-                None => break,
-            },
-        }
-        for _ in 0..ROUND {
-            match inbound.try_recv() {
-                Ok(m) => step(&mut group, m),
-                Err(_) => break,
-            }
-        }
-        for _ in 0..ROUND {
-            match requests.try_recv() {
-                Ok(r) => request(&mut group, &mut reads, r),
-                Err(_) => break,
-            }
-        }
-        if let Err(e) = group.ready(&mut |i, d| apply.apply(i, d)).await {
-            // Only a store failure gets here, and it stops the node by itself.
-            tracing::error!("metadata group stopped: {e}");
-            break;
-        }
-        reads.answer(&mut group);
-        let now = (group.leader(), group.term());
-        if now != known {
-            match now.0 {
-                0 => tracing::info!(
-                    term = now.1,
-                    "no metadata leader (an election is under way)"
-                ),
-                id if group.is_leader() => {
-                    tracing::info!(
-                        term = now.1,
-                        "this node (node {id}) leads the metadata group"
-                    )
+    /// (leader, term) last reported.
+    known: (u64, u64),
+    reads: Reads,
+}
+
+/// The cluster task's state: every group of this node.
+struct Runtime {
+    node_id: u64,
+    groups: BTreeMap<u64, Running>,
+    /// Logs of groups not opened yet (queues whose metadata is not applied yet at start).
+    saved: BTreeMap<u64, RaftLog>,
+    store: Arc<Store>,
+    links: Arc<Links>,
+    meta_leader: watch::Sender<u64>,
+}
+
+impl Runtime {
+    async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut requests: mpsc::Receiver<Request>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    for r in self.groups.values_mut() {
+                        r.group.tick();
+                    }
                 }
-                id => tracing::info!(term = now.1, "node {id} leads the metadata group"),
+                m = inbound.recv() => match m {
+                    Some(m) => self.step(m),
+                    // A single node has no links: its inbound closes at once.
+                    None => inbound = mpsc::channel(1).1,
+                },
+                r = requests.recv() => match r {
+                    Some(r) => self.request(r),
+                    None => break,
+                },
             }
-            leader.send_replace(now.0);
-            known = now;
+            for _ in 0..ROUND {
+                match inbound.try_recv() {
+                    Ok(m) => self.step(m),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..ROUND {
+                match requests.try_recv() {
+                    Ok(r) => self.request(r),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.ready().await {
+                // Only a store failure gets here, and it stops the node by itself.
+                tracing::error!("raft groups stopped: {e}");
+                break;
+            }
+            for (id, r) in self.groups.iter_mut() {
+                r.reads.answer(&mut r.group);
+                report_leader(*id, r);
+            }
+        }
+        self.meta_leader.send_replace(0);
+        for r in self.groups.values() {
+            r.leader.send_replace(0);
         }
     }
-    leader.send_replace(0);
+
+    /// Every group's ready work, with one sync for all of them.
+    async fn ready(&mut self) -> Result<(), ClusterError> {
+        let mut prepared = Vec::new();
+        let mut ops = Vec::new();
+        for (id, r) in self.groups.iter_mut() {
+            if let Some(mut p) = r.group.prepare(&mut |i, d| r.apply.apply(i, d))? {
+                ops.append(&mut p.ops);
+                prepared.push((*id, p));
+            }
+        }
+        if !ops.is_empty() {
+            persist(&self.store, ops).await?;
+        }
+        for (id, p) in prepared {
+            if let Some(r) = self.groups.get_mut(&id) {
+                r.group.finish(p, &mut |i, d| r.apply.apply(i, d));
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, m: Inbound) {
+        if let Frame::Raft { group, msg } = m.frame {
+            match self.groups.get_mut(&group) {
+                Some(r) => r.group.step(&msg),
+                // A group not opened here yet (its queue's metadata is on its way), or
+                // closed: the sender tries again if it matters.
+                None => tracing::trace!(from = m.from, group, "message for no group here"),
+            }
+        }
+    }
+
+    fn request(&mut self, r: Request) {
+        match r {
+            Request::Propose { group, data, done } => {
+                let r = match self.groups.get_mut(&group) {
+                    Some(r) => r.group.propose(data),
+                    None => Err(ClusterError::Stopped),
+                };
+                let _ = done.send(r);
+            }
+            Request::Read { group, done } => {
+                if let Some(r) = self.groups.get_mut(&group) {
+                    r.reads.ask(&mut r.group, done);
+                }
+            }
+            Request::Open {
+                group,
+                voters,
+                campaign,
+                apply,
+                leader,
+                done,
+            } => {
+                let _ = done.send(self.open(group, voters, campaign, apply, leader));
+            }
+            Request::Close { group } => {
+                if let Some(r) = self.groups.remove(&group) {
+                    r.leader.send_replace(0);
+                }
+                self.saved.remove(&group);
+                self.store
+                    .submit(vec![Op::RaftDelete { group }], true, None);
+            }
+        }
+    }
+
+    fn open(
+        &mut self,
+        group: u64,
+        voters: Vec<u64>,
+        campaign: bool,
+        apply: Box<dyn Apply>,
+        leader: watch::Sender<u64>,
+    ) -> Result<(), ClusterError> {
+        if self.groups.contains_key(&group) {
+            return Ok(());
+        }
+        let saved = self.saved.remove(&group);
+        let fresh = saved.is_none();
+        let mut g = Group::open(
+            group,
+            self.node_id,
+            voters,
+            saved.as_ref(),
+            self.store.clone(),
+            self.links.clone(),
+        )?;
+        if campaign && fresh {
+            g.campaign();
+        }
+        let leader = if group == META_GROUP {
+            self.meta_leader.clone()
+        } else {
+            leader
+        };
+        self.groups.insert(
+            group,
+            Running {
+                group: g,
+                apply,
+                leader,
+                known: (0, 0),
+                reads: Reads::default(),
+            },
+        );
+        Ok(())
+    }
 }
 
-fn step(group: &mut Group, m: Inbound) {
-    match m.frame {
-        Frame::Raft { group: g, msg } if g == group.id => group.step(&msg),
-        Frame::Raft { group: g, .. } => {
-            tracing::debug!(
-                from = m.from,
-                group = g,
-                "message for an unknown raft group"
-            )
-        }
-        _ => {}
+/// Tell who leads a group once it changes (the metadata group's in the log).
+fn report_leader(id: u64, r: &mut Running) {
+    let now = (r.group.leader(), r.group.term());
+    if now == r.known {
+        return;
     }
-}
-
-fn request(group: &mut Group, reads: &mut Reads, r: Request) {
-    match r {
-        Request::Propose { data, done } => {
-            let _ = done.send(group.propose(data));
+    if id == META_GROUP {
+        match now.0 {
+            0 => tracing::info!(
+                term = now.1,
+                "no metadata leader (an election is under way)"
+            ),
+            leader if r.group.is_leader() => {
+                tracing::info!(
+                    term = now.1,
+                    "this node (node {leader}) leads the metadata group"
+                )
+            }
+            leader => tracing::info!(term = now.1, "node {leader} leads the metadata group"),
         }
-        Request::Read { done } => reads.ask(group, done),
     }
+    r.leader.send_replace(now.0);
+    r.known = now;
 }

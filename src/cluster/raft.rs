@@ -1,9 +1,10 @@
 //! One Raft group on this node: raft-rs's `RawNode` over an in-memory mirror of the log that
-//! the store keeps. The caller drives it (`tick`, `step`, `propose`) and calls `ready` after
-//! each batch of inputs; `ready` does the group's I/O in the order Raft requires: messages a
-//! leader may send at once go out first, new entries and the hard state are synced to the
-//! store, only then go the messages that depend on them, and committed entries are handed to
-//! the state machine in log order.
+//! the store keeps. The caller drives it (`tick`, `step`, `propose`) and, after each batch of
+//! inputs, does its ready work in the order Raft requires, in two halves so that one sync
+//! serves every group of the node: `prepare` sends what a leader may send at once and
+//! returns the new entries and hard state to sync; once synced (`persist`), `finish` sends
+//! the messages that depend on them. Committed entries are handed to the state machine in
+//! log order.
 //!
 //! Invariants: the store holds every entry the mirror holds, contiguous from the first; an
 //! entry is applied only once committed, and on restart every committed entry is applied
@@ -17,8 +18,8 @@ use raft::prelude::{ConfState, Entry, EntryType, HardState, Message};
 use raft::storage::MemStorage;
 use raft::{RawNode, StateRole};
 
+use super::ClusterError;
 use super::link::{Frame, Links};
-use super::{ClusterConfig, ClusterError};
 use crate::store::{Op, RaftLog, Store, StoreError};
 
 /// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
@@ -27,6 +28,29 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// How often a group ticks.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// A group's ready work between its two halves: the ops to sync first.
+pub struct Prepared {
+    ready: raft::Ready,
+    pub ops: Vec<Op>,
+}
+
+/// Sync the ops of a round (of every group) in one write of the store's group commit.
+pub async fn persist(store: &Store, ops: Vec<Op>) -> Result<(), ClusterError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    store.submit(
+        ops,
+        true,
+        Some(Box::new(move |r: Result<(), StoreError>| {
+            let _ = tx.send(r);
+        })),
+    );
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(ClusterError::Store(e)),
+        Err(_) => Err(ClusterError::Store(StoreError::Unavailable)),
+    }
+}
 
 pub struct Group {
     pub id: u64,
@@ -63,15 +87,15 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ClusterError {
 }
 
 impl Group {
-    /// The group with every node of the cluster as a voter, its log as the store saved it.
+    /// The group with `voters` as members, its log as the store saved it.
     pub fn open(
         id: u64,
-        cfg: &ClusterConfig,
+        node_id: u64,
+        voters: Vec<u64>,
         saved: Option<&RaftLog>,
         store: Arc<Store>,
         links: Arc<Links>,
     ) -> Result<Group, ClusterError> {
-        let voters: Vec<u64> = cfg.peers.keys().copied().collect();
         let storage = MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new())));
         if let Some(log) = saved {
             let mut core = storage.wl();
@@ -97,7 +121,7 @@ impl Group {
             core.append(&entries).map_err(|e| corrupt("raft log", e))?;
         }
         let config = raft::Config {
-            id: cfg.node_id,
+            id: node_id,
             election_tick: ELECTION_TICKS,
             heartbeat_tick: HEARTBEAT_TICKS,
             max_size_per_msg: 1 << 20,
@@ -175,14 +199,23 @@ impl Group {
         self.node.raft.term
     }
 
-    /// Carry out what the group has to do now; committed entries' data go to `apply` with
-    /// their index. A store failure is fatal.
-    pub async fn ready(
+    /// Stand for election now (a new group's first member, so leaders spread as placed).
+    pub fn campaign(&mut self) {
+        if let Err(e) = self.node.campaign() {
+            tracing::debug!(group = self.id, "raft campaign: {e}");
+        }
+    }
+
+    /// The first half of the group's ready work: messages a leader may send at once go
+    /// out, committed entries that were already persisted are applied, and what must be
+    /// synced before the rest is returned (None: nothing to do). The caller syncs the ops
+    /// of every group in one write, then calls `finish` for each.
+    pub fn prepare(
         &mut self,
         apply: &mut (dyn FnMut(u64, &[u8]) + Send),
-    ) -> Result<(), ClusterError> {
+    ) -> Result<Option<Prepared>, ClusterError> {
         if !self.node.has_ready() {
-            return Ok(());
+            return Ok(None);
         }
         let mut ready = self.node.ready();
         self.send(ready.take_messages());
@@ -217,9 +250,13 @@ impl Group {
             ops.push(self.state_op(hs));
             self.node.mut_store().wl().set_hardstate(hs.clone());
         }
-        if !ops.is_empty() {
-            self.persist(ops).await?;
-        }
+        Ok(Some(Prepared { ready, ops }))
+    }
+
+    /// The second half, once `prepared.ops` are synced: messages that depend on them go
+    /// out, and newly committed entries are applied.
+    pub fn finish(&mut self, prepared: Prepared, apply: &mut (dyn FnMut(u64, &[u8]) + Send)) {
+        let mut ready = prepared.ready;
         self.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -235,7 +272,6 @@ impl Group {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries(), apply);
         self.node.advance_apply();
-        Ok(())
     }
 
     fn state_op(&self, hs: &HardState) -> Op {
@@ -252,22 +288,6 @@ impl Group {
             if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
                 apply(e.index, &e.data);
             }
-        }
-    }
-
-    async fn persist(&self, ops: Vec<Op>) -> Result<(), ClusterError> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.store.submit(
-            ops,
-            true,
-            Some(Box::new(move |r: Result<(), StoreError>| {
-                let _ = tx.send(r);
-            })),
-        );
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(ClusterError::Store(e)),
-            Err(_) => Err(ClusterError::Store(StoreError::Unavailable)),
         }
     }
 

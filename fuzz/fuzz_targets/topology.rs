@@ -5,7 +5,10 @@
 
 use libfuzzer_sys::fuzz_target;
 use warren::broker::exchange::DestName;
-use warren::broker::topology::{BindDecl, Changes, Cmd, ExchangeDecl, QueueDecl, Topology};
+use warren::broker::topology::{
+    BindDecl, Changes, Cmd, ExchangeDecl, QueueDecl, Quorum, Topology,
+};
+use warren::protocol::{AMQPValue, FieldTable};
 
 const NAMES: &[&str] = &["a", "b", "c", "", "amq.direct", "amq.x", "q"];
 const KINDS: &[&str] = &["direct", "fanout", "topic", "headers", "bogus"];
@@ -74,7 +77,12 @@ fuzz_target!(|data: &[u8]| {
                     durable: flags & 2 != 0,
                     exclusive: flags & 4 != 0,
                     auto_delete: flags & 8 != 0,
-                    arguments: Default::default(),
+                    arguments: queue_type(flags),
+                    // Placed as a declaring node would place a quorum queue (or not at all).
+                    quorum: (flags & 64 != 0).then(|| Quorum {
+                        group: u64::from(flags) | 1,
+                        members: vec![0, 1, 2],
+                    }),
                 },
                 conn,
             ),
@@ -103,3 +111,16 @@ fuzz_target!(|data: &[u8]| {
         }
     }
 });
+
+/// x-queue-type from the flags: none, classic, quorum, or an unknown type.
+fn queue_type(flags: u8) -> FieldTable {
+    let mut t = FieldTable::default();
+    let kind = match (flags >> 4) & 3 {
+        0 => return t,
+        1 => "classic",
+        2 => "quorum",
+        _ => "stream",
+    };
+    t.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
+    t
+}

@@ -288,6 +288,9 @@ impl Applier {
 
 impl Apply for Applier {
     fn apply(&mut self, index: u64, data: &[u8]) {
+        if data.is_empty() {
+            return;
+        }
         let entry: Entry = match postcard::from_bytes(data) {
             Ok(e) => e,
             Err(e) => {

@@ -20,6 +20,7 @@ pub mod vhost;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::sync::watch;
 
@@ -94,6 +95,24 @@ impl Broker {
         let mut bindings: HashMap<String, Vec<_>> = HashMap::new();
         for b in recovered.bindings {
             bindings.entry(b.vhost.clone()).or_default().push(b);
+        }
+        if cluster_config.is_none() {
+            // A single node's quorum queues are groups of one on a Raft runtime of its own.
+            let local = cluster::ClusterConfig {
+                node_id: queue::quorum::raft_id(0),
+                listen: ([0, 0, 0, 0], 0).into(),
+                peers: [(1, ([0, 0, 0, 0], 0).into())].into(),
+                command_timeout: Duration::from_millis(config.cluster_command_timeout_ms),
+                peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
+            };
+            let raft = std::mem::take(&mut recovered.raft);
+            let runtime = queue::quorum::Runtime {
+                cluster: Cluster::local(local, store.clone(), raft),
+                nodes: vec![0],
+            };
+            for v in vhosts.values() {
+                v.quorum_runtime(runtime.clone());
+            }
         }
         for (name, v) in &vhosts {
             let queues = queues.remove(name).unwrap_or_default();
@@ -209,7 +228,16 @@ async fn join(
     for v in vhosts.values() {
         v.forward(forwarder.clone());
     }
+    let nodes: Vec<NodeId> = cc.peers.keys().copied().collect();
     let cluster = Cluster::start(cc, store.clone(), raft, applier).await?;
+    // Replicas of quorum queues started by the log replayed so far wait for this.
+    let runtime = queue::quorum::Runtime {
+        cluster: cluster.clone(),
+        nodes,
+    };
+    for v in vhosts.values() {
+        v.quorum_runtime(runtime.clone());
+    }
     forwarder.start(cluster.clone(), vhosts.clone(), alarms);
     let replicated = meta::Replicated::new(cluster.clone(), pending);
     for v in vhosts.values() {

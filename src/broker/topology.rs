@@ -55,7 +55,30 @@ pub struct QueueDecl {
     pub exclusive: bool,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// Where a new quorum queue goes, chosen by the declaring node (the topology is pure:
+    /// it takes this as given, so every node applies the same placement).
+    #[serde(default)]
+    pub quorum: Option<Quorum>,
 }
+
+/// A quorum queue's placement: its Raft group (a random id, never reused) and the nodes
+/// that hold a replica.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quorum {
+    pub group: u64,
+    pub members: Vec<NodeId>,
+}
+
+/// Arguments other queue types take that a quorum queue refuses (RabbitMQ 3.10's list).
+const REFUSED_QUORUM_ARGS: &[&str] = &[
+    "x-max-priority",
+    "x-queue-mode",
+    "x-queue-version",
+    "x-queue-master-locator",
+    "x-max-age",
+    "x-stream-max-segment-size-bytes",
+    "x-initial-cluster-size",
+];
 
 /// queue.bind / exchange.bind and their unbinds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -76,8 +99,10 @@ pub struct QueueRecord {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     /// The node whose queue task holds the contents: the declaring connection's (RabbitMQ's
-    /// rule for classic queues).
+    /// rule for classic queues). A quorum queue's first leader.
     pub home: NodeId,
+    /// Set for a quorum queue.
+    pub quorum: Option<Quorum>,
 }
 
 impl QueueRecord {
@@ -516,6 +541,7 @@ impl Topology {
                 d.name
             )));
         }
+        let quorum = self.queue_type(d, server_named)?;
         self.next_queue_id += 1;
         let q = QueueRecord {
             name: d.name.as_str().into(),
@@ -525,6 +551,7 @@ impl Topology {
             auto_delete: d.auto_delete,
             arguments: d.arguments.clone(),
             home: conn.node,
+            quorum,
         };
         if q.stored() {
             ch.ops.push(Op::PutQueue(self.stored_queue(&q)));
@@ -577,7 +604,64 @@ impl Topology {
             id: q.id,
             auto_delete: q.auto_delete,
             arguments: q.arguments.clone(),
+            group: q.quorum.as_ref().map(|x| x.group),
         }
+    }
+
+    /// A new queue's type from x-queue-type: None for classic, the placement for quorum,
+    /// which must be durable, not exclusive, not auto-delete and named by the client (406
+    /// otherwise, with RabbitMQ's words).
+    fn queue_type(&self, d: &QueueDecl, server_named: bool) -> Result<Option<Quorum>, Error> {
+        let rs = format!("queue '{}' in vhost '{}'", d.name, self.vhost);
+        let kind = d.arguments.inner().get("x-queue-type").map(text);
+        match kind.as_deref() {
+            None | Some("classic") => return Ok(None),
+            Some("quorum") => {}
+            Some(other) => {
+                return Err(Error::precondition(format!(
+                    "invalid arg 'x-queue-type' for {rs}: unsupported queue type '{other}'"
+                )));
+            }
+        }
+        if server_named {
+            return Err(Error::precondition(
+                "Cannot declare a server-named queue for type rabbit_quorum_queue",
+            ));
+        }
+        for (bad, property) in [
+            (d.auto_delete, "auto-delete"),
+            (d.exclusive, "exclusive-owner"),
+            (!d.durable, "non-durable"),
+        ] {
+            if bad {
+                return Err(Error::precondition(format!(
+                    "invalid property '{property}' for {rs}"
+                )));
+            }
+        }
+        for arg in REFUSED_QUORUM_ARGS {
+            if d.arguments.inner().contains_key(*arg) {
+                return Err(Error::precondition(format!(
+                    "invalid arg '{arg}' for {rs} of queue type rabbit_quorum_queue"
+                )));
+            }
+        }
+        for arg in ["x-quorum-initial-group-size", "x-delivery-limit"] {
+            if let Some(v) = d.arguments.inner().get(arg)
+                && !positive_int(v)
+            {
+                return Err(Error::precondition(format!(
+                    "invalid arg '{arg}' for {rs}: {}",
+                    show(Some(v))
+                )));
+            }
+        }
+        d.quorum.clone().map(Some).ok_or_else(|| {
+            Error::channel(
+                code::INTERNAL_ERROR,
+                format!("no placement for quorum {rs}"),
+            )
+        })
     }
 
     fn insert_queue(&mut self, q: QueueRecord, ch: &mut Changes) {
@@ -614,6 +698,29 @@ impl Topology {
         ch.list.push(Change::QueueRemoved(name.clone()));
         self.drop_bindings_to(&DestName::Queue(name), ch);
     }
+}
+
+/// A string argument's text (anything else: its debug form, which matches no type name).
+fn text(v: &AMQPValue) -> String {
+    match v {
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        AMQPValue::ShortString(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+fn positive_int(v: &AMQPValue) -> bool {
+    let n = match v {
+        AMQPValue::ShortShortInt(n) => i64::from(*n),
+        AMQPValue::ShortShortUInt(n) => i64::from(*n),
+        AMQPValue::ShortInt(n) => i64::from(*n),
+        AMQPValue::ShortUInt(n) => i64::from(*n),
+        AMQPValue::LongInt(n) => i64::from(*n),
+        AMQPValue::LongUInt(n) => i64::from(*n),
+        AMQPValue::LongLongInt(n) => *n,
+        _ => return false,
+    };
+    n > 0
 }
 
 fn show(v: Option<&AMQPValue>) -> String {

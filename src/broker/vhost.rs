@@ -14,17 +14,18 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::exchange::DestName;
 use super::ids::{ConnId, NodeId};
 use super::memory::MemoryMonitor;
 use super::meta::Replicated;
 use super::queue::classic::{OnDeleted, Recovered};
+use super::queue::quorum;
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
 use super::remote::{self, Forwarder};
 use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
-use super::topology::{Change, Changes, Cmd, QueueRecord, Reply, Topology};
+use super::topology::{Change, Changes, Cmd, QueueRecord, Quorum, Reply, Topology};
 use crate::error::{Error, code};
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
 
@@ -62,6 +63,8 @@ pub struct VHost {
     replicated: OnceLock<Arc<Replicated>>,
     /// Set on a cluster node: queues homed elsewhere are used through it.
     remote: OnceLock<Arc<Forwarder>>,
+    /// Where quorum queues run, once this node has its Raft runtime.
+    quorum: watch::Sender<Option<quorum::Runtime>>,
 }
 
 /// A topology change on its way to disk: declare-ok and friends wait for it, so that an
@@ -115,6 +118,7 @@ impl VHost {
             node,
             replicated: OnceLock::new(),
             remote: OnceLock::new(),
+            quorum: watch::Sender::new(None),
         });
         let _ = vhost.commit(&mut vhost.lock(), builtin);
         vhost
@@ -129,6 +133,11 @@ impl VHost {
     /// applied).
     pub fn forward(&self, f: Arc<Forwarder>) {
         let _ = self.remote.set(f);
+    }
+
+    /// Run quorum queues' replicas on `rt` (replicas started before wait for it).
+    pub fn quorum_runtime(&self, rt: quorum::Runtime) {
+        self.quorum.send_replace(Some(rt));
     }
 
     /// A queue of this name and id that runs here (not a stub for another node's).
@@ -203,6 +212,12 @@ impl VHost {
                     }
                     changed.push(source);
                 }
+                Change::QueueAdded(q) if q.quorum.is_some() => {
+                    if let Some(h) = self.spawn_quorum(&q) {
+                        rt.handles.insert(q.name, h);
+                        queues_changed = true;
+                    }
+                }
                 Change::QueueAdded(q) if q.home == self.node => {
                     let initial = rt.recovered.remove(&q.id).unwrap_or_default();
                     let h = self.spawn_queue(&q, initial);
@@ -248,6 +263,50 @@ impl VHost {
             flow_messages: self.settings.flow_messages,
             on_deleted: self.on_deleted(),
         })
+    }
+
+    /// This node's replica of a quorum queue, if it is a member.
+    fn spawn_quorum(&self, q: &QueueRecord) -> Option<QueueHandle> {
+        let placement = q.quorum.clone()?;
+        if !placement.members.contains(&self.node) {
+            tracing::warn!(queue = %q.name, "not a member of this quorum queue: not served here");
+            return None;
+        }
+        Some(quorum::spawn(quorum::QuorumSpec {
+            name: q.name.clone(),
+            id: q.id,
+            arguments: q.arguments.clone(),
+            vhost: self.name.as_str().into(),
+            placement,
+            me: self.node,
+            first_leader: q.home,
+            runtime: self.quorum.subscribe(),
+            inbox: self.settings.inbox,
+            on_deleted: self.on_deleted(),
+        }))
+    }
+
+    /// Where a new quorum queue goes: a new group on every node (members are every node
+    /// until non-members can use a quorum queue).
+    fn placement(&self, d: &QueueDecl) -> Result<Option<Quorum>, Error> {
+        let quorum = d.arguments.inner().get("x-queue-type").is_some_and(
+            |v| matches!(v, crate::protocol::AMQPValue::LongString(s) if s.as_bytes() == b"quorum"),
+        );
+        if !quorum || d.passive || self.lock().topo.has_queue(&d.name) {
+            return Ok(None);
+        }
+        let rt = self.quorum.borrow();
+        let Some(rt) = rt.as_ref() else {
+            return Err(Error::channel(
+                code::INTERNAL_ERROR,
+                "quorum queues are not available yet (the node is starting)",
+            ));
+        };
+        Ok(Some(Quorum {
+            // Never 0 (the metadata group), never reused (a queue's log outlives nothing).
+            group: rand::random::<u64>() | 1,
+            members: rt.nodes.clone(),
+        }))
     }
 
     /// What a queue calls as it is deleted: forget it here.
@@ -354,6 +413,16 @@ impl VHost {
 
     /// A committed metadata entry's change, on every node in log order.
     pub fn apply_committed(&self, cmd: Cmd) -> (Result<Option<QueueHandle>, Error>, Written) {
+        if let Cmd::NodeDown { node } = &cmd {
+            // Quorum queues return what the node's consumers held (each replica proposes
+            // it; applying it again changes nothing).
+            let node = *node;
+            let rt = self.lock();
+            for (_, h) in rt.handles.iter().filter(|(_, h)| h.quorum) {
+                let h = h.clone();
+                tokio::spawn(async move { h.send(queue::QueueCmd::NodeDown(node)).await });
+            }
+        }
         match self.run(cmd) {
             Ok((handle, written)) => (Ok(handle), written),
             Err(e) => (Err(e), Written::done()),
@@ -384,6 +453,8 @@ impl VHost {
 
     /// Declare (or check) a queue; returns its handle.
     pub async fn declare_queue(&self, d: &QueueDecl, conn: ConnId) -> Result<QueueHandle, Error> {
+        let mut d = d.clone();
+        d.quorum = self.placement(&d)?;
         self.change(Cmd::DeclareQueue(d.clone(), conn))
             .await?
             .ok_or_else(|| self.remote(&d.name))

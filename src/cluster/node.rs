@@ -20,7 +20,7 @@ const ROUND: usize = 1024;
 /// The metadata group's state machine, run on the cluster task.
 pub trait Apply: Send + 'static {
     /// A committed entry, in log order; after a restart every committed entry comes again,
-    /// from the first.
+    /// from the first. `data` is empty for a new leader's no-op.
     fn apply(&mut self, index: u64, data: &[u8]);
 }
 
@@ -36,7 +36,7 @@ enum Request {
     /// an answer if no leader is known.
     Read {
         group: u64,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<u64>,
     },
     /// Start taking part in a group (its log as the store saved it, if any).
     Open {
@@ -58,6 +58,8 @@ pub struct Cluster {
     links: Arc<Links>,
     /// Forwarded work from peers, until the broker takes it.
     forwarded: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
+    /// A single node's: keeps the (never used) inbound channel open.
+    idle_inbound: std::sync::Mutex<Option<mpsc::Sender<Inbound>>>,
 }
 
 impl Cluster {
@@ -97,9 +99,16 @@ impl Cluster {
         store: Arc<Store>,
         saved: BTreeMap<u64, RaftLog>,
     ) -> Arc<Cluster> {
-        let (_in_tx, in_rx) = mpsc::channel(1);
+        // Nothing arrives from peers; the sender lives as long as the runtime, so that the
+        // inbound channel stays open (and empty).
+        let (in_tx, in_rx) = mpsc::channel(1);
         let (_fwd_tx, fwd_rx) = mpsc::unbounded_channel();
-        Cluster::spawn(config, store, saved, Links::none(), in_rx, fwd_rx)
+        let cluster = Cluster::spawn(config, store, saved, Links::none(), in_rx, fwd_rx);
+        *cluster
+            .idle_inbound
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(in_tx);
+        cluster
     }
 
     fn spawn(
@@ -127,6 +136,7 @@ impl Cluster {
             leader: l_rx,
             links,
             forwarded: std::sync::Mutex::new(Some(forwarded)),
+            idle_inbound: std::sync::Mutex::new(None),
         })
     }
 
@@ -154,18 +164,19 @@ impl Cluster {
     /// Resolves once this node has applied every metadata entry committed before the call;
     /// never resolves if the read is lost (no leader, or none reachable): the caller bounds it.
     pub async fn read(&self) -> Result<(), ClusterError> {
-        self.read_group(META_GROUP).await
+        self.read_group(META_GROUP).await.map(drop)
     }
 
-    /// The same for any group this node takes part in.
-    pub async fn read_group(&self, group: u64) -> Result<(), ClusterError> {
+    /// The same for any group this node takes part in; returns the read index (handed to
+    /// the group's `Apply` by then, which may still be applying it).
+    pub async fn read_group(&self, group: u64) -> Result<u64, ClusterError> {
         let (done, rx) = oneshot::channel();
         self.requests
             .send(Request::Read { group, done })
             .await
             .map_err(|_| ClusterError::Stopped)?;
         match rx.await {
-            Ok(()) => Ok(()),
+            Ok(index) => Ok(index),
             // Dropped: lost, as far as the caller is concerned.
             Err(_) => std::future::pending().await,
         }
@@ -244,13 +255,13 @@ impl Cluster {
 #[derive(Default)]
 struct Reads {
     next: u64,
-    asked: HashMap<Vec<u8>, oneshot::Sender<()>>,
+    asked: HashMap<Vec<u8>, oneshot::Sender<u64>>,
     /// (read index, waiter), answered once applied reaches the index.
-    indexed: Vec<(u64, oneshot::Sender<()>)>,
+    indexed: Vec<(u64, oneshot::Sender<u64>)>,
 }
 
 impl Reads {
-    fn ask(&mut self, group: &mut Group, done: oneshot::Sender<()>) {
+    fn ask(&mut self, group: &mut Group, done: oneshot::Sender<u64>) {
         self.next += 1;
         let ctx = self.next.to_be_bytes().to_vec();
         // A read whose answer never comes (lost with a leader) is dropped in time: the
@@ -273,8 +284,8 @@ impl Reads {
             .into_iter()
             .partition(|(index, _)| *index <= applied);
         self.indexed = waiting;
-        for (_, tx) in done {
-            let _ = tx.send(());
+        for (index, tx) in done {
+            let _ = tx.send(index);
         }
     }
 }
@@ -317,8 +328,7 @@ impl Runtime {
                 }
                 m = inbound.recv() => match m {
                     Some(m) => self.step(m),
-                    // A single node has no links: its inbound closes at once.
-                    None => inbound = mpsc::channel(1).1,
+                    None => break,
                 },
                 r = requests.recv() => match r {
                     Some(r) => self.request(r),
@@ -432,7 +442,8 @@ impl Runtime {
             return Ok(());
         }
         let saved = self.saved.remove(&group);
-        let fresh = saved.is_none();
+        // A group of one elects itself at once, at every start.
+        let campaign = (campaign && saved.is_none()) || voters.len() == 1;
         let mut g = Group::open(
             group,
             self.node_id,
@@ -441,7 +452,7 @@ impl Runtime {
             self.store.clone(),
             self.links.clone(),
         )?;
-        if campaign && fresh {
+        if campaign {
             g.campaign();
         }
         let leader = if group == META_GROUP {

@@ -284,8 +284,10 @@ impl Group {
     fn apply(&mut self, entries: Vec<Entry>, apply: &mut (dyn FnMut(u64, &[u8]) + Send)) {
         for e in entries {
             self.applied = e.index;
-            // Empty entries are a new leader's no-op; membership is fixed for now.
-            if e.get_entry_type() == EntryType::EntryNormal && !e.data.is_empty() {
+            // Empty entries (a new leader's no-op) are handed on too: a state machine that
+            // counts its applied index (for read indexes) must see every index. Membership
+            // is fixed for now.
+            if e.get_entry_type() == EntryType::EntryNormal {
                 apply(e.index, &e.data);
             }
         }

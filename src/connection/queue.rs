@@ -84,6 +84,7 @@ impl Conn {
             exclusive: d.exclusive,
             auto_delete: d.auto_delete,
             arguments: d.arguments,
+            quorum: None,
         };
         if !decl.passive
             && let Err(bad) = QueueArgs::parse(&decl.arguments)

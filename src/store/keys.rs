@@ -138,18 +138,26 @@ pub fn queue_value(q: &StoredQueue) -> Vec<u8> {
     let mut v = q.id.to_be_bytes().to_vec();
     v.push(q.auto_delete as u8);
     table::encode(&q.arguments, &mut v);
+    // Appended, so rows written before quorum queues existed read as classic.
+    if let Some(g) = q.group {
+        v.extend_from_slice(&g.to_be_bytes());
+    }
     v
 }
 
 pub fn decode_queue(key: &[u8], value: &[u8]) -> Option<StoredQueue> {
     let mut k = Reader(key.get(1..)?);
     let mut v = Reader(value);
+    let (vhost, name) = (k.string()?, k.string()?);
+    let (id, auto_delete, arguments) = (v.u64()?, v.byte()? & 1 != 0, v.table()?);
+    let group = if v.0.is_empty() { None } else { Some(v.u64()?) };
     Some(StoredQueue {
-        vhost: k.string()?,
-        name: k.string()?,
-        id: v.u64()?,
-        auto_delete: v.byte()? & 1 != 0,
-        arguments: v.table()?,
+        vhost,
+        name,
+        id,
+        auto_delete,
+        arguments,
+        group,
     })
 }
 

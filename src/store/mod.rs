@@ -54,6 +54,8 @@ pub struct StoredQueue {
     pub id: u64,
     pub auto_delete: bool,
     pub arguments: FieldTable,
+    /// A quorum queue's Raft group (its contents are that group's log); None: classic.
+    pub group: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -17,6 +17,7 @@ mod limits;
 mod messages;
 mod partition;
 mod queues;
+mod quorum;
 mod scale;
 mod ttl;
 mod tx;

@@ -6,6 +6,7 @@
 //! queue whose consumers' connections cannot keep up sets `busy`, so publishers to it pause.
 
 pub mod classic;
+pub mod quorum;
 pub mod receipt;
 pub mod state;
 
@@ -123,6 +124,9 @@ pub enum QueueCmd {
     /// start, or its node taken as down): end the task, cancelling its consumers, writing
     /// nothing about the queue.
     Stop,
+    /// A node was taken as down: a quorum queue returns what its consumers held (a classic
+    /// queue learns of its consumers' channels otherwise).
+    NodeDown(NodeId),
 }
 
 /// What everyone else holds of a queue: its identity, declared properties and inbox.
@@ -137,6 +141,8 @@ pub struct QueueShared {
     pub store: Option<Arc<Store>>,
     /// Set on a stub: the queue lives on another node.
     pub remote: Option<RemoteHome>,
+    /// A quorum queue's replica.
+    pub quorum: bool,
     tx: mpsc::Sender<QueueCmd>,
     wake: Notify,
     /// Flow control: set while the queue has a backlog its consumers' connections cannot
@@ -185,6 +191,7 @@ impl QueueShared {
             arguments,
             store,
             remote: None,
+            quorum: false,
             tx,
             wake: Notify::new(),
             busy: AtomicBool::new(false),

@@ -150,6 +150,19 @@ impl<B: Payload> QueueState<B> {
         self.consumers.iter().any(|c| c.starved)
     }
 
+    /// The channels of `node`'s connections that consume or hold messages here, in order.
+    pub fn channels_of(&self, node: crate::broker::ids::NodeId) -> Vec<ChannelId> {
+        let consuming = self.consumers.iter().map(|c| c.id.channel);
+        let holding = self.unacked.values().map(|h| h.channel);
+        let mut chs: Vec<ChannelId> = consuming
+            .chain(holding)
+            .filter(|ch| ch.conn.node == node)
+            .collect();
+        chs.sort_unstable();
+        chs.dedup();
+        chs
+    }
+
     /// What is left of a channel's pool.
     pub fn pool(&self, channel: &ChannelId) -> u32 {
         self.pools.get(channel).copied().unwrap_or(0)

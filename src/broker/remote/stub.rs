@@ -362,7 +362,7 @@ impl Stub {
                 };
                 self.fwd.send(self.home, session, &msg).await;
             }
-            QueueCmd::Stop => {}
+            QueueCmd::Stop | QueueCmd::NodeDown(_) => {}
         }
     }
 

@@ -477,6 +477,7 @@ fn restore_rebuilds_without_writing_and_skips_what_is_incomplete() {
     let mut t = topo();
     let mut ch = Changes::default();
     let stored_q = StoredQueue {
+        group: None,
         vhost: "/".into(),
         name: "q".into(),
         id: 7,

@@ -1,0 +1,662 @@
+//! A quorum queue replica: one task per member node that runs a `QueueState` over the
+//! queue's Raft group. Commands from connections become log entries (`entry::QEntry`); every
+//! replica applies the committed entries in log order, and each carries out only the effects
+//! that belong to its node: deliveries to consumers whose connection is here, and answers to
+//! the commands it proposed. So a consumer's node delivers from its own replica.
+//!
+//! Invariants: nothing is answered before its entry is committed (on a majority's disk) and
+//! applied here: a publish is confirmed only then, and a proposal not seen applied within the
+//! command timeout fails (a publish is nacked). A proposal lost with a leader is proposed
+//! again (on a leader change, or after `REPROPOSE`), and applied once: replicas skip an
+//! (origin, request) they applied already, deterministically. Time comes from the entries.
+//!
+//! Not yet: members are every node (no access from non-members), no snapshots (the log
+//! is replayed from the first entry at start, and never compacted), no x-delivery-count.
+
+mod entry;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::classic::OnDeleted;
+use super::receipt::Receipt;
+use super::state::{self, Checkout, Command, Delivery, Effect, Meta, QueueState, Reply};
+use super::{ConnEvent, ConnSender, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
+use crate::broker::args::{Overflow, QueueArgs};
+use crate::broker::clock;
+use crate::broker::ids::{ConsumerId, NodeId};
+use crate::broker::remote::wire::WireMsg;
+use crate::broker::topology::Quorum;
+use crate::cluster::{Apply, Cluster};
+use crate::error::{Error, code};
+use crate::protocol::FieldTable;
+pub use entry::{QBody, QEntry, QOp};
+
+/// A proposal not seen applied by then is proposed again (it may have been dropped).
+const REPROPOSE: Duration = Duration::from_millis(1000);
+/// Applied (origin, request) pairs remembered for skipping duplicates.
+const REMEMBERED: usize = 65_536;
+/// RabbitMQ's credit for a quorum queue consumer without a prefetch.
+const DEFAULT_PREFETCH: u32 = 2000;
+
+pub struct QuorumSpec {
+    pub name: Arc<str>,
+    pub id: u64,
+    pub arguments: FieldTable,
+    pub vhost: Arc<str>,
+    pub placement: Quorum,
+    /// This node, and the node meant to lead first (it stands for election at once).
+    pub me: NodeId,
+    pub first_leader: NodeId,
+    /// The Raft runtime, once this node has it (a cluster node applies its metadata log,
+    /// which starts replicas, before the runtime is handed out).
+    pub runtime: watch::Receiver<Option<Runtime>>,
+    pub inbox: usize,
+    pub on_deleted: OnDeleted,
+}
+
+/// Where quorum queues run: this node's Raft runtime and the nodes that can be members.
+#[derive(Clone)]
+pub struct Runtime {
+    pub cluster: Arc<Cluster>,
+    pub nodes: Vec<NodeId>,
+}
+
+/// A node's Raft id: its node id, and 1 for a single node (node 0; Raft ids are not 0).
+pub fn raft_id(node: NodeId) -> u64 {
+    node.max(1)
+}
+
+/// Start this node's replica of a quorum queue; it ends when the queue is deleted.
+pub fn spawn(spec: QuorumSpec) -> QueueHandle {
+    let (tx, rx) = mpsc::channel(spec.inbox.max(1));
+    let mut shared = QueueShared::new(
+        spec.name.clone(),
+        spec.id,
+        None,
+        false,
+        spec.arguments.clone(),
+        None,
+        tx,
+    );
+    shared.quorum = true;
+    let shared = Arc::new(shared);
+    let mut args = QueueArgs::parse(&shared.arguments).unwrap_or_else(|bad| {
+        tracing::warn!(queue = %spec.name, arg = bad.key, "ignoring invalid argument: {}", bad.why);
+        QueueArgs::default()
+    });
+    // As RabbitMQ 3.10: a quorum queue takes reject-publish-dlx as drop-head.
+    if args.limits.overflow == Overflow::RejectPublish && rejects_dlx(&spec.arguments) {
+        args.limits.overflow = Overflow::DropHead;
+    }
+    let cfg = state::Config {
+        name: spec.name.clone(),
+        vhost: spec.vhost.clone(),
+        durable: true,
+        auto_delete: false,
+        args,
+        memory_budget: usize::MAX,
+    };
+    let now = Meta {
+        now_ms: clock::now_ms(),
+    };
+    let mut runtime = spec.runtime;
+    let (me, placement, first) = (spec.me, spec.placement, spec.first_leader);
+    let (handle, on_deleted) = (shared.clone(), spec.on_deleted);
+    tokio::spawn(async move {
+        let Ok(rt) = runtime.wait_for(Option::is_some).await.map(|r| r.clone()) else {
+            return;
+        };
+        let Some(rt) = rt else { return };
+        let replica = Replica {
+            shared: handle,
+            me,
+            group: placement.group,
+            cluster: rt.cluster,
+            state: QueueState::new(cfg, now),
+            applied: 0,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+            next_req: rand::random::<u64>() >> 1 | 1,
+            pending: HashMap::new(),
+            consumers: HashMap::new(),
+            reads: Vec::new(),
+            on_deleted,
+            done: false,
+            ticked: None,
+        };
+        replica.run(rx, placement, first).await;
+    });
+    shared
+}
+
+fn rejects_dlx(arguments: &FieldTable) -> bool {
+    matches!(
+        arguments.inner().get("x-overflow"),
+        Some(crate::protocol::AMQPValue::LongString(s)) if s.as_bytes() == b"reject-publish-dlx"
+    )
+}
+
+/// A declare-ok count waiting: (read index, last request before it, reply).
+type Read = (u64, u64, oneshot::Sender<Stat>);
+
+/// What waits for a proposal of this node to be applied.
+enum Waiter {
+    Publish(Option<Receipt>),
+    Consume(ConsumerId, oneshot::Sender<Result<(), Error>>),
+    Cancel(oneshot::Sender<()>),
+    Get(oneshot::Sender<GetReply>),
+    Purge(oneshot::Sender<u32>),
+    Delete(oneshot::Sender<Result<u32, Error>>),
+    Nothing,
+}
+
+struct Pending {
+    data: Vec<u8>,
+    waiter: Waiter,
+    proposed: Instant,
+    deadline: Instant,
+}
+
+/// A consumer whose connection is on this node.
+struct Local {
+    events: ConnSender,
+}
+
+struct Replica {
+    shared: QueueHandle,
+    me: NodeId,
+    group: u64,
+    cluster: Arc<Cluster>,
+    state: QueueState<QBody>,
+    /// The index of the last entry applied.
+    applied: u64,
+    seen: HashSet<(NodeId, u64)>,
+    order: VecDeque<(NodeId, u64)>,
+    next_req: u64,
+    pending: HashMap<u64, Pending>,
+    consumers: HashMap<ConsumerId, Local>,
+    /// Declare-ok counts waiting for this replica to reach a read index, and for this
+    /// node's proposals made before them (up to a request number) to apply.
+    reads: Vec<(u64, u64, oneshot::Sender<Stat>)>,
+    on_deleted: OnDeleted,
+    done: bool,
+    /// When this node last proposed a tick not applied yet (one at a time).
+    ticked: Option<Instant>,
+}
+
+/// The group's state machine as the cluster task sees it: committed entries go to the
+/// replica's task in order.
+struct ToReplica(mpsc::UnboundedSender<(u64, Vec<u8>)>);
+
+impl Apply for ToReplica {
+    fn apply(&mut self, index: u64, data: &[u8]) {
+        let _ = self.0.send((index, data.to_vec()));
+    }
+}
+
+impl Replica {
+    async fn run(mut self, mut inbox: mpsc::Receiver<QueueCmd>, placement: Quorum, first: NodeId) {
+        let (tx, mut committed) = mpsc::unbounded_channel();
+        let voters = placement.members.iter().map(|n| raft_id(*n)).collect();
+        let campaign = first == self.me;
+        let opened = self
+            .cluster
+            .open_group(self.group, voters, campaign, Box::new(ToReplica(tx)))
+            .await;
+        let mut leader = match opened {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(queue = %self.shared.name, "cannot start the queue's raft group: {e}");
+                return;
+            }
+        };
+        let (reads_tx, mut reads_rx) = mpsc::unbounded_channel::<Read>();
+        let mut retry = tokio::time::interval(REPROPOSE);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Deleted (here or from the metadata) the group goes with its log; at a shutdown
+        // (the inbox closes) the log stays for the restart.
+        let mut gone = true;
+        while !self.done {
+            let deadline = self.tick_at(*leader.borrow());
+            tokio::select! {
+                cmd = inbox.recv() => match cmd {
+                    Some(QueueCmd::Stop) => break,
+                    None => {
+                        gone = false;
+                        break;
+                    }
+                    Some(cmd) => self.command(cmd, &reads_tx).await,
+                },
+                Some((index, data)) = committed.recv() => {
+                    self.apply(index, &data);
+                    while let Ok((index, data)) = committed.try_recv() {
+                        self.apply(index, &data);
+                    }
+                    self.answer_reads();
+                }
+                Some((index, after, reply)) = reads_rx.recv() => {
+                    self.reads.push((index, after, reply));
+                    self.answer_reads();
+                }
+                r = leader.changed() => {
+                    if r.is_err() {
+                        break;
+                    }
+                    let now = *leader.borrow_and_update();
+                    tracing::info!(queue = %self.shared.name, leader = now, "quorum queue leader");
+                    self.repropose(true).await;
+                }
+                _ = retry.tick() => self.repropose(false).await,
+                _ = sleep_until(deadline) => {
+                    let tick = self.entry(0, QOp::Tick);
+                    self.ticked = Some(Instant::now());
+                    self.propose(tick.encode()).await;
+                }
+            }
+        }
+        for (id, c) in self.consumers.drain() {
+            let _ = c.events.send(ConnEvent::Cancelled(id));
+        }
+        if gone {
+            self.cluster.close_group(self.group).await;
+        }
+    }
+
+    /// When the leader must propose a tick (TTL or x-expires due); followers never do, and
+    /// the leader waits for its last one to apply (or to be lost, after `REPROPOSE`).
+    fn tick_at(&self, leader: u64) -> Option<Instant> {
+        if leader != raft_id(self.me) {
+            return None;
+        }
+        let at = self.state.next_deadline_ms()?;
+        let wait = at.saturating_sub(clock::now_ms());
+        let due = Instant::now() + Duration::from_millis(wait);
+        Some(match self.ticked {
+            Some(t) => due.max(t + REPROPOSE),
+            None => due,
+        })
+    }
+
+    fn entry(&mut self, req: u64, op: QOp) -> QEntry {
+        QEntry {
+            origin: self.me,
+            req,
+            at_ms: clock::now_ms(),
+            op,
+        }
+    }
+
+    fn new_req(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    /// Propose a command of this node, `waiter` answered once it is applied here.
+    async fn propose_op(&mut self, op: QOp, waiter: Waiter) {
+        let req = self.new_req();
+        let e = self.entry(req, op);
+        let data = e.encode();
+        let now = Instant::now();
+        self.pending.insert(
+            req,
+            Pending {
+                data: data.clone(),
+                waiter,
+                proposed: now,
+                deadline: now + self.cluster.config.command_timeout,
+            },
+        );
+        self.propose(data).await;
+    }
+
+    async fn propose(&self, data: Vec<u8>) {
+        // Refused while no leader is known: it is proposed again on the next leader change.
+        let _ = self.cluster.propose_to(self.group, data).await;
+    }
+
+    /// Propose again what was not applied: everything after a leader change, else what has
+    /// waited for `REPROPOSE`; what has waited past the command timeout fails.
+    async fn repropose(&mut self, all: bool) {
+        let now = Instant::now();
+        let expired: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.deadline <= now)
+            .map(|(r, _)| *r)
+            .collect();
+        for req in expired {
+            if let Some(p) = self.pending.remove(&req) {
+                fail(p.waiter, self.cluster.config.command_timeout);
+            }
+        }
+        let again: Vec<Vec<u8>> = self
+            .pending
+            .values_mut()
+            .filter(|p| all || now - p.proposed >= REPROPOSE)
+            .map(|p| {
+                p.proposed = now;
+                p.data.clone()
+            })
+            .collect();
+        for data in again {
+            self.propose(data).await;
+        }
+    }
+
+    async fn command(&mut self, cmd: QueueCmd, reads: &mpsc::UnboundedSender<Read>) {
+        match cmd {
+            QueueCmd::Publish(msgs, receipt) => {
+                let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
+                self.propose_op(QOp::Enqueue(msgs), Waiter::Publish(receipt))
+                    .await;
+            }
+            QueueCmd::Consume(spec, reply) => {
+                let prefetch = match spec.prefetch {
+                    0 => DEFAULT_PREFETCH,
+                    p => p,
+                };
+                self.consumers.insert(
+                    spec.id.clone(),
+                    Local {
+                        events: spec.events.clone(),
+                    },
+                );
+                let op = QOp::Checkout {
+                    consumer: spec.id.clone(),
+                    no_ack: spec.no_ack,
+                    prefetch,
+                };
+                self.propose_op(op, Waiter::Consume(spec.id, reply)).await;
+            }
+            QueueCmd::Cancel { consumer, reply } => {
+                self.propose_op(QOp::Cancel(consumer), Waiter::Cancel(reply))
+                    .await;
+            }
+            QueueCmd::Get {
+                channel,
+                no_ack,
+                reply,
+            } => {
+                self.propose_op(QOp::Get { channel, no_ack }, Waiter::Get(reply))
+                    .await;
+            }
+            QueueCmd::Ack(seqs) => self.propose_op(QOp::Ack(seqs), Waiter::Nothing).await,
+            QueueCmd::Requeue(seqs) => self.propose_op(QOp::Requeue(seqs), Waiter::Nothing).await,
+            QueueCmd::Discard(seqs) => self.propose_op(QOp::Discard(seqs), Waiter::Nothing).await,
+            QueueCmd::Return {
+                consumer,
+                entries,
+                no_ack,
+            } => {
+                // No-ack deliveries were settled as they were sent (at most once).
+                if !no_ack {
+                    let seqs = entries.iter().map(|e| e.seq).collect();
+                    self.propose_op(QOp::Return { consumer, seqs }, Waiter::Nothing)
+                        .await;
+                }
+            }
+            QueueCmd::ChannelClosed(ch) => {
+                self.consumers.retain(|id, _| id.channel != ch);
+                self.propose_op(QOp::ChannelDown(ch), Waiter::Nothing).await;
+            }
+            QueueCmd::NodeDown(node) => self.propose_op(QOp::NodeDown(node), Waiter::Nothing).await,
+            QueueCmd::Stat(reply) => {
+                // Counts as of every change committed before the declare: wait until this
+                // replica has applied up to the group's read index.
+                // So are this connection's own earlier commands (a publish just before).
+                let after = self.next_req;
+                let (cluster, group, reads) = (self.cluster.clone(), self.group, reads.clone());
+                let timeout = cluster.config.command_timeout;
+                tokio::spawn(async move {
+                    if let Ok(Ok(index)) =
+                        tokio::time::timeout(timeout, cluster.read_group(group)).await
+                    {
+                        let _ = reads.send((index, after, reply));
+                    }
+                });
+            }
+            QueueCmd::Purge(reply) => self.propose_op(QOp::Purge, Waiter::Purge(reply)).await,
+            QueueCmd::Delete {
+                if_unused,
+                if_empty,
+                reply,
+            } => {
+                if if_unused || if_empty {
+                    let flag = if if_unused { "if-unused" } else { "if-empty" };
+                    let _ = reply.send(Err(Error::connection(
+                        code::NOT_IMPLEMENTED,
+                        format!(
+                            "cannot delete queue '{}' in vhost '{}'. queue.delete operations \
+                             with {flag} flag set are not supported by quorum queues",
+                            self.shared.name,
+                            self.state.config().vhost
+                        ),
+                    )));
+                    return;
+                }
+                self.propose_op(QOp::Delete, Waiter::Delete(reply)).await;
+            }
+            QueueCmd::Stop => {}
+        }
+    }
+
+    fn first_time(&mut self, key: (NodeId, u64)) -> bool {
+        if !self.seen.insert(key) {
+            return false;
+        }
+        self.order.push_back(key);
+        if self.order.len() > REMEMBERED
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        true
+    }
+
+    /// Apply a committed entry: the same on every replica; then this node's share of the
+    /// effects, and the answer if it proposed it.
+    fn apply(&mut self, index: u64, data: &[u8]) {
+        self.applied = index;
+        if self.done || data.is_empty() {
+            return;
+        }
+        let e = match QEntry::decode(data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(queue = %self.shared.name, index, "undecodable queue entry skipped: {e}");
+                return;
+            }
+        };
+        if e.req != 0 && !self.first_time((e.origin, e.req)) {
+            return;
+        }
+        let waiter = match e.origin == self.me {
+            true => self.pending.remove(&e.req).map(|p| p.waiter),
+            false => None,
+        };
+        let meta = Meta { now_ms: e.at_ms };
+        let mut fx = Vec::new();
+        let reply = match e.op {
+            QOp::NodeDown(node) => {
+                for ch in self.state.channels_of(node) {
+                    self.state.apply(meta, Command::ChannelDown(ch), &mut fx);
+                }
+                Reply::None
+            }
+            op => {
+                match &op {
+                    QOp::Cancel(c) => _ = self.consumers.remove(c),
+                    QOp::Tick if e.origin == self.me => self.ticked = None,
+                    _ => {}
+                }
+                self.state.apply(meta, command(op), &mut fx)
+            }
+        };
+        // Effects first: a deleted queue is forgotten before its delete-ok goes.
+        for f in fx {
+            self.carry(f);
+        }
+        if let Some(w) = waiter {
+            self.answer(w, reply);
+        }
+    }
+
+    fn answer(&mut self, waiter: Waiter, reply: Reply<QBody>) {
+        match (waiter, reply) {
+            (Waiter::Publish(Some(r)), Reply::Enqueued { refused }) => r.answer(&refused),
+            (Waiter::Consume(id, tx), Reply::CheckedOut(result)) => {
+                if result.is_err() {
+                    self.consumers.remove(&id);
+                }
+                let _ = tx.send(result);
+            }
+            (Waiter::Cancel(tx), _) => {
+                let _ = tx.send(());
+            }
+            (Waiter::Get(tx), Reply::Got(got)) => {
+                let _ = tx.send(got.map(|(d, n)| (entry(d), n)));
+            }
+            (Waiter::Purge(tx), Reply::Purged(n)) => {
+                let _ = tx.send(n);
+            }
+            (Waiter::Delete(tx), Reply::Deleted(r)) => {
+                let _ = tx.send(r);
+            }
+            // A consume refused drops its local registration with its waiter.
+            _ => {}
+        }
+    }
+
+    fn carry(&mut self, f: Effect<QBody>) {
+        match f {
+            Effect::Deliver {
+                consumer,
+                no_ack,
+                msgs,
+            } => {
+                if let Some(c) = self.consumers.get(&consumer) {
+                    let ev = ConnEvent::Deliver {
+                        consumer,
+                        no_ack,
+                        queue: self.shared.clone(),
+                        entries: msgs.into_iter().map(entry).collect(),
+                    };
+                    let _ = c.events.send(ev);
+                }
+            }
+            Effect::Cancelled(c) => {
+                if let Some(l) = self.consumers.remove(&c) {
+                    let _ = l.events.send(ConnEvent::Cancelled(c));
+                }
+            }
+            Effect::Deleted => {
+                self.done = true;
+                (self.on_deleted)(&self.shared);
+            }
+            // No store rows (the log is the store) and no connection credit in the state.
+            Effect::Starved(_)
+            | Effect::MarkDelivered(_)
+            | Effect::Release(_)
+            | Effect::Reacquire(_) => {}
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let oldest = self.pending.keys().min().copied().unwrap_or(u64::MAX);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(index, after, _)| *index <= applied && oldest > *after);
+        self.reads = waiting;
+        for (_, _, tx) in ready {
+            let _ = tx.send(Stat {
+                messages: self.state.ready_len() as u32,
+                consumers: self.state.consumer_count() as u32,
+            });
+        }
+    }
+}
+
+/// A log operation as the state's command (`NodeDown` is handled before).
+fn command(op: QOp) -> Command<QBody> {
+    match op {
+        QOp::Enqueue(msgs) => Command::Enqueue(
+            msgs.into_iter()
+                .map(|m| QBody(Arc::new(m.into_message())))
+                .collect(),
+        ),
+        QOp::Checkout {
+            consumer,
+            no_ack,
+            prefetch,
+        } => Command::Checkout(Checkout {
+            consumer,
+            no_ack,
+            // RabbitMQ does not enforce an exclusive consume on a quorum queue.
+            exclusive: false,
+            prefetch,
+            // Connection credit is not logged: the prefetch bounds what is in flight.
+            limit: u64::MAX,
+            pooled: false,
+        }),
+        QOp::Cancel(c) => Command::Cancel(c),
+        QOp::Get { channel, no_ack } => Command::Get { channel, no_ack },
+        QOp::Ack(s) => Command::Ack(s),
+        QOp::Requeue(s) => Command::Requeue(s),
+        QOp::Discard(s) => Command::Discard(s),
+        QOp::Return { consumer, seqs } => Command::Return { consumer, seqs },
+        QOp::ChannelDown(ch) => Command::ChannelDown(ch),
+        QOp::Purge => Command::Purge,
+        QOp::Delete => Command::Delete {
+            if_unused: false,
+            if_empty: false,
+        },
+        QOp::Tick | QOp::NodeDown(_) => Command::Tick,
+    }
+}
+
+fn entry(d: Delivery<QBody>) -> Entry {
+    Entry {
+        seq: d.seq,
+        msg: d.body.0,
+        redelivered: d.redelivered,
+        expires_ms: d.expires_ms,
+    }
+}
+
+/// A proposal that was not applied in time: its waiter hears of the failure.
+fn fail(waiter: Waiter, timeout: Duration) {
+    let why = || {
+        Error::channel(
+            code::INTERNAL_ERROR,
+            format!(
+                "quorum queue change failed: not committed within {} ms (no majority of \
+                 its members reachable)",
+                timeout.as_millis()
+            ),
+        )
+    };
+    match waiter {
+        // Dropped unanswered: every publish of it is nacked.
+        Waiter::Publish(_) | Waiter::Nothing | Waiter::Cancel(_) | Waiter::Purge(_) => {}
+        Waiter::Get(_) => {}
+        Waiter::Consume(_, tx) => {
+            let _ = tx.send(Err(why()));
+        }
+        Waiter::Delete(tx) => {
+            let _ = tx.send(Err(why()));
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -218,3 +218,141 @@ async fn a_quorum_queue_confirms_delivers_and_recovers_after_a_restart() {
     let _ = BasicProperties::default();
     b.stop().await;
 }
+
+/// A 3-node cluster: the queue is declared on node 1 (its first leader), published to from
+/// node 2 and consumed from node 3, each node delivering from its own replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_is_used_from_every_node_of_a_cluster() {
+    let cluster = crate::cluster::TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_quorum(&ch1, "rq").await;
+    let (_c2, ch2) = cluster.channel(1).await;
+    assert_eq!(publish_confirmed(&ch2, "rq", 0, 200).await, 200);
+    let (_c3, ch3) = cluster.channel(2).await;
+    assert_eq!(crate::common::count(&ch3, "rq").await, 200);
+    ch3.basic_qos(20, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch3, "rq", "far", false).await;
+    for i in 0..200 {
+        let d = consumer.next().await.expect("a delivery").unwrap();
+        assert_eq!(d.data, format!("m{i}").as_bytes());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    assert_eq!(crate::common::count(&ch1, "rq").await, 0);
+}
+
+/// kill -9 of the leader while a publisher on another node publishes with confirms and a
+/// consumer on the third consumes with acks: a new leader takes over and both carry on; once
+/// the publisher stops, every confirmed message is consumed (lost = 0) and nothing
+/// unpublished arrives; duplicates (redeliveries of unacked ones) are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_leader_loses_no_confirmed_message() {
+    use std::collections::BTreeSet;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let settings = "cluster_command_timeout_ms = 3000\n";
+    let mut cluster = crate::cluster::TestCluster::start(3, settings);
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_quorum(&ch1, "jq").await;
+    let (c2, ch2) = cluster.channel(1).await;
+    let (_c3, ch3) = cluster.channel(2).await;
+    ch3.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch3, "jq", "checker", false).await;
+    ch2.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (stop, published) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let publisher = {
+        let (stop, published) = (stop.clone(), published.clone());
+        tokio::spawn(async move {
+            let mut confirmed = BTreeSet::new();
+            let mut next = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut pending = Vec::new();
+                for i in next..next + 50 {
+                    let c = ch2
+                        .basic_publish(
+                            "".into(),
+                            "jq".into(),
+                            BasicPublishOptions::default(),
+                            i.to_string().as_bytes(),
+                            persistent(),
+                        )
+                        .await
+                        .unwrap();
+                    pending.push((i, c));
+                }
+                next += 50;
+                published.store(next, Ordering::Relaxed);
+                for (i, c) in pending {
+                    if c.await.unwrap().is_ack() {
+                        confirmed.insert(i);
+                    }
+                }
+            }
+            drop(c2);
+            (confirmed, next)
+        })
+    };
+    let mut received = Vec::new();
+    let mut take = async |received: &mut Vec<usize>, until: usize| {
+        while received.len() < until {
+            let d = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.next())
+                .await
+                .expect("deliveries go on")
+                .expect("a delivery")
+                .unwrap();
+            received.push(
+                std::str::from_utf8(&d.data)
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+            d.ack(BasicAckOptions::default()).await.unwrap();
+        }
+    };
+    // The nemesis strikes mid-stream: the leader (node 1, where it was declared) dies.
+    take(&mut received, 300).await;
+    let before = published.load(Ordering::Relaxed);
+    cluster.kill9(0);
+    // Both sides carry on with the survivors: messages published after the kill arrive.
+    take(&mut received, before + 300).await;
+    stop.store(true, Ordering::Relaxed);
+    let (confirmed, n) = publisher.await.unwrap();
+    assert!(
+        confirmed.len() > before,
+        "confirmed {} of {n}",
+        confirmed.len()
+    );
+    let mut seen: BTreeSet<usize> = received.iter().copied().collect();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !confirmed.is_subset(&seen) {
+        let d = tokio::time::timeout_at(deadline, consumer.next())
+            .await
+            .unwrap_or_else(|_| {
+                let lost: Vec<_> = confirmed.difference(&seen).take(10).collect();
+                panic!("lost confirmed messages, e.g. {lost:?}")
+            })
+            .expect("a delivery")
+            .unwrap();
+        let m = std::str::from_utf8(&d.data)
+            .unwrap()
+            .parse::<usize>()
+            .unwrap();
+        received.push(m);
+        seen.insert(m);
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    let unexpected: Vec<_> = seen.iter().filter(|m| **m >= n).collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    eprintln!(
+        "published {n} ({before} before the kill), confirmed {}, received {} ({} distinct, {} \
+         duplicates), lost 0, unexpected 0",
+        confirmed.len(),
+        received.len(),
+        seen.len(),
+        received.len() - seen.len()
+    );
+}

@@ -40,6 +40,8 @@ pub use entry::{QBody, QEntry, QOp};
 const REPROPOSE: Duration = Duration::from_millis(1000);
 /// Applied (origin, request) pairs remembered for skipping duplicates.
 const REMEMBERED: usize = 65_536;
+/// A read index not answered by then is asked for again.
+const READ_RETRY: Duration = Duration::from_millis(100);
 /// RabbitMQ's credit for a quorum queue consumer without a prefetch.
 const DEFAULT_PREFETCH: u32 = 2000;
 
@@ -413,9 +415,7 @@ impl Replica {
                 let (cluster, group, reads) = (self.cluster.clone(), self.group, reads.clone());
                 let timeout = cluster.config.command_timeout;
                 tokio::spawn(async move {
-                    if let Ok(Ok(index)) =
-                        tokio::time::timeout(timeout, cluster.read_group(group)).await
-                    {
+                    if let Some(index) = read_index(&cluster, group, timeout).await {
                         let _ = reads.send((index, after, reply));
                     }
                 });
@@ -652,6 +652,19 @@ fn fail(waiter: Waiter, timeout: Duration) {
             let _ = tx.send(Err(why()));
         }
     }
+}
+
+/// The group's read index, asked again until `timeout`: a read is dropped without an
+/// answer while the group has no leader, or one that has not committed in its term yet.
+async fn read_index(cluster: &Cluster, group: u64, timeout: Duration) -> Option<u64> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        tokio::select! {
+            r = cluster.read_group(group) => return r.ok(),
+            _ = tokio::time::sleep(READ_RETRY) => {}
+        }
+    }
+    None
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """A 3-node warren cluster against one warren node and a 3-node RabbitMQ cluster.
 
-    benches/cluster.py [--rounds 3] [--duration 10] [--out benches/results]
+    benches/cluster.py [--rounds 3] [--duration 10] [--out benches/results] [--quorum]
 
 Every broker runs on this machine. The warren cluster runs on 127.0.0.2-4; RabbitMQ 3.10
 (from Debian, installed if missing) runs three nodes joined with `rabbitmqctl
 join_cluster`. In each scenario the queue is a classic queue declared on node 1 (its
 home), the producer connects to node 2 and the consumer to node 3; against the single
 node, all three are the same node. Prints a table of medians (msg/s, p50/p99 end-to-end
-latency) and writes cluster.json to --out.
+latency) and writes cluster.json to --out. With --quorum the queue is a quorum queue
+(x-queue-type: quorum, declared on node 1, so its first leader is there) and the results
+go to quorum.json.
 """
 
 import argparse
@@ -32,6 +34,12 @@ SCENARIOS = [
      "--size 1024 --persistent --durable --confirm 1000 --multiple-ack 100 --prefetch 1000"),
     ("c3", "latency at a fixed 10k msg/s, transient 16 B, auto-ack",
      "--size 16 --auto-ack --rate 10000"),
+]
+
+QUORUM_SCENARIOS = [
+    ("q1", "quorum queue, persistent 1 KiB, confirms (window 1000), ack multiple 100",
+     "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
+     "--multiple-ack 100 --prefetch 1000"),
 ]
 
 
@@ -168,7 +176,9 @@ def main():
     ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--out", default=os.path.join(compare.REPO, "benches", "results"))
     ap.add_argument("--skip-rabbitmq", action="store_true")
+    ap.add_argument("--quorum", action="store_true", help="quorum queues instead of classic")
     a = ap.parse_args()
+    scenarios = QUORUM_SCENARIOS if a.quorum else SCENARIOS
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not a.skip_rabbitmq:
         compare.ensure_rabbitmq()
@@ -179,7 +189,7 @@ def main():
              ("warren-3", lambda: WarrenCluster(warren_bin))]
     if not a.skip_rabbitmq:
         kinds.append(("rabbitmq-3", RabbitCluster))
-    runs = {(s[0], k[0]): [] for s in SCENARIOS for k in kinds}
+    runs = {(s[0], k[0]): [] for s in scenarios for k in kinds}
     for rnd in range(a.rounds):
         order = kinds if rnd % 2 == 0 else list(reversed(kinds))
         for name, start in order:
@@ -187,7 +197,7 @@ def main():
             c = start()
             try:
                 time.sleep(2)
-                for sid, title, args in SCENARIOS:
+                for sid, title, args in scenarios:
                     r = run(perf, c, args, a.duration, workdir)
                     runs[(sid, name)].append(r)
                     log(f"  ({sid}) {name}: {r['msg_per_sec']:,.0f} msg/s, "
@@ -196,14 +206,14 @@ def main():
                 c.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     table = []
-    for sid, title, args in SCENARIOS:
+    for sid, title, args in scenarios:
         row = {"scenario": sid, "title": title, "perf_args": args}
         for name, _ in kinds:
             rs = runs[(sid, name)]
             row[name] = {k: statistics.median(r[k] for r in rs)
                          for k in ("msg_per_sec", "p50_us", "p99_us")}
         table.append(row)
-    with open(os.path.join(a.out, "cluster.json"), "w") as f:
+    with open(os.path.join(a.out, "quorum.json" if a.quorum else "cluster.json"), "w") as f:
         json.dump({"rounds": a.rounds, "duration": a.duration, "table": table,
                    "runs": {f"{s}/{n}": v for (s, n), v in runs.items()}}, f, indent=2)
     print(f"\nmedians of {a.rounds} rounds, {a.duration:g} s each; queue on node 1, "

@@ -189,3 +189,116 @@ fn a_cut_off_node_refuses_changes_and_converges_once_healed() {
         assert_eq!(queue_code(&cluster, b, "ex").await, Some(405));
     });
 }
+
+fn quorum_args() -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        lapin::types::AMQPValue::LongString("quorum".into()),
+    );
+    t
+}
+
+/// Publish `ids` persistent with confirms on `ch`; the ids acked.
+async fn publish_ids(ch: &lapin::Channel, queue: &str, ids: std::ops::Range<usize>) -> Vec<usize> {
+    ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in ids {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                lapin::options::BasicPublishOptions::default(),
+                i.to_string().as_bytes(),
+                crate::common::persistent(),
+            )
+            .await
+            .unwrap();
+        pending.push((i, c));
+    }
+    let mut acked = Vec::new();
+    for (i, c) in pending {
+        if matches!(c.await, Ok(c) if c.is_ack()) {
+            acked.push(i);
+        }
+    }
+    acked
+}
+
+/// A quorum queue's member cut off from the two others while a publisher on it and one on
+/// the majority side publish with confirms: the cut-off side confirms nothing; the majority
+/// side goes on; once healed, every confirmed message is in the queue (lost 0), nothing
+/// unpublished is, and the cut-off node serves the queue again.
+#[test]
+fn the_minority_side_of_a_quorum_queue_confirms_nothing_and_loses_nothing() {
+    in_private_network(|| async {
+        let settings = "cluster_peer_timeout_ms = 300\ncluster_command_timeout_ms = 2000\n";
+        let cluster = TestCluster::start(3, settings);
+        for i in 0..3 {
+            cluster.url(i).await;
+        }
+        let ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|n| n.ip).collect();
+        // Declared on node 1 (its first leader); node 3 is cut off.
+        let (_c1, ch1) = cluster.channel(0).await;
+        ch1.queue_declare("pq".into(), crate::common::durable(), quorum_args())
+            .await
+            .unwrap();
+        let before = publish_ids(&ch1, "pq", 0..100).await;
+        assert_eq!(before.len(), 100);
+        let (_c3, ch3) = cluster.channel(2).await;
+        cut_off(ips[2], &[ips[0], ips[1]]);
+        let started = Instant::now();
+        let minority = publish_ids(&ch3, "pq", 1000..1050).await;
+        assert!(
+            minority.is_empty(),
+            "the cut-off side confirmed {minority:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let majority = publish_ids(&ch1, "pq", 100..200).await;
+        assert_eq!(majority.len(), 100, "the majority side goes on");
+        heal();
+        // The majority took node 3 as down meanwhile: once it learns that, it closes the
+        // connections it had; connect after.
+        cluster.until_said(2, "took this node as down", 0).await;
+        // Everything confirmed is there, read from the healed node's own replica.
+        let (_c, ch) = cluster.channel(2).await;
+        let mut seen = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let got = ch
+                .basic_get(
+                    "pq".into(),
+                    lapin::options::BasicGetOptions { no_ack: true },
+                )
+                .await
+                .unwrap();
+            let Some(m) = got else { break };
+            let n: usize = std::str::from_utf8(&m.delivery.data)
+                .unwrap()
+                .parse()
+                .unwrap();
+            seen.insert(n);
+            assert!(Instant::now() < deadline);
+        }
+        let lost: Vec<_> = before
+            .iter()
+            .chain(&majority)
+            .filter(|n| !seen.contains(n))
+            .collect();
+        assert!(lost.is_empty(), "lost {lost:?}");
+        let unexpected: Vec<_> = seen
+            .iter()
+            .filter(|n| !(**n < 200 || (1000..1050).contains(*n)))
+            .collect();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+        eprintln!(
+            "confirmed {} (majority side), 0 of 50 on the cut-off side; after healing {} in \
+             the queue ({} of the unconfirmed ones), lost 0",
+            before.len() + majority.len(),
+            seen.len(),
+            seen.iter().filter(|n| **n >= 1000).count()
+        );
+    });
+}

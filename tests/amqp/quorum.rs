@@ -131,6 +131,23 @@ async fn a_quorum_queue_must_be_durable_shared_and_named() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), Some(406), "{e}");
+    // A global prefetch is not supported by quorum queues: 540 on consume, as RabbitMQ.
+    let (_c2, ch) = channel(&b).await;
+    declare_quorum(&ch, "gq").await;
+    ch.basic_qos(5, BasicQosOptions { global: true })
+        .await
+        .unwrap();
+    let e = ch
+        .basic_consume(
+            "gq".into(),
+            "g".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(540), "{e}");
+    assert!(e.to_string().contains("does not support global qos"), "{e}");
     b.stop().await;
 }
 

@@ -28,6 +28,7 @@ use super::state::{self, Checkout, Command, Delivery, Effect, Meta, QueueState, 
 use super::{ConnEvent, ConnSender, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
 use crate::broker::args::{Overflow, QueueArgs};
 use crate::broker::clock;
+use crate::broker::consumer::ChannelLimit;
 use crate::broker::ids::{ConsumerId, NodeId};
 use crate::broker::remote::wire::WireMsg;
 use crate::broker::topology::Quorum;
@@ -167,6 +168,9 @@ struct Pending {
 /// A consumer whose connection is on this node.
 struct Local {
     events: ConnSender,
+    /// Its channel's pool: deliveries are counted in it (they are released on ack), so
+    /// that a global prefetch set later on the channel starts from the truth.
+    pool: Arc<ChannelLimit>,
 }
 
 struct Replica {
@@ -358,6 +362,17 @@ impl Replica {
                     .await;
             }
             QueueCmd::Consume(spec, reply) => {
+                if spec.channel_limit.limit() > 0 {
+                    let _ = reply.send(Err(Error::connection(
+                        code::NOT_IMPLEMENTED,
+                        format!(
+                            "queue '{}' in vhost '{}' does not support global qos",
+                            self.shared.name,
+                            self.state.config().vhost
+                        ),
+                    )));
+                    return;
+                }
                 let prefetch = match spec.prefetch {
                     0 => DEFAULT_PREFETCH,
                     p => p,
@@ -366,6 +381,7 @@ impl Replica {
                     spec.id.clone(),
                     Local {
                         events: spec.events.clone(),
+                        pool: spec.channel_limit.clone(),
                     },
                 );
                 let op = QOp::Checkout {
@@ -540,6 +556,9 @@ impl Replica {
                 msgs,
             } => {
                 if let Some(c) = self.consumers.get(&consumer) {
+                    if !no_ack {
+                        c.pool.force(msgs.len() as u32);
+                    }
                     let ev = ConnEvent::Deliver {
                         consumer,
                         no_ack,

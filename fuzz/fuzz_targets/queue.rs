@@ -98,6 +98,8 @@ fuzz_target!(|data: &[u8]| {
         auto_delete: b.flag(),
         args,
         memory_budget: usize::from(b.byte()) * 64,
+        delivery_limit: b.opt(1).map(|n| n as u32 % 4),
+        requeue_to_tail: b.flag(),
     };
     let mut now = 0u64;
     let mut q: QueueState<M> = QueueState::new(cfg, Meta { now_ms: now });

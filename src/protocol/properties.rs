@@ -99,6 +99,23 @@ pub fn headers(raw: &[u8]) -> Option<FieldTable> {
     parse(raw)?.1.headers().clone()
 }
 
+/// The properties with header `key` set to `value` (replacing one of that name), encoded
+/// again; None if they do not parse. For headers the broker adds (x-delivery-count).
+pub fn with_header(raw: &[u8], key: &str, value: super::AMQPValue) -> Option<Vec<u8>> {
+    use amq_protocol::frame::WriteContext;
+    use amq_protocol::protocol::basic::gen_properties;
+    let (rest, props) = parse(raw)?;
+    if !rest.is_empty() {
+        return None;
+    }
+    let mut headers = props.headers().clone().unwrap_or_default();
+    headers.insert(key.into(), value);
+    let props = props.with_headers(headers);
+    gen_properties(&props)(WriteContext::from(Vec::new()))
+        .ok()
+        .map(|w| w.write)
+}
+
 #[cfg(test)]
 mod tests {
     use amq_protocol::frame::WriteContext;
@@ -181,6 +198,28 @@ mod tests {
         // Cut inside the strings before the table: malformed, not a panic.
         assert_eq!(check_depth(&props(2)[..4], 8), Err(TableError::Malformed));
         assert_eq!(check_depth(&[0x20], 8), Ok(()));
+    }
+
+    #[test]
+    fn a_header_is_added_and_the_rest_kept() {
+        use crate::protocol::AMQPValue;
+        let p = AMQPProperties::default()
+            .with_delivery_mode(2)
+            .with_correlation_id("c".into());
+        let out = with_header(&raw(&p), "x-delivery-count", AMQPValue::LongLongInt(2)).unwrap();
+        let (_, back) = parse_properties(&out[..]).unwrap();
+        assert_eq!(*back.delivery_mode(), Some(2));
+        assert_eq!(back.correlation_id().as_ref().unwrap().as_str(), "c");
+        let h = back.headers().clone().unwrap();
+        assert_eq!(
+            h.inner().get("x-delivery-count"),
+            Some(&AMQPValue::LongLongInt(2))
+        );
+        // Set again: replaced, not doubled.
+        let again = with_header(&out, "x-delivery-count", AMQPValue::LongLongInt(3)).unwrap();
+        let h = headers(&again).unwrap();
+        assert_eq!(h.inner().len(), 1);
+        assert_eq!(with_header(&[0xff], "x", AMQPValue::Boolean(true)), None);
     }
 
     /// Found by the properties fuzz target: a reply-to that is not UTF-8 passed the fast walk

@@ -83,6 +83,9 @@ pub fn spawn(spec: QueueSpec) -> QueueHandle {
         auto_delete: shared.auto_delete,
         args,
         memory_budget: spec.memory_budget,
+        // RabbitMQ's classic queues neither count deliveries nor limit them.
+        delivery_limit: None,
+        requeue_to_tail: false,
     };
     let meta = Meta {
         now_ms: clock::now_ms(),
@@ -557,5 +560,6 @@ fn delivery(e: Entry) -> Delivery<Body> {
         body: Body::Mem(e.msg),
         redelivered: e.redelivered,
         expires_ms: e.expires_ms,
+        returns: 0,
     }
 }

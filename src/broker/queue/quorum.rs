@@ -11,7 +11,7 @@
 //! (origin, request) they applied already, deterministically. Time comes from the entries.
 //!
 //! Not yet: members are every node (no access from non-members), no snapshots (the log
-//! is replayed from the first entry at start, and never compacted), no x-delivery-count.
+//! is replayed from the first entry at start, and never compacted).
 
 mod entry;
 
@@ -34,7 +34,7 @@ use crate::broker::remote::wire::WireMsg;
 use crate::broker::topology::Quorum;
 use crate::cluster::{Apply, Cluster};
 use crate::error::{Error, code};
-use crate::protocol::FieldTable;
+use crate::protocol::{FieldTable, properties};
 pub use entry::{QBody, QEntry, QOp};
 
 /// A proposal not seen applied by then is proposed again (it may have been dropped).
@@ -103,6 +103,9 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
         auto_delete: false,
         args,
         memory_budget: usize::MAX,
+        delivery_limit: delivery_limit(&spec.arguments),
+        // RabbitMQ's quorum queues requeue to the tail unless a delivery limit is set.
+        requeue_to_tail: true,
     };
     let now = Meta {
         now_ms: clock::now_ms(),
@@ -135,6 +138,22 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
         replica.run(rx, placement, first).await;
     });
     shared
+}
+
+/// x-delivery-limit (checked positive at declare).
+fn delivery_limit(arguments: &FieldTable) -> Option<u32> {
+    use crate::protocol::AMQPValue as V;
+    let n = match arguments.inner().get("x-delivery-limit")? {
+        V::ShortShortInt(n) => i64::from(*n),
+        V::ShortShortUInt(n) => i64::from(*n),
+        V::ShortInt(n) => i64::from(*n),
+        V::ShortUInt(n) => i64::from(*n),
+        V::LongInt(n) => i64::from(*n),
+        V::LongUInt(n) => i64::from(*n),
+        V::LongLongInt(n) => *n,
+        _ => return None,
+    };
+    u32::try_from(n).ok().filter(|n| *n > 0)
 }
 
 fn rejects_dlx(arguments: &FieldTable) -> bool {
@@ -535,7 +554,7 @@ impl Replica {
                 let _ = tx.send(());
             }
             (Waiter::Get(tx), Reply::Got(got)) => {
-                let _ = tx.send(got.map(|(d, n)| (entry(d), n)));
+                let _ = tx.send(got.map(|(d, n)| (entry(d, true), n)));
             }
             (Waiter::Purge(tx), Reply::Purged(n)) => {
                 let _ = tx.send(n);
@@ -563,7 +582,7 @@ impl Replica {
                         consumer,
                         no_ack,
                         queue: self.shared.clone(),
-                        entries: msgs.into_iter().map(entry).collect(),
+                        entries: msgs.into_iter().map(|d| entry(d, false)).collect(),
                     };
                     let _ = c.events.send(ev);
                 }
@@ -639,10 +658,22 @@ fn command(op: QOp) -> Command<QBody> {
     }
 }
 
-fn entry(d: Delivery<QBody>) -> Entry {
+/// A delivery as a connection takes it. As RabbitMQ's quorum queues do, it carries
+/// `x-delivery-count` (the times it came back) once it has come back, and always for a
+/// basic.get.
+fn entry(d: Delivery<QBody>, get: bool) -> Entry {
+    let mut msg = d.body.0;
+    if d.returns > 0 || get {
+        let count = crate::protocol::AMQPValue::LongLongInt(i64::from(d.returns));
+        if let Some(p) = properties::with_header(&msg.properties, "x-delivery-count", count) {
+            let mut m = (*msg).clone();
+            m.properties = bytes::Bytes::from(p);
+            msg = Arc::new(m);
+        }
+    }
     Entry {
         seq: d.seq,
-        msg: d.body.0,
+        msg,
         redelivered: d.redelivered,
         expires_ms: d.expires_ms,
     }

@@ -34,6 +34,8 @@ struct Msg<B> {
     expires_ms: Option<u64>,
     /// What it was counted at in `weight`.
     weight: u32,
+    /// Times it came back from a consumer (requeued, or its channel went).
+    returns: u32,
 }
 
 impl<B: Clone> Msg<B> {
@@ -43,6 +45,7 @@ impl<B: Clone> Msg<B> {
             body: self.body.clone(),
             redelivered: self.redelivered,
             expires_ms: self.expires_ms,
+            returns: self.returns,
         }
     }
 }
@@ -256,9 +259,8 @@ impl<B: Payload> QueueState<B> {
             }
             Command::Requeue(seqs) => {
                 for seq in seqs {
-                    if let Some(mut m) = self.settle(seq) {
-                        m.redelivered = true;
-                        self.insert_ready(m);
+                    if let Some(m) = self.settle(seq) {
+                        self.returned(m, true, fx);
                     }
                 }
                 Reply::None
@@ -354,6 +356,7 @@ impl<B: Payload> QueueState<B> {
             redelivered,
             expires_ms,
             weight,
+            returns: 0,
         });
     }
 
@@ -430,9 +433,8 @@ impl<B: Payload> QueueState<B> {
             .collect();
         held.sort_unstable();
         for seq in held {
-            if let Some(mut m) = self.settle(seq) {
-                m.redelivered = true;
-                self.insert_ready(m);
+            if let Some(m) = self.settle(seq) {
+                self.returned(m, false, fx);
             }
         }
         self.maybe_auto_delete(fx);
@@ -450,6 +452,7 @@ impl<B: Payload> QueueState<B> {
             redelivered: d.redelivered,
             expires_ms: d.expires_ms,
             weight,
+            returns: d.returns,
         });
     }
 
@@ -502,6 +505,28 @@ impl<B: Payload> QueueState<B> {
         if !m.redelivered && self.stores(&m.body) {
             fx.push(Effect::MarkDelivered(m.body.clone()));
         }
+    }
+
+    /// A delivery back from its consumer: requeued by it (`explicit`: nack, reject, recover)
+    /// or because its channel went. Counted; dropped once past the delivery limit; else ready
+    /// again where it was, or at the tail for an explicit requeue on a queue that does that
+    /// (a quorum queue without a delivery limit, as RabbitMQ's).
+    fn returned(&mut self, mut m: Msg<B>, explicit: bool, fx: &mut Vec<Effect<B>>) {
+        m.redelivered = true;
+        m.returns = m.returns.saturating_add(1);
+        if let Some(limit) = self.cfg.delivery_limit {
+            if m.returns > limit {
+                self.release(m, fx);
+                return;
+            }
+        } else if explicit && self.cfg.requeue_to_tail {
+            m.seq = self.next_seq;
+            self.next_seq += 1;
+            self.ready_bytes += u64::from(m.body.size());
+            self.ready.push_back(m);
+            return;
+        }
+        self.insert_ready(m);
     }
 
     fn insert_ready(&mut self, m: Msg<B>) {
@@ -605,5 +630,7 @@ impl<B: Payload> QueueState<B> {
 
 #[cfg(test)]
 mod model;
+#[cfg(test)]
+mod returns_tests;
 #[cfg(test)]
 mod tests;

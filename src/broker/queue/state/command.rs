@@ -42,6 +42,12 @@ pub struct Config {
     pub args: QueueArgs,
     /// Weight held in memory before newly enqueued stored messages are paged out.
     pub memory_budget: usize,
+    /// A message that has come back from consumers more often than this is dropped
+    /// (x-delivery-limit: quorum queues).
+    pub delivery_limit: Option<u32>,
+    /// An explicit requeue goes to the tail, not back to its place (quorum queues without a
+    /// delivery limit, as RabbitMQ's).
+    pub requeue_to_tail: bool,
 }
 
 /// A new consumer. Its id is used for this checkout only (channels number their consumers):
@@ -78,6 +84,8 @@ pub struct Delivery<B> {
     pub redelivered: bool,
     /// Its deadline, kept in case it comes back (a no-ack delivery never handed over).
     pub expires_ms: Option<u64>,
+    /// Times it came back from consumers before (x-delivery-count).
+    pub returns: u32,
 }
 
 #[derive(Debug, Clone)]

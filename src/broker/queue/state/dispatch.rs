@@ -79,6 +79,7 @@ impl<B: Payload> QueueState<B> {
                 body: m.body,
                 redelivered: m.redelivered,
                 expires_ms: m.expires_ms,
+                returns: m.returns,
             };
         }
         let d = m.delivery();

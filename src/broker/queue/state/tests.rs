@@ -47,7 +47,7 @@ pub(super) fn msg(id: u32) -> T {
     }
 }
 
-fn cfg(args: QueueArgs) -> Config {
+pub(super) fn cfg(args: QueueArgs) -> Config {
     Config {
         name: "q".into(),
         vhost: "/".into(),
@@ -55,6 +55,8 @@ fn cfg(args: QueueArgs) -> Config {
         auto_delete: false,
         args,
         memory_budget: usize::MAX,
+        delivery_limit: None,
+        requeue_to_tail: false,
     }
 }
 
@@ -96,7 +98,7 @@ impl Q {
         Q::with(cfg(args))
     }
 
-    fn with(cfg: Config) -> Q {
+    pub(super) fn with(cfg: Config) -> Q {
         Q {
             q: QueueState::new(cfg, Meta { now_ms: 0 }),
             now: 0,

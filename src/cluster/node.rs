@@ -25,11 +25,11 @@ pub trait Apply: Send + 'static {
 }
 
 enum Request {
-    /// An entry to propose; answered once this node's Raft took it.
+    /// An entry to propose; answered (if asked) once this node's Raft took it.
     Propose {
         group: u64,
         data: Vec<u8>,
-        done: oneshot::Sender<Result<(), ClusterError>>,
+        done: Option<oneshot::Sender<Result<(), ClusterError>>>,
     },
     /// Answered once this node has applied everything committed when it was asked (Raft's
     /// read index: the leader confirms with a majority that it still leads). Dropped without
@@ -154,11 +154,24 @@ impl Cluster {
     /// The same for any group this node takes part in.
     pub async fn propose_to(&self, group: u64, data: Vec<u8>) -> Result<(), ClusterError> {
         let (done, rx) = oneshot::channel();
+        let done = Some(done);
         self.requests
             .send(Request::Propose { group, data, done })
             .await
             .map_err(|_| ClusterError::Stopped)?;
         rx.await.map_err(|_| ClusterError::Stopped)?
+    }
+
+    /// Propose without waiting for Raft to take it (only for room in the runtime's queue):
+    /// for a caller that learns of the commit from its state machine and proposes again
+    /// what it does not see applied, so that it keeps many proposals in flight.
+    pub async fn propose_in_flight(&self, group: u64, data: Vec<u8>) {
+        let req = Request::Propose {
+            group,
+            data,
+            done: None,
+        };
+        let _ = self.requests.send(req).await;
     }
 
     /// Resolves once this node has applied every metadata entry committed before the call;
@@ -402,7 +415,9 @@ impl Runtime {
                     Some(r) => r.group.propose(data),
                     None => Err(ClusterError::Stopped),
                 };
-                let _ = done.send(r);
+                if let Some(done) = done {
+                    let _ = done.send(r);
+                }
             }
             Request::Read { group, done } => {
                 if let Some(r) = self.groups.get_mut(&group) {

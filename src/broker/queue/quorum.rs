@@ -340,8 +340,9 @@ impl Replica {
     }
 
     async fn propose(&self, data: Vec<u8>) {
-        // Refused while no leader is known: it is proposed again on the next leader change.
-        let _ = self.cluster.propose_to(self.group, data).await;
+        // Not waited for: a proposal refused (no leader known) or lost is proposed again on
+        // the next leader change or after `REPROPOSE`; its waiter hears of the apply.
+        self.cluster.propose_in_flight(self.group, data).await;
     }
 
     /// Propose again what was not applied: everything after a leader change, else what has

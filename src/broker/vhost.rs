@@ -283,6 +283,7 @@ impl VHost {
             runtime: self.quorum.subscribe(),
             inbox: self.settings.inbox,
             on_deleted: self.on_deleted(),
+            memory: self.memory.clone(),
         }))
     }
 

@@ -590,7 +590,7 @@ async fn a_dead_nodes_exclusive_and_transient_queues_go_with_it() {
     assert!(e.to_string().contains(down), "{e}");
 }
 
-fn signal(cluster: &TestCluster, i: usize, sig: &str) {
+pub(crate) fn signal(cluster: &TestCluster, i: usize, sig: &str) {
     let pid = cluster.nodes[i].child.as_ref().unwrap().id();
     let ok = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])

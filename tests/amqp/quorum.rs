@@ -433,3 +433,92 @@ async fn deliveries_are_counted_and_limited() {
     assert_eq!(again.data, b"m1");
     b.stop().await;
 }
+
+/// SIGSTOP of the leader (a hung node): the two others elect a leader and go on (what a
+/// publisher on node 2 sends is confirmed and consumed on node 3); after SIGCONT the old
+/// leader follows and has caught up (counts read on it see the latest publishes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_leader_is_replaced_and_catches_up() {
+    let cluster = crate::cluster::TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    declare_quorum(&ch1, "sq").await;
+    let (_c2, ch2) = cluster.channel(1).await;
+    assert_eq!(publish_confirmed(&ch2, "sq", 0, 100).await, 100);
+    let (_c3, ch3) = cluster.channel(2).await;
+    crate::cluster::signal(&cluster, 0, "-STOP");
+    assert_eq!(publish_confirmed(&ch2, "sq", 100, 100).await, 100);
+    let mut consumer = crate::common::consume(&ch3, "sq", "c", false).await;
+    for i in 0..200 {
+        let d = consumer.next().await.expect("a delivery").unwrap();
+        assert_eq!(d.data, format!("m{i}").as_bytes());
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    crate::cluster::signal(&cluster, 0, "-CONT");
+    ch3.basic_cancel("c".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(publish_confirmed(&ch2, "sq", 200, 10).await, 10);
+    // Node 1's connection from before the pause may have timed out: a new one.
+    let (_c, ch) = cluster.channel(0).await;
+    assert_eq!(crate::common::count(&ch, "sq").await, 10);
+    let m = ch
+        .basic_get("sq".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(m.delivery.data, b"m200");
+}
+
+/// A quorum queue's messages count against the memory alarm: past the watermark its
+/// publishers are blocked, and purging it unblocks them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_counts_against_the_memory_alarm() {
+    use lapin::Event;
+    let b = crate::common::start_with(warren::Config {
+        memory_high_watermark_bytes: Some(1 << 20),
+        ..warren::Config::default()
+    })
+    .await;
+    let publisher = crate::common::connect(&b).await;
+    let mut events = publisher.events_listener();
+    let pch = publisher.create_channel().await.unwrap();
+    declare_quorum(&pch, "mq").await;
+    let filling = {
+        let pch = pch.clone();
+        tokio::spawn(async move {
+            let body = vec![1u8; 64 * 1024];
+            for _ in 0..20 {
+                crate::common::publish(&pch, "", "mq", &body).await;
+            }
+        })
+    };
+    let wait = std::time::Duration::from_secs(10);
+    let blocked = tokio::time::timeout(wait, async {
+        while let Some(ev) = events.next().await {
+            if let Event::ConnectionBlocked(reason) = ev {
+                return reason;
+            }
+        }
+        panic!("events ended");
+    })
+    .await
+    .expect("connection.blocked arrives");
+    assert_eq!(blocked, "low on memory");
+    let (_c, ch) = channel(&b).await;
+    let purged = ch
+        .queue_purge("mq".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert!(purged >= 15, "{purged}");
+    tokio::time::timeout(wait, async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev, Event::ConnectionUnblocked) {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("connection.unblocked arrives");
+    filling.await.unwrap();
+    b.stop().await;
+}

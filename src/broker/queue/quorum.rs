@@ -15,7 +15,7 @@
 
 mod entry;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,6 +30,7 @@ use crate::broker::args::{Overflow, QueueArgs};
 use crate::broker::clock;
 use crate::broker::consumer::ChannelLimit;
 use crate::broker::ids::{ConsumerId, NodeId};
+use crate::broker::memory::MemoryMonitor;
 use crate::broker::remote::wire::WireMsg;
 use crate::broker::topology::Quorum;
 use crate::cluster::{Apply, Cluster};
@@ -60,6 +61,8 @@ pub struct QuorumSpec {
     pub runtime: watch::Receiver<Option<Runtime>>,
     pub inbox: usize,
     pub on_deleted: OnDeleted,
+    /// Messages held count against the memory alarm, as a classic queue's do.
+    pub memory: Arc<MemoryMonitor>,
 }
 
 /// Where quorum queues run: this node's Raft runtime and the nodes that can be members.
@@ -112,7 +115,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
     };
     let mut runtime = spec.runtime;
     let (me, placement, first) = (spec.me, spec.placement, spec.first_leader);
-    let (handle, on_deleted) = (shared.clone(), spec.on_deleted);
+    let (handle, on_deleted, memory) = (shared.clone(), spec.on_deleted, spec.memory);
     tokio::spawn(async move {
         let Ok(rt) = runtime.wait_for(Option::is_some).await.map(|r| r.clone()) else {
             return;
@@ -128,12 +131,17 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             seen: HashSet::new(),
             order: VecDeque::new(),
             next_req: rand::random::<u64>() >> 1 | 1,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             consumers: HashMap::new(),
             reads: Vec::new(),
             on_deleted,
             done: false,
             ticked: None,
+            memory,
+            counted: 0,
+            run: rand::random(),
+            enqueued: 0,
+            enqueues: HashMap::new(),
         };
         replica.run(rx, placement, first).await;
     });
@@ -203,15 +211,24 @@ struct Replica {
     seen: HashSet<(NodeId, u64)>,
     order: VecDeque<(NodeId, u64)>,
     next_req: u64,
-    pending: HashMap<u64, Pending>,
+    /// By request number: proposed again in that order, so a publisher's order holds.
+    pending: BTreeMap<u64, Pending>,
     consumers: HashMap<ConsumerId, Local>,
     /// Declare-ok counts waiting for this replica to reach a read index, and for this
     /// node's proposals made before them (up to a request number) to apply.
-    reads: Vec<(u64, u64, oneshot::Sender<Stat>)>,
+    reads: Vec<Read>,
     on_deleted: OnDeleted,
     done: bool,
     /// When this node last proposed a tick not applied yet (one at a time).
     ticked: Option<Instant>,
+    memory: Arc<MemoryMonitor>,
+    /// The state's weight as last counted in `memory`.
+    counted: usize,
+    /// This replica's run (random per start) and the number of its last publish.
+    run: u64,
+    enqueued: u64,
+    /// Replicated: the last publish applied of every (origin, run).
+    enqueues: HashMap<(NodeId, u64), u64>,
 }
 
 /// The group's state machine as the cluster task sees it: committed entries go to the
@@ -262,6 +279,7 @@ impl Replica {
                     while let Ok((index, data)) = committed.try_recv() {
                         self.apply(index, &data);
                     }
+                    self.count_memory();
                     self.answer_reads();
                 }
                 Some((index, after, reply)) = reads_rx.recv() => {
@@ -287,9 +305,21 @@ impl Replica {
         for (id, c) in self.consumers.drain() {
             let _ = c.events.send(ConnEvent::Cancelled(id));
         }
+        self.memory.sub(std::mem::take(&mut self.counted));
         if gone {
             self.cluster.close_group(self.group).await;
         }
+    }
+
+    /// Count what the state holds now against the memory alarm.
+    fn count_memory(&mut self) {
+        let now = self.state.weight();
+        match now.cmp(&self.counted) {
+            std::cmp::Ordering::Greater => self.memory.add(now - self.counted),
+            std::cmp::Ordering::Less => self.memory.sub(self.counted - now),
+            std::cmp::Ordering::Equal => {}
+        }
+        self.counted = now;
     }
 
     /// When the leader must propose a tick (TTL or x-expires due); followers never do, and
@@ -360,15 +390,24 @@ impl Replica {
                 fail(p.waiter, self.cluster.config.command_timeout);
             }
         }
-        let again: Vec<Vec<u8>> = self
+        // From the oldest one that waited too long on, everything again, in order: what
+        // followed a lost publish was skipped when it applied out of order.
+        let stale = self
             .pending
-            .values_mut()
-            .filter(|p| all || now - p.proposed >= REPROPOSE)
-            .map(|p| {
-                p.proposed = now;
-                p.data.clone()
-            })
-            .collect();
+            .iter()
+            .find(|(_, p)| all || now - p.proposed >= REPROPOSE)
+            .map(|(r, _)| *r);
+        let again: Vec<Vec<u8>> = match stale {
+            None => Vec::new(),
+            Some(from) => self
+                .pending
+                .range_mut(from..)
+                .map(|(_, p)| {
+                    p.proposed = now;
+                    p.data.clone()
+                })
+                .collect(),
+        };
         for data in again {
             self.propose(data).await;
         }
@@ -378,8 +417,13 @@ impl Replica {
         match cmd {
             QueueCmd::Publish(msgs, receipt) => {
                 let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
-                self.propose_op(QOp::Enqueue(msgs), Waiter::Publish(receipt))
-                    .await;
+                self.enqueued += 1;
+                let op = QOp::Enqueue {
+                    run: self.run,
+                    seq: self.enqueued,
+                    msgs,
+                };
+                self.propose_op(op, Waiter::Publish(receipt)).await;
             }
             QueueCmd::Consume(spec, reply) => {
                 if spec.channel_limit.limit() > 0 {
@@ -508,7 +552,15 @@ impl Replica {
                 return;
             }
         };
-        if e.req != 0 && !self.first_time((e.origin, e.req)) {
+        if let QOp::Enqueue { run, seq, .. } = &e.op {
+            // In order per (origin, run): a duplicate or a publish after a gap is skipped
+            // (the gap's own is proposed again, then this one).
+            let last = self.enqueues.entry((e.origin, *run)).or_insert(0);
+            if *seq != *last + 1 {
+                return;
+            }
+            *last = *seq;
+        } else if e.req != 0 && !self.first_time((e.origin, e.req)) {
             return;
         }
         let waiter = match e.origin == self.me {
@@ -607,7 +659,7 @@ impl Replica {
 
     fn answer_reads(&mut self) {
         let applied = self.applied;
-        let oldest = self.pending.keys().min().copied().unwrap_or(u64::MAX);
+        let oldest = self.pending.keys().next().copied().unwrap_or(u64::MAX);
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
             .into_iter()
             .partition(|(index, after, _)| *index <= applied && oldest > *after);
@@ -624,7 +676,7 @@ impl Replica {
 /// A log operation as the state's command (`NodeDown` is handled before).
 fn command(op: QOp) -> Command<QBody> {
     match op {
-        QOp::Enqueue(msgs) => Command::Enqueue(
+        QOp::Enqueue { msgs, .. } => Command::Enqueue(
             msgs.into_iter()
                 .map(|m| QBody(Arc::new(m.into_message())))
                 .collect(),

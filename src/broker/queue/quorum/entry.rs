@@ -26,7 +26,15 @@ pub struct QEntry {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum QOp {
-    Enqueue(Vec<WireMsg>),
+    /// Publishes of one replica run (`run`: random per replica start), numbered from 1 in
+    /// the order they were made: applied only in that order, so a batch lost and proposed
+    /// again never lands after a later one (a later one that arrives first is dropped, and
+    /// proposed again after it).
+    Enqueue {
+        run: u64,
+        seq: u64,
+        msgs: Vec<WireMsg>,
+    },
     Checkout {
         consumer: ConsumerId,
         no_ack: bool,
@@ -114,7 +122,11 @@ mod tests {
             persistent: true,
         };
         for op in [
-            QOp::Enqueue(vec![msg]),
+            QOp::Enqueue {
+                run: 5,
+                seq: 1,
+                msgs: vec![msg],
+            },
             QOp::Checkout {
                 consumer: consumer.clone(),
                 no_ack: false,

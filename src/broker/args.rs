@@ -97,8 +97,9 @@ fn invalid(key: &str, why: &str) -> BadArg {
     }
 }
 
-fn non_negative(key: &str, v: &AMQPValue) -> Result<u64, BadArg> {
-    let n = match v {
+/// An argument's value if it is an integer of any AMQP width.
+pub fn integer(v: &AMQPValue) -> Option<i64> {
+    Some(match v {
         AMQPValue::ShortShortInt(n) => i64::from(*n),
         AMQPValue::ShortShortUInt(n) => i64::from(*n),
         AMQPValue::ShortInt(n) => i64::from(*n),
@@ -106,8 +107,12 @@ fn non_negative(key: &str, v: &AMQPValue) -> Result<u64, BadArg> {
         AMQPValue::LongInt(n) => i64::from(*n),
         AMQPValue::LongUInt(n) => i64::from(*n),
         AMQPValue::LongLongInt(n) => *n,
-        _ => return Err(invalid(key, "unacceptable type")),
-    };
+        _ => return None,
+    })
+}
+
+fn non_negative(key: &str, v: &AMQPValue) -> Result<u64, BadArg> {
+    let n = integer(v).ok_or_else(|| invalid(key, "unacceptable type"))?;
     u64::try_from(n).map_err(|_| invalid(key, &format!("negative value {n}")))
 }
 

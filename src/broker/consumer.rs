@@ -93,7 +93,23 @@ impl ChannelLimit {
     /// Take up to `want` deliveries from the pool; short of it, the channel is marked starved
     /// so that the next release wakes its consumers.
     pub fn acquire(&self, want: u32) -> u32 {
-        let want = u64::from(want);
+        let got = self.take(u64::from(want));
+        if got < u64::from(want) {
+            let was = self.starved.swap(true, Ordering::AcqRel);
+            if let Some(g) = &self.granted {
+                g.wanted
+                    .fetch_max((u64::from(want) - got) as u32, Ordering::AcqRel);
+                // Asked once per shortfall: a grant or a give-back clears the mark.
+                if !was {
+                    g.asks.notify_one();
+                }
+            }
+        }
+        got as u32
+    }
+
+    /// Up to `want` of the room left, taken atomically (all of it if there is no limit).
+    fn take(&self, want: u64) -> u64 {
         loop {
             let limit = self.limit.load(Ordering::Acquire);
             let cur = self.unacked.load(Ordering::Acquire);
@@ -102,16 +118,6 @@ impl ChannelLimit {
             } else {
                 limit.saturating_sub(cur).min(want)
             };
-            if room < want {
-                let was = self.starved.swap(true, Ordering::AcqRel);
-                if let Some(g) = &self.granted {
-                    g.wanted.fetch_max((want - room) as u32, Ordering::AcqRel);
-                    // Asked once per shortfall: a grant or a give-back clears the mark.
-                    if !was {
-                        g.asks.notify_one();
-                    }
-                }
-            }
             if room == 0 {
                 return 0;
             }
@@ -120,7 +126,7 @@ impl ChannelLimit {
                 .compare_exchange(cur, cur + room, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {
-                return room as u32;
+                return room;
             }
         }
     }
@@ -166,21 +172,7 @@ impl ChannelLimit {
 
     /// Stand-in: take back up to `n` of the unused credit (to return it), without starving.
     pub fn take_back(&self, n: u32) -> u32 {
-        loop {
-            let limit = self.limit.load(Ordering::Acquire);
-            let cur = self.unacked.load(Ordering::Acquire);
-            let room = limit.saturating_sub(cur).min(u64::from(n));
-            if room == 0 {
-                return 0;
-            }
-            if self
-                .unacked
-                .compare_exchange(cur, cur + room, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                return room as u32;
-            }
-        }
+        self.take(u64::from(n)) as u32
     }
 }
 

@@ -8,7 +8,7 @@
 //! (origin, request) it applied already, deterministically on every node); a change whose
 //! commit is not seen within the command timeout is reported as failed, never as done.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 
+use super::applied::Applied;
 use super::ids::NodeId;
 use super::queue::QueueHandle;
 use super::topology::Cmd;
@@ -66,8 +67,7 @@ pub struct Applier {
     /// Bumped when the cluster took this node as down while it ran (it was cut off): its
     /// connections' exclusive queues are gone everywhere, so its connections must go too.
     evicted: Arc<watch::Sender<u64>>,
-    seen: HashSet<(NodeId, u64)>,
-    order: VecDeque<(NodeId, u64)>,
+    applied: Applied,
 }
 
 /// The applier for `vhosts`, and what `Replicated::new` shares with it. `evicted` is
@@ -83,8 +83,7 @@ pub fn applier(
         vhosts,
         pending: pending.clone(),
         evicted,
-        seen: HashSet::new(),
-        order: VecDeque::new(),
+        applied: Applied::new(REMEMBERED),
     };
     (Box::new(a), pending)
 }
@@ -270,22 +269,6 @@ impl Replicated {
     }
 }
 
-impl Applier {
-    /// Remember an applied request; false if it was applied before.
-    fn first_time(&mut self, key: (NodeId, u64)) -> bool {
-        if !self.seen.insert(key) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > REMEMBERED
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        true
-    }
-}
-
 impl Apply for Applier {
     fn apply(&mut self, index: u64, data: &[u8]) {
         if data.is_empty() {
@@ -298,7 +281,7 @@ impl Apply for Applier {
                 return;
             }
         };
-        if !self.first_time((entry.origin, entry.req)) {
+        if !self.applied.first_time((entry.origin, entry.req)) {
             return;
         }
         let outcome = match entry.op {

@@ -1,6 +1,7 @@
 //! The broker proper: vhosts with their exchanges, routing and queues. Nothing here does
 //! socket I/O; connections call in, queues call out only through consumer inboxes.
 
+pub mod applied;
 pub mod args;
 pub mod clock;
 pub mod consumer;

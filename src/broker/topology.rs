@@ -710,17 +710,7 @@ fn text(v: &AMQPValue) -> String {
 }
 
 fn positive_int(v: &AMQPValue) -> bool {
-    let n = match v {
-        AMQPValue::ShortShortInt(n) => i64::from(*n),
-        AMQPValue::ShortShortUInt(n) => i64::from(*n),
-        AMQPValue::ShortInt(n) => i64::from(*n),
-        AMQPValue::ShortUInt(n) => i64::from(*n),
-        AMQPValue::LongInt(n) => i64::from(*n),
-        AMQPValue::LongUInt(n) => i64::from(*n),
-        AMQPValue::LongLongInt(n) => *n,
-        _ => return false,
-    };
-    n > 0
+    crate::broker::args::integer(v).is_some_and(|n| n > 0)
 }
 
 fn show(v: Option<&AMQPValue>) -> String {

@@ -621,11 +621,21 @@ async fn a_paused_node_catches_up_once_it_runs_again() {
 
 /// Publish `n` persistent messages on a confirm-mode channel; the acks and nacks received.
 pub(crate) async fn publish_confirmed(ch: &Channel, queue: &str, n: usize) -> (usize, usize) {
+    publish_confirmed_from(ch, queue, 0, n).await
+}
+
+/// The same with bodies `m{from}` on.
+pub(crate) async fn publish_confirmed_from(
+    ch: &Channel,
+    queue: &str,
+    from: usize,
+    n: usize,
+) -> (usize, usize) {
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
     let mut confirms = Vec::new();
-    for i in 0..n {
+    for i in from..from + n {
         let c = ch
             .basic_publish(
                 "".into(),
@@ -834,8 +844,6 @@ async fn a_global_prefetch_spans_queues_on_every_node() {
 /// unblocks it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_memory_alarm_on_one_node_blocks_publishers_on_every_node() {
-    use futures_lite::StreamExt;
-    use lapin::Event;
     let cluster = TestCluster::start(3, "memory_high_watermark_bytes = 1048576\n");
     let p2 = cluster.connect(1).await;
     let mut events = p2.events_listener();
@@ -853,16 +861,7 @@ async fn a_memory_alarm_on_one_node_blocks_publishers_on_every_node() {
         }
         ch1
     });
-    let blocked = tokio::time::timeout(READY, async {
-        while let Some(ev) = events.next().await {
-            if let Event::ConnectionBlocked(reason) = ev {
-                return reason;
-            }
-        }
-        panic!("events ended");
-    })
-    .await
-    .expect("connection.blocked on node 2");
+    let blocked = crate::common::until_blocked(&mut events).await;
     assert_eq!(blocked, "low on memory");
 
     let (_c3, ch3) = cluster.channel(2).await;
@@ -871,15 +870,7 @@ async fn a_memory_alarm_on_one_node_blocks_publishers_on_every_node() {
         .await
         .unwrap();
     assert!(purged >= 15, "{purged}");
-    tokio::time::timeout(READY, async {
-        while let Some(ev) = events.next().await {
-            if matches!(ev, Event::ConnectionUnblocked) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("connection.unblocked on node 2");
+    crate::common::until_unblocked(&mut events).await;
     assert_eq!(publish_confirmed(&ch2, "near", 1).await, (1, 0));
     assert_eq!(count(&cluster, 1, "near").await, 2);
     let ch1 = filling.await.unwrap();

@@ -241,6 +241,42 @@ pub fn spawn_binary(cmd: &mut std::process::Command) -> Running {
     Running { child, port }
 }
 
+/// Wait (up to 10 s) for connection.blocked on a connection's events; its reason.
+pub async fn until_blocked(
+    events: &mut (impl futures_lite::Stream<Item = lapin::Event> + Unpin),
+) -> String {
+    use futures_lite::StreamExt;
+    let blocked = async {
+        while let Some(ev) = events.next().await {
+            if let lapin::Event::ConnectionBlocked(reason) = ev {
+                return reason;
+            }
+        }
+        panic!("events ended");
+    };
+    tokio::time::timeout(Duration::from_secs(10), blocked)
+        .await
+        .expect("connection.blocked arrives")
+}
+
+/// Wait (up to 10 s) for connection.unblocked on a connection's events.
+pub async fn until_unblocked(
+    events: &mut (impl futures_lite::Stream<Item = lapin::Event> + Unpin),
+) {
+    use futures_lite::StreamExt;
+    let unblocked = async {
+        while let Some(ev) = events.next().await {
+            if matches!(ev, lapin::Event::ConnectionUnblocked) {
+                return;
+            }
+        }
+        panic!("events ended");
+    };
+    tokio::time::timeout(Duration::from_secs(10), unblocked)
+        .await
+        .expect("connection.unblocked arrives")
+}
+
 /// A minimal client speaking raw frames, for protocol-level tests.
 pub struct Raw {
     pub sock: TcpStream,

@@ -97,7 +97,6 @@ async fn a_consumer_that_does_not_read_stops_receiving() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_alarm_blocks_publishers_until_queues_drain() {
-    use lapin::Event;
     let b = start_with(warren::Config {
         memory_high_watermark_bytes: Some(1 << 20),
         ..warren::Config::default()
@@ -117,16 +116,7 @@ async fn memory_alarm_blocks_publishers_until_queues_drain() {
             }
         })
     };
-    let blocked = tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while let Some(ev) = events.next().await {
-            if let Event::ConnectionBlocked(reason) = ev {
-                return reason;
-            }
-        }
-        panic!("events ended");
-    })
-    .await
-    .expect("connection.blocked arrives");
+    let blocked = crate::common::until_blocked(&mut events).await;
     assert_eq!(blocked, "low on memory");
 
     // A connection that only consumes is not blocked, and draining clears the alarm.
@@ -136,15 +126,7 @@ async fn memory_alarm_blocks_publishers_until_queues_drain() {
         .await
         .unwrap();
     assert!(purged >= 15, "{purged}");
-    tokio::time::timeout(std::time::Duration::from_secs(10), async {
-        while let Some(ev) = events.next().await {
-            if matches!(ev, Event::ConnectionUnblocked) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("connection.unblocked arrives");
+    crate::common::until_unblocked(&mut events).await;
     // Everything published before and after the alarm went through.
     publishing.await.unwrap();
     publish(&pch, "", "mem", b"after").await;

@@ -24,30 +24,11 @@ async fn declare_quorum(ch: &Channel, name: &str) {
         .expect("quorum queue declared");
 }
 
-/// Publish `n` persistent messages with confirms; the acks received.
+/// Publish `n` persistent messages with confirms (bodies `m{from}` on); the acks received.
 async fn publish_confirmed(ch: &Channel, queue: &str, from: usize, n: usize) -> usize {
-    ch.confirm_select(ConfirmSelectOptions::default())
+    crate::cluster::publish_confirmed_from(ch, queue, from, n)
         .await
-        .unwrap();
-    let mut confirms = Vec::new();
-    for i in from..from + n {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                queue.into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                persistent(),
-            )
-            .await
-            .unwrap();
-        confirms.push(c);
-    }
-    let mut acked = 0;
-    for c in confirms {
-        acked += usize::from(c.await.unwrap().is_ack());
-    }
-    acked
+        .0
 }
 
 async fn refused(ch: &Channel, opts: QueueDeclareOptions, args: FieldTable) -> (u16, String) {
@@ -473,7 +454,6 @@ async fn a_paused_leader_is_replaced_and_catches_up() {
 /// publishers are blocked, and purging it unblocks them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_counts_against_the_memory_alarm() {
-    use lapin::Event;
     let b = crate::common::start_with(warren::Config {
         memory_high_watermark_bytes: Some(1 << 20),
         ..warren::Config::default()
@@ -492,17 +472,7 @@ async fn a_quorum_queue_counts_against_the_memory_alarm() {
             }
         })
     };
-    let wait = std::time::Duration::from_secs(10);
-    let blocked = tokio::time::timeout(wait, async {
-        while let Some(ev) = events.next().await {
-            if let Event::ConnectionBlocked(reason) = ev {
-                return reason;
-            }
-        }
-        panic!("events ended");
-    })
-    .await
-    .expect("connection.blocked arrives");
+    let blocked = crate::common::until_blocked(&mut events).await;
     assert_eq!(blocked, "low on memory");
     let (_c, ch) = channel(&b).await;
     let purged = ch
@@ -510,15 +480,7 @@ async fn a_quorum_queue_counts_against_the_memory_alarm() {
         .await
         .unwrap();
     assert!(purged >= 15, "{purged}");
-    tokio::time::timeout(wait, async {
-        while let Some(ev) = events.next().await {
-            if matches!(ev, Event::ConnectionUnblocked) {
-                return;
-            }
-        }
-    })
-    .await
-    .expect("connection.unblocked arrives");
+    crate::common::until_unblocked(&mut events).await;
     filling.await.unwrap();
     b.stop().await;
 }

@@ -15,7 +15,7 @@
 
 mod entry;
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,7 +26,8 @@ use super::classic::OnDeleted;
 use super::receipt::Receipt;
 use super::state::{self, Checkout, Command, Delivery, Effect, Meta, QueueState, Reply};
 use super::{ConnEvent, ConnSender, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
-use crate::broker::args::{Overflow, QueueArgs};
+use crate::broker::applied::Applied;
+use crate::broker::args::{self, Overflow, QueueArgs};
 use crate::broker::clock;
 use crate::broker::consumer::ChannelLimit;
 use crate::broker::ids::{ConsumerId, NodeId};
@@ -128,8 +129,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             cluster: rt.cluster,
             state: QueueState::new(cfg, now),
             applied: 0,
-            seen: HashSet::new(),
-            order: VecDeque::new(),
+            applied_reqs: Applied::new(REMEMBERED),
             next_req: rand::random::<u64>() >> 1 | 1,
             pending: BTreeMap::new(),
             consumers: HashMap::new(),
@@ -150,17 +150,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
 
 /// x-delivery-limit (checked positive at declare).
 fn delivery_limit(arguments: &FieldTable) -> Option<u32> {
-    use crate::protocol::AMQPValue as V;
-    let n = match arguments.inner().get("x-delivery-limit")? {
-        V::ShortShortInt(n) => i64::from(*n),
-        V::ShortShortUInt(n) => i64::from(*n),
-        V::ShortInt(n) => i64::from(*n),
-        V::ShortUInt(n) => i64::from(*n),
-        V::LongInt(n) => i64::from(*n),
-        V::LongUInt(n) => i64::from(*n),
-        V::LongLongInt(n) => *n,
-        _ => return None,
-    };
+    let n = args::integer(arguments.inner().get("x-delivery-limit")?)?;
     u32::try_from(n).ok().filter(|n| *n > 0)
 }
 
@@ -208,8 +198,7 @@ struct Replica {
     state: QueueState<QBody>,
     /// The index of the last entry applied.
     applied: u64,
-    seen: HashSet<(NodeId, u64)>,
-    order: VecDeque<(NodeId, u64)>,
+    applied_reqs: Applied,
     next_req: u64,
     /// By request number: proposed again in that order, so a publisher's order holds.
     pending: BTreeMap<u64, Pending>,
@@ -525,19 +514,6 @@ impl Replica {
         }
     }
 
-    fn first_time(&mut self, key: (NodeId, u64)) -> bool {
-        if !self.seen.insert(key) {
-            return false;
-        }
-        self.order.push_back(key);
-        if self.order.len() > REMEMBERED
-            && let Some(old) = self.order.pop_front()
-        {
-            self.seen.remove(&old);
-        }
-        true
-    }
-
     /// Apply a committed entry: the same on every replica; then this node's share of the
     /// effects, and the answer if it proposed it.
     fn apply(&mut self, index: u64, data: &[u8]) {
@@ -560,7 +536,7 @@ impl Replica {
                 return;
             }
             *last = *seq;
-        } else if e.req != 0 && !self.first_time((e.origin, e.req)) {
+        } else if e.req != 0 && !self.applied_reqs.first_time((e.origin, e.req)) {
             return;
         }
         let waiter = match e.origin == self.me {

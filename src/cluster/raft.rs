@@ -154,14 +154,32 @@ impl Group {
     }
 
     /// A message from a peer; one that cannot be decoded is dropped.
+    ///
+    /// raft-rs asserts (panics) on a message that contradicts this node's stored state,
+    /// such as a commit index past the end of its log: its data directory was wiped, or
+    /// replaced by an older copy, and the peers remember more of it than it has. Such a node
+    /// must not go on as the same member (it could vote twice, or lose what it had
+    /// acknowledged): it stops with the reason.
     pub fn step(&mut self, bytes: &[u8]) {
-        match Message::parse_from_bytes(bytes) {
-            Ok(m) => {
-                if let Err(e) = self.node.step(m) {
-                    tracing::debug!(group = self.id, "raft step: {e}");
-                }
+        let m = match Message::parse_from_bytes(bytes) {
+            Ok(m) => m,
+            Err(e) => return tracing::warn!(group = self.id, "undecodable raft message: {e}"),
+        };
+        let from = m.from;
+        let node = &mut self.node;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.step(m))) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(group = self.id, "raft step: {e}"),
+            Err(_) => {
+                tracing::error!(
+                    group = self.id,
+                    peer = from,
+                    "this node's raft state is behind what its peers know of it: its data \
+                     directory was wiped or replaced by an older copy, and it cannot rejoin \
+                     as the same node; stopping"
+                );
+                std::process::exit(2);
             }
-            Err(e) => tracing::warn!(group = self.id, "undecodable raft message: {e}"),
         }
     }
 

@@ -155,6 +155,13 @@ impl TestCluster {
         }
     }
 
+    /// Empty node `i`'s data directory (the node must be stopped).
+    pub(crate) fn wipe(&mut self, i: usize) {
+        let dir = self.nodes[i].dir.path().to_path_buf();
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+    }
+
     /// How many of node `i`'s log lines contain `needle`.
     pub(crate) fn said(&self, i: usize, needle: &str) -> usize {
         let log = self.nodes[i].log.lock().unwrap();
@@ -1109,4 +1116,30 @@ async fn a_remote_publisher_outrunning_a_stuck_consumer_is_paused() {
         .await
         .expect("the publisher finishes once the consumer is gone")
         .unwrap();
+}
+
+/// A node restarted on a wiped data directory (its Raft state lost while its peers remember
+/// it) must not rejoin as the same node: it stops with the reason instead of voting again
+/// or crashing its Raft task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_a_wiped_data_dir_stops_with_a_reason() {
+    let mut cluster = TestCluster::start(3, "");
+    let (_c, ch) = cluster.channel(0).await;
+    declare_exchange(&ch, "before-the-wipe").await.unwrap();
+    cluster.url(2).await;
+    cluster.kill9(2);
+    cluster.wipe(2);
+    cluster.spawn(2);
+    let mut child = cluster.nodes[2].child.take().unwrap();
+    let status = tokio::time::timeout(READY, tokio::task::spawn_blocking(move || child.wait()))
+        .await
+        .expect("the wiped node stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(2));
+    cluster
+        .until_said(2, "cannot rejoin as the same node", 0)
+        .await;
+    // The others go on.
+    declare_exchange(&ch, "after-the-wipe").await.unwrap();
 }

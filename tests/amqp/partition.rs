@@ -256,6 +256,13 @@ fn the_minority_side_of_a_quorum_queue_confirms_nothing_and_loses_nothing() {
             "the cut-off side confirmed {minority:?}"
         );
         assert!(started.elapsed() < Duration::from_secs(20));
+        // A get on the cut-off side fails with 541 in bounded time (nothing was committed).
+        let (_c3b, ch3b) = cluster.channel(2).await;
+        let e = ch3b
+            .basic_get("pq".into(), lapin::options::BasicGetOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(541), "{e}");
         let majority = publish_ids(&ch1, "pq", 100..200).await;
         assert_eq!(majority.len(), 100, "the majority side goes on");
         heal();

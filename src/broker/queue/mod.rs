@@ -203,6 +203,15 @@ impl QueueShared {
     pub fn gone(&self, vhost: &str) -> Error {
         match self.remote {
             Some(home) => home.unreachable(&self.name, vhost),
+            // A quorum queue's replica answers everything but what no majority committed.
+            None if self.quorum => Error::channel(
+                crate::error::code::INTERNAL_ERROR,
+                format!(
+                    "queue '{}' in vhost '{vhost}': not committed in time (no majority of \
+                     its members reachable)",
+                    self.name
+                ),
+            ),
             None => Error::not_found(format!("no queue '{}' in vhost '{vhost}'", self.name)),
         }
     }

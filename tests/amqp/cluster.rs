@@ -136,6 +136,13 @@ impl TestCluster {
         format!("amqp://guest:guest@{}:{port}/%2f", node.ip)
     }
 
+    /// The node's AMQP address once it serves (for raw clients).
+    pub(crate) async fn addr(&self, i: usize) -> SocketAddr {
+        self.url(i).await; // waits, bounded, until it serves
+        let port = self.nodes[i].amqp.borrow().expect("port");
+        SocketAddr::from((self.nodes[i].ip, port))
+    }
+
     pub(crate) async fn connect(&self, i: usize) -> Connection {
         Connection::connect(&self.url(i).await, ConnectionProperties::default())
             .await
@@ -313,15 +320,7 @@ async fn declares_on_one_node_hold_on_every_node() {
     // connection.start names the cluster, the same on every node.
     let mut names = Vec::new();
     for i in 0..3 {
-        let url = cluster.url(i).await;
-        let addr = url
-            .split('@')
-            .nth(1)
-            .unwrap()
-            .split('/')
-            .next()
-            .unwrap()
-            .to_string();
+        let addr = cluster.addr(i).await;
         let mut raw = crate::common::Raw::over(tokio::net::TcpStream::connect(addr).await.unwrap());
         raw.send(b"AMQP\x00\x00\x09\x01").await;
         let Some((0, AMQPClass::Connection(connection::AMQPMethod::Start(s)))) =
@@ -1035,15 +1034,7 @@ async fn a_transaction_committed_to_a_queue_on_another_node_is_on_its_disk() {
 /// A consumer on `node` that never reads its socket after consume-ok (auto-ack).
 async fn stuck_consumer(cluster: &TestCluster, node: usize, queue: &str) -> crate::common::Raw {
     use warren::protocol::basic;
-    let url = cluster.url(node).await;
-    let addr = url
-        .split('@')
-        .nth(1)
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let addr = cluster.addr(node).await;
     let mut stuck = crate::common::Raw::over(tokio::net::TcpStream::connect(addr).await.unwrap());
     stuck.open(0, 0).await;
     stuck.open_channel(1).await;

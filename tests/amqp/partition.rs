@@ -84,17 +84,7 @@ fn heal() {
 
 /// A client connection to node `i` that only waits: raw, so that the close it gets is seen.
 async fn idle_connection(cluster: &TestCluster, i: usize) -> Raw {
-    let url = cluster.url(i).await;
-    let port: u16 = url
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    let sock = tokio::net::TcpStream::connect((cluster.nodes[i].ip, port))
+    let sock = tokio::net::TcpStream::connect(cluster.addr(i).await)
         .await
         .unwrap();
     let mut raw = Raw::over(sock);

@@ -62,6 +62,9 @@ pub struct Config {
     pub cluster_command_timeout_ms: u64,
     /// Cluster: a node link that carries nothing for this long is taken as down.
     pub cluster_peer_timeout_ms: u64,
+    /// A quorum queue's replica snapshots its state (and compacts its log) once this many
+    /// bytes were logged since its last snapshot, or twice its state's size if larger.
+    pub quorum_snapshot_bytes: usize,
 }
 
 impl Default for Config {
@@ -98,6 +101,7 @@ impl Default for Config {
             peers: Vec::new(),
             cluster_command_timeout_ms: 5_000,
             cluster_peer_timeout_ms: 1_000,
+            quorum_snapshot_bytes: 8 << 20,
         }
     }
 }
@@ -264,6 +268,7 @@ impl Config {
             peers,
             command_timeout: std::time::Duration::from_millis(self.cluster_command_timeout_ms),
             peer_timeout: std::time::Duration::from_millis(self.cluster_peer_timeout_ms),
+            snapshot_bytes: self.quorum_snapshot_bytes,
         }))
     }
 

@@ -24,6 +24,24 @@ impl Applied {
         }
     }
 
+    /// The requests remembered, oldest first (for a snapshot).
+    pub fn to_vec(&self) -> Vec<(NodeId, u64)> {
+        self.order.iter().copied().collect()
+    }
+
+    /// The set a snapshot held.
+    pub fn from_vec(cap: usize, order: Vec<(NodeId, u64)>) -> Applied {
+        let mut a = Applied::new(cap);
+        for key in order {
+            a.first_time(key);
+        }
+        a
+    }
+
+    pub fn contains(&self, key: (NodeId, u64)) -> bool {
+        self.seen.contains(&key)
+    }
+
     /// Remember an applied request; false if it was applied before.
     pub fn first_time(&mut self, key: (NodeId, u64)) -> bool {
         if !self.seen.insert(key) {
@@ -51,5 +69,7 @@ mod tests {
         assert!(a.first_time((2, 7)), "another origin, same number");
         assert!(a.first_time((1, 8)));
         assert!(a.first_time((1, 7)), "forgotten after two newer ones");
+        let back = Applied::from_vec(2, a.to_vec());
+        assert!(back.contains((1, 7)) && back.contains((1, 8)) && !back.contains((2, 7)));
     }
 }

@@ -105,6 +105,7 @@ impl Broker {
                 peers: [(1, ([0, 0, 0, 0], 0).into())].into(),
                 command_timeout: Duration::from_millis(config.cluster_command_timeout_ms),
                 peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
+                snapshot_bytes: config.quorum_snapshot_bytes,
             };
             let raft = std::mem::take(&mut recovered.raft);
             let runtime = queue::quorum::Runtime {

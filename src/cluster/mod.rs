@@ -9,6 +9,7 @@
 pub mod link;
 mod node;
 pub mod raft;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -31,6 +32,8 @@ pub struct ClusterConfig {
     pub peers: BTreeMap<u64, SocketAddr>,
     pub command_timeout: Duration,
     pub peer_timeout: Duration,
+    /// Log bytes after which a quorum queue replica snapshots (`quorum_snapshot_bytes`).
+    pub snapshot_bytes: usize,
 }
 
 impl ClusterConfig {
@@ -125,6 +128,7 @@ mod tests {
                 .collect(),
             command_timeout: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(1),
+            snapshot_bytes: 8 << 20,
         }
     }
 

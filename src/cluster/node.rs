@@ -19,9 +19,21 @@ const ROUND: usize = 1024;
 
 /// The metadata group's state machine, run on the cluster task.
 pub trait Apply: Send + 'static {
-    /// A committed entry, in log order; after a restart every committed entry comes again,
-    /// from the first. `data` is empty for a new leader's no-op.
+    /// A committed entry, in log order; after a restart every committed entry after the
+    /// last snapshot comes again. `data` is empty for a new leader's no-op.
     fn apply(&mut self, index: u64, data: &[u8]);
+
+    /// A snapshot (as this state machine made it) replaces the state: the entries after
+    /// `index` follow. Comes at a start from a saved snapshot, and on a follower so far
+    /// behind that the leader had compacted what it missed.
+    fn restore(&mut self, index: u64, data: &[u8]) {
+        let _ = data;
+        tracing::error!(index, "a snapshot came for a group that makes none");
+    }
+
+    /// A follower needs a snapshot newer than the last one made: make one soon
+    /// (`Cluster::snapshot`).
+    fn want_snapshot(&mut self) {}
 }
 
 enum Request {
@@ -49,6 +61,12 @@ enum Request {
     },
     /// Leave a group for good: it stops and its log is deleted.
     Close { group: u64 },
+    /// The group's state machine made a snapshot at `index` (applied).
+    Snapshot {
+        group: u64,
+        index: u64,
+        data: bytes::Bytes,
+    },
 }
 
 pub struct Cluster {
@@ -235,6 +253,13 @@ impl Cluster {
         rx.await.map_err(|_| ClusterError::Stopped)?
     }
 
+    /// A snapshot of a group's state machine at `index` (an entry it has applied): the log
+    /// up to it is compacted, and a follower too far behind is sent it.
+    pub async fn snapshot(&self, group: u64, index: u64, data: bytes::Bytes) {
+        let req = Request::Snapshot { group, index, data };
+        let _ = self.requests.send(req).await;
+    }
+
     /// Leave a group for good (its queue is deleted): it stops and its log is deleted.
     pub async fn close_group(&self, group: u64) {
         let _ = self.requests.send(Request::Close { group }).await;
@@ -337,6 +362,7 @@ impl Runtime {
                 _ = tick.tick() => {
                     for r in self.groups.values_mut() {
                         r.group.tick();
+                        r.group.expire_snapshot();
                     }
                 }
                 m = inbound.recv() => match m {
@@ -368,6 +394,9 @@ impl Runtime {
             for (id, r) in self.groups.iter_mut() {
                 r.reads.answer(&mut r.group);
                 report_leader(*id, r);
+                if r.group.snapshot_wanted() {
+                    r.apply.want_snapshot();
+                }
             }
         }
         self.meta_leader.send_replace(0);
@@ -381,7 +410,7 @@ impl Runtime {
         let mut prepared = Vec::new();
         let mut ops = Vec::new();
         for (id, r) in self.groups.iter_mut() {
-            if let Some(mut p) = r.group.prepare(&mut |i, d| r.apply.apply(i, d))? {
+            if let Some(mut p) = r.group.prepare(&mut *r.apply)? {
                 ops.append(&mut p.ops);
                 prepared.push((*id, p));
             }
@@ -391,7 +420,7 @@ impl Runtime {
         }
         for (id, p) in prepared {
             if let Some(r) = self.groups.get_mut(&id) {
-                r.group.finish(p, &mut |i, d| r.apply.apply(i, d));
+                r.group.finish(p, &mut *r.apply);
             }
         }
         Ok(())
@@ -442,6 +471,17 @@ impl Runtime {
                 self.store
                     .submit(vec![Op::RaftDelete { group }], true, None);
             }
+            Request::Snapshot { group, index, data } => {
+                let op = self
+                    .groups
+                    .get_mut(&group)
+                    .and_then(|r| r.group.snapshot_made(index, data));
+                if let Some(op) = op {
+                    // Unsynced: lost with a crash, the log it compacted is kept with it (one
+                    // write), and the group replays from the snapshot before.
+                    self.store.submit(vec![op], false, None);
+                }
+            }
         }
     }
 
@@ -450,7 +490,7 @@ impl Runtime {
         group: u64,
         voters: Vec<u64>,
         campaign: bool,
-        apply: Box<dyn Apply>,
+        mut apply: Box<dyn Apply>,
         leader: watch::Sender<u64>,
     ) -> Result<(), ClusterError> {
         if self.groups.contains_key(&group) {
@@ -466,6 +506,7 @@ impl Runtime {
             saved.as_ref(),
             self.store.clone(),
             self.links.clone(),
+            &mut *apply,
         )?;
         if campaign {
             g.campaign();

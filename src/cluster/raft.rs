@@ -14,12 +14,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::prelude::{ConfState, Entry, EntryType, HardState, Message};
-use raft::storage::MemStorage;
-use raft::{RawNode, StateRole};
+use raft::prelude::{Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use super::ClusterError;
 use super::link::{Frame, Links};
+use super::node::Apply;
+use super::storage::GroupStorage;
 use crate::store::{Op, RaftLog, Store, StoreError};
 
 /// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
@@ -28,6 +29,12 @@ const ELECTION_TICKS: usize = 10;
 const HEARTBEAT_TICKS: usize = 2;
 /// How often a group ticks.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
+/// A leader compacts its log past a follower at most this many entries behind only by
+/// sending it a snapshot: one closer gets entries.
+const LAG_KEPT: u64 = 1024;
+/// Snapshots travel as one link frame: a leader keeps the log for a follower behind rather
+/// than make it need a larger one.
+const SNAPSHOT_SENDABLE: usize = super::link::MAX_FRAME - (1 << 20);
 
 /// A group's ready work between its two halves: the ops to sync first.
 pub struct Prepared {
@@ -54,13 +61,15 @@ pub async fn persist(store: &Store, ops: Vec<Op>) -> Result<(), ClusterError> {
 
 pub struct Group {
     pub id: u64,
-    node: RawNode<MemStorage>,
+    node: RawNode<GroupStorage>,
     store: Arc<Store>,
     links: Arc<Links>,
     /// The index of the last committed entry handed on (of any kind).
     applied: u64,
     /// Read indexes that came back: (index, the read's context).
     read_states: Vec<(u64, Vec<u8>)>,
+    /// Followers sent a snapshot this round: reported once the round is done.
+    snapshots_sent: Vec<u64>,
 }
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
@@ -87,7 +96,8 @@ fn corrupt(what: &str, e: impl std::fmt::Display) -> ClusterError {
 }
 
 impl Group {
-    /// The group with `voters` as members, its log as the store saved it.
+    /// The group with `voters` as members, its log as the store saved it; a saved snapshot
+    /// is handed to `apply` first (its entries follow).
     pub fn open(
         id: u64,
         node_id: u64,
@@ -95,30 +105,12 @@ impl Group {
         saved: Option<&RaftLog>,
         store: Arc<Store>,
         links: Arc<Links>,
+        apply: &mut dyn Apply,
     ) -> Result<Group, ClusterError> {
-        let storage = MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new())));
+        let storage = GroupStorage::new(voters);
+        let mut applied = 0;
         if let Some(log) = saved {
-            let mut core = storage.wl();
-            if let Some(state) = &log.state {
-                let hs =
-                    HardState::parse_from_bytes(state).map_err(|e| corrupt("hard state", e))?;
-                core.set_hardstate(hs);
-            }
-            let mut entries = Vec::with_capacity(log.entries.len());
-            for (i, bytes) in log.entries.iter().enumerate() {
-                let e = Entry::parse_from_bytes(bytes).map_err(|e| corrupt("raft entry", e))?;
-                if e.index != log.first + i as u64 {
-                    return Err(corrupt(
-                        "raft entry",
-                        format!("index {} out of place", e.index),
-                    ));
-                }
-                entries.push(e);
-            }
-            if entries.first().is_some_and(|e| e.index != 1) {
-                return Err(corrupt("raft log", "does not start at index 1"));
-            }
-            core.append(&entries).map_err(|e| corrupt("raft log", e))?;
+            applied = load(&storage, log, apply)?;
         }
         let config = raft::Config {
             id: node_id,
@@ -130,7 +122,7 @@ impl Group {
             // disturb a working leader with a higher term.
             check_quorum: true,
             pre_vote: true,
-            applied: 0,
+            applied,
             ..Default::default()
         };
         config
@@ -144,8 +136,9 @@ impl Group {
             node,
             store,
             links,
-            applied: 0,
+            applied,
             read_states: Vec::new(),
+            snapshots_sent: Vec::new(),
         })
     }
 
@@ -228,24 +221,40 @@ impl Group {
     /// out, committed entries that were already persisted are applied, and what must be
     /// synced before the rest is returned (None: nothing to do). The caller syncs the ops
     /// of every group in one write, then calls `finish` for each.
-    pub fn prepare(
-        &mut self,
-        apply: &mut (dyn FnMut(u64, &[u8]) + Send),
-    ) -> Result<Option<Prepared>, ClusterError> {
+    pub fn prepare(&mut self, apply: &mut dyn Apply) -> Result<Option<Prepared>, ClusterError> {
         if !self.node.has_ready() {
             return Ok(None);
         }
         let mut ready = self.node.ready();
-        self.send(ready.take_messages());
+        let msgs = ready.take_messages();
+        self.send(msgs);
         for rs in ready.take_read_states() {
             self.read_states.push((rs.index, rs.request_ctx));
         }
+        let mut ops = Vec::new();
         if !ready.snapshot().is_empty() {
-            // Snapshots are not made yet (the log is never compacted), so none arrive.
-            return Err(ClusterError::Corrupt("unexpected raft snapshot".into()));
+            // The leader's snapshot replaces this node's log and state (it was too far
+            // behind); the entries in this ready follow it.
+            let snap = ready.snapshot().clone();
+            let index = snap.get_metadata().index;
+            ops.push(Op::RaftSnapshot {
+                group: self.id,
+                snapshot: snap.write_to_bytes().expect("a snapshot encodes"),
+                compact_below: u64::MAX,
+            });
+            self.node
+                .mut_store()
+                .install(&snap)
+                .map_err(|e| corrupt("raft snapshot", e))?;
+            tracing::info!(
+                group = self.id,
+                index,
+                "installed a snapshot from the leader"
+            );
+            self.applied = index;
+            apply.restore(index, &snap.data);
         }
         self.apply(ready.take_committed_entries(), apply);
-        let mut ops = Vec::new();
         if !ready.entries().is_empty() {
             let first = ready.entries()[0].index;
             let entries = ready
@@ -260,26 +269,25 @@ impl Group {
             });
             self.node
                 .mut_store()
-                .wl()
                 .append(ready.entries())
                 .map_err(|e| corrupt("raft append", e))?;
         }
         if let Some(hs) = ready.hs() {
             ops.push(self.state_op(hs));
-            self.node.mut_store().wl().set_hardstate(hs.clone());
+            self.node.mut_store().set_hardstate(hs.clone());
         }
         Ok(Some(Prepared { ready, ops }))
     }
 
     /// The second half, once `prepared.ops` are synced: messages that depend on them go
     /// out, and newly committed entries are applied.
-    pub fn finish(&mut self, prepared: Prepared, apply: &mut (dyn FnMut(u64, &[u8]) + Send)) {
+    pub fn finish(&mut self, prepared: Prepared, apply: &mut dyn Apply) {
         let mut ready = prepared.ready;
         self.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
             let hs = {
-                let mut store = self.node.mut_store().wl();
+                let mut store = self.node.mut_store().mem.wl();
                 store.mut_hard_state().set_commit(commit);
                 store.hard_state().clone()
             };
@@ -290,6 +298,54 @@ impl Group {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries(), apply);
         self.node.advance_apply();
+        // Handed to the link: a snapshot lost on the way is sent again once the follower
+        // answers a probe (raft-rs waits for this report before it probes again).
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.node.report_snapshot(to, SnapshotStatus::Finish);
+        }
+    }
+
+    /// The state machine made a snapshot at `index` (applied here): it replaces the last
+    /// one, and the log before it is compacted, except what a close follower still needs
+    /// from a leader. Returns the store write (None if the snapshot is not newer).
+    pub fn snapshot_made(&mut self, index: u64, data: Bytes) -> Option<Op> {
+        let size = data.len();
+        let snap = self.node.store().made(index, data)?;
+        let mut below = index + 1;
+        if self.is_leader() {
+            let me = self.node.raft.id;
+            for (id, pr) in self.node.raft.prs().iter() {
+                let far = pr.matched + LAG_KEPT < index && size <= SNAPSHOT_SENDABLE;
+                if *id != me && !far {
+                    below = below.min(pr.matched + 1);
+                }
+            }
+        }
+        self.node.store().compact(below);
+        tracing::debug!(group = self.id, index, size, below, "raft snapshot");
+        Some(Op::RaftSnapshot {
+            group: self.id,
+            snapshot: snap.write_to_bytes().expect("a snapshot encodes"),
+            compact_below: below,
+        })
+    }
+
+    /// A follower needs a snapshot that is not at hand (the flag is cleared).
+    pub fn snapshot_wanted(&self) -> bool {
+        self.node.store().take_wanted()
+    }
+
+    /// Forget a snapshot kept for followers once it is old.
+    pub fn expire_snapshot(&self) {
+        self.node.store().expire();
+    }
+
+    /// Entries in the log mirror, and the index of the last snapshot.
+    pub fn log_span(&self) -> (u64, u64) {
+        let store = self.node.store();
+        let first = store.first_index().unwrap_or(1);
+        let last = store.last_index().unwrap_or(0);
+        ((last + 1).saturating_sub(first), store.snapshot_index())
     }
 
     fn state_op(&self, hs: &HardState) -> Op {
@@ -299,21 +355,30 @@ impl Group {
         }
     }
 
-    fn apply(&mut self, entries: Vec<Entry>, apply: &mut (dyn FnMut(u64, &[u8]) + Send)) {
+    fn apply(&mut self, entries: Vec<Entry>, apply: &mut dyn Apply) {
         for e in entries {
             self.applied = e.index;
             // Empty entries (a new leader's no-op) are handed on too: a state machine that
             // counts its applied index (for read indexes) must see every index. Membership
             // is fixed for now.
             if e.get_entry_type() == EntryType::EntryNormal {
-                apply(e.index, &e.data);
+                apply.apply(e.index, &e.data);
             }
         }
     }
 
-    fn send(&self, msgs: Vec<Message>) {
+    fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
             let to = m.to;
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                tracing::info!(
+                    group = self.id,
+                    to,
+                    index = m.get_snapshot().get_metadata().index,
+                    "sending a snapshot"
+                );
+                self.snapshots_sent.push(to);
+            }
             match m.write_to_bytes() {
                 Ok(bytes) => self.links.send(
                     to,
@@ -326,4 +391,49 @@ impl Group {
             }
         }
     }
+}
+
+/// Load a saved log into `storage`: the snapshot (handed to `apply`), the hard state, and
+/// the entries after the snapshot. Returns the snapshot's index (applied by then).
+fn load(storage: &GroupStorage, log: &RaftLog, apply: &mut dyn Apply) -> Result<u64, ClusterError> {
+    let mut applied = 0;
+    if let Some(bytes) = &log.snapshot {
+        let snap = Snapshot::parse_from_bytes(bytes).map_err(|e| corrupt("raft snapshot", e))?;
+        applied = snap.get_metadata().index;
+        storage
+            .install(&snap)
+            .map_err(|e| corrupt("raft snapshot", e))?;
+        apply.restore(applied, &snap.data);
+    }
+    if let Some(state) = &log.state {
+        let mut hs = HardState::parse_from_bytes(state).map_err(|e| corrupt("hard state", e))?;
+        // The commit index is written unsynced: it is at least the snapshot's.
+        hs.commit = hs.commit.max(applied);
+        storage.set_hardstate(hs);
+    }
+    let mut entries = Vec::with_capacity(log.entries.len());
+    for (i, bytes) in log.entries.iter().enumerate() {
+        let index = log.first + i as u64;
+        if index <= applied {
+            continue;
+        }
+        let e = Entry::parse_from_bytes(bytes).map_err(|e| corrupt("raft entry", e))?;
+        if e.index != index {
+            return Err(corrupt(
+                "raft entry",
+                format!("index {} out of place", e.index),
+            ));
+        }
+        entries.push(e);
+    }
+    if entries.first().is_some_and(|e| e.index != applied + 1) {
+        return Err(corrupt(
+            "raft log",
+            format!("does not start right after the snapshot at {applied}"),
+        ));
+    }
+    storage
+        .append(&entries)
+        .map_err(|e| corrupt("raft log", e))?;
+    Ok(applied)
 }

@@ -10,9 +10,10 @@ use crate::protocol::{FieldTable, table};
 pub const EXCHANGE: u8 = b'x';
 pub const QUEUE: u8 = b'q';
 pub const BINDING: u8 = b'b';
-/// Raft column family: a group's hard state and its log entries.
+/// Raft column family: a group's hard state, its log entries and its last snapshot.
 pub const RAFT_STATE: u8 = b's';
 pub const RAFT_ENTRY: u8 = b'e';
+pub const RAFT_SNAPSHOT: u8 = b't';
 
 /// `[group][kind]`, then for entries the index: big-endian, so a group's entries are
 /// contiguous and in index order.
@@ -40,7 +41,7 @@ pub fn decode_raft_key(key: &[u8]) -> Option<(u64, u8, u64)> {
     let group = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let kind = *key.get(8)?;
     match kind {
-        RAFT_STATE if key.len() == 9 => Some((group, kind, 0)),
+        RAFT_STATE | RAFT_SNAPSHOT if key.len() == 9 => Some((group, kind, 0)),
         RAFT_ENTRY if key.len() == 17 => {
             Some((group, kind, u64::from_be_bytes(key[9..].try_into().ok()?)))
         }

@@ -128,7 +128,15 @@ pub enum Op {
         group: u64,
         state: Vec<u8>,
     },
-    /// A group left for good (its queue was deleted): its log and hard state go.
+    /// A group's snapshot (encoded by the cluster) replaces the one before, and its entries
+    /// before `compact_below` go (all of them for `u64::MAX`: a snapshot from the leader
+    /// replaces the whole log).
+    RaftSnapshot {
+        group: u64,
+        snapshot: Vec<u8>,
+        compact_below: u64,
+    },
+    /// A group left for good (its queue was deleted): its log, snapshot and hard state go.
     RaftDelete {
         group: u64,
     },
@@ -140,6 +148,7 @@ impl Op {
         match self {
             Op::PutMessage { msg, .. } => 32 + msg.body.len() + msg.properties.len(),
             Op::RaftAppend { entries, .. } => 32 + entries.iter().map(Vec::len).sum::<usize>(),
+            Op::RaftSnapshot { snapshot, .. } => 32 + snapshot.len(),
             _ => 32,
         }
     }
@@ -165,6 +174,8 @@ pub struct RecoveredMessage {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct RaftLog {
     pub state: Option<Vec<u8>>,
+    /// The last snapshot: the log before it may be compacted away.
+    pub snapshot: Option<Vec<u8>>,
     /// The index of the first entry in `entries`.
     pub first: u64,
     /// From `first` on, without gaps.

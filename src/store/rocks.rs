@@ -253,6 +253,23 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                 keys::raft_entries_end(group),
             );
             batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0));
+            batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_SNAPSHOT, 0));
+        }
+        Op::RaftSnapshot {
+            group,
+            snapshot,
+            compact_below,
+        } => {
+            batch.put_cf(
+                &raft,
+                keys::raft_key(group, keys::RAFT_SNAPSHOT, 0),
+                snapshot,
+            );
+            let end = match compact_below {
+                u64::MAX => keys::raft_entries_end(group),
+                below => keys::raft_key(group, keys::RAFT_ENTRY, below),
+            };
+            batch.delete_range_cf(&raft, keys::raft_key(group, keys::RAFT_ENTRY, 0), end);
         }
         Op::RaftState { group, state } => {
             batch.put_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0), state)
@@ -419,8 +436,8 @@ fn start_compaction(
     spawned.ok()
 }
 
-/// Every Raft group's hard state and entries, checking that each group's entries have no
-/// gaps.
+/// Every Raft group's hard state, snapshot and entries, checking that each group's entries
+/// have no gaps.
 fn read_raft(db: &DB, r: &mut Recovered) -> Result<(), String> {
     let raft = db.cf_handle(RAFT).ok_or("missing column family")?;
     let mut last: Option<(u64, u64)> = None;
@@ -431,6 +448,10 @@ fn read_raft(db: &DB, r: &mut Recovered) -> Result<(), String> {
         let log = r.raft.entry(group).or_default();
         if kind == keys::RAFT_STATE {
             log.state = Some(v.to_vec());
+            continue;
+        }
+        if kind == keys::RAFT_SNAPSHOT {
+            log.snapshot = Some(v.to_vec());
             continue;
         }
         if let Some((g, i)) = last
@@ -574,6 +595,35 @@ mod tests {
         assert_eq!((log.first, log.entries.len()), (1, 3));
         assert_eq!(log.entries[2], vec![3]);
         assert!(!r.raft.contains_key(&5), "{:?}", r.raft.get(&5));
+        store.close();
+    }
+
+    #[test]
+    fn a_snapshot_compacts_the_log_before_it_and_a_leaders_replaces_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let snapshot = |group: u64, below: u64| Op::RaftSnapshot {
+            group,
+            snapshot: vec![group as u8, below as u8],
+            compact_below: below,
+        };
+        write(&store, vec![append(4, 1, 9), append(5, 1, 3)]);
+        write(&store, vec![snapshot(4, 6), snapshot(5, u64::MAX)]);
+        write(&store, vec![append(5, 7, 2)]);
+        store.close();
+        drop(store);
+        let (store, r) = Store::open(dir.path()).unwrap();
+        let log = &r.raft[&4];
+        assert_eq!(log.snapshot, Some(vec![4, 6]));
+        assert_eq!((log.first, log.entries.len()), (6, 4));
+        assert_eq!(log.entries[0], vec![6]);
+        let log = &r.raft[&5];
+        assert_eq!((log.first, log.entries.len()), (7, 2));
+        write(&store, vec![Op::RaftDelete { group: 4 }]);
+        store.close();
+        drop(store);
+        let (store, r) = Store::open(dir.path()).unwrap();
+        assert!(!r.raft.contains_key(&4), "{:?}", r.raft.get(&4));
         store.close();
     }
 }

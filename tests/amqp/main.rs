@@ -19,5 +19,6 @@ mod partition;
 mod queues;
 mod quorum;
 mod scale;
+mod snapshot;
 mod ttl;
 mod tx;

@@ -10,10 +10,16 @@
 //! again (on a leader change, or after `REPROPOSE`), and applied once: replicas skip an
 //! (origin, request) they applied already, deterministically. Time comes from the entries.
 //!
-//! Not yet: members are every node (no access from non-members), no snapshots (the log
-//! is replayed from the first entry at start, and never compacted).
+//! Snapshots (`snapshot`) bound the log: a replica restarts from its last snapshot and the
+//! entries after it, and a follower too far behind is sent the leader's.
+//!
+//! Not yet: members are every node (no access from non-members).
 
+mod apply;
 mod entry;
+
+use apply::fail;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -24,8 +30,8 @@ use tokio::time::Instant;
 
 use super::classic::OnDeleted;
 use super::receipt::Receipt;
-use super::state::{self, Checkout, Command, Delivery, Effect, Meta, QueueState, Reply};
-use super::{ConnEvent, ConnSender, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
+use super::state::{self, Meta, QueueState};
+use super::{ConnEvent, ConnSender, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
 use crate::broker::applied::Applied;
 use crate::broker::args::{self, Overflow, QueueArgs};
 use crate::broker::clock;
@@ -36,7 +42,7 @@ use crate::broker::remote::wire::WireMsg;
 use crate::broker::topology::Quorum;
 use crate::cluster::{Apply, Cluster};
 use crate::error::{Error, code};
-use crate::protocol::{FieldTable, properties};
+use crate::protocol::FieldTable;
 pub use entry::{QBody, QEntry, QOp};
 
 /// A proposal not seen applied by then is proposed again (it may have been dropped).
@@ -142,6 +148,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             run: rand::random(),
             enqueued: 0,
             enqueues: HashMap::new(),
+            snapshots: Default::default(),
         };
         replica.run(rx, placement, first).await;
     });
@@ -177,6 +184,8 @@ enum Waiter {
 
 struct Pending {
     data: Vec<u8>,
+    /// A publish's sequence in this replica's run.
+    enqueued: Option<u64>,
     waiter: Waiter,
     proposed: Instant,
     deadline: Instant,
@@ -218,15 +227,31 @@ struct Replica {
     enqueued: u64,
     /// Replicated: the last publish applied of every (origin, run).
     enqueues: HashMap<(NodeId, u64), u64>,
+    snapshots: snapshot::Snapshots,
 }
 
-/// The group's state machine as the cluster task sees it: committed entries go to the
-/// replica's task in order.
-struct ToReplica(mpsc::UnboundedSender<(u64, Vec<u8>)>);
+/// What the Raft runtime hands a replica, in log order.
+enum FromRaft {
+    Committed(u64, Vec<u8>),
+    Restore(u64, Vec<u8>),
+    WantSnapshot,
+}
+
+/// The group's state machine as the cluster task sees it: committed entries and snapshots
+/// go to the replica's task in order.
+struct ToReplica(mpsc::UnboundedSender<FromRaft>);
 
 impl Apply for ToReplica {
     fn apply(&mut self, index: u64, data: &[u8]) {
-        let _ = self.0.send((index, data.to_vec()));
+        let _ = self.0.send(FromRaft::Committed(index, data.to_vec()));
+    }
+
+    fn restore(&mut self, index: u64, data: &[u8]) {
+        let _ = self.0.send(FromRaft::Restore(index, data.to_vec()));
+    }
+
+    fn want_snapshot(&mut self) {
+        let _ = self.0.send(FromRaft::WantSnapshot);
     }
 }
 
@@ -263,13 +288,14 @@ impl Replica {
                     }
                     Some(cmd) => self.command(cmd, &reads_tx).await,
                 },
-                Some((index, data)) = committed.recv() => {
-                    self.apply(index, &data);
-                    while let Ok((index, data)) = committed.try_recv() {
-                        self.apply(index, &data);
+                Some(first) = committed.recv() => {
+                    self.take_from_raft(first);
+                    while let Ok(next) = committed.try_recv() {
+                        self.take_from_raft(next);
                     }
                     self.count_memory();
                     self.answer_reads();
+                    self.maybe_snapshot();
                 }
                 Some((index, after, reply)) = reads_rx.recv() => {
                     self.reads.push((index, after, reply));
@@ -297,6 +323,14 @@ impl Replica {
         self.memory.sub(std::mem::take(&mut self.counted));
         if gone {
             self.cluster.close_group(self.group).await;
+        }
+    }
+
+    fn take_from_raft(&mut self, m: FromRaft) {
+        match m {
+            FromRaft::Committed(index, data) => self.apply(index, &data),
+            FromRaft::Restore(index, data) => self.restore(index, &data),
+            FromRaft::WantSnapshot => self.snapshots.want(),
         }
     }
 
@@ -342,6 +376,10 @@ impl Replica {
 
     /// Propose a command of this node, `waiter` answered once it is applied here.
     async fn propose_op(&mut self, op: QOp, waiter: Waiter) {
+        let enqueued = match &op {
+            QOp::Enqueue { seq, .. } => Some(*seq),
+            _ => None,
+        };
         let req = self.new_req();
         let e = self.entry(req, op);
         let data = e.encode();
@@ -350,6 +388,7 @@ impl Replica {
             req,
             Pending {
                 data: data.clone(),
+                enqueued,
                 waiter,
                 proposed: now,
                 deadline: now + self.cluster.config.command_timeout,
@@ -511,224 +550,6 @@ impl Replica {
                 self.propose_op(QOp::Delete, Waiter::Delete(reply)).await;
             }
             QueueCmd::Stop => {}
-        }
-    }
-
-    /// Apply a committed entry: the same on every replica; then this node's share of the
-    /// effects, and the answer if it proposed it.
-    fn apply(&mut self, index: u64, data: &[u8]) {
-        self.applied = index;
-        if self.done || data.is_empty() {
-            return;
-        }
-        let e = match QEntry::decode(data) {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::error!(queue = %self.shared.name, index, "undecodable queue entry skipped: {e}");
-                return;
-            }
-        };
-        if let QOp::Enqueue { run, seq, .. } = &e.op {
-            // In order per (origin, run): a duplicate or a publish after a gap is skipped
-            // (the gap's own is proposed again, then this one).
-            let last = self.enqueues.entry((e.origin, *run)).or_insert(0);
-            if *seq != *last + 1 {
-                return;
-            }
-            *last = *seq;
-        } else if e.req != 0 && !self.applied_reqs.first_time((e.origin, e.req)) {
-            return;
-        }
-        let waiter = match e.origin == self.me {
-            true => self.pending.remove(&e.req).map(|p| p.waiter),
-            false => None,
-        };
-        let meta = Meta { now_ms: e.at_ms };
-        let mut fx = Vec::new();
-        let reply = match e.op {
-            QOp::NodeDown(node) => {
-                for ch in self.state.channels_of(node) {
-                    self.state.apply(meta, Command::ChannelDown(ch), &mut fx);
-                }
-                Reply::None
-            }
-            op => {
-                match &op {
-                    QOp::Cancel(c) => _ = self.consumers.remove(c),
-                    QOp::Tick if e.origin == self.me => self.ticked = None,
-                    _ => {}
-                }
-                self.state.apply(meta, command(op), &mut fx)
-            }
-        };
-        // Effects first: a deleted queue is forgotten before its delete-ok goes.
-        for f in fx {
-            self.carry(f);
-        }
-        if let Some(w) = waiter {
-            self.answer(w, reply);
-        }
-    }
-
-    fn answer(&mut self, waiter: Waiter, reply: Reply<QBody>) {
-        match (waiter, reply) {
-            (Waiter::Publish(Some(r)), Reply::Enqueued { refused }) => r.answer(&refused),
-            (Waiter::Consume(id, tx), Reply::CheckedOut(result)) => {
-                if result.is_err() {
-                    self.consumers.remove(&id);
-                }
-                let _ = tx.send(result);
-            }
-            (Waiter::Cancel(tx), _) => {
-                let _ = tx.send(());
-            }
-            (Waiter::Get(tx), Reply::Got(got)) => {
-                let _ = tx.send(got.map(|(d, n)| (entry(d, true), n)));
-            }
-            (Waiter::Purge(tx), Reply::Purged(n)) => {
-                let _ = tx.send(n);
-            }
-            (Waiter::Delete(tx), Reply::Deleted(r)) => {
-                let _ = tx.send(r);
-            }
-            // A consume refused drops its local registration with its waiter.
-            _ => {}
-        }
-    }
-
-    fn carry(&mut self, f: Effect<QBody>) {
-        match f {
-            Effect::Deliver {
-                consumer,
-                no_ack,
-                msgs,
-            } => {
-                if let Some(c) = self.consumers.get(&consumer) {
-                    if !no_ack {
-                        c.pool.force(msgs.len() as u32);
-                    }
-                    let ev = ConnEvent::Deliver {
-                        consumer,
-                        no_ack,
-                        queue: self.shared.clone(),
-                        entries: msgs.into_iter().map(|d| entry(d, false)).collect(),
-                    };
-                    let _ = c.events.send(ev);
-                }
-            }
-            Effect::Cancelled(c) => {
-                if let Some(l) = self.consumers.remove(&c) {
-                    let _ = l.events.send(ConnEvent::Cancelled(c));
-                }
-            }
-            Effect::Deleted => {
-                self.done = true;
-                (self.on_deleted)(&self.shared);
-            }
-            // No store rows (the log is the store) and no connection credit in the state.
-            Effect::Starved(_)
-            | Effect::MarkDelivered(_)
-            | Effect::Release(_)
-            | Effect::Reacquire(_) => {}
-        }
-    }
-
-    fn answer_reads(&mut self) {
-        let applied = self.applied;
-        let oldest = self.pending.keys().next().copied().unwrap_or(u64::MAX);
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
-            .into_iter()
-            .partition(|(index, after, _)| *index <= applied && oldest > *after);
-        self.reads = waiting;
-        for (_, _, tx) in ready {
-            let _ = tx.send(Stat {
-                messages: self.state.ready_len() as u32,
-                consumers: self.state.consumer_count() as u32,
-            });
-        }
-    }
-}
-
-/// A log operation as the state's command (`NodeDown` is handled before).
-fn command(op: QOp) -> Command<QBody> {
-    match op {
-        QOp::Enqueue { msgs, .. } => Command::Enqueue(
-            msgs.into_iter()
-                .map(|m| QBody(Arc::new(m.into_message())))
-                .collect(),
-        ),
-        QOp::Checkout {
-            consumer,
-            no_ack,
-            prefetch,
-        } => Command::Checkout(Checkout {
-            consumer,
-            no_ack,
-            // RabbitMQ does not enforce an exclusive consume on a quorum queue.
-            exclusive: false,
-            prefetch,
-            // Connection credit is not logged: the prefetch bounds what is in flight.
-            limit: u64::MAX,
-            pooled: false,
-        }),
-        QOp::Cancel(c) => Command::Cancel(c),
-        QOp::Get { channel, no_ack } => Command::Get { channel, no_ack },
-        QOp::Ack(s) => Command::Ack(s),
-        QOp::Requeue(s) => Command::Requeue(s),
-        QOp::Discard(s) => Command::Discard(s),
-        QOp::Return { consumer, seqs } => Command::Return { consumer, seqs },
-        QOp::ChannelDown(ch) => Command::ChannelDown(ch),
-        QOp::Purge => Command::Purge,
-        QOp::Delete => Command::Delete {
-            if_unused: false,
-            if_empty: false,
-        },
-        QOp::Tick | QOp::NodeDown(_) => Command::Tick,
-    }
-}
-
-/// A delivery as a connection takes it. As RabbitMQ's quorum queues do, it carries
-/// `x-delivery-count` (the times it came back) once it has come back, and always for a
-/// basic.get.
-fn entry(d: Delivery<QBody>, get: bool) -> Entry {
-    let mut msg = d.body.0;
-    if d.returns > 0 || get {
-        let count = crate::protocol::AMQPValue::LongLongInt(i64::from(d.returns));
-        if let Some(p) = properties::with_header(&msg.properties, "x-delivery-count", count) {
-            let mut m = (*msg).clone();
-            m.properties = bytes::Bytes::from(p);
-            msg = Arc::new(m);
-        }
-    }
-    Entry {
-        seq: d.seq,
-        msg,
-        redelivered: d.redelivered,
-        expires_ms: d.expires_ms,
-    }
-}
-
-/// A proposal that was not applied in time: its waiter hears of the failure.
-fn fail(waiter: Waiter, timeout: Duration) {
-    let why = || {
-        Error::channel(
-            code::INTERNAL_ERROR,
-            format!(
-                "quorum queue change failed: not committed within {} ms (no majority of \
-                 its members reachable)",
-                timeout.as_millis()
-            ),
-        )
-    };
-    match waiter {
-        // Dropped unanswered: every publish of it is nacked.
-        Waiter::Publish(_) | Waiter::Nothing | Waiter::Cancel(_) | Waiter::Purge(_) => {}
-        Waiter::Get(_) => {}
-        Waiter::Consume(_, tx) => {
-            let _ = tx.send(Err(why()));
-        }
-        Waiter::Delete(tx) => {
-            let _ = tx.send(Err(why()));
         }
     }
 }

@@ -23,10 +23,12 @@ use crate::error::Error;
 mod check;
 mod command;
 mod dispatch;
+mod image;
 
 pub use command::*;
+pub use image::Image;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Msg<B> {
     seq: u64,
     body: B,
@@ -50,7 +52,7 @@ impl<B: Clone> Msg<B> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Held<B> {
     msg: Msg<B>,
     channel: ChannelId,
@@ -58,7 +60,7 @@ struct Held<B> {
     consumer: Option<ConsumerId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Consumer {
     id: ConsumerId,
     no_ack: bool,

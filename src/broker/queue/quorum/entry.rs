@@ -72,9 +72,22 @@ impl QEntry {
     }
 }
 
-/// A message as a quorum queue's state holds it: in memory (its bytes are also in the log).
+/// A message as a quorum queue's state holds it: in memory (its bytes are also in the log,
+/// or in the snapshot, where it is written as the log has it).
 #[derive(Debug, Clone)]
 pub struct QBody(pub Arc<Message>);
+
+impl Serialize for QBody {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireMsg::of(&self.0).serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for QBody {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<QBody, D::Error> {
+        WireMsg::deserialize(d).map(|m| QBody(Arc::new(m.into_message())))
+    }
+}
 
 impl Payload for QBody {
     fn size(&self) -> u32 {

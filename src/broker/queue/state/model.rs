@@ -303,6 +303,12 @@ fn run_model(seed: u64, steps: usize) {
     for step in 0..steps {
         let ctx = format!("seed {seed} step {step}");
         q.now += rng.below(8);
+        if step % 7 == 3 {
+            // A replica restored from a snapshot must go on exactly as the one imaged.
+            let bytes = postcard::to_stdvec(&q.q.image()).unwrap();
+            let image = postcard::from_bytes(&bytes).unwrap();
+            q.q = QueueState::from_image(q.q.config().clone(), image);
+        }
         let mut want = Vec::new();
         let cmd = step_command(&mut rng, &mut m, q.now, &mut ids, &mut want);
         let reply = q.run(cmd);

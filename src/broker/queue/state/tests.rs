@@ -5,7 +5,7 @@ use super::*;
 use crate::broker::args::{Limits, QueueArgs};
 
 /// A message handle for tests: an id, and the facts the state reads.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(super) struct T {
     pub(super) id: u32,
     size: u32,

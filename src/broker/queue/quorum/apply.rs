@@ -1,0 +1,233 @@
+//! Applying a quorum queue's committed entries: the same on every replica (dedup, the
+//! publish order per replica run, the `QueueState` transition), then this node's share of
+//! the effects (deliveries to its consumers) and the answers to its own proposals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{QBody, QEntry, QOp, Replica, Waiter};
+use crate::broker::queue::state::{Checkout, Command, Delivery, Effect, Meta, Reply};
+use crate::broker::queue::{ConnEvent, Entry, Stat};
+use crate::error::{Error, code};
+use crate::protocol::properties;
+
+impl Replica {
+    /// Apply a committed entry: the same on every replica; then this node's share of the
+    /// effects, and the answer if it proposed it.
+    pub(super) fn apply(&mut self, index: u64, data: &[u8]) {
+        self.applied = index;
+        self.snapshots.applied(data.len());
+        if self.done || data.is_empty() {
+            return;
+        }
+        let e = match QEntry::decode(data) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(queue = %self.shared.name, index, "undecodable queue entry skipped: {e}");
+                return;
+            }
+        };
+        if let QOp::Enqueue { run, seq, .. } = &e.op {
+            // In order per (origin, run): a duplicate or a publish after a gap is skipped
+            // (the gap's own is proposed again, then this one).
+            let last = self.enqueues.entry((e.origin, *run)).or_insert(0);
+            if *seq != *last + 1 {
+                return;
+            }
+            *last = *seq;
+        } else if e.req != 0 && !self.applied_reqs.first_time((e.origin, e.req)) {
+            return;
+        }
+        let waiter = match e.origin == self.me {
+            true => self.pending.remove(&e.req).map(|p| p.waiter),
+            false => None,
+        };
+        let meta = Meta { now_ms: e.at_ms };
+        let mut fx = Vec::new();
+        let reply = match e.op {
+            QOp::NodeDown(node) => {
+                for ch in self.state.channels_of(node) {
+                    self.state.apply(meta, Command::ChannelDown(ch), &mut fx);
+                }
+                Reply::None
+            }
+            op => {
+                match &op {
+                    QOp::Cancel(c) => _ = self.consumers.remove(c),
+                    QOp::Tick if e.origin == self.me => self.ticked = None,
+                    _ => {}
+                }
+                self.state.apply(meta, command(op), &mut fx)
+            }
+        };
+        // Effects first: a deleted queue is forgotten before its delete-ok goes.
+        for f in fx {
+            self.carry(f);
+        }
+        if let Some(w) = waiter {
+            self.answer(w, reply);
+        }
+    }
+
+    fn answer(&mut self, waiter: Waiter, reply: Reply<QBody>) {
+        match (waiter, reply) {
+            (Waiter::Publish(Some(r)), Reply::Enqueued { refused }) => r.answer(&refused),
+            (Waiter::Consume(id, tx), Reply::CheckedOut(result)) => {
+                if result.is_err() {
+                    self.consumers.remove(&id);
+                }
+                let _ = tx.send(result);
+            }
+            (Waiter::Cancel(tx), _) => {
+                let _ = tx.send(());
+            }
+            (Waiter::Get(tx), Reply::Got(got)) => {
+                let _ = tx.send(got.map(|(d, n)| (entry(d, true), n)));
+            }
+            (Waiter::Purge(tx), Reply::Purged(n)) => {
+                let _ = tx.send(n);
+            }
+            (Waiter::Delete(tx), Reply::Deleted(r)) => {
+                let _ = tx.send(r);
+            }
+            // A consume refused drops its local registration with its waiter.
+            _ => {}
+        }
+    }
+
+    fn carry(&mut self, f: Effect<QBody>) {
+        match f {
+            Effect::Deliver {
+                consumer,
+                no_ack,
+                msgs,
+            } => {
+                if let Some(c) = self.consumers.get(&consumer) {
+                    if !no_ack {
+                        c.pool.force(msgs.len() as u32);
+                    }
+                    let ev = ConnEvent::Deliver {
+                        consumer,
+                        no_ack,
+                        queue: self.shared.clone(),
+                        entries: msgs.into_iter().map(|d| entry(d, false)).collect(),
+                    };
+                    let _ = c.events.send(ev);
+                }
+            }
+            Effect::Cancelled(c) => {
+                if let Some(l) = self.consumers.remove(&c) {
+                    let _ = l.events.send(ConnEvent::Cancelled(c));
+                }
+            }
+            Effect::Deleted => {
+                self.done = true;
+                (self.on_deleted)(&self.shared);
+            }
+            // No store rows (the log is the store) and no connection credit in the state.
+            Effect::Starved(_)
+            | Effect::MarkDelivered(_)
+            | Effect::Release(_)
+            | Effect::Reacquire(_) => {}
+        }
+    }
+
+    pub(super) fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let oldest = self.pending.keys().next().copied().unwrap_or(u64::MAX);
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads)
+            .into_iter()
+            .partition(|(index, after, _)| *index <= applied && oldest > *after);
+        self.reads = waiting;
+        for (_, _, tx) in ready {
+            let _ = tx.send(Stat {
+                messages: self.state.ready_len() as u32,
+                consumers: self.state.consumer_count() as u32,
+            });
+        }
+    }
+}
+
+/// A log operation as the state's command (`NodeDown` is handled before).
+fn command(op: QOp) -> Command<QBody> {
+    match op {
+        QOp::Enqueue { msgs, .. } => Command::Enqueue(
+            msgs.into_iter()
+                .map(|m| QBody(Arc::new(m.into_message())))
+                .collect(),
+        ),
+        QOp::Checkout {
+            consumer,
+            no_ack,
+            prefetch,
+        } => Command::Checkout(Checkout {
+            consumer,
+            no_ack,
+            // RabbitMQ does not enforce an exclusive consume on a quorum queue.
+            exclusive: false,
+            prefetch,
+            // Connection credit is not logged: the prefetch bounds what is in flight.
+            limit: u64::MAX,
+            pooled: false,
+        }),
+        QOp::Cancel(c) => Command::Cancel(c),
+        QOp::Get { channel, no_ack } => Command::Get { channel, no_ack },
+        QOp::Ack(s) => Command::Ack(s),
+        QOp::Requeue(s) => Command::Requeue(s),
+        QOp::Discard(s) => Command::Discard(s),
+        QOp::Return { consumer, seqs } => Command::Return { consumer, seqs },
+        QOp::ChannelDown(ch) => Command::ChannelDown(ch),
+        QOp::Purge => Command::Purge,
+        QOp::Delete => Command::Delete {
+            if_unused: false,
+            if_empty: false,
+        },
+        QOp::Tick | QOp::NodeDown(_) => Command::Tick,
+    }
+}
+
+/// A delivery as a connection takes it. As RabbitMQ's quorum queues do, it carries
+/// `x-delivery-count` (the times it came back) once it has come back, and always for a
+/// basic.get.
+pub(super) fn entry(d: Delivery<QBody>, get: bool) -> Entry {
+    let mut msg = d.body.0;
+    if d.returns > 0 || get {
+        let count = crate::protocol::AMQPValue::LongLongInt(i64::from(d.returns));
+        if let Some(p) = properties::with_header(&msg.properties, "x-delivery-count", count) {
+            let mut m = (*msg).clone();
+            m.properties = bytes::Bytes::from(p);
+            msg = Arc::new(m);
+        }
+    }
+    Entry {
+        seq: d.seq,
+        msg,
+        redelivered: d.redelivered,
+        expires_ms: d.expires_ms,
+    }
+}
+
+/// A proposal that was not applied in time: its waiter hears of the failure.
+pub(super) fn fail(waiter: Waiter, timeout: Duration) {
+    let why = || {
+        Error::channel(
+            code::INTERNAL_ERROR,
+            format!(
+                "quorum queue change failed: not committed within {} ms (no majority of \
+                 its members reachable)",
+                timeout.as_millis()
+            ),
+        )
+    };
+    match waiter {
+        // Dropped unanswered: every publish of it is nacked.
+        Waiter::Publish(_) | Waiter::Nothing | Waiter::Cancel(_) | Waiter::Purge(_) => {}
+        Waiter::Get(_) => {}
+        Waiter::Consume(_, tx) => {
+            let _ = tx.send(Err(why()));
+        }
+        Waiter::Delete(tx) => {
+            let _ = tx.send(Err(why()));
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! A quorum queue replica's snapshots. Each replica snapshots its own state once enough was
+//! logged since its last one (`quorum_snapshot_bytes`, or twice the state's size if larger,
+//! so that rewriting a long queue costs at most half of what the log took), or when the
+//! group's leader needs one for a follower too far behind; the Raft runtime then compacts
+//! the log before it. A snapshot holds everything replicated: the `QueueState` image and the
+//! dedup sets (applied requests, each publisher run's last sequence).
+//!
+//! Restoring one (at a start, or on a follower the leader sent it to) replaces the state;
+//! what this node missed in between is made good: deliveries made to its own consumers go
+//! out now, and its own proposals that the snapshot holds as applied are answered.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use super::apply::entry;
+use super::{QBody, REMEMBERED, Replica, Waiter};
+use crate::broker::applied::Applied;
+use crate::broker::ids::NodeId;
+use crate::broker::queue::ConnEvent;
+use crate::broker::queue::state::{Image, QueueState};
+
+#[derive(Serialize, Deserialize)]
+struct ReplicaImage {
+    state: Image<QBody>,
+    applied_reqs: Vec<(NodeId, u64)>,
+    enqueues: Vec<((NodeId, u64), u64)>,
+}
+
+/// A replica's snapshot bookkeeping.
+#[derive(Default)]
+pub(super) struct Snapshots {
+    /// Entry bytes applied since the last snapshot.
+    since: usize,
+    /// The leader needs one for a follower.
+    wanted: bool,
+    /// One is being encoded (one at a time).
+    busy: Arc<AtomicBool>,
+}
+
+impl Snapshots {
+    pub(super) fn applied(&mut self, bytes: usize) {
+        self.since += bytes;
+    }
+
+    pub(super) fn want(&mut self) {
+        self.wanted = true;
+    }
+}
+
+impl Replica {
+    /// Make a snapshot if one is due: encoded off the async workers, then handed to the
+    /// Raft runtime.
+    pub(super) fn maybe_snapshot(&mut self) {
+        let s = &mut self.snapshots;
+        let threshold = self
+            .cluster
+            .config
+            .snapshot_bytes
+            .max(2 * self.state.weight());
+        if s.busy.load(Ordering::Acquire) || !(s.wanted || s.since >= threshold) {
+            return;
+        }
+        s.since = 0;
+        s.wanted = false;
+        let image = ReplicaImage {
+            state: self.state.image(),
+            applied_reqs: self.applied_reqs.to_vec(),
+            enqueues: self.enqueues.iter().map(|(k, v)| (*k, *v)).collect(),
+        };
+        let (cluster, group, index) = (self.cluster.clone(), self.group, self.applied);
+        let busy = s.busy.clone();
+        busy.store(true, Ordering::Release);
+        tokio::spawn(async move {
+            let encoded = tokio::task::spawn_blocking(move || postcard::to_stdvec(&image)).await;
+            match encoded {
+                Ok(Ok(data)) => cluster.snapshot(group, index, data.into()).await,
+                Ok(Err(e)) => tracing::error!(group, "cannot encode a queue snapshot: {e}"),
+                Err(e) => tracing::error!(group, "queue snapshot task failed: {e}"),
+            }
+            busy.store(false, Ordering::Release);
+        });
+    }
+
+    /// A snapshot at `index` replaces the state.
+    pub(super) fn restore(&mut self, index: u64, data: &[u8]) {
+        let image: ReplicaImage = match postcard::from_bytes(data) {
+            Ok(i) => i,
+            Err(e) => {
+                // Going on from a state other replicas do not have would diverge from them.
+                tracing::error!(queue = %self.shared.name, index, "undecodable queue snapshot: {e}; stopping");
+                std::process::exit(2);
+            }
+        };
+        let before: HashSet<u64> = self
+            .state
+            .held_by_consumers()
+            .into_iter()
+            .filter(|(_, c)| self.consumers.contains_key(c))
+            .map(|(s, _)| s)
+            .collect();
+        let cfg = self.state.config().clone();
+        self.state = QueueState::from_image(cfg, image.state);
+        self.applied_reqs = Applied::from_vec(REMEMBERED, image.applied_reqs);
+        self.enqueues = image.enqueues.into_iter().collect::<HashMap<_, _>>();
+        self.applied = index;
+        self.snapshots.since = 0;
+        tracing::info!(queue = %self.shared.name, index, messages = self.state.ready_len(), "queue state restored from a snapshot");
+        self.deliver_missed(&before);
+        self.answer_covered();
+        if self.state.is_deleted() && !self.done {
+            self.done = true;
+            (self.on_deleted)(&self.shared);
+        }
+        self.count_memory();
+    }
+
+    /// Deliveries to this node's consumers that the snapshot holds and this replica never
+    /// carried out (it skipped the entries that made them).
+    fn deliver_missed(&mut self, before: &HashSet<u64>) {
+        let mut missed: HashMap<_, Vec<_>> = HashMap::new();
+        for (seq, c) in self.state.held_by_consumers() {
+            if !before.contains(&seq) && self.consumers.contains_key(&c) {
+                missed.entry(c).or_default().push(seq);
+            }
+        }
+        for (consumer, seqs) in missed {
+            let Some(local) = self.consumers.get(&consumer) else {
+                continue;
+            };
+            let entries: Vec<_> = seqs
+                .iter()
+                .filter_map(|s| self.state.held_delivery(*s))
+                .map(|d| entry(d, false))
+                .collect();
+            local.pool.force(entries.len() as u32);
+            let _ = local.events.send(ConnEvent::Deliver {
+                consumer,
+                no_ack: false,
+                queue: self.shared.clone(),
+                entries,
+            });
+        }
+    }
+
+    /// This node's proposals that the snapshot holds as applied: answered as they would
+    /// have been (a publish is confirmed, a count it cannot know is 0).
+    fn answer_covered(&mut self) {
+        let me = self.me;
+        let last = self.enqueues.get(&(me, self.run)).copied().unwrap_or(0);
+        let covered: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(req, p)| match p.enqueued {
+                Some(seq) => seq <= last,
+                None => self.applied_reqs.contains((me, **req)),
+            })
+            .map(|(req, _)| *req)
+            .collect();
+        for req in covered {
+            let Some(p) = self.pending.remove(&req) else {
+                continue;
+            };
+            match p.waiter {
+                Waiter::Publish(Some(r)) => r.answer(&[]),
+                Waiter::Consume(_, tx) => _ = tx.send(Ok(())),
+                Waiter::Cancel(tx) => _ = tx.send(()),
+                Waiter::Purge(tx) => _ = tx.send(0),
+                Waiter::Delete(tx) => _ = tx.send(Ok(0)),
+                // A get's message is held for its channel, which cannot be told: dropped,
+                // it fails, and the message comes back when the channel closes.
+                Waiter::Get(_) | Waiter::Publish(None) | Waiter::Nothing => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! A group's Raft storage: raft-rs's `MemStorage` (the in-memory mirror of the log the store
+//! keeps) with the group's snapshots. raft-rs asks for a snapshot when a follower needs
+//! entries this node has compacted away; the state machine makes them (it alone holds the
+//! state), so a snapshot is kept here only while one is wanted or was just made: when none
+//! is at hand the answer is "temporarily unavailable", the group flags that one is wanted,
+//! and raft-rs asks again on a later heartbeat.
+//!
+//! Invariants: the mirror always keeps at least its last entry (raft-rs's `MemStorage`
+//! forgets its first index when emptied), and the term of the snapshot's index stays
+//! known after the entries up to it are compacted.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::storage::MemStorage;
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+/// A snapshot made is kept this long for followers that may still ask for it.
+const KEEP: Duration = Duration::from_secs(30);
+
+#[derive(Default)]
+struct Snapshots {
+    /// The index and term of the last snapshot (made here or installed).
+    last: (u64, u64),
+    /// The last snapshot with its data, while it may be sent.
+    kept: Option<(Snapshot, Instant)>,
+    /// raft-rs asked for one newer than `kept` (a follower needs it).
+    wanted: bool,
+}
+
+pub struct GroupStorage {
+    pub mem: MemStorage,
+    snaps: Mutex<Snapshots>,
+}
+
+impl GroupStorage {
+    pub fn new(voters: Vec<u64>) -> GroupStorage {
+        GroupStorage {
+            mem: MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new()))),
+            snaps: Mutex::new(Snapshots::default()),
+        }
+    }
+
+    fn snaps(&self) -> std::sync::MutexGuard<'_, Snapshots> {
+        self.snaps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The index of the last snapshot (0: none).
+    pub fn snapshot_index(&self) -> u64 {
+        self.snaps().last.0
+    }
+
+    /// A follower needs a snapshot newer than the one kept: the flag is cleared.
+    pub fn take_wanted(&self) -> bool {
+        std::mem::take(&mut self.snaps().wanted)
+    }
+
+    /// The snapshot the state machine made at `index` (applied here), as raft-rs sends it;
+    /// None if it is not newer than the last one or its entry is unknown.
+    pub fn made(&self, index: u64, data: bytes::Bytes) -> Option<Snapshot> {
+        let term = self.mem.term(index).ok()?;
+        let mut snaps = self.snaps();
+        // The same index again is made anew for a follower once the kept one expired.
+        if index < snaps.last.0 || (index == snaps.last.0 && snaps.kept.is_some()) {
+            return None;
+        }
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
+        meta.set_conf_state(self.mem.initial_state().ok()?.conf_state);
+        let mut snap = Snapshot::default();
+        snap.set_metadata(meta);
+        snap.data = data;
+        snaps.last = (index, term);
+        snaps.kept = Some((snap.clone(), Instant::now()));
+        Some(snap)
+    }
+
+    /// Drop the entries before `below` from the mirror, keeping the last one.
+    pub fn compact(&self, below: u64) {
+        let last = self.mem.last_index().unwrap_or(0);
+        if let Err(e) = self.mem.wl().compact(below.min(last)) {
+            tracing::warn!("raft log compaction: {e}");
+        }
+    }
+
+    /// A snapshot installed (from the leader, or saved at the last start): the mirror's log
+    /// is replaced by it.
+    pub fn install(&self, snap: &Snapshot) -> raft::Result<()> {
+        let meta = snap.get_metadata();
+        self.mem.wl().apply_snapshot(snap.clone())?;
+        let mut snaps = self.snaps();
+        snaps.last = (meta.index, meta.term);
+        snaps.kept = None;
+        Ok(())
+    }
+
+    /// Forget a kept snapshot after `KEEP` (its data may be large).
+    pub fn expire(&self) {
+        let mut snaps = self.snaps();
+        if snaps
+            .kept
+            .as_ref()
+            .is_some_and(|(_, at)| at.elapsed() > KEEP)
+        {
+            snaps.kept = None;
+        }
+    }
+
+    pub fn append(&self, entries: &[Entry]) -> raft::Result<()> {
+        self.mem.wl().append(entries)
+    }
+
+    pub fn set_hardstate(&self, hs: HardState) {
+        self.mem.wl().set_hardstate(hs);
+    }
+}
+
+impl Storage for GroupStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.mem.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.mem.entries(low, high, max_size, context)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        let (index, term) = self.snaps().last;
+        if idx == index && index > 0 {
+            return Ok(term);
+        }
+        self.mem.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.mem.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.mem.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut snaps = self.snaps();
+        match &snaps.kept {
+            Some((snap, _)) if snap.get_metadata().index >= request_index => Ok(snap.clone()),
+            _ => {
+                snaps.wanted = true;
+                Err(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                ))
+            }
+        }
+    }
+}

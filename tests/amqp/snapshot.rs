@@ -1,0 +1,164 @@
+//! Quorum queue snapshots: a replica snapshots its state and compacts its log, restarts
+//! from the snapshot and the entries after it, and a follower too far behind catches up
+//! from the leader's snapshot. `quorum_snapshot_bytes` is small here so that a few hundred
+//! KiB of messages make several snapshots.
+
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Consumer};
+
+use crate::common::{channel, persistent};
+
+fn quorum_args() -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    t
+}
+
+/// Message `i`: 1 KiB, starting with "m{i};".
+fn body(i: usize) -> Vec<u8> {
+    let mut b = format!("m{i};").into_bytes();
+    b.resize(1024, b'.');
+    b
+}
+
+/// Publish messages `from..to` one at a time, each confirmed before the next (so each is
+/// an entry of its own in the queue's log).
+async fn publish_one_by_one(ch: &Channel, queue: &str, from: usize, to: usize) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in from..to {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                &body(i),
+                persistent(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "m{i} nacked");
+    }
+}
+
+/// Take messages `from..to` in order from `consumer`, acking each.
+async fn take_in_order(consumer: &mut Consumer, from: usize, to: usize) {
+    for i in from..to {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("m{i} delivered"))
+            .expect("a delivery")
+            .unwrap();
+        let want = format!("m{i};");
+        assert!(
+            d.data.starts_with(want.as_bytes()),
+            "expected {want}, got {:?}",
+            String::from_utf8_lossy(&d.data[..12])
+        );
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+}
+
+/// A single node: after 400 publishes and 250 acks the queue's log on disk starts after a
+/// snapshot (it was compacted), and a restart rebuilds the queue from the snapshot and the
+/// entries after it: the 150 messages left, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quorum_queue_compacts_its_log_and_restarts_from_its_snapshot() {
+    let mut b = crate::common::start_with(warren::Config {
+        quorum_snapshot_bytes: 16 << 10,
+        ..warren::Config::default()
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    ch.queue_declare("sq".into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    publish_one_by_one(&ch, "sq", 0, 400).await;
+    let (_c2, ch2) = channel(&b).await;
+    ch2.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch2, "sq", "c", false).await;
+    take_in_order(&mut consumer, 0, 250).await;
+    // What the closed channel held goes back to its place.
+    ch2.close(200, "bye".into()).await.unwrap();
+    assert_eq!(crate::common::count(&ch, "sq").await, 150);
+
+    if let Some(s) = b.server.take() {
+        s.shutdown().await;
+    }
+    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
+    let (store, recovered) = warren::store::Store::open(&dir).unwrap();
+    let (group, log) = recovered
+        .raft
+        .iter()
+        .next()
+        .expect("the queue's raft group");
+    assert!(log.snapshot.is_some(), "group {group} has a snapshot");
+    // Over 650 entries were logged (400 publishes, 250 acks): most are gone.
+    assert!(
+        log.first > 1 && log.entries.len() < 400,
+        "group {group}: the log before the snapshot is compacted (first entry {}, {} kept)",
+        log.first,
+        log.entries.len()
+    );
+    store.close();
+    drop(store);
+
+    let b = b.restart().await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(crate::common::count(&ch, "sq").await, 150);
+    let mut consumer = crate::common::consume(&ch, "sq", "after", false).await;
+    take_in_order(&mut consumer, 250, 400).await;
+    b.stop().await;
+}
+
+/// A follower down while the leader logs and compacts well past it catches up, once back,
+/// from the leader's snapshot; then, with the old leader killed, it serves every message
+/// from its own replica (a consumer's node delivers from its own copy).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_catches_up_from_a_snapshot() {
+    let mut cluster = crate::cluster::TestCluster::start(3, "quorum_snapshot_bytes = 16384\n");
+    let (_c1, ch1) = cluster.channel(0).await;
+    ch1.queue_declare("fq".into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    let (_c2, ch2) = cluster.channel(1).await;
+    publish_one_by_one(&ch2, "fq", 0, 10).await;
+    cluster.kill9(2);
+    // Over a thousand entries while node 3 is down, the queue kept short (a publish, then
+    // an ack), so that the leader snapshots often and compacts its log past node 3.
+    ch1.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch1, "fq", "c", false).await;
+    for i in 10..700 {
+        publish_one_by_one(&ch2, "fq", i, i + 1).await;
+        take_in_order(&mut consumer, i - 10, i - 9).await;
+    }
+    take_in_order(&mut consumer, 690, 700).await;
+    ch1.basic_cancel("c".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    publish_one_by_one(&ch2, "fq", 700, 1300).await;
+
+    let before = cluster.said(2, "installed a snapshot from the leader");
+    cluster.spawn(2);
+    cluster
+        .until_said(2, "installed a snapshot from the leader", before)
+        .await;
+    // Node 3 counts from its own replica, once it has applied what was committed.
+    let (_c3, ch3) = cluster.channel(2).await;
+    assert_eq!(crate::common::count(&ch3, "fq").await, 600);
+    cluster.kill9(0);
+    let mut consumer = crate::common::consume(&ch3, "fq", "far", false).await;
+    take_in_order(&mut consumer, 700, 1300).await;
+    publish_one_by_one(&ch3, "fq", 1300, 1310).await;
+    take_in_order(&mut consumer, 1300, 1310).await;
+}

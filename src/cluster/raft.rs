@@ -4,11 +4,12 @@
 //! serves every group of the node: `prepare` sends what a leader may send at once and
 //! returns the new entries and hard state to sync; once synced (`persist`), `finish` sends
 //! the messages that depend on them. Committed entries are handed to the state machine in
-//! log order.
+//! log order. A state machine's snapshot (`snapshot_made`) lets the log before it go; a
+//! snapshot from the leader replaces this node's log and state.
 //!
-//! Invariants: the store holds every entry the mirror holds, contiguous from the first; an
-//! entry is applied only once committed, and on restart every committed entry is applied
-//! again from the first (the state machines are rebuilt from the log).
+//! Invariants: the store holds every entry the mirror holds, contiguous from the first
+//! after its last snapshot; an entry is applied only once committed, and on restart the
+//! state machine gets the saved snapshot, then every committed entry after it again.
 
 use std::sync::Arc;
 

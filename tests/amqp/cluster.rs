@@ -1117,19 +1117,45 @@ async fn a_node_with_a_wiped_data_dir_stops_with_a_reason() {
     let mut cluster = TestCluster::start(3, "");
     let (_c, ch) = cluster.channel(0).await;
     declare_exchange(&ch, "before-the-wipe").await.unwrap();
-    cluster.url(2).await;
-    cluster.kill9(2);
-    cluster.wipe(2);
-    cluster.spawn(2);
-    let mut child = cluster.nodes[2].child.take().unwrap();
-    let status = tokio::time::timeout(READY, tokio::task::spawn_blocking(move || child.wait()))
-        .await
-        .expect("the wiped node stops")
-        .unwrap()
-        .unwrap();
+    // The wiped node is a follower the leader knows has the change (a new leader would
+    // know nothing of what it had, and could not tell it was wiped).
+    let leader = cluster.leader().expect("a node says it leads");
+    let (_c, ch) = cluster.channel(leader).await;
+    let w = (0..3).find(|i| *i != leader).unwrap();
+    let (_cw, chw) = cluster.channel(w).await;
+    chw.exchange_declare(
+        "before-the-wipe".into(),
+        ExchangeKind::Direct,
+        ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    cluster.kill9(w);
+    cluster.wipe(w);
+    cluster.spawn(w);
+    let mut child = cluster.nodes[w].child.take().unwrap();
+    // Polled, not waited on a blocking thread: a node that never stops fails the test
+    // (and is killed) instead of holding the runtime's shutdown forever.
+    let deadline = std::time::Instant::now() + READY;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            let log = cluster.nodes[w].log.lock().unwrap().join("\n");
+            panic!("the wiped node did not stop within {READY:?}; its log:\n{log}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status.code(), Some(2));
     cluster
-        .until_said(2, "cannot rejoin as the same node", 0)
+        .until_said(w, "cannot rejoin as the same node", 0)
         .await;
     // The others go on.
     declare_exchange(&ch, "after-the-wipe").await.unwrap();

@@ -1122,18 +1122,8 @@ async fn a_node_with_a_wiped_data_dir_stops_with_a_reason() {
     let leader = cluster.leader().expect("a node says it leads");
     let (_c, ch) = cluster.channel(leader).await;
     let w = (0..3).find(|i| *i != leader).unwrap();
-    let (_cw, chw) = cluster.channel(w).await;
-    chw.exchange_declare(
-        "before-the-wipe".into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            passive: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    let cw = cluster.connect(w).await;
+    assert_eq!(exchange_code(&cw, "before-the-wipe").await, None);
     cluster.kill9(w);
     cluster.wipe(w);
     cluster.spawn(w);

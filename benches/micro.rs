@@ -148,6 +148,7 @@ fn queue(c: &mut Criterion) {
         inbox: 1024,
         memory_budget: 32 << 20,
         flow_messages: 1 << 20,
+        quorum: Default::default(),
     };
     let vhost = VHost::new("/", settings, Arc::new(MemoryMonitor::new(0)), None, 0);
     let q = rt.block_on(async {

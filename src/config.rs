@@ -13,6 +13,7 @@ use serde::Deserialize;
 pub struct Config {
     pub listen: String,
     pub data_dir: PathBuf,
+    /// The HTTP status API's listener, HOST:PORT; empty: no HTTP API.
     pub http_listen: String,
     pub default_user: String,
     pub default_pass: String,
@@ -65,6 +66,12 @@ pub struct Config {
     /// A quorum queue's replica snapshots its state (and compacts its log) once this many
     /// bytes were logged since its last snapshot, or twice its state's size if larger.
     pub quorum_snapshot_bytes: usize,
+    /// The type of a durable, shared queue declared without x-queue-type: "classic" or
+    /// "quorum" (RabbitMQ's default_queue_type).
+    pub default_queue_type: String,
+    /// Where a new quorum queue's first leader goes without x-queue-leader-locator:
+    /// "balanced" (the live node leading the fewest) or "client-local" (the declaring node).
+    pub queue_leader_locator: String,
 }
 
 impl Default for Config {
@@ -72,7 +79,7 @@ impl Default for Config {
         Config {
             listen: "127.0.0.1:5672".into(),
             data_dir: "./warren-data".into(),
-            http_listen: "127.0.0.1:15672".into(),
+            http_listen: String::new(),
             default_user: "guest".into(),
             default_pass: "guest".into(),
             default_vhost: "/".into(),
@@ -102,6 +109,8 @@ impl Default for Config {
             cluster_command_timeout_ms: 5_000,
             cluster_peer_timeout_ms: 1_000,
             quorum_snapshot_bytes: 8 << 20,
+            default_queue_type: "classic".into(),
+            queue_leader_locator: "balanced".into(),
         }
     }
 }
@@ -119,7 +128,7 @@ pub struct Args {
     /// Data directory
     #[arg(long, env = "WARREN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// HTTP listener (management API and /metrics), HOST:PORT
+    /// HTTP status API listener, HOST:PORT (off unless given)
     #[arg(long, env = "WARREN_HTTP_LISTEN")]
     pub http_listen: Option<String>,
     /// Cluster: this node's id (one of the --peer ids)
@@ -173,7 +182,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), String> {
         resolve(&self.listen, "listen")?;
-        resolve(&self.http_listen, "http_listen")?;
+        self.http_addr()?;
         if self.frame_max < crate::protocol::FRAME_MIN_SIZE {
             return Err(format!(
                 "frame_max {} is below the minimum {}",
@@ -215,8 +224,33 @@ impl Config {
         if self.default_vhost.is_empty() {
             return Err("default_vhost must not be empty".into());
         }
+        self.quorum_defaults()?;
         self.cluster()?;
         Ok(())
+    }
+
+    /// default_queue_type and queue_leader_locator, checked.
+    pub fn quorum_defaults(&self) -> Result<crate::broker::vhost::QuorumDefaults, String> {
+        let default_type = match self.default_queue_type.as_str() {
+            "classic" => false,
+            "quorum" => true,
+            other => {
+                return Err(format!(
+                    "default_queue_type '{other}' is not \"classic\" or \"quorum\""
+                ));
+            }
+        };
+        let locator = crate::broker::queue::quorum::Locator::parse(&self.queue_leader_locator)
+            .ok_or_else(|| {
+                format!(
+                    "queue_leader_locator '{}' is not \"balanced\" or \"client-local\"",
+                    self.queue_leader_locator
+                )
+            })?;
+        Ok(crate::broker::vhost::QuorumDefaults {
+            default_type,
+            locator,
+        })
     }
 
     /// The cluster settings, checked: None on a single node (no cluster setting given).
@@ -274,6 +308,14 @@ impl Config {
 
     pub fn listen_addr(&self) -> Result<SocketAddr, String> {
         resolve(&self.listen, "listen")
+    }
+
+    /// The HTTP API's address, if it is on.
+    pub fn http_addr(&self) -> Result<Option<SocketAddr>, String> {
+        match self.http_listen.as_str() {
+            "" => Ok(None),
+            addr => resolve(addr, "http_listen").map(Some),
+        }
     }
 }
 

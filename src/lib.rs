@@ -14,6 +14,8 @@
 //! proposes topology changes through it (`broker::meta`) and uses queues of other nodes
 //! over its links (`broker::remote`).
 //!
+//! `http` serves the status API (queues, quorum members and leaders) beside the broker.
+//!
 //! The pure cores (`QueueState`, `Topology`, `Channel`) take commands and return effects as
 //! data, with no I/O, clock or tasks; their runtimes carry the effects out.
 
@@ -23,6 +25,7 @@ pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod store;

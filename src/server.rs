@@ -30,6 +30,8 @@ pub fn raise_fd_limit() -> Option<u64> {
 /// A running broker: its address, and the switch that stops it.
 pub struct Server {
     pub local_addr: SocketAddr,
+    /// The HTTP status API's address, if it is on.
+    pub http_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     failed: watch::Receiver<Option<crate::store::StoreError>>,
@@ -49,6 +51,18 @@ impl Server {
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let local_addr = listener.local_addr()?;
         let (tx, rx) = watch::channel(false);
+        let http_addr = match config_http(&broker)? {
+            None => None,
+            Some(addr) => {
+                let http = TcpListener::bind(addr).await.map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}"))
+                })?;
+                let bound = http.local_addr()?;
+                tokio::spawn(crate::http::serve(http, broker.clone(), rx.clone()));
+                tracing::info!("HTTP status API on {bound}");
+                Some(bound)
+            }
+        };
         let failed = broker.store.failed();
         let task = tokio::spawn(accept_loop(listener, broker, rx));
         tracing::info!(
@@ -57,6 +71,7 @@ impl Server {
         );
         Ok(Server {
             local_addr,
+            http_addr,
             shutdown: tx,
             task,
             failed,
@@ -81,6 +96,13 @@ impl Server {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
     }
+}
+
+fn config_http(broker: &Broker) -> std::io::Result<Option<SocketAddr>> {
+    broker
+        .config
+        .http_addr()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
 }
 
 async fn accept_loop(

@@ -1,4 +1,5 @@
-//! The memory alarm: bytes of messages held by queues, against the configured high watermark.
+//! The memory alarm: bytes of messages held by queues (and, for quorum queues, the Raft log
+//! in memory and proposals in flight), against the configured high watermark.
 //! Past it, connections that publish are blocked (they stop being read and, if they asked
 //! for it, get connection.blocked) until consumers have drained enough, as RabbitMQ does.
 
@@ -69,9 +70,25 @@ impl MemoryMonitor {
         self.used.load(Ordering::Acquire)
     }
 
+    /// Is the alarm on now?
+    pub fn alarmed(&self) -> bool {
+        *self.alarm.borrow()
+    }
+
     /// Watch the alarm: true while publishers must be blocked.
     pub fn subscribe(&self) -> watch::Receiver<bool> {
         self.alarm.subscribe()
+    }
+}
+
+/// The Raft groups' log mirrors count against the alarm too.
+impl crate::cluster::Gauge for MemoryMonitor {
+    fn add(&self, n: usize) {
+        MemoryMonitor::add(self, n);
+    }
+
+    fn sub(&self, n: usize) {
+        MemoryMonitor::sub(self, n);
     }
 }
 

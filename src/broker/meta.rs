@@ -378,6 +378,7 @@ mod tests {
             inbox: 8,
             memory_budget: 1 << 20,
             flow_messages: 1 << 16,
+            quorum: Default::default(),
         };
         let memory = Arc::new(crate::broker::memory::MemoryMonitor::new(0));
         let v = VHost::new("/", settings, memory, None, 1);

@@ -48,6 +48,8 @@ pub struct Broker {
     node: NodeId,
     /// Set on a cluster node.
     pub cluster: Option<Arc<Cluster>>,
+    /// The Raft runtime of quorum queues: the cluster's, or a single node's own.
+    raft: Option<Arc<Cluster>>,
     /// Sent in connection.start: the same on every node of a cluster.
     pub cluster_name: String,
     /// Changes when the cluster took this node as down while it ran: connections open
@@ -81,6 +83,9 @@ impl Broker {
                 inbox: config.queue_inbox,
                 memory_budget: config.queue_memory_budget_bytes,
                 flow_messages: config.queue_flow_messages,
+                quorum: config
+                    .quorum_defaults()
+                    .map_err(cluster::ClusterError::Config)?,
             },
             memory.clone(),
             Some(store.clone()),
@@ -97,6 +102,7 @@ impl Broker {
         for b in recovered.bindings {
             bindings.entry(b.vhost.clone()).or_default().push(b);
         }
+        let mut local_raft = None;
         if cluster_config.is_none() {
             // A single node's quorum queues are groups of one on a Raft runtime of its own.
             let local = cluster::ClusterConfig {
@@ -109,9 +115,10 @@ impl Broker {
             };
             let raft = std::mem::take(&mut recovered.raft);
             let runtime = queue::quorum::Runtime {
-                cluster: Cluster::local(local, store.clone(), raft),
+                cluster: Cluster::local(local, store.clone(), raft, memory.clone()),
                 nodes: vec![0],
             };
+            local_raft = Some(runtime.cluster.clone());
             for v in vhosts.values() {
                 v.quorum_runtime(runtime.clone());
             }
@@ -160,11 +167,14 @@ impl Broker {
                     vhosts: &vhosts,
                     evicted: evicted.clone(),
                     alarms: alarms.clone(),
+                    memory: memory.clone(),
                 };
                 Some(join(cc, joined, raft).await?)
             }
         };
+        let raft = cluster.clone().or(local_raft);
         Ok(Arc::new(Broker {
+            raft,
             disk,
             config,
             vhosts,
@@ -186,6 +196,30 @@ impl Broker {
         self.vhosts.get(name).cloned()
     }
 
+    pub fn vhosts(&self) -> impl Iterator<Item = &Arc<VHost>> {
+        self.vhosts.values()
+    }
+
+    /// Where quorum queues run: the cluster's Raft runtime, or a single node's.
+    pub fn quorum_cluster(&self) -> Option<&Arc<Cluster>> {
+        self.raft.as_ref()
+    }
+
+    /// The nodes this one has a live link to, and itself.
+    pub fn live_nodes(&self) -> std::collections::BTreeSet<NodeId> {
+        let mut live = std::collections::BTreeSet::from([self.node]);
+        if let Some(c) = &self.cluster {
+            let up = c.links_up();
+            live.extend(
+                up.borrow()
+                    .iter()
+                    .filter(|(_, s)| s.is_some())
+                    .map(|(n, _)| *n),
+            );
+        }
+        live
+    }
+
     /// This node's id in connection, channel and consumer names: 0 on a single node.
     pub fn node_id(&self) -> NodeId {
         self.node
@@ -205,6 +239,7 @@ struct Joining<'a> {
     vhosts: &'a HashMap<String, Arc<VHost>>,
     evicted: Arc<watch::Sender<u64>>,
     alarms: Arc<remote::alarms::Alarms>,
+    memory: Arc<MemoryMonitor>,
 }
 
 /// A peer whose link stays down this many peer timeouts is taken as down.
@@ -223,6 +258,7 @@ async fn join(
         vhosts,
         evicted,
         alarms,
+        memory,
     } = with;
     let (applier, pending) = meta::applier(cc.node_id, vhosts.clone(), evicted);
     // Set before the log is applied: queues homed elsewhere get their stubs as it is.
@@ -231,7 +267,7 @@ async fn join(
         v.forward(forwarder.clone());
     }
     let nodes: Vec<NodeId> = cc.peers.keys().copied().collect();
-    let cluster = Cluster::start(cc, store.clone(), raft, applier).await?;
+    let cluster = Cluster::start(cc, store.clone(), raft, applier, memory).await?;
     // Replicas of quorum queues started by the log replayed so far wait for this.
     let runtime = queue::quorum::Runtime {
         cluster: cluster.clone(),

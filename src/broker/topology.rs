@@ -19,22 +19,7 @@ use super::ids::{ConnId, NodeId};
 use super::routing::BindingId;
 use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
-use crate::store::{Op, StoredExchange, StoredQueue};
-
-/// Queue arguments whose values must match on redeclare, as RabbitMQ checks them.
-const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
-    "x-message-ttl",
-    "x-expires",
-    "x-max-length",
-    "x-max-length-bytes",
-    "x-dead-letter-exchange",
-    "x-dead-letter-routing-key",
-    "x-max-priority",
-    "x-overflow",
-    "x-queue-mode",
-    "x-queue-type",
-    "x-single-active-consumer",
-];
+use crate::store::{Op, StoredExchange};
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExchangeDecl {
@@ -69,17 +54,6 @@ pub struct Quorum {
     pub members: Vec<NodeId>,
 }
 
-/// Arguments other queue types take that a quorum queue refuses (RabbitMQ 3.10's list).
-const REFUSED_QUORUM_ARGS: &[&str] = &[
-    "x-max-priority",
-    "x-queue-mode",
-    "x-queue-version",
-    "x-queue-master-locator",
-    "x-max-age",
-    "x-stream-max-segment-size-bytes",
-    "x-initial-cluster-size",
-];
-
 /// queue.bind / exchange.bind and their unbinds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BindDecl {
@@ -99,7 +73,8 @@ pub struct QueueRecord {
     pub auto_delete: bool,
     pub arguments: FieldTable,
     /// The node whose queue task holds the contents: the declaring connection's (RabbitMQ's
-    /// rule for classic queues). A quorum queue's first leader.
+    /// rule for classic queues). For a quorum queue, the declaring node (its placement's
+    /// first member leads first).
     pub home: NodeId,
     /// Set for a quorum queue.
     pub quorum: Option<Quorum>,
@@ -303,6 +278,10 @@ impl Topology {
 
     pub fn queue_record(&self, name: &str) -> Option<&QueueRecord> {
         self.queues.get(name)
+    }
+
+    pub fn queue_records(&self) -> impl Iterator<Item = &QueueRecord> {
+        self.queues.values()
     }
 
     /// Is this queue (name and id) still in the topology?
@@ -520,184 +499,6 @@ impl Topology {
         }
         Ok(())
     }
-
-    fn declare_queue(
-        &mut self,
-        d: &QueueDecl,
-        conn: ConnId,
-        server_named: bool,
-        ch: &mut Changes,
-    ) -> Result<(QueueRecord, bool), Error> {
-        if let Some(q) = self.queues.get(d.name.as_str()) {
-            self.check_redeclare(q, d, conn)?;
-            return Ok((q.clone(), false));
-        }
-        if d.passive {
-            return Err(self.no_queue(&d.name));
-        }
-        if d.name.starts_with("amq.") && !server_named {
-            return Err(Error::access_refused(format!(
-                "queue name '{}' contains reserved prefix 'amq.*'",
-                d.name
-            )));
-        }
-        let quorum = self.queue_type(d, server_named)?;
-        self.next_queue_id += 1;
-        let q = QueueRecord {
-            name: d.name.as_str().into(),
-            id: self.next_queue_id,
-            durable: d.durable,
-            exclusive_owner: d.exclusive.then_some(conn),
-            auto_delete: d.auto_delete,
-            arguments: d.arguments.clone(),
-            home: conn.node,
-            quorum,
-        };
-        if q.stored() {
-            ch.ops.push(Op::PutQueue(self.stored_queue(&q)));
-        }
-        self.insert_queue(q.clone(), ch);
-        Ok((q, true))
-    }
-
-    /// Redeclaring an existing queue: 405 if another connection's exclusive queue (or the
-    /// exclusive flag differs), 406 if a property or argument differs; passive checks only
-    /// the ownership.
-    fn check_redeclare(&self, q: &QueueRecord, d: &QueueDecl, conn: ConnId) -> Result<(), Error> {
-        if q.exclusive_owner.is_some_and(|o| o != conn) {
-            return Err(self.locked(&d.name));
-        }
-        if d.passive {
-            return Ok(());
-        }
-        if q.exclusive_owner.is_some() != d.exclusive {
-            return Err(self.locked(&d.name));
-        }
-        for (arg, got, cur) in [
-            ("durable", d.durable, q.durable),
-            ("auto_delete", d.auto_delete, q.auto_delete),
-        ] {
-            if got != cur {
-                return Err(self.inequivalent(
-                    "queue",
-                    arg,
-                    &d.name,
-                    &got.to_string(),
-                    &cur.to_string(),
-                ));
-            }
-        }
-        for arg in EQUIVALENT_QUEUE_ARGS {
-            let got = d.arguments.inner().get(*arg);
-            let cur = q.arguments.inner().get(*arg);
-            if got != cur {
-                return Err(self.inequivalent("queue", arg, &d.name, &show(got), &show(cur)));
-            }
-        }
-        Ok(())
-    }
-
-    fn stored_queue(&self, q: &QueueRecord) -> StoredQueue {
-        StoredQueue {
-            vhost: self.vhost.to_string(),
-            name: q.name.to_string(),
-            id: q.id,
-            auto_delete: q.auto_delete,
-            arguments: q.arguments.clone(),
-            group: q.quorum.as_ref().map(|x| x.group),
-        }
-    }
-
-    /// A new queue's type from x-queue-type: None for classic, the placement for quorum,
-    /// which must be durable, not exclusive, not auto-delete and named by the client (406
-    /// otherwise, with RabbitMQ's words).
-    fn queue_type(&self, d: &QueueDecl, server_named: bool) -> Result<Option<Quorum>, Error> {
-        let rs = format!("queue '{}' in vhost '{}'", d.name, self.vhost);
-        let kind = d.arguments.inner().get("x-queue-type").map(text);
-        match kind.as_deref() {
-            None | Some("classic") => return Ok(None),
-            Some("quorum") => {}
-            Some(other) => {
-                return Err(Error::precondition(format!(
-                    "invalid arg 'x-queue-type' for {rs}: unsupported queue type '{other}'"
-                )));
-            }
-        }
-        if server_named {
-            return Err(Error::precondition(
-                "Cannot declare a server-named queue for type rabbit_quorum_queue",
-            ));
-        }
-        for (bad, property) in [
-            (d.auto_delete, "auto-delete"),
-            (d.exclusive, "exclusive-owner"),
-            (!d.durable, "non-durable"),
-        ] {
-            if bad {
-                return Err(Error::precondition(format!(
-                    "invalid property '{property}' for {rs}"
-                )));
-            }
-        }
-        for arg in REFUSED_QUORUM_ARGS {
-            if d.arguments.inner().contains_key(*arg) {
-                return Err(Error::precondition(format!(
-                    "invalid arg '{arg}' for {rs} of queue type rabbit_quorum_queue"
-                )));
-            }
-        }
-        for arg in ["x-quorum-initial-group-size", "x-delivery-limit"] {
-            if let Some(v) = d.arguments.inner().get(arg)
-                && !positive_int(v)
-            {
-                return Err(Error::precondition(format!(
-                    "invalid arg '{arg}' for {rs}: {}",
-                    show(Some(v))
-                )));
-            }
-        }
-        d.quorum.clone().map(Some).ok_or_else(|| {
-            Error::channel(
-                code::INTERNAL_ERROR,
-                format!("no placement for quorum {rs}"),
-            )
-        })
-    }
-
-    fn insert_queue(&mut self, q: QueueRecord, ch: &mut Changes) {
-        self.next_queue_id = self.next_queue_id.max(q.id);
-        ch.list.push(Change::QueueAdded(q.clone()));
-        self.queues.insert(q.name.clone(), q);
-    }
-
-    /// A queue went (it reports that itself): forget it and every binding to it. A stale
-    /// report (a queue of that name declared since) changes nothing.
-    fn node_down(&mut self, node: NodeId, ch: &mut Changes) {
-        let mut gone: Vec<(Arc<str>, u64)> = self
-            .queues
-            .values()
-            .filter(|q| q.home == node && !q.stored())
-            .map(|q| (q.name.clone(), q.id))
-            .collect();
-        // In id order, so that every node makes the same changes in the same order.
-        gone.sort_by_key(|(_, id)| *id);
-        // Where the node still runs such a queue (it was only cut off), the task ends as the
-        // last handle to it goes: nothing routes to it any more.
-        for (name, id) in gone {
-            self.remove_queue(&name, id, ch);
-        }
-    }
-
-    fn remove_queue(&mut self, name: &str, id: u64, ch: &mut Changes) {
-        if !self.has_queue_id(name, id) {
-            return;
-        }
-        let Some((name, _)) = self.queues.remove_entry(name) else {
-            return;
-        };
-        ch.list.push(Change::QueueRemoved(name.clone()));
-        self.drop_bindings_to(&DestName::Queue(name), ch);
-    }
 }
 
 /// A string argument's text (anything else: its debug form, which matches no type name).
@@ -729,6 +530,9 @@ fn show(v: Option<&AMQPValue>) -> String {
 }
 
 mod bindings;
+mod queues;
+mod quorum;
 mod restore;
+pub use quorum::{default_to_quorum, is_quorum};
 #[cfg(test)]
 mod tests;

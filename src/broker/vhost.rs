@@ -10,7 +10,7 @@
 //! node has applied every change committed before it. Only the home node of a queue runs
 //! it; the others hold a stub handle that forwards to it (`remote/`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
@@ -21,11 +21,11 @@ use super::ids::{ConnId, NodeId};
 use super::memory::MemoryMonitor;
 use super::meta::Replicated;
 use super::queue::classic::{OnDeleted, Recovered};
-use super::queue::quorum;
+use super::queue::quorum::{self, Locator};
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
 use super::remote::{self, Forwarder};
 use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
-use super::topology::{Change, Changes, Cmd, QueueRecord, Quorum, Reply, Topology};
+use super::topology::{self, Change, Changes, Cmd, QueueRecord, Quorum, Reply, Topology};
 use crate::error::{Error, code};
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
 
@@ -37,6 +37,17 @@ pub struct QueueSettings {
     pub inbox: usize,
     pub memory_budget: usize,
     pub flow_messages: usize,
+    pub quorum: QuorumDefaults,
+}
+
+/// How quorum queues are declared when the client does not say.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QuorumDefaults {
+    /// RabbitMQ's `default_queue_type = quorum`: a durable, shared queue declared without
+    /// x-queue-type is a quorum queue.
+    pub default_type: bool,
+    /// Where a new quorum queue's first leader goes without x-queue-leader-locator.
+    pub locator: Locator,
 }
 
 /// What the topology's changes are carried out on: compiled routers (persistent maps, so a
@@ -147,6 +158,15 @@ impl VHost {
             .queue_record(name)
             .filter(|q| q.id == id && q.home == self.node)?;
         rt.handles.get(name).filter(|h| h.id == id).cloned()
+    }
+
+    /// Every queue record, with the handle this node uses it through (None: not here).
+    pub fn queue_list(&self) -> Vec<(QueueRecord, Option<QueueHandle>)> {
+        let rt = self.lock();
+        rt.topo
+            .queue_records()
+            .map(|q| (q.clone(), rt.handles.get(&q.name).cloned()))
+            .collect()
     }
 
     fn lock(&self) -> MutexGuard<'_, Runtime> {
@@ -279,7 +299,6 @@ impl VHost {
             vhost: self.name.as_str().into(),
             placement,
             me: self.node,
-            first_leader: q.home,
             runtime: self.quorum.subscribe(),
             inbox: self.settings.inbox,
             on_deleted: self.on_deleted(),
@@ -288,12 +307,9 @@ impl VHost {
     }
 
     /// Where a new quorum queue goes: a new group on every node (members are every node
-    /// until non-members can use a quorum queue).
+    /// until non-members can use a quorum queue), the first leader where the locator says.
     fn placement(&self, d: &QueueDecl) -> Result<Option<Quorum>, Error> {
-        let quorum = d.arguments.inner().get("x-queue-type").is_some_and(
-            |v| matches!(v, crate::protocol::AMQPValue::LongString(s) if s.as_bytes() == b"quorum"),
-        );
-        if !quorum || d.passive || self.lock().topo.has_queue(&d.name) {
+        if !topology::is_quorum(&d.arguments) || d.passive || self.lock().topo.has_queue(&d.name) {
             return Ok(None);
         }
         let rt = self.quorum.borrow();
@@ -303,10 +319,26 @@ impl VHost {
                 "quorum queues are not available yet (the node is starting)",
             ));
         };
+        // An unknown locator is the topology's to refuse (406).
+        let locator = quorum::Locator::of(&d.arguments).unwrap_or(self.settings.quorum.locator);
+        let live: BTreeSet<NodeId> = rt
+            .cluster
+            .links_up()
+            .borrow()
+            .iter()
+            .filter(|(_, session)| session.is_some())
+            .map(|(node, _)| *node)
+            .collect();
+        let leading = {
+            let inner = self.lock();
+            let groups = inner.topo.queue_records().filter_map(|q| q.quorum.as_ref());
+            quorum::leading(groups, |g| rt.cluster.leader_of(g))
+        };
+        let members = quorum::place(locator, self.node, &rt.nodes, &live, &leading);
         Ok(Some(Quorum {
             // Never 0 (the metadata group), never reused (a queue's log outlives nothing).
             group: rand::random::<u64>() | 1,
-            members: rt.nodes.clone(),
+            members,
         }))
     }
 
@@ -455,6 +487,10 @@ impl VHost {
     /// Declare (or check) a queue; returns its handle.
     pub async fn declare_queue(&self, d: &QueueDecl, conn: ConnId) -> Result<QueueHandle, Error> {
         let mut d = d.clone();
+        if self.settings.quorum.default_type {
+            let existing = self.lock().topo.queue_record(&d.name).cloned();
+            topology::default_to_quorum(&mut d, existing.as_ref());
+        }
         d.quorum = self.placement(&d)?;
         self.change(Cmd::DeclareQueue(d.clone(), conn))
             .await?

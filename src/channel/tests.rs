@@ -24,6 +24,7 @@ async fn queue() -> QueueHandle {
         inbox: 8,
         memory_budget: 1 << 20,
         flow_messages: 1 << 16,
+        quorum: Default::default(),
     };
     let v = VHost::new(
         "/",

@@ -19,6 +19,8 @@ use std::time::Duration;
 use crate::store::StoreError;
 
 pub use node::{Apply, Cluster};
+pub use raft::GroupStatus;
+pub use storage::{Gauge, LogBytes};
 
 /// The metadata group's id.
 pub const META_GROUP: u64 = 0;

@@ -10,7 +10,8 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::link::{Frame, Inbound, Links, Session, Sessions};
-use super::raft::{Group, TICK, persist};
+use super::raft::{Group, GroupIo, GroupStatus, TICK, persist};
+use super::storage::LogBytes;
 use super::{ClusterConfig, ClusterError, META_GROUP};
 use crate::store::{Op, RaftLog, Store};
 
@@ -61,6 +62,11 @@ enum Request {
     },
     /// Leave a group for good: it stops and its log is deleted.
     Close { group: u64 },
+    /// How the group stands here (None: not a group of this node).
+    Status {
+        group: u64,
+        reply: oneshot::Sender<Option<GroupStatus>>,
+    },
     /// The group's state machine made a snapshot at `index` (applied).
     Snapshot {
         group: u64,
@@ -78,7 +84,12 @@ pub struct Cluster {
     forwarded: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Inbound>>>,
     /// A single node's: keeps the (never used) inbound channel open.
     idle_inbound: std::sync::Mutex<Option<mpsc::Sender<Inbound>>>,
+    /// Who leads each queue group, as this node knows it (the runtime keeps it).
+    leaders: Leaders,
 }
+
+/// Each group's leader (Raft id, 0: none known) but the metadata group's.
+type Leaders = Arc<std::sync::Mutex<BTreeMap<u64, u64>>>;
 
 impl Cluster {
     /// Open the links and the metadata group (its log as `saved` holds it) and start driving
@@ -88,6 +99,7 @@ impl Cluster {
         store: Arc<Store>,
         saved: BTreeMap<u64, RaftLog>,
         apply: Box<dyn Apply>,
+        log_bytes: LogBytes,
     ) -> Result<Arc<Cluster>, ClusterError> {
         let (in_tx, in_rx) = mpsc::channel(4096);
         let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
@@ -95,7 +107,7 @@ impl Cluster {
             .await
             .map_err(|e| ClusterError::Listen(e.to_string()))?;
         let voters = config.peers.keys().copied().collect();
-        let cluster = Cluster::spawn(config, store, saved, links, in_rx, fwd_rx);
+        let cluster = Cluster::spawn(config, store, saved, links, (in_rx, fwd_rx), log_bytes);
         // The metadata group reports to the cluster's own leader watch (see `Runtime::open`).
         let unused = watch::Sender::new(0);
         cluster
@@ -116,12 +128,14 @@ impl Cluster {
         config: ClusterConfig,
         store: Arc<Store>,
         saved: BTreeMap<u64, RaftLog>,
+        log_bytes: LogBytes,
     ) -> Arc<Cluster> {
         // Nothing arrives from peers; the sender lives as long as the runtime, so that the
         // inbound channel stays open (and empty).
         let (in_tx, in_rx) = mpsc::channel(1);
         let (_fwd_tx, fwd_rx) = mpsc::unbounded_channel();
-        let cluster = Cluster::spawn(config, store, saved, Links::none(), in_rx, fwd_rx);
+        let inbound = (in_rx, fwd_rx);
+        let cluster = Cluster::spawn(config, store, saved, Links::none(), inbound, log_bytes);
         *cluster
             .idle_inbound
             .lock()
@@ -134,11 +148,12 @@ impl Cluster {
         store: Arc<Store>,
         saved: BTreeMap<u64, RaftLog>,
         links: Arc<Links>,
-        inbound: mpsc::Receiver<Inbound>,
-        forwarded: mpsc::UnboundedReceiver<Inbound>,
+        (inbound, forwarded): (mpsc::Receiver<Inbound>, mpsc::UnboundedReceiver<Inbound>),
+        log_bytes: LogBytes,
     ) -> Arc<Cluster> {
         let (p_tx, p_rx) = mpsc::channel(1024);
         let (l_tx, l_rx) = watch::channel(0);
+        let leaders = Leaders::default();
         let runtime = Runtime {
             node_id: config.node_id,
             groups: BTreeMap::new(),
@@ -146,6 +161,8 @@ impl Cluster {
             store,
             links: links.clone(),
             meta_leader: l_tx,
+            leaders: leaders.clone(),
+            log_bytes,
         };
         tokio::spawn(runtime.run(inbound, p_rx));
         Arc::new(Cluster {
@@ -155,6 +172,7 @@ impl Cluster {
             links,
             forwarded: std::sync::Mutex::new(Some(forwarded)),
             idle_inbound: std::sync::Mutex::new(None),
+            leaders,
         })
     }
 
@@ -270,6 +288,22 @@ impl Cluster {
         self.leader.clone()
     }
 
+    /// How a group stands on this node (None: not one of its groups, or the node stops).
+    pub async fn group_status(&self, group: u64) -> Option<GroupStatus> {
+        let (reply, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Status { group, reply })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    /// Who leads `group` as this node knows it (Raft id, 0: none or not a group here).
+    pub fn leader_of(&self, group: u64) -> u64 {
+        let leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+        leaders.get(&group).copied().unwrap_or(0)
+    }
+
     /// Which peers have a link up, and its session, as it changes.
     pub fn links_up(&self) -> watch::Receiver<Sessions> {
         self.links.up()
@@ -347,6 +381,8 @@ struct Runtime {
     store: Arc<Store>,
     links: Arc<Links>,
     meta_leader: watch::Sender<u64>,
+    leaders: Leaders,
+    log_bytes: LogBytes,
 }
 
 impl Runtime {
@@ -393,7 +429,10 @@ impl Runtime {
             }
             for (id, r) in self.groups.iter_mut() {
                 r.reads.answer(&mut r.group);
-                report_leader(*id, r);
+                if report_leader(*id, r) && *id != META_GROUP {
+                    let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
+                    leaders.insert(*id, r.known.0);
+                }
                 if r.group.snapshot_wanted() {
                     r.apply.want_snapshot();
                 }
@@ -403,6 +442,10 @@ impl Runtime {
         for r in self.groups.values() {
             r.leader.send_replace(0);
         }
+        self.leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     /// Every group's ready work, with one sync for all of them.
@@ -467,9 +510,16 @@ impl Runtime {
                 if let Some(r) = self.groups.remove(&group) {
                     r.leader.send_replace(0);
                 }
+                self.leaders
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&group);
                 self.saved.remove(&group);
                 self.store
                     .submit(vec![Op::RaftDelete { group }], true, None);
+            }
+            Request::Status { group, reply } => {
+                let _ = reply.send(self.groups.get(&group).map(|r| r.group.status()));
             }
             Request::Snapshot { group, index, data } => {
                 let op = self
@@ -504,8 +554,11 @@ impl Runtime {
             self.node_id,
             voters,
             saved.as_ref(),
-            self.store.clone(),
-            self.links.clone(),
+            GroupIo {
+                store: self.store.clone(),
+                links: self.links.clone(),
+                log_bytes: self.log_bytes.clone(),
+            },
             &mut *apply,
         )?;
         if campaign {
@@ -530,11 +583,12 @@ impl Runtime {
     }
 }
 
-/// Tell who leads a group once it changes (the metadata group's in the log).
-fn report_leader(id: u64, r: &mut Running) {
+/// Tell who leads a group once it changes (the metadata group's in the log); true if it
+/// changed.
+fn report_leader(id: u64, r: &mut Running) -> bool {
     let now = (r.group.leader(), r.group.term());
     if now == r.known {
-        return;
+        return false;
     }
     if id == META_GROUP {
         match now.0 {
@@ -553,4 +607,5 @@ fn report_leader(id: u64, r: &mut Running) {
     }
     r.leader.send_replace(now.0);
     r.known = now;
+    true
 }

@@ -21,7 +21,7 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use super::ClusterError;
 use super::link::{Frame, Links};
 use super::node::Apply;
-use super::storage::GroupStorage;
+use super::storage::{GroupStorage, LogBytes};
 use crate::store::{Op, RaftLog, Store, StoreError};
 
 /// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
@@ -58,6 +58,27 @@ pub async fn persist(store: &Store, ops: Vec<Op>) -> Result<(), ClusterError> {
         Ok(Err(e)) => Err(ClusterError::Store(e)),
         Err(_) => Err(ClusterError::Store(StoreError::Unavailable)),
     }
+}
+
+/// A group as this node sees it, for the status output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub term: u64,
+    /// The leader's Raft id (0: none known).
+    pub leader: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub last_index: u64,
+    pub snapshot_index: u64,
+    /// On the leader: each voter's last entry known to be in its log.
+    pub matched: Vec<(u64, u64)>,
+}
+
+/// What a group writes, sends and counts through: the node's store, links and gauge.
+pub struct GroupIo {
+    pub store: Arc<Store>,
+    pub links: Arc<Links>,
+    pub log_bytes: LogBytes,
 }
 
 pub struct Group {
@@ -104,11 +125,15 @@ impl Group {
         node_id: u64,
         voters: Vec<u64>,
         saved: Option<&RaftLog>,
-        store: Arc<Store>,
-        links: Arc<Links>,
+        io: GroupIo,
         apply: &mut dyn Apply,
     ) -> Result<Group, ClusterError> {
-        let storage = GroupStorage::new(voters);
+        let GroupIo {
+            store,
+            links,
+            log_bytes,
+        } = io;
+        let storage = GroupStorage::new(voters, log_bytes);
         let mut applied = 0;
         if let Some(log) = saved {
             applied = load(&storage, log, apply)?;
@@ -339,6 +364,27 @@ impl Group {
     /// Forget a snapshot kept for followers once it is old.
     pub fn expire_snapshot(&self) {
         self.node.store().expire();
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let raft = &self.node.raft;
+        let matched = if self.is_leader() {
+            let mut m: Vec<(u64, u64)> =
+                raft.prs().iter().map(|(id, p)| (*id, p.matched)).collect();
+            m.sort_unstable();
+            m
+        } else {
+            Vec::new()
+        };
+        GroupStatus {
+            term: raft.term,
+            leader: raft.leader_id,
+            commit_index: raft.raft_log.committed,
+            applied_index: self.applied,
+            last_index: raft.raft_log.last_index(),
+            snapshot_index: self.node.store().snapshot_index(),
+            matched,
+        }
     }
 
     /// Entries in the log mirror, and the index of the last snapshot.

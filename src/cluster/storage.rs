@@ -7,9 +7,12 @@
 //!
 //! Invariants: the mirror always keeps at least its last entry (raft-rs's `MemStorage`
 //! forgets its first index when emptied), and the term of the snapshot's index stays
-//! known after the entries up to it are compacted.
+//! known after the entries up to it are compacted. `bytes` is the data of the entries in
+//! the mirror, also counted in the node's `Gauge` (the memory alarm).
 
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
@@ -29,17 +32,59 @@ struct Snapshots {
     wanted: bool,
 }
 
+/// Where a node's log mirrors count their bytes (the broker's memory alarm).
+pub trait Gauge: Send + Sync {
+    fn add(&self, n: usize);
+    fn sub(&self, n: usize);
+}
+
+/// Bytes of entry data in every group's log mirror on this node.
+pub type LogBytes = Arc<dyn Gauge>;
+
 pub struct GroupStorage {
     pub mem: MemStorage,
     snaps: Mutex<Snapshots>,
+    /// This group's entry bytes in the mirror, and the node's total they are part of.
+    bytes: AtomicUsize,
+    total: LogBytes,
 }
 
 impl GroupStorage {
-    pub fn new(voters: Vec<u64>) -> GroupStorage {
+    pub fn new(voters: Vec<u64>, total: LogBytes) -> GroupStorage {
         GroupStorage {
             mem: MemStorage::new_with_conf_state(ConfState::from((voters, Vec::<u64>::new()))),
             snaps: Mutex::new(Snapshots::default()),
+            bytes: AtomicUsize::new(0),
+            total,
         }
+    }
+
+    /// The data bytes of entries `low..high` in the mirror.
+    fn span_bytes(&self, low: u64, high: u64) -> usize {
+        if low >= high {
+            return 0;
+        }
+        let ctx = GetEntriesContext::empty(false);
+        self.mem
+            .entries(low, high, None, ctx)
+            .map(|es| es.iter().map(|e| e.data.len()).sum())
+            .unwrap_or(0)
+    }
+
+    fn grew(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::AcqRel);
+        self.total.add(n);
+    }
+
+    fn shrank(&self, n: usize) {
+        let n = n.min(self.bytes.load(Ordering::Acquire));
+        self.bytes.fetch_sub(n, Ordering::AcqRel);
+        self.total.sub(n);
+    }
+
+    /// This group's entry bytes in the mirror.
+    pub fn log_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Acquire)
     }
 
     fn snaps(&self) -> std::sync::MutexGuard<'_, Snapshots> {
@@ -82,8 +127,12 @@ impl GroupStorage {
     /// Drop the entries before `below` from the mirror, keeping the last one.
     pub fn compact(&self, below: u64) {
         let last = self.mem.last_index().unwrap_or(0);
-        if let Err(e) = self.mem.wl().compact(below.min(last)) {
-            tracing::warn!("raft log compaction: {e}");
+        let first = self.mem.first_index().unwrap_or(1);
+        let below = below.min(last);
+        let freed = self.span_bytes(first, below);
+        match self.mem.wl().compact(below) {
+            Ok(()) => self.shrank(freed),
+            Err(e) => tracing::warn!("raft log compaction: {e}"),
         }
     }
 
@@ -92,6 +141,7 @@ impl GroupStorage {
     pub fn install(&self, snap: &Snapshot) -> raft::Result<()> {
         let meta = snap.get_metadata();
         self.mem.wl().apply_snapshot(snap.clone())?;
+        self.shrank(self.log_bytes());
         let mut snaps = self.snaps();
         snaps.last = (meta.index, meta.term);
         snaps.kept = None;
@@ -111,11 +161,27 @@ impl GroupStorage {
     }
 
     pub fn append(&self, entries: &[Entry]) -> raft::Result<()> {
-        self.mem.wl().append(entries)
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        // Entries from `first` on replace what the mirror had there (a new leader's).
+        let last = self.mem.last_index().unwrap_or(0);
+        let replaced = self.span_bytes(first.index, last + 1);
+        self.mem.wl().append(entries)?;
+        self.shrank(replaced);
+        self.grew(entries.iter().map(|e| e.data.len()).sum());
+        Ok(())
     }
 
     pub fn set_hardstate(&self, hs: HardState) {
         self.mem.wl().set_hardstate(hs);
+    }
+}
+
+impl Drop for GroupStorage {
+    /// A group closed (or the node stopping) takes its mirror out of the total.
+    fn drop(&mut self) {
+        self.shrank(self.log_bytes());
     }
 }
 

@@ -31,6 +31,8 @@ pub(crate) struct Node {
     amqp: watch::Receiver<Option<u16>>,
     /// Every log line, for what the node says about leadership.
     log: Arc<Mutex<Vec<String>>>,
+    /// The HTTP status API's port once it listens.
+    http: watch::Receiver<Option<u16>>,
 }
 
 pub(crate) struct TestCluster {
@@ -77,6 +79,7 @@ impl TestCluster {
                 child: None,
                 amqp: rx,
                 log: Arc::default(),
+                http: watch::channel(None).1,
             });
             c.spawn(i);
         }
@@ -97,7 +100,9 @@ impl TestCluster {
             .arg("--cluster-listen")
             .arg(cluster_listen)
             .arg("--data-dir")
-            .arg(node.dir.path());
+            .arg(node.dir.path())
+            .arg("--http-listen")
+            .arg(format!("{}:0", node.ip));
         for p in &self.peers {
             cmd.arg("--peer").arg(p);
         }
@@ -109,19 +114,31 @@ impl TestCluster {
             .unwrap();
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = watch::channel(None);
+        let (http_tx, http_rx) = watch::channel(None);
         let log = node.log.clone();
         std::thread::spawn(move || {
+            let port = |rest: &str| rest.trim().rsplit(':').next().unwrap().parse().ok();
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.split("listening for AMQP on ").nth(1) {
-                    let port = rest.trim().rsplit(':').next().unwrap().parse().ok();
-                    let _ = tx.send(port);
+                    let _ = tx.send(port(rest));
+                }
+                if let Some(rest) = line.split("HTTP status API on ").nth(1) {
+                    let _ = http_tx.send(port(rest));
                 }
                 log.lock().unwrap().push(line);
             }
         });
         node.child = Some(child);
         node.amqp = rx;
+        node.http = http_rx;
+    }
+
+    /// Node `i`'s HTTP status API address, once it serves AMQP (it listens before).
+    pub(crate) async fn http(&self, i: usize) -> SocketAddr {
+        self.url(i).await;
+        let port = self.nodes[i].http.borrow().expect("the HTTP API listens");
+        SocketAddr::from((self.nodes[i].ip, port))
     }
 
     /// The node's AMQP URL once it serves.

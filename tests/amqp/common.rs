@@ -533,3 +533,49 @@ impl Raw {
         }
     }
 }
+
+/// `GET path` on the HTTP status API at `addr` with basic auth (None: without); the status
+/// code and the body parsed as JSON (Null if it is not JSON).
+pub async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> (u16, serde_json::Value) {
+    use base64::Engine;
+    let mut s = TcpStream::connect(addr).await.expect("HTTP API reachable");
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if let Some((user, pass)) = auth {
+        let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        req.push_str(&format!("Authorization: Basic {creds}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("HTTP answer within 10 s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("a status code");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// A queue as node `addr`'s status API shows it (panics unless 200).
+pub async fn http_queue(addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
+    let (status, q) = http_get(
+        addr,
+        &format!("/api/queues/%2F/{name}"),
+        Some(("guest", "guest")),
+    )
+    .await;
+    assert_eq!(status, 200, "{q}");
+    q
+}

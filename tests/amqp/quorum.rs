@@ -479,8 +479,338 @@ async fn a_quorum_queue_counts_against_the_memory_alarm() {
         .queue_purge("mq".into(), QueuePurgeOptions::default())
         .await
         .unwrap();
-    assert!(purged >= 15, "{purged}");
+    // Each message counts in the state and in the Raft log in memory (and while in
+    // flight), so the 1 MiB alarm goes off with about 8 of the 64 KiB messages queued; it
+    // clears once they are purged and the log behind them is compacted.
+    assert!((4..20).contains(&purged), "{purged}");
     crate::common::until_unblocked(&mut events).await;
     filling.await.unwrap();
     b.stop().await;
+}
+
+async fn declare_durable(ch: &Channel, name: &str) {
+    ch.queue_declare(name.into(), durable(), FieldTable::default())
+        .await
+        .expect("durable queue declared");
+}
+
+fn text_arg(key: &str, value: &str) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(key.into(), AMQPValue::LongString(value.into()));
+    t
+}
+
+/// The type the status API gives a queue.
+async fn http_type(b: &crate::common::TestBroker, name: &str) -> String {
+    let addr = b.server.as_ref().unwrap().http_addr.expect("HTTP API on");
+    let q = crate::common::http_queue(addr, name).await;
+    q["type"].as_str().unwrap().to_string()
+}
+
+fn with_http(mut config: warren::Config) -> warren::Config {
+    config.http_listen = "127.0.0.1:0".into();
+    config
+}
+
+/// `default_queue_type = "quorum"`: a durable, shared queue declared without x-queue-type is
+/// a quorum queue (and redeclaring it the same way is no 406); transient, exclusive and
+/// auto-delete ones stay classic, and so does a classic queue declared before the switch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_queue_type_makes_durable_shared_queues_quorum() {
+    let b = crate::common::start_with(with_http(warren::Config::default())).await;
+    {
+        let (_c, ch) = channel(&b).await;
+        declare_durable(&ch, "before").await;
+    }
+    assert_eq!(http_type(&b, "before").await, "classic");
+    let mut b = b;
+    b.config.default_queue_type = "quorum".into();
+    let b = b.restart().await;
+    let (c, ch) = channel(&b).await;
+    declare_durable(&ch, "before").await;
+    assert_eq!(http_type(&b, "before").await, "classic");
+    declare_durable(&ch, "dq").await;
+    assert_eq!(http_type(&b, "dq").await, "quorum");
+    declare_durable(&ch, "dq").await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare("dq".into(), passive, FieldTable::default())
+        .await
+        .unwrap();
+    let e = ch
+        .queue_declare("dq".into(), durable(), text_arg("x-queue-type", "classic"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(
+        e.to_string().contains("inequivalent arg 'x-queue-type'"),
+        "{e}"
+    );
+    let ch = c.create_channel().await.unwrap();
+    for (name, opts) in [
+        ("transient", QueueDeclareOptions::default()),
+        (
+            "exclusive",
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "auto-delete",
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+        ),
+    ] {
+        ch.queue_declare(name.into(), opts, FieldTable::default())
+            .await
+            .unwrap();
+        assert_eq!(http_type(&b, name).await, "classic", "{name}");
+    }
+    assert_eq!(publish_confirmed(&ch, "dq", 0, 20).await, 20);
+    assert_eq!(crate::common::count(&ch, "dq").await, 20);
+    b.stop().await;
+}
+
+/// RabbitMQ's rule: x-queue-type "classic" and no x-queue-type are the same type, so either
+/// redeclares the other; quorum is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_and_no_queue_type_are_equivalent() {
+    let b = start().await;
+    let (c, ch) = channel(&b).await;
+    declare_durable(&ch, "plain").await;
+    ch.queue_declare(
+        "plain".into(),
+        durable(),
+        text_arg("x-queue-type", "classic"),
+    )
+    .await
+    .expect("classic redeclares a queue declared without a type");
+    ch.queue_declare(
+        "named".into(),
+        durable(),
+        text_arg("x-queue-type", "classic"),
+    )
+    .await
+    .unwrap();
+    declare_durable(&ch, "named").await;
+    let e = ch
+        .queue_declare("plain".into(), durable(), quorum_args())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    let ch = c.create_channel().await.unwrap();
+    declare_quorum(&ch, "qq").await;
+    let e = ch
+        .queue_declare("qq".into(), durable(), FieldTable::default())
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    b.stop().await;
+}
+
+/// x-queue-leader-locator takes RabbitMQ's values, is refused otherwise (406), and must be
+/// equivalent on redeclare.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_locator_argument_is_checked() {
+    let b = start().await;
+    let c = crate::common::connect(&b).await;
+    let with_locator = |locator: &str| {
+        let mut t = quorum_args();
+        t.insert(
+            "x-queue-leader-locator".into(),
+            AMQPValue::LongString(locator.into()),
+        );
+        t
+    };
+    let ch = c.create_channel().await.unwrap();
+    let (status, text) = refused(&ch, durable(), with_locator("nearby")).await;
+    assert_eq!(status, 406);
+    assert!(
+        text.contains("invalid arg 'x-queue-leader-locator' for queue 'bad' in vhost '/'"),
+        "{text}"
+    );
+    let ch = c.create_channel().await.unwrap();
+    for (name, locator) in [("local", "client-local"), ("spread", "balanced")] {
+        ch.queue_declare(name.into(), durable(), with_locator(locator))
+            .await
+            .unwrap();
+    }
+    let e = ch
+        .queue_declare("local".into(), durable(), with_locator("balanced"))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    b.stop().await;
+}
+
+/// The status API: basic auth as the broker's user (401 otherwise), 404 for a queue that is
+/// not there, every queue listed with its type, and a single node's quorum queue led by
+/// node 0 with its Raft indexes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_status_api_shows_queues_to_the_broker_user() {
+    use crate::common::http_get;
+    let b = crate::common::start_with(with_http(warren::Config::default())).await;
+    let addr = b.server.as_ref().unwrap().http_addr.unwrap();
+    let (_c, ch) = channel(&b).await;
+    declare_quorum(&ch, "qq").await;
+    declare_durable(&ch, "cq").await;
+    assert_eq!(publish_confirmed(&ch, "qq", 0, 5).await, 5);
+    let guest = Some(("guest", "guest"));
+    for auth in [None, Some(("guest", "wrong")), Some(("nobody", "guest"))] {
+        let (status, body) = http_get(addr, "/api/queues", auth).await;
+        assert_eq!(status, 401, "{auth:?}: {body}");
+        assert_eq!(body["error"], "not_authorised");
+    }
+    let (status, _) = http_get(addr, "/api/queues/%2F/none", guest).await;
+    assert_eq!(status, 404);
+    let (status, _) = http_get(addr, "/api/queues/other/qq", guest).await;
+    assert_eq!(status, 404);
+    let (status, list) = http_get(addr, "/api/queues", guest).await;
+    assert_eq!(status, 200);
+    let kinds: Vec<(String, String)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["name"].as_str().unwrap().into(),
+                q["type"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            ("cq".into(), "classic".into()),
+            ("qq".into(), "quorum".into())
+        ]
+    );
+    let q = crate::common::http_queue(addr, "qq").await;
+    assert_eq!(q["messages"], 5, "{q}");
+    assert_eq!(q["members"], serde_json::json!([0]), "{q}");
+    assert_eq!(q["online"], serde_json::json!([0]), "{q}");
+    assert_eq!(q["leader"], 0, "{q}");
+    let raft = &q["raft"];
+    assert!(raft["commit_index"].as_u64().unwrap() >= 1, "{q}");
+    assert_eq!(raft["commit_index"], raft["applied_index"], "{q}");
+    assert_eq!(
+        raft["lag"],
+        serde_json::json!([{"node": 0, "entries": 0}]),
+        "{q}"
+    );
+    let c = crate::common::http_queue(addr, "cq").await;
+    assert_eq!(c["messages"], 0, "{c}");
+    assert!(c.get("raft").is_none(), "{c}");
+    b.stop().await;
+}
+
+/// Poll node `api`'s status API until `check` holds for the queue, at most 30 s; the queue
+/// as it was then.
+async fn until_status(
+    api: std::net::SocketAddr,
+    name: &str,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let q = crate::common::http_queue(api, name).await;
+        if check(&q) {
+            return q;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: never {what}: {q}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+async fn until_led(api: std::net::SocketAddr, name: &str) -> u64 {
+    let q = until_status(api, name, "led", |q| q["leader"].is_u64()).await;
+    q["leader"].as_u64().unwrap()
+}
+
+/// Leaders spread over the nodes (`balanced`, the default: the node leading the fewest),
+/// `client-local` keeps the leader on the declaring node, and the status API shows each
+/// queue's members, which are online and, on the leader, each member's lag; a killed node
+/// goes offline and falls behind, and the queue it led gets a new leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaders_spread_and_the_status_api_shows_members_and_lag() {
+    let mut cluster = crate::cluster::TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    let mut leaders = Vec::new();
+    for name in ["s1", "s2", "s3"] {
+        declare_quorum(&ch1, name).await;
+        leaders.push(until_led(api, name).await);
+    }
+    assert_eq!(
+        leaders,
+        [1, 2, 3],
+        "one leader per node, the declaring node first"
+    );
+    let mut local = quorum_args();
+    local.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString("client-local".into()),
+    );
+    ch1.queue_declare("s4".into(), durable(), local)
+        .await
+        .unwrap();
+    assert_eq!(until_led(api, "s4").await, 1, "client-local");
+    declare_quorum(&ch1, "s5").await;
+    assert_eq!(
+        until_led(api, "s5").await,
+        2,
+        "the fewest leaders, the lowest id on a tie"
+    );
+
+    let q = crate::common::http_queue(api, "s1").await;
+    assert_eq!(q["members"], serde_json::json!([1, 2, 3]), "{q}");
+    assert_eq!(q["online"], serde_json::json!([1, 2, 3]), "{q}");
+    assert_eq!(publish_confirmed(&ch1, "s1", 0, 100).await, 100);
+    let lags = |q: &serde_json::Value| -> Vec<(u64, u64)> {
+        q["raft"]["lag"]
+            .as_array()
+            .map(|l| {
+                l.iter()
+                    .map(|m| (m["node"].as_u64().unwrap(), m["entries"].as_u64().unwrap()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    until_status(api, "s1", "caught up everywhere", |q| {
+        lags(q) == [(1, 0), (2, 0), (3, 0)]
+    })
+    .await;
+
+    cluster.kill9(2);
+    assert_eq!(publish_confirmed(&ch1, "s1", 100, 30).await, 30);
+    let q = until_status(api, "s1", "without node 3", |q| {
+        q["online"] == serde_json::json!([1, 2])
+    })
+    .await;
+    let l = lags(&q);
+    assert_eq!(l.len(), 3, "{q}");
+    assert_eq!(&l[..2], [(1, 0), (2, 0)], "{q}");
+    assert!(l[2].0 == 3 && l[2].1 > 0, "node 3 falls behind: {q}");
+    let led = until_led_by(api, "s3", &[1, 2]).await;
+    assert!([1, 2].contains(&led), "{led}");
+    assert_eq!(crate::common::count(&ch1, "s1").await, 130);
+}
+
+async fn until_led_by(api: std::net::SocketAddr, name: &str, nodes: &[u64]) -> u64 {
+    let q = until_status(api, name, "led by a survivor", |q| {
+        q["leader"].as_u64().is_some_and(|l| nodes.contains(&l))
+    })
+    .await;
+    q["leader"].as_u64().unwrap()
 }

@@ -162,3 +162,57 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
     publish_one_by_one(&ch3, "fq", 1300, 1310).await;
     take_in_order(&mut consumer, 1300, 1310).await;
 }
+
+/// The Raft log in memory counts against the memory alarm, and under the alarm a queue
+/// whose log is mostly settled messages snapshots and compacts it, so the alarm clears by
+/// itself. `quorum_snapshot_bytes` is 64 MiB here (never reached): 3,000 messages of 1 KiB
+/// go through in rounds of 500, each consumed before the next, so the state stays small
+/// while the log passes the 2 MiB watermark; publishing goes on to the end, and the log on
+/// disk ends up compacted behind a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_log_in_memory_counts_against_the_alarm_and_is_compacted_under_it() {
+    let mut b = crate::common::start_with(warren::Config {
+        quorum_snapshot_bytes: 64 << 20,
+        memory_high_watermark_bytes: Some(2 << 20),
+        ..warren::Config::default()
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    ch.queue_declare("mq".into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    let (_c2, ch2) = channel(&b).await;
+    ch2.basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = crate::common::consume(&ch2, "mq", "c", false).await;
+    for round in 0..6 {
+        let (from, to) = (round * 500, round * 500 + 500);
+        tokio::time::timeout(Duration::from_secs(60), async {
+            publish_one_by_one(&ch, "mq", from, to).await;
+            take_in_order(&mut consumer, from, to).await;
+        })
+        .await
+        .unwrap_or_else(|_| panic!("round {round} done within 60 s (the alarm clears)"));
+    }
+    if let Some(s) = b.server.take() {
+        s.shutdown().await;
+    }
+    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
+    let (store, recovered) = warren::store::Store::open(&dir).unwrap();
+    let (group, log) = recovered
+        .raft
+        .iter()
+        .next()
+        .expect("the queue's raft group");
+    assert!(
+        log.snapshot.is_some(),
+        "group {group} snapshotted under the alarm"
+    );
+    assert!(
+        log.entries.len() < 3000,
+        "group {group}: compacted ({} entries kept)",
+        log.entries.len()
+    );
+    store.close();
+}

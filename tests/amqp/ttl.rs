@@ -158,3 +158,70 @@ async fn unused_queues_expire_and_used_ones_do_not() {
     assert!(routes_to(&ch, "consumed").await);
     b.stop().await;
 }
+
+fn quorum(pairs: &[(&str, i64)]) -> FieldTable {
+    let mut t = args(pairs);
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    t
+}
+
+async fn declare_quorum_args(ch: &Channel, name: &str, a: FieldTable) {
+    ch.queue_declare(name.into(), durable(), a)
+        .await
+        .expect("quorum queue.declare");
+}
+
+/// x-message-ttl and the expiration property on a quorum queue (RabbitMQ 3.10 has both):
+/// the leader's tick, a log entry, drops what has expired on every replica; a message taken
+/// in time is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queue_messages_expire() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    declare_quorum_args(&ch, "qttl", quorum(&[("x-message-ttl", 300)])).await;
+    declare_quorum_args(&ch, "qexp", quorum(&[])).await;
+    let started = Instant::now();
+    for i in 0..3u8 {
+        publish(&ch, "", "qttl", &[i]).await;
+    }
+    let short = BasicProperties::default().with_expiration("100".into());
+    publish_props(&ch, "qexp", b"short", short).await;
+    publish_props(&ch, "qexp", b"keeps", BasicProperties::default()).await;
+    assert!(eventually(|| async { count(&ch, "qttl").await == 0 }).await);
+    assert!(started.elapsed() >= Duration::from_millis(299));
+    assert!(eventually(|| async { count(&ch, "qexp").await == 1 }).await);
+    assert_eq!(get_body(&ch, "qexp").await.as_deref(), Some(&b"keeps"[..]));
+    publish(&ch, "", "qttl", b"fresh").await;
+    assert_eq!(get_body(&ch, "qttl").await.as_deref(), Some(&b"fresh"[..]));
+    b.stop().await;
+}
+
+/// x-expires on a quorum queue: unused, it is deleted (404 after); one with a consumer is
+/// not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_quorum_queues_expire() {
+    let b = start().await;
+    let (c, ch) = channel(&b).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    declare_quorum_args(&ch, "q-gone", quorum(&[("x-expires", 200)])).await;
+    declare_quorum_args(&ch, "q-used", quorum(&[("x-expires", 200)])).await;
+    let cch = c.create_channel().await.unwrap();
+    let _consumer = cch
+        .basic_consume(
+            "q-used".into(),
+            "".into(),
+            Default::default(),
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    assert!(eventually(|| async { !routes_to(&ch, "q-gone").await }).await);
+    assert!(started.elapsed() >= Duration::from_millis(150));
+    assert_eq!(passive_queue_code(&c, "q-gone").await, Some(404));
+    assert!(routes_to(&ch, "q-used").await);
+    b.stop().await;
+}

@@ -17,8 +17,11 @@
 
 mod apply;
 mod entry;
+mod placement;
+mod to_replica;
 
 use apply::fail;
+use to_replica::{FromRaft, ToReplica};
 mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
@@ -40,10 +43,11 @@ use crate::broker::ids::{ConsumerId, NodeId};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::remote::wire::WireMsg;
 use crate::broker::topology::Quorum;
-use crate::cluster::{Apply, Cluster};
+use crate::cluster::Cluster;
 use crate::error::{Error, code};
 use crate::protocol::FieldTable;
 pub use entry::{QBody, QEntry, QOp};
+pub use placement::{Locator, leading, place};
 
 /// A proposal not seen applied by then is proposed again (it may have been dropped).
 const REPROPOSE: Duration = Duration::from_millis(1000);
@@ -60,9 +64,8 @@ pub struct QuorumSpec {
     pub arguments: FieldTable,
     pub vhost: Arc<str>,
     pub placement: Quorum,
-    /// This node, and the node meant to lead first (it stands for election at once).
+    /// This node; the placement's first member stands for election at once.
     pub me: NodeId,
-    pub first_leader: NodeId,
     /// The Raft runtime, once this node has it (a cluster node applies its metadata log,
     /// which starts replicas, before the runtime is handed out).
     pub runtime: watch::Receiver<Option<Runtime>>,
@@ -121,7 +124,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
         now_ms: clock::now_ms(),
     };
     let mut runtime = spec.runtime;
-    let (me, placement, first) = (spec.me, spec.placement, spec.first_leader);
+    let (me, placement) = (spec.me, spec.placement);
     let (handle, on_deleted, memory) = (shared.clone(), spec.on_deleted, spec.memory);
     tokio::spawn(async move {
         let Ok(rt) = runtime.wait_for(Option::is_some).await.map(|r| r.clone()) else {
@@ -144,13 +147,14 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             done: false,
             ticked: None,
             memory,
+            pending_bytes: 0,
             counted: 0,
             run: rand::random(),
             enqueued: 0,
             enqueues: HashMap::new(),
             snapshots: Default::default(),
         };
-        replica.run(rx, placement, first).await;
+        replica.run(rx, placement).await;
     });
     shared
 }
@@ -220,7 +224,9 @@ struct Replica {
     /// When this node last proposed a tick not applied yet (one at a time).
     ticked: Option<Instant>,
     memory: Arc<MemoryMonitor>,
-    /// The state's weight as last counted in `memory`.
+    /// The encoded proposals in `pending`: counted in `memory` with the state.
+    pending_bytes: usize,
+    /// What was last counted in `memory` (the state's weight and `pending_bytes`).
     counted: usize,
     /// This replica's run (random per start) and the number of its last publish.
     run: u64,
@@ -230,39 +236,18 @@ struct Replica {
     snapshots: snapshot::Snapshots,
 }
 
-/// What the Raft runtime hands a replica, in log order.
-enum FromRaft {
-    Committed(u64, Vec<u8>),
-    Restore(u64, Vec<u8>),
-    WantSnapshot,
-}
-
-/// The group's state machine as the cluster task sees it: committed entries and snapshots
-/// go to the replica's task in order.
-struct ToReplica(mpsc::UnboundedSender<FromRaft>);
-
-impl Apply for ToReplica {
-    fn apply(&mut self, index: u64, data: &[u8]) {
-        let _ = self.0.send(FromRaft::Committed(index, data.to_vec()));
-    }
-
-    fn restore(&mut self, index: u64, data: &[u8]) {
-        let _ = self.0.send(FromRaft::Restore(index, data.to_vec()));
-    }
-
-    fn want_snapshot(&mut self) {
-        let _ = self.0.send(FromRaft::WantSnapshot);
-    }
-}
-
 impl Replica {
-    async fn run(mut self, mut inbox: mpsc::Receiver<QueueCmd>, placement: Quorum, first: NodeId) {
+    async fn run(mut self, mut inbox: mpsc::Receiver<QueueCmd>, placement: Quorum) {
         let (tx, mut committed) = mpsc::unbounded_channel();
         let voters = placement.members.iter().map(|n| raft_id(*n)).collect();
-        let campaign = first == self.me;
+        let campaign = placement.members.first() == Some(&self.me);
+        let to_replica = ToReplica {
+            tx,
+            memory: self.memory.clone(),
+        };
         let opened = self
             .cluster
-            .open_group(self.group, voters, campaign, Box::new(ToReplica(tx)))
+            .open_group(self.group, voters, campaign, Box::new(to_replica))
             .await;
         let mut leader = match opened {
             Ok(l) => l,
@@ -272,6 +257,7 @@ impl Replica {
             }
         };
         let (reads_tx, mut reads_rx) = mpsc::unbounded_channel::<Read>();
+        let mut alarm = self.memory.subscribe();
         let mut retry = tokio::time::interval(REPROPOSE);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Deleted (here or from the metadata) the group goes with its log; at a shutdown
@@ -310,6 +296,11 @@ impl Replica {
                     self.repropose(true).await;
                 }
                 _ = retry.tick() => self.repropose(false).await,
+                Ok(()) = alarm.changed() => {
+                    if *alarm.borrow_and_update() {
+                        self.maybe_snapshot();
+                    }
+                }
                 _ = sleep_until(deadline) => {
                     let tick = self.entry(0, QOp::Tick);
                     self.ticked = Some(Instant::now());
@@ -320,6 +311,10 @@ impl Replica {
         for (id, c) in self.consumers.drain() {
             let _ = c.events.send(ConnEvent::Cancelled(id));
         }
+        committed.close();
+        while let Ok(m) = committed.try_recv() {
+            self.memory.sub(m.bytes());
+        }
         self.memory.sub(std::mem::take(&mut self.counted));
         if gone {
             self.cluster.close_group(self.group).await;
@@ -327,6 +322,7 @@ impl Replica {
     }
 
     fn take_from_raft(&mut self, m: FromRaft) {
+        self.memory.sub(m.bytes());
         match m {
             FromRaft::Committed(index, data) => self.apply(index, &data),
             FromRaft::Restore(index, data) => self.restore(index, &data),
@@ -334,9 +330,17 @@ impl Replica {
         }
     }
 
-    /// Count what the state holds now against the memory alarm.
+    /// A proposal of this node, no longer waiting.
+    fn take_pending(&mut self, req: u64) -> Option<Pending> {
+        let p = self.pending.remove(&req)?;
+        self.pending_bytes -= p.data.len();
+        Some(p)
+    }
+
+    /// Count what the state holds now, and the proposals in flight, against the memory
+    /// alarm.
     fn count_memory(&mut self) {
-        let now = self.state.weight();
+        let now = self.state.weight() + self.pending_bytes;
         match now.cmp(&self.counted) {
             std::cmp::Ordering::Greater => self.memory.add(now - self.counted),
             std::cmp::Ordering::Less => self.memory.sub(self.counted - now),
@@ -384,6 +388,7 @@ impl Replica {
         let e = self.entry(req, op);
         let data = e.encode();
         let now = Instant::now();
+        self.pending_bytes += data.len();
         self.pending.insert(
             req,
             Pending {
@@ -394,6 +399,7 @@ impl Replica {
                 deadline: now + self.cluster.config.command_timeout,
             },
         );
+        self.count_memory();
         self.propose(data).await;
     }
 
@@ -414,10 +420,11 @@ impl Replica {
             .map(|(r, _)| *r)
             .collect();
         for req in expired {
-            if let Some(p) = self.pending.remove(&req) {
+            if let Some(p) = self.take_pending(req) {
                 fail(p.waiter, self.cluster.config.command_timeout);
             }
         }
+        self.count_memory();
         // From the oldest one that waited too long on, everything again, in order: what
         // followed a lost publish was skipped when it applied out of order.
         let stale = self

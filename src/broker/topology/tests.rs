@@ -476,7 +476,7 @@ fn exchange_to_exchange_bindings_go_with_either_end() {
 fn restore_rebuilds_without_writing_and_skips_what_is_incomplete() {
     let mut t = topo();
     let mut ch = Changes::default();
-    let stored_q = StoredQueue {
+    let stored_q = crate::store::StoredQueue {
         group: None,
         vhost: "/".into(),
         name: "q".into(),

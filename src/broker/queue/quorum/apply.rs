@@ -39,7 +39,7 @@ impl Replica {
             return;
         }
         let waiter = match e.origin == self.me {
-            true => self.pending.remove(&e.req).map(|p| p.waiter),
+            true => self.take_pending(e.req).map(|p| p.waiter),
             false => None,
         };
         let meta = Meta { now_ms: e.at_ms };

@@ -1,7 +1,8 @@
 //! A quorum queue replica's snapshots. Each replica snapshots its own state once enough was
 //! logged since its last one (`quorum_snapshot_bytes`, or twice the state's size if larger,
 //! so that rewriting a long queue costs at most half of what the log took), or when the
-//! group's leader needs one for a follower too far behind; the Raft runtime then compacts
+//! group's leader needs one for a follower too far behind, or under the memory alarm once
+//! its log is more than 64 KiB and twice its state; the Raft runtime then compacts
 //! the log before it. A snapshot holds everything replicated: the `QueueState` image and the
 //! dedup sets (applied requests, each publisher run's last sequence).
 //!
@@ -21,6 +22,10 @@ use crate::broker::applied::Applied;
 use crate::broker::ids::NodeId;
 use crate::broker::queue::ConnEvent;
 use crate::broker::queue::state::{Image, QueueState};
+
+/// Log bytes since the last snapshot past which a replica snapshots under the memory alarm
+/// (unless its state is larger).
+const PRESSED_SNAPSHOT_BYTES: usize = 64 << 10;
 
 #[derive(Serialize, Deserialize)]
 struct ReplicaImage {
@@ -55,11 +60,13 @@ impl Replica {
     /// Raft runtime.
     pub(super) fn maybe_snapshot(&mut self) {
         let s = &mut self.snapshots;
-        let threshold = self
-            .cluster
-            .config
-            .snapshot_bytes
-            .max(2 * self.state.weight());
+        // Under the memory alarm a log that is mostly settled messages goes sooner: what an
+        // idle queue keeps of its log must not hold the alarm on.
+        let floor = match self.memory.alarmed() {
+            true => PRESSED_SNAPSHOT_BYTES,
+            false => self.cluster.config.snapshot_bytes,
+        };
+        let threshold = floor.max(2 * self.state.weight());
         if s.busy.load(Ordering::Acquire) || !(s.wanted || s.since >= threshold) {
             return;
         }
@@ -160,7 +167,7 @@ impl Replica {
             .map(|(req, _)| *req)
             .collect();
         for req in covered {
-            let Some(p) = self.pending.remove(&req) else {
+            let Some(p) = self.take_pending(req) else {
                 continue;
             };
             match p.waiter {

@@ -9,6 +9,8 @@
 #   broker.sh wait DIR             wait up to 30 s for the port of a launched broker
 #   broker.sh stop DIR             SIGTERM, wait up to 10 s; exits with the broker's status
 #   broker.sh restart DIR          stop (it must exit 0), then start again, same port and data
+#   broker.sh kill9 DIR            SIGKILL, wait for it to be gone
+#   broker.sh revive DIR           start a killed broker again, same port, data and arguments
 # BROKER_HOST (default 127.0.0.1) is the address it listens on.
 set -euo pipefail
 cmd="$1"
@@ -84,8 +86,26 @@ restart)
   fi
   BROKER_HOST="$host" exec "$0" start "$dir" "$bin" "$port" "${extra[@]}"
   ;;
+kill9)
+  [ -f "$dir/broker.pid" ] || exit 0
+  kill -KILL "$(cat "$dir/broker.pid")" 2>/dev/null || true
+  for _ in $(seq 100); do
+    if [ -f "$dir/broker.rc" ]; then
+      rm -f "$dir/broker.pid"
+      exit 0
+    fi
+    sleep 0.1
+  done
+  echo "broker still there 10 s after SIGKILL" >&2
+  exit 1
+  ;;
+revive)
+  # shellcheck source=/dev/null
+  . "$dir/broker.env"
+  BROKER_HOST="$host" exec "$0" start "$dir" "$bin" "$port" "${extra[@]}"
+  ;;
 *)
-  echo "usage: $0 start|launch DIR BIN PORT [ARG...] | wait DIR | stop DIR | restart DIR" >&2
+  echo "usage: $0 start|launch DIR BIN PORT [ARG...] | wait DIR | stop DIR | restart DIR | kill9 DIR | revive DIR" >&2
   exit 2
   ;;
 esac

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c, Java, Go) against warren or any AMQP 0-9-1 broker.
+# Client interop suites (pika, amqplib, aio-pika, Kombu/Celery, rabbitmq-c, Java, Go) against warren or any AMQP 0-9-1 broker,
+# then pika and a quorum queue failover scenario (pika, amqplib, Java) against a 3-node warren cluster.
 #
 #   interop/run.sh                                   start warren, run every suite, stop it
 #   AMQP_URL=amqp://guest:guest@host:5672/%2F interop/run.sh   run against that broker
@@ -181,6 +182,23 @@ if [ -n "$started" ]; then
     log "started a 3-node cluster: ${urls[*]}"
     AMQP_URLS="$(IFS=,; echo "${urls[*]}")" INTEROP_LABEL=pikacluster \
       run_suite pikacluster "$python" "$here/pika/test_pika.py"
+    # A quorum queue led by node 2, which each client's scenario kills (kill -9) while it
+    # publishes; the publisher goes on through node 3, a consumer on node 1 checks that no
+    # confirmed message is lost. Node 2 is started again after each.
+    export QUORUM_URLS="$(IFS=,; echo "${urls[*]}")"
+    export INTEROP_KILL="$here/broker.sh kill9 $workdir/node2"
+    export INTEROP_REVIVE="$here/broker.sh revive $workdir/node2"
+    for suite in pikaquorum amqplibquorum javaquorum; do
+      case "$suite" in
+        pikaquorum) run_suite pikaquorum "$python" "$here/pika/test_quorum.py" ;;
+        amqplibquorum) run_suite amqplibquorum node "$here/amqplib/quorum.js" ;;
+        javaquorum) run_suite javaquorum "$here/java/test.sh" ;;
+      esac
+      if [ -f "$workdir/node2/broker.rc" ]; then
+        "$here/broker.sh" revive "$workdir/node2" || true
+      fi
+    done
+    unset QUORUM_URLS INTEROP_KILL INTEROP_REVIVE
   else
     total_failed=$((total_failed + 1))
     status=1

@@ -4,10 +4,12 @@
 //! them are online and its leader; `GET /api/queues/{vhost}/{name}` adds the message and
 //! consumer counts and, for a quorum queue, its Raft state on this node: term, commit and
 //! applied indexes and, on the leader, each member's lag in entries.
+//! `PUT /api/queues/{vhost}/{name}/leader/{node}` hands a quorum queue's leadership to
+//! another member (for maintenance, or to even out where leaders are).
 //!
 //! Every request needs HTTP basic auth with the broker's user, who (as over AMQP) may be
-//! limited to loopback. Nothing here changes the broker: it reads the routing snapshot,
-//! asks queues for counts as `queue.declare passive` does, and asks the Raft runtime.
+//! limited to loopback. Reads go to the routing snapshot, to queues (counts, as
+//! `queue.declare passive` does) and to the Raft runtime; a transfer asks raft-rs.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,7 +18,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, put};
 use base64::Engine;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -81,6 +83,7 @@ pub async fn serve(
     let app = Router::new()
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}/{name}", get(one_queue))
+        .route("/api/queues/{vhost}/{name}/leader/{node}", put(transfer))
         .with_state(broker);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let stop = async move {
@@ -156,6 +159,69 @@ async fn one_queue(
         });
     }
     axum::Json(i).into_response()
+}
+
+/// `PUT /api/queues/{vhost}/{name}/leader/{node}`: hand a quorum queue's leadership to
+/// one of its members; answers once that node leads (200, the queue as `GET` shows it), or
+/// 503 if it did not within the command timeout (it may be down, or far behind).
+async fn transfer(
+    State(broker): State<Arc<Broker>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path((vhost, name, node)): Path<(String, String, NodeId)>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(r) = refuse(&broker, peer, &headers) {
+        return r;
+    }
+    let found = broker.vhost(&vhost).and_then(|v| {
+        v.queue_list()
+            .into_iter()
+            .find(|(q, _)| &*q.name == name.as_str())
+    });
+    let Some((q, _)) = found else {
+        return not_found();
+    };
+    let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {
+        return bad_request(format!(
+            "queue '{name}' in vhost '{vhost}' is not a quorum queue"
+        ));
+    };
+    if !placement.members.contains(&node) {
+        return bad_request(format!(
+            "node {node} is not a member of queue '{name}' in vhost '{vhost}'"
+        ));
+    }
+    let to = crate::broker::queue::quorum::raft_id(node);
+    let timeout = std::time::Duration::from_millis(broker.config.cluster_command_timeout_ms);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut asked = None;
+    while cluster.leader_of(placement.group) != to {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            let body = axum::Json(serde_json::json!({
+                "error": "timeout",
+                "reason": format!("node {node} did not take the lead within {timeout:?}"),
+            }));
+            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        }
+        // Asked again now and then: a transfer is dropped if the leader changes meanwhile.
+        if asked.is_none_or(|at| now - at >= ASK_AGAIN) {
+            cluster.transfer_leader(placement.group, to).await;
+            asked = Some(now);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    tracing::info!(queue = %name, vhost = %vhost, leader = node, "quorum queue leadership transferred");
+    axum::Json(info(&broker, &vhost, &q)).into_response()
+}
+
+/// How often a transfer checks whether the new leader leads, and asks again.
+const POLL: std::time::Duration = std::time::Duration::from_millis(20);
+const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+fn bad_request(reason: String) -> Response {
+    let body = axum::Json(serde_json::json!({ "error": "bad_request", "reason": reason }));
+    (StatusCode::BAD_REQUEST, body).into_response()
 }
 
 /// Counts as `queue.declare passive` gives them (nothing if the queue does not answer in

@@ -62,6 +62,8 @@ enum Request {
     },
     /// Leave a group for good: it stops and its log is deleted.
     Close { group: u64 },
+    /// Hand the group's leadership to `to`.
+    Transfer { group: u64, to: u64 },
     /// How the group stands here (None: not a group of this node).
     Status {
         group: u64,
@@ -286,6 +288,12 @@ impl Cluster {
     /// The metadata leader as this node knows it (0: none), as it changes.
     pub fn leader(&self) -> watch::Receiver<u64> {
         self.leader.clone()
+    }
+
+    /// Ask for `group`'s leadership to go to `to` (a Raft id); whether it did shows in
+    /// `leader_of`.
+    pub async fn transfer_leader(&self, group: u64, to: u64) {
+        let _ = self.requests.send(Request::Transfer { group, to }).await;
     }
 
     /// How a group stands on this node (None: not one of its groups, or the node stops).
@@ -517,6 +525,11 @@ impl Runtime {
                 self.saved.remove(&group);
                 self.store
                     .submit(vec![Op::RaftDelete { group }], true, None);
+            }
+            Request::Transfer { group, to } => {
+                if let Some(r) = self.groups.get_mut(&group) {
+                    r.group.transfer_leader(to);
+                }
             }
             Request::Status { group, reply } => {
                 let _ = reply.send(self.groups.get(&group).map(|r| r.group.status()));

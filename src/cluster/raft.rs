@@ -236,6 +236,12 @@ impl Group {
         self.node.raft.term
     }
 
+    /// Hand leadership to `to` (a member): on a follower, raft-rs forwards the request to
+    /// the leader, which lets `to` catch up and then tells it to stand for election.
+    pub fn transfer_leader(&mut self, to: u64) {
+        self.node.transfer_leader(to);
+    }
+
     /// Stand for election now (a new group's first member, so leaders spread as placed).
     pub fn campaign(&mut self) {
         if let Err(e) = self.node.campaign() {

@@ -541,9 +541,21 @@ pub async fn http_get(
     path: &str,
     auth: Option<(&str, &str)>,
 ) -> (u16, serde_json::Value) {
+    http_call(addr, "GET", path, auth).await
+}
+
+/// `method path` (no body) on the HTTP status API; as `http_get`.
+pub async fn http_call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    auth: Option<(&str, &str)>,
+) -> (u16, serde_json::Value) {
     use base64::Engine;
     let mut s = TcpStream::connect(addr).await.expect("HTTP API reachable");
-    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
     if let Some((user, pass)) = auth {
         let creds = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         req.push_str(&format!("Authorization: Basic {creds}\r\n"));

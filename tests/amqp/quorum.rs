@@ -708,6 +708,22 @@ async fn the_status_api_shows_queues_to_the_broker_user() {
     let c = crate::common::http_queue(addr, "cq").await;
     assert_eq!(c["messages"], 0, "{c}");
     assert!(c.get("raft").is_none(), "{c}");
+    let put = |path: &'static str| crate::common::http_call(addr, "PUT", path, guest);
+    let (status, body) = put("/api/queues/%2F/cq/leader/0").await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a quorum queue"),
+        "{body}"
+    );
+    let (status, body) = put("/api/queues/%2F/qq/leader/0").await;
+    assert_eq!(
+        (status, &body["leader"]),
+        (200, &serde_json::json!(0)),
+        "{body}"
+    );
     b.stop().await;
 }
 
@@ -739,7 +755,8 @@ async fn until_led(api: std::net::SocketAddr, name: &str) -> u64 {
 }
 
 /// Leaders spread over the nodes (`balanced`, the default: the node leading the fewest),
-/// `client-local` keeps the leader on the declaring node, and the status API shows each
+/// `client-local` keeps the leader on the declaring node, leadership is handed to another
+/// member on request (`PUT .../leader/{node}`), and the status API shows each
 /// queue's members, which are online and, on the leader, each member's lag; a killed node
 /// goes offline and falls behind, and the queue it led gets a new leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -747,6 +764,10 @@ async fn leaders_spread_and_the_status_api_shows_members_and_lag() {
     let mut cluster = crate::cluster::TestCluster::start(3, "");
     let (_c1, ch1) = cluster.channel(0).await;
     let api = cluster.http(0).await;
+    // Placement counts only nodes node 1 has a link to: wait for both.
+    for peer in [2, 3] {
+        cluster.until_said(0, &format!("node link up peer={peer} "), 0).await;
+    }
     let mut leaders = Vec::new();
     for name in ["s1", "s2", "s3"] {
         declare_quorum(&ch1, name).await;
@@ -772,6 +793,29 @@ async fn leaders_spread_and_the_status_api_shows_members_and_lag() {
         2,
         "the fewest leaders, the lowest id on a tie"
     );
+
+    // Leadership handed over through a node that does not lead (raft-rs forwards it).
+    let api3 = cluster.http(2).await;
+    let guest = Some(("guest", "guest"));
+    let put = |path: &'static str| crate::common::http_call(api3, "PUT", path, guest);
+    let (status, moved) = put("/api/queues/%2F/s2/leader/1").await;
+    assert_eq!(
+        (status, &moved["leader"]),
+        (200, &serde_json::json!(1)),
+        "{moved}"
+    );
+    assert_eq!(until_led(api, "s2").await, 1);
+    assert_eq!(publish_confirmed(&ch1, "s2", 0, 10).await, 10);
+    for (path, want) in [
+        ("/api/queues/%2F/s2/leader/7", 400),
+        ("/api/queues/%2F/none/leader/1", 404),
+    ] {
+        let (status, body) = put(path).await;
+        assert_eq!(status, want, "{path}: {body}");
+    }
+    let (status, _) =
+        crate::common::http_call(api3, "PUT", "/api/queues/%2F/s2/leader/2", None).await;
+    assert_eq!(status, 401);
 
     let q = crate::common::http_queue(api, "s1").await;
     assert_eq!(q["members"], serde_json::json!([1, 2, 3]), "{q}");

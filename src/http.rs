@@ -124,12 +124,7 @@ async fn one_queue(
     if let Some(r) = refuse(&broker, peer, &headers) {
         return r;
     }
-    let found = broker.vhost(&vhost).and_then(|v| {
-        v.queue_list()
-            .into_iter()
-            .find(|(q, _)| &*q.name == name.as_str())
-    });
-    let Some((q, handle)) = found else {
+    let Some((q, handle)) = broker.vhost(&vhost).and_then(|v| v.queue_entry(&name)) else {
         return not_found();
     };
     let mut i = info(&broker, &vhost, &q);
@@ -173,12 +168,7 @@ async fn transfer(
     if let Some(r) = refuse(&broker, peer, &headers) {
         return r;
     }
-    let found = broker.vhost(&vhost).and_then(|v| {
-        v.queue_list()
-            .into_iter()
-            .find(|(q, _)| &*q.name == name.as_str())
-    });
-    let Some((q, _)) = found else {
+    let Some((q, _)) = broker.vhost(&vhost).and_then(|v| v.queue_entry(&name)) else {
         return not_found();
     };
     let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {

@@ -169,6 +169,14 @@ impl VHost {
             .collect()
     }
 
+    /// One queue's record and handle, as `queue_list` gives them.
+    pub fn queue_entry(&self, name: &str) -> Option<(QueueRecord, Option<QueueHandle>)> {
+        let rt = self.lock();
+        let q = rt.topo.queue_record(name)?.clone();
+        let h = rt.handles.get(name).cloned();
+        Some((q, h))
+    }
+
     fn lock(&self) -> MutexGuard<'_, Runtime> {
         // A panic elsewhere must not take routing down with it: the topology stays consistent
         // because every mutation below completes before it publishes.

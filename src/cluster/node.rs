@@ -58,7 +58,8 @@ enum Request {
         campaign: bool,
         apply: Box<dyn Apply>,
         leader: watch::Sender<u64>,
-        done: oneshot::Sender<Result<(), ClusterError>>,
+        /// Answered with whether the group is new here (no saved log).
+        done: oneshot::Sender<Result<bool, ClusterError>>,
     },
     /// Leave a group for good: it stops and its log is deleted.
     Close { group: u64 },
@@ -236,17 +237,18 @@ impl Cluster {
     /// Take part in group `group` with `voters` (Raft ids) as its members, applying its
     /// committed entries with `apply` (on the cluster task: it must not block). `campaign`:
     /// stand for election at once (the member meant to lead first). Returns the group's
-    /// leader as this node knows it (0: none), as it changes.
+    /// leader as this node knows it (0: none), as it changes, and whether the group is new
+    /// here (it had no log on this node).
     pub async fn open_group(
         &self,
         group: u64,
         voters: Vec<u64>,
         campaign: bool,
         apply: Box<dyn Apply>,
-    ) -> Result<watch::Receiver<u64>, ClusterError> {
+    ) -> Result<(watch::Receiver<u64>, bool), ClusterError> {
         let (leader, rx) = watch::channel(0);
-        self.open(group, voters, campaign, apply, leader).await?;
-        Ok(rx)
+        let new = self.open(group, voters, campaign, apply, leader).await?;
+        Ok((rx, new))
     }
 
     async fn open(
@@ -256,7 +258,7 @@ impl Cluster {
         campaign: bool,
         apply: Box<dyn Apply>,
         leader: watch::Sender<u64>,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<bool, ClusterError> {
         let (done, rx) = oneshot::channel();
         let req = Request::Open {
             group,
@@ -555,11 +557,12 @@ impl Runtime {
         campaign: bool,
         mut apply: Box<dyn Apply>,
         leader: watch::Sender<u64>,
-    ) -> Result<(), ClusterError> {
+    ) -> Result<bool, ClusterError> {
         if self.groups.contains_key(&group) {
-            return Ok(());
+            return Ok(false);
         }
         let saved = self.saved.remove(&group);
+        let new = saved.is_none();
         // A group of one elects itself at once, at every start.
         let campaign = (campaign && saved.is_none()) || voters.len() == 1;
         let mut g = Group::open(
@@ -592,7 +595,7 @@ impl Runtime {
                 reads: Reads::default(),
             },
         );
-        Ok(())
+        Ok(new)
     }
 }
 

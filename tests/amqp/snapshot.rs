@@ -69,6 +69,23 @@ async fn take_in_order(consumer: &mut Consumer, from: usize, to: usize) {
     }
 }
 
+/// Shut the broker down and read its one quorum queue's Raft log from the store (closed
+/// again, so the broker can restart on it).
+async fn stopped_queue_log(b: &mut crate::common::TestBroker) -> (u64, warren::store::RaftLog) {
+    if let Some(s) = b.server.take() {
+        s.shutdown().await;
+    }
+    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
+    let (store, recovered) = warren::store::Store::open(&dir).unwrap();
+    let (group, log) = recovered
+        .raft
+        .into_iter()
+        .next()
+        .expect("the queue's raft group");
+    store.close();
+    (group, log)
+}
+
 /// A single node: after 400 publishes and 250 acks the queue's log on disk starts after a
 /// snapshot (it was compacted), and a restart rebuilds the queue from the snapshot and the
 /// entries after it: the 150 messages left, in order.
@@ -92,16 +109,7 @@ async fn a_quorum_queue_compacts_its_log_and_restarts_from_its_snapshot() {
     ch2.close(200, "bye".into()).await.unwrap();
     assert_eq!(crate::common::count(&ch, "sq").await, 150);
 
-    if let Some(s) = b.server.take() {
-        s.shutdown().await;
-    }
-    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
-    let (store, recovered) = warren::store::Store::open(&dir).unwrap();
-    let (group, log) = recovered
-        .raft
-        .iter()
-        .next()
-        .expect("the queue's raft group");
+    let (group, log) = stopped_queue_log(&mut b).await;
     assert!(log.snapshot.is_some(), "group {group} has a snapshot");
     // Over 650 entries were logged (400 publishes, 250 acks): most are gone.
     assert!(
@@ -110,9 +118,6 @@ async fn a_quorum_queue_compacts_its_log_and_restarts_from_its_snapshot() {
         log.first,
         log.entries.len()
     );
-    store.close();
-    drop(store);
-
     let b = b.restart().await;
     let (_c, ch) = channel(&b).await;
     assert_eq!(crate::common::count(&ch, "sq").await, 150);
@@ -195,16 +200,7 @@ async fn the_log_in_memory_counts_against_the_alarm_and_is_compacted_under_it() 
         .await
         .unwrap_or_else(|_| panic!("round {round} done within 60 s (the alarm clears)"));
     }
-    if let Some(s) = b.server.take() {
-        s.shutdown().await;
-    }
-    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
-    let (store, recovered) = warren::store::Store::open(&dir).unwrap();
-    let (group, log) = recovered
-        .raft
-        .iter()
-        .next()
-        .expect("the queue's raft group");
+    let (group, log) = stopped_queue_log(&mut b).await;
     assert!(
         log.snapshot.is_some(),
         "group {group} snapshotted under the alarm"
@@ -214,5 +210,4 @@ async fn the_log_in_memory_counts_against_the_alarm_and_is_compacted_under_it() 
         "group {group}: compacted ({} entries kept)",
         log.entries.len()
     );
-    store.close();
 }

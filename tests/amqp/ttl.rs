@@ -133,13 +133,18 @@ async fn routes_to(ch: &Channel, queue: &str) -> bool {
     matches!(confirm, Confirmation::Ack(None))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unused_queues_expire_and_used_ones_do_not() {
+/// x-expires: an unused queue is deleted (404 after, not routed to); one with a consumer
+/// is not. `declare` declares a queue with the given arguments.
+async fn unused_queues_expire<F, Fut>(declare: F, args: fn(&[(&str, i64)]) -> FieldTable)
+where
+    F: Fn(Channel, &'static str, FieldTable) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let b = start().await;
     let (c, ch) = channel(&b).await;
     ch.confirm_select(Default::default()).await.unwrap();
-    declare_args(&ch, "gone-soon", args(&[("x-expires", 200)])).await;
-    declare_args(&ch, "consumed", args(&[("x-expires", 200)])).await;
+    declare(ch.clone(), "gone-soon", args(&[("x-expires", 200)])).await;
+    declare(ch.clone(), "consumed", args(&[("x-expires", 200)])).await;
     let cch = c.create_channel().await.unwrap();
     let _consumer = cch
         .basic_consume(
@@ -157,6 +162,15 @@ async fn unused_queues_expire_and_used_ones_do_not() {
     // The consumed queue outlives it, however long it waits.
     assert!(routes_to(&ch, "consumed").await);
     b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_queues_expire_and_used_ones_do_not() {
+    unused_queues_expire(
+        |ch, name, a| async move { declare_args(&ch, name, a).await },
+        args,
+    )
+    .await;
 }
 
 fn quorum(pairs: &[(&str, i64)]) -> FieldTable {
@@ -199,29 +213,9 @@ async fn quorum_queue_messages_expire() {
     b.stop().await;
 }
 
-/// x-expires on a quorum queue: unused, it is deleted (404 after); one with a consumer is
-/// not.
+/// x-expires on a quorum queue, as on a classic one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unused_quorum_queues_expire() {
-    let b = start().await;
-    let (c, ch) = channel(&b).await;
-    ch.confirm_select(Default::default()).await.unwrap();
-    declare_quorum_args(&ch, "q-gone", quorum(&[("x-expires", 200)])).await;
-    declare_quorum_args(&ch, "q-used", quorum(&[("x-expires", 200)])).await;
-    let cch = c.create_channel().await.unwrap();
-    let _consumer = cch
-        .basic_consume(
-            "q-used".into(),
-            "".into(),
-            Default::default(),
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let started = Instant::now();
-    assert!(eventually(|| async { !routes_to(&ch, "q-gone").await }).await);
-    assert!(started.elapsed() >= Duration::from_millis(150));
-    assert_eq!(passive_queue_code(&c, "q-gone").await, Some(404));
-    assert!(routes_to(&ch, "q-used").await);
-    b.stop().await;
+    let declare = |ch: Channel, name, a| async move { declare_quorum_args(&ch, name, a).await };
+    unused_queues_expire(declare, quorum).await;
 }

@@ -249,7 +249,7 @@ impl Replica {
             .cluster
             .open_group(self.group, voters, campaign, Box::new(to_replica))
             .await;
-        let mut leader = match opened {
+        let (mut leader, new) = match opened {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!(queue = %self.shared.name, "cannot start the queue's raft group: {e}");
@@ -258,6 +258,10 @@ impl Replica {
         };
         let (reads_tx, mut reads_rx) = mpsc::unbounded_channel::<Read>();
         let mut alarm = self.memory.subscribe();
+        // The first member of a new group stands for election at once, but another may win
+        // (its election timer ran out first, or a vote request came before a peer had the
+        // group): it then asks for the lead once, so that leaders stay where placed.
+        let mut claim = new && campaign && placement.members.len() > 1;
         let mut retry = tokio::time::interval(REPROPOSE);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Deleted (here or from the metadata) the group goes with its log; at a shutdown
@@ -293,6 +297,12 @@ impl Replica {
                     }
                     let now = *leader.borrow_and_update();
                     tracing::info!(queue = %self.shared.name, leader = now, "quorum queue leader");
+                    if claim && now != 0 {
+                        claim = false;
+                        if now != raft_id(self.me) {
+                            self.cluster.transfer_leader(self.group, raft_id(self.me)).await;
+                        }
+                    }
                     self.repropose(true).await;
                 }
                 _ = retry.tick() => self.repropose(false).await,

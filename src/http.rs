@@ -11,6 +11,7 @@
 //! limited to loopback. Reads go to the routing snapshot, to queues (counts, as
 //! `queue.declare passive` does) and to the Raft runtime; a transfer asks raft-rs.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -105,10 +106,11 @@ async fn list_queues(
     if let Some(r) = refuse(&broker, peer, &headers) {
         return r;
     }
+    let live = broker.live_nodes();
     let mut out = Vec::new();
     for vhost in broker.vhosts() {
         for (q, _) in vhost.queue_list() {
-            out.push(info(&broker, &vhost.name, &q));
+            out.push(info(&broker, &live, &vhost.name, &q));
         }
     }
     out.sort_by(|a, b| (&a.vhost, &a.name).cmp(&(&b.vhost, &b.name)));
@@ -127,7 +129,7 @@ async fn one_queue(
     let Some((q, handle)) = broker.vhost(&vhost).and_then(|v| v.queue_entry(&name)) else {
         return not_found();
     };
-    let mut i = info(&broker, &vhost, &q);
+    let mut i = info(&broker, &broker.live_nodes(), &vhost, &q);
     if let Some(h) = handle {
         stat(&broker, &h, &mut i).await;
     }
@@ -202,7 +204,7 @@ async fn transfer(
         tokio::time::sleep(POLL).await;
     }
     tracing::info!(queue = %name, vhost = %vhost, leader = node, "quorum queue leadership transferred");
-    axum::Json(info(&broker, &vhost, &q)).into_response()
+    axum::Json(info(&broker, &broker.live_nodes(), &vhost, &q)).into_response()
 }
 
 /// How often a transfer checks whether the new leader leads, and asks again.
@@ -224,7 +226,8 @@ async fn stat(broker: &Broker, h: &QueueHandle, i: &mut QueueInfo) {
     }
 }
 
-fn info(broker: &Broker, vhost: &str, q: &QueueRecord) -> QueueInfo {
+/// A queue as the API shows it; `live`: this node and the peers it has a link to now.
+fn info(broker: &Broker, live: &BTreeSet<NodeId>, vhost: &str, q: &QueueRecord) -> QueueInfo {
     let mut i = QueueInfo {
         name: q.name.to_string(),
         vhost: vhost.to_string(),
@@ -241,7 +244,6 @@ fn info(broker: &Broker, vhost: &str, q: &QueueRecord) -> QueueInfo {
         raft: None,
     };
     if let Some(placement) = &q.quorum {
-        let live = broker.live_nodes();
         i.kind = "quorum";
         i.online = Some(
             placement

@@ -207,16 +207,12 @@ impl Broker {
 
     /// The nodes this one has a live link to, and itself.
     pub fn live_nodes(&self) -> std::collections::BTreeSet<NodeId> {
-        let mut live = std::collections::BTreeSet::from([self.node]);
-        if let Some(c) = &self.cluster {
-            let up = c.links_up();
-            live.extend(
-                up.borrow()
-                    .iter()
-                    .filter(|(_, s)| s.is_some())
-                    .map(|(n, _)| *n),
-            );
-        }
+        let mut live = self
+            .cluster
+            .as_ref()
+            .map(|c| c.live_peers())
+            .unwrap_or_default();
+        live.insert(self.node);
         live
     }
 

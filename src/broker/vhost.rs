@@ -10,7 +10,7 @@
 //! node has applied every change committed before it. Only the home node of a queue runs
 //! it; the others hold a stub handle that forwards to it (`remote/`).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
@@ -329,14 +329,7 @@ impl VHost {
         };
         // An unknown locator is the topology's to refuse (406).
         let locator = quorum::Locator::of(&d.arguments).unwrap_or(self.settings.quorum.locator);
-        let live: BTreeSet<NodeId> = rt
-            .cluster
-            .links_up()
-            .borrow()
-            .iter()
-            .filter(|(_, session)| session.is_some())
-            .map(|(node, _)| *node)
-            .collect();
+        let live = rt.cluster.live_peers();
         let leading = {
             let inner = self.lock();
             let groups = inner.topo.queue_records().filter_map(|q| q.quorum.as_ref());

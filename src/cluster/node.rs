@@ -319,6 +319,16 @@ impl Cluster {
         self.links.up()
     }
 
+    /// The peers this node has a live link to now.
+    pub fn live_peers(&self) -> std::collections::BTreeSet<u64> {
+        let up = self.links.up();
+        up.borrow()
+            .iter()
+            .filter(|(_, s)| s.is_some())
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
     /// Forwarded work for a peer's session (waits for room; dropped if the session ended).
     pub async fn forward(&self, to: u64, session: Session, msg: bytes::Bytes) {
         self.links.forward(to, session, msg).await;

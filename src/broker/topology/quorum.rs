@@ -62,7 +62,7 @@ impl Topology {
     ) -> Result<Option<Quorum>, Error> {
         let rs = format!("queue '{}' in vhost '{}'", d.name, self.vhost);
         if let Some(v) = d.arguments.inner().get("x-queue-leader-locator")
-            && Locator::parse(&text(v)).is_none()
+            && Locator::of(&d.arguments).is_none()
         {
             return Err(Error::precondition(format!(
                 "invalid arg 'x-queue-leader-locator' for {rs}: {}",

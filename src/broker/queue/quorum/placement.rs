@@ -33,10 +33,12 @@ impl Locator {
         }
     }
 
-    /// The x-queue-leader-locator argument, if it names one.
+    /// The x-queue-leader-locator argument, if it names one (a long or short string; the
+    /// declare rules refuse one that is there and does not).
     pub fn of(arguments: &FieldTable) -> Option<Locator> {
         match arguments.inner().get("x-queue-leader-locator")? {
             AMQPValue::LongString(s) => Locator::parse(&String::from_utf8_lossy(s.as_bytes())),
+            AMQPValue::ShortString(s) => Locator::parse(s.as_str()),
             _ => None,
         }
     }
@@ -113,6 +115,31 @@ mod tests {
         &'a BTreeMap<NodeId, usize>,
         Vec<NodeId>,
     );
+
+    #[test]
+    fn the_argument_is_read_as_a_long_or_short_string() {
+        let with = |v: AMQPValue| {
+            let mut t = FieldTable::default();
+            t.insert("x-queue-leader-locator".into(), v);
+            t
+        };
+        let cases = [
+            (
+                with(AMQPValue::LongString("client-local".into())),
+                Some(Locator::ClientLocal),
+            ),
+            (
+                with(AMQPValue::ShortString("balanced".into())),
+                Some(Locator::Balanced),
+            ),
+            (with(AMQPValue::LongString("nearby".into())), None),
+            (with(AMQPValue::LongInt(1)), None),
+            (FieldTable::default(), None),
+        ];
+        for (args, want) in cases {
+            assert_eq!(Locator::of(&args), want, "{args:?}");
+        }
+    }
 
     #[test]
     fn the_first_leader_is_chosen_as_the_locator_says() {

@@ -1,7 +1,8 @@
 //! Transactions: tx.select, and tx.commit applying a transaction's staged publishes and acks
 //! in one synced store write (atomic across the node's queues) before they become visible;
 //! commit-ok waits until every queue took its publishes (a queue on another node writes
-//! its part there, separately).
+//! its part there, separately; a quorum queue commits its part as one log entry). A part
+//! refused or lost fails the commit with RabbitMQ's 406 "partial tx completion".
 
 use std::sync::Arc;
 
@@ -9,7 +10,7 @@ use super::Conn;
 use crate::broker::durable::Batch;
 use crate::broker::message::Message;
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
-use crate::broker::queue::{QueueCmd, QueueHandle};
+use crate::broker::queue::{ConnEvent, QueueCmd, QueueHandle};
 use crate::channel::{Settle, Tx};
 use crate::error::{Error, code};
 use crate::protocol::{AMQPClass, tx};
@@ -108,14 +109,27 @@ impl Conn {
             answers += 1;
         }
         drop(events);
+        let mut refused = false;
         for _ in 0..answers {
-            if taken.recv().await.is_none() {
-                break;
+            match taken.recv().await {
+                Some(ConnEvent::Taken { nacks, .. }) => refused |= !nacks.is_empty(),
+                _ => {
+                    refused = true;
+                    break;
+                }
             }
         }
+        // The acks were written with the publishes: they take effect whatever a queue
+        // answered, as in RabbitMQ, where they reach the queues before the commit's outcome.
         for s in staged.settles {
             let settled = s.deliveries.into_iter().map(|(_, u)| u).collect();
             self.apply_settle(ch, settled, s.how).await;
+        }
+        if refused {
+            // A queue refused part of the commit (reject-publish overflow) or could not
+            // take it (a quorum queue without a majority, a peer lost): RabbitMQ's answer
+            // to a nack during a commit, so the client never sees commit-ok for it.
+            return Err(Error::precondition("partial tx completion"));
         }
         Ok(())
     }

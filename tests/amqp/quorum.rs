@@ -848,3 +848,102 @@ async fn until_led_by(api: std::net::SocketAddr, name: &str, nodes: &[u64]) -> u
     .await;
     q["leader"].as_u64().unwrap()
 }
+
+/// A transaction's part for a quorum queue is one log entry: invisible until commit, then
+/// all there, and its acks take effect at commit. Without a majority the part cannot
+/// commit, and tx.commit fails with RabbitMQ's 406 "partial tx completion" (before, it
+/// answered commit-ok for a publish the queue never took).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_on_a_quorum_queue_commits_whole_or_fails() {
+    let cluster = crate::cluster::TestCluster::start(3, "cluster_command_timeout_ms = 2000\n");
+    let (c1, ch1) = cluster.channel(0).await;
+    declare_quorum(&ch1, "tq").await;
+    declare_durable(&ch1, "tc").await;
+    let tch = c1.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    for (queue, body) in [("tq", "a"), ("tq", "b"), ("tq", "c"), ("tc", "d")] {
+        tch.basic_publish(
+            "".into(),
+            queue.into(),
+            BasicPublishOptions::default(),
+            body.as_bytes(),
+            persistent(),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(crate::common::count(&ch1, "tq").await, 0);
+    tch.tx_commit().await.unwrap();
+    // Read on another node: the committed part is replicated.
+    let (_c2, ch2) = cluster.channel(1).await;
+    assert_eq!(crate::common::count(&ch2, "tq").await, 3);
+    assert_eq!(crate::common::count(&ch2, "tc").await, 1);
+
+    for body in ["a", "b"] {
+        let m = tch
+            .basic_get("tq".into(), BasicGetOptions { no_ack: false })
+            .await
+            .unwrap()
+            .expect("a message");
+        assert_eq!(m.delivery.data, body.as_bytes());
+        tch.basic_ack(m.delivery.delivery_tag, BasicAckOptions::default())
+            .await
+            .unwrap();
+    }
+    tch.tx_commit().await.unwrap();
+    // Committed acks stay: closing the channel requeues nothing.
+    tch.close(200, "OK".into()).await.unwrap();
+    assert_eq!(crate::common::count(&ch2, "tq").await, 1);
+
+    // Two of three nodes hung: the quorum queue's part cannot commit.
+    let tch = c1.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    tch.basic_publish(
+        "".into(),
+        "tq".into(),
+        BasicPublishOptions::default(),
+        b"e",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    crate::cluster::signal(&cluster, 1, "-STOP");
+    crate::cluster::signal(&cluster, 2, "-STOP");
+    let e = tch.tx_commit().await.unwrap_err();
+    crate::cluster::signal(&cluster, 1, "-CONT");
+    crate::cluster::signal(&cluster, 2, "-CONT");
+    assert_eq!(crate::common::code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("partial tx completion"), "{e}");
+    // The connection carries on: once the majority is back, a commit goes through.
+    // (Wait for the leader, wherever it is now, to see every member caught up.)
+    let mut apis = Vec::new();
+    for i in 0..3 {
+        apis.push(cluster.http(i).await);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    'caught_up: loop {
+        for api in &apis {
+            let q = crate::common::http_queue(*api, "tq").await;
+            let lag = q["raft"]["lag"].as_array().cloned().unwrap_or_default();
+            if lag.len() == 3 && lag.iter().all(|m| m["entries"] == 0) {
+                break 'caught_up;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "tq never caught up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let tch = c1.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    tch.basic_publish(
+        "".into(),
+        "tq".into(),
+        BasicPublishOptions::default(),
+        b"f",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    tch.tx_commit().await.unwrap();
+    let n = crate::common::count(&ch1, "tq").await;
+    assert!((2..=3).contains(&n), "c, f and perhaps e: {n}");
+}

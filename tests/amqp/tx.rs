@@ -87,6 +87,40 @@ async fn mode_conflicts_and_commit_without_select_are_406() {
     b.stop().await;
 }
 
+/// A commit that a queue takes only in part (reject-publish overflow) fails as in RabbitMQ
+/// 3.10: channel closed with 406 "partial tx completion", what the queue took stays. Before,
+/// it answered commit-ok.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_a_full_queue_takes_in_part_fails_with_406() {
+    let b = start().await;
+    let (c, ch) = channel(&b).await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), lapin::types::AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        lapin::types::AMQPValue::LongString("reject-publish".into()),
+    );
+    ch.queue_declare("txfull".into(), QueueDeclareOptions::default(), args)
+        .await
+        .unwrap();
+    let tch = c.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    publish(&tch, "", "txfull", b"one").await;
+    publish(&tch, "", "txfull", b"two").await;
+    let e = tch.tx_commit().await.unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+    assert!(e.to_string().contains("partial tx completion"), "{e}");
+    assert_eq!(count(&ch, "txfull").await, 1);
+    assert_eq!(get_body(&ch, "txfull").await.unwrap(), b"one");
+    // A commit the queue takes whole is committed.
+    let tch = c.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    publish(&tch, "", "txfull", b"three").await;
+    tch.tx_commit().await.unwrap();
+    assert_eq!(count(&ch, "txfull").await, 1);
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mandatory_returns_arrive_before_commit_ok() {
     let b = start().await;

@@ -72,6 +72,9 @@ pub struct Config {
     /// Where a new quorum queue's first leader goes without x-queue-leader-locator:
     /// "balanced" (the live node leading the fewest) or "client-local" (the declaring node).
     pub queue_leader_locator: String,
+    /// How many members a new quorum queue has without x-quorum-initial-group-size (all
+    /// nodes if fewer): RabbitMQ's quorum_cluster_size.
+    pub quorum_initial_group_size: usize,
 }
 
 impl Default for Config {
@@ -111,6 +114,7 @@ impl Default for Config {
             quorum_snapshot_bytes: 8 << 20,
             default_queue_type: "classic".into(),
             queue_leader_locator: "balanced".into(),
+            quorum_initial_group_size: 3,
         }
     }
 }
@@ -229,7 +233,7 @@ impl Config {
         Ok(())
     }
 
-    /// default_queue_type and queue_leader_locator, checked.
+    /// default_queue_type, queue_leader_locator and quorum_initial_group_size, checked.
     pub fn quorum_defaults(&self) -> Result<crate::broker::vhost::QuorumDefaults, String> {
         let default_type = match self.default_queue_type.as_str() {
             "classic" => false,
@@ -247,9 +251,13 @@ impl Config {
                     self.queue_leader_locator
                 )
             })?;
+        if self.quorum_initial_group_size == 0 {
+            return Err("quorum_initial_group_size must be at least 1".into());
+        }
         Ok(crate::broker::vhost::QuorumDefaults {
             default_type,
             locator,
+            group_size: self.quorum_initial_group_size,
         })
     }
 

@@ -183,6 +183,16 @@ async fn transfer(
             "node {node} is not a member of queue '{name}' in vhost '{vhost}'"
         ));
     }
+    // Only a member's Raft runtime has the group (and forwards the request to its leader).
+    if !placement
+        .members
+        .contains(&broker.config.node_id.unwrap_or(0))
+    {
+        return bad_request(format!(
+            "this node is not a member of queue '{name}' in vhost '{vhost}': ask one of {:?}",
+            placement.members
+        ));
+    }
     let to = crate::broker::queue::quorum::raft_id(node);
     let timeout = std::time::Duration::from_millis(broker.config.cluster_command_timeout_ms);
     let deadline = tokio::time::Instant::now() + timeout;

@@ -41,13 +41,25 @@ pub struct QueueSettings {
 }
 
 /// How quorum queues are declared when the client does not say.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy)]
 pub struct QuorumDefaults {
     /// RabbitMQ's `default_queue_type = quorum`: a durable, shared queue declared without
     /// x-queue-type is a quorum queue.
     pub default_type: bool,
     /// Where a new quorum queue's first leader goes without x-queue-leader-locator.
     pub locator: Locator,
+    /// Its members without x-quorum-initial-group-size.
+    pub group_size: usize,
+}
+
+impl Default for QuorumDefaults {
+    fn default() -> Self {
+        QuorumDefaults {
+            default_type: false,
+            locator: Locator::default(),
+            group_size: 3,
+        }
+    }
 }
 
 /// What the topology's changes are carried out on: compiled routers (persistent maps, so a
@@ -151,12 +163,17 @@ impl VHost {
         self.quorum.send_replace(Some(rt));
     }
 
-    /// A queue of this name and id that runs here (not a stub for another node's).
+    /// A queue of this name and id that runs here (not a stub for another node's): a
+    /// classic queue homed here, or this node's replica of a quorum queue.
     pub fn home_queue(&self, name: &str, id: u64) -> Option<QueueHandle> {
         let rt = self.lock();
-        rt.topo
-            .queue_record(name)
-            .filter(|q| q.id == id && q.home == self.node)?;
+        rt.topo.queue_record(name).filter(|q| {
+            let here = match &q.quorum {
+                Some(p) => p.members.contains(&self.node),
+                None => q.home == self.node,
+            };
+            q.id == id && here
+        })?;
         rt.handles.get(name).filter(|h| h.id == id).cloned()
     }
 
@@ -293,12 +310,18 @@ impl VHost {
         })
     }
 
-    /// This node's replica of a quorum queue, if it is a member.
+    /// This node's replica of a quorum queue if it is a member, else a stub that uses the
+    /// queue through a member.
     fn spawn_quorum(&self, q: &QueueRecord) -> Option<QueueHandle> {
         let placement = q.quorum.clone()?;
         if !placement.members.contains(&self.node) {
-            tracing::warn!(queue = %q.name, "not a member of this quorum queue: not served here");
-            return None;
+            let f = self.remote.get()?;
+            return Some(remote::spawn_stub(
+                q,
+                &self.name,
+                f.clone(),
+                self.settings.inbox,
+            ));
         }
         Some(quorum::spawn(quorum::QuorumSpec {
             name: q.name.clone(),
@@ -314,8 +337,8 @@ impl VHost {
         }))
     }
 
-    /// Where a new quorum queue goes: a new group on every node (members are every node
-    /// until non-members can use a quorum queue), the first leader where the locator says.
+    /// Where a new quorum queue goes: a new group on x-quorum-initial-group-size nodes (or
+    /// the default size), the first leader where the locator says.
     fn placement(&self, d: &QueueDecl) -> Result<Option<Quorum>, Error> {
         if !topology::is_quorum(&d.arguments) || d.passive || self.lock().topo.has_queue(&d.name) {
             return Ok(None);
@@ -330,12 +353,28 @@ impl VHost {
         // An unknown locator is the topology's to refuse (406).
         let locator = quorum::Locator::of(&d.arguments).unwrap_or(self.settings.quorum.locator);
         let live = rt.cluster.live_peers();
-        let leading = {
+        let (leading, memberships) = {
             let inner = self.lock();
-            let groups = inner.topo.queue_records().filter_map(|q| q.quorum.as_ref());
-            quorum::leading(groups, |g| rt.cluster.leader_of(g))
+            let groups = || inner.topo.queue_records().filter_map(|q| q.quorum.as_ref());
+            (
+                quorum::leading(groups(), |g| rt.cluster.leader_of(g)),
+                quorum::memberships(groups()),
+            )
         };
-        let members = quorum::place(locator, self.node, &rt.nodes, &live, &leading);
+        let size = d
+            .arguments
+            .inner()
+            .get("x-quorum-initial-group-size")
+            .and_then(crate::broker::args::integer)
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(self.settings.quorum.group_size);
+        let load = quorum::Load {
+            nodes: &rt.nodes,
+            live: &live,
+            leading: &leading,
+            members: &memberships,
+        };
+        let members = quorum::place(locator, self.node, size, &load);
         Ok(Some(Quorum {
             // Never 0 (the metadata group), never reused (a queue's log outlives nothing).
             group: rand::random::<u64>() | 1,

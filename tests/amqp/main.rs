@@ -14,6 +14,7 @@ mod exchanges;
 mod flow;
 mod hostile;
 mod limits;
+mod membership;
 mod messages;
 mod partition;
 mod queues;

@@ -13,7 +13,9 @@
 //! Snapshots (`snapshot`) bound the log: a replica restarts from its last snapshot and the
 //! entries after it, and a follower too far behind is sent the leader's.
 //!
-//! Not yet: members are every node (no access from non-members).
+//! Members are `x-quorum-initial-group-size` nodes; another node uses the queue through a
+//! member (`remote/stub.rs`), whose replica proposes for it and relays its deliveries.
+//! Not yet: adding or removing members of a running queue.
 
 mod apply;
 mod entry;
@@ -39,7 +41,7 @@ use crate::broker::applied::Applied;
 use crate::broker::args::{self, Overflow, QueueArgs};
 use crate::broker::clock;
 use crate::broker::consumer::ChannelLimit;
-use crate::broker::ids::{ConsumerId, NodeId};
+use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::memory::MemoryMonitor;
 use crate::broker::remote::wire::WireMsg;
 use crate::broker::topology::Quorum;
@@ -47,7 +49,7 @@ use crate::cluster::Cluster;
 use crate::error::{Error, code};
 use crate::protocol::FieldTable;
 pub use entry::{QBody, QEntry, QOp};
-pub use placement::{Locator, leading, place};
+pub use placement::{Load, Locator, leading, memberships, place};
 
 /// A proposal not seen applied by then is proposed again (it may have been dropped).
 const REPROPOSE: Duration = Duration::from_millis(1000);
@@ -152,6 +154,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             run: rand::random(),
             enqueued: 0,
             enqueues: HashMap::new(),
+            relays: HashMap::new(),
             snapshots: Default::default(),
         };
         replica.run(rx, placement).await;
@@ -195,7 +198,8 @@ struct Pending {
     deadline: Instant,
 }
 
-/// A consumer whose connection is on this node.
+/// A consumer whose deliveries this node hands out: its connection is here, or on a
+/// non-member that uses the queue through this node (then `events` relays them).
 struct Local {
     events: ConnSender,
     /// Its channel's pool: deliveries are counted in it (they are released on ack), so
@@ -233,6 +237,9 @@ struct Replica {
     enqueued: u64,
     /// Replicated: the last publish applied of every (origin, run).
     enqueues: HashMap<(NodeId, u64), u64>,
+    /// Replicated: channels of non-members' connections, by the member they are used
+    /// through now (`apply::route`).
+    relays: HashMap<ChannelId, NodeId>,
     snapshots: snapshot::Snapshots,
 }
 

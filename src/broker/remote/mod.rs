@@ -12,7 +12,8 @@
 //! hands deliveries from the home node to their connections as a local queue would; the
 //! credit their connections grant goes back to the home node. When the session ends, they
 //! are cancelled (basic.cancel, as RabbitMQ does when a queue's node goes down) and the home
-//! node requeues what they held.
+//! node requeues what they held; a quorum queue's consumers move to another member instead
+//! (`stub.rs`).
 //!
 //! Global prefetch: the pool of a channel with basic.qos global=true stays on the channel's
 //! node. A queue elsewhere draws on a stand-in pool its home node keeps for the channel
@@ -62,6 +63,9 @@ struct Consuming {
     queue: QueueHandle,
     /// The stub's messages held unacked, with their session.
     held: Held,
+    /// Through a quorum queue's member: when the session ends the stub registers it on
+    /// another member (it is not cancelled).
+    moves: bool,
 }
 
 /// Messages held unacked through a stub, by seq, with the session they came on.
@@ -180,7 +184,7 @@ impl Forwarder {
             .retain(|_, w| live(&w.peer, w.session));
         let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
         consumers.retain(|id, c| {
-            let keep = live(&c.home, c.session);
+            let keep = c.moves || live(&c.home, c.session);
             if !keep {
                 let _ = c.events.send(ConnEvent::Cancelled(id.clone()));
             }
@@ -272,6 +276,13 @@ impl Forwarder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, c);
+    }
+
+    fn has_consumer(&self, id: &ConsumerId) -> bool {
+        self.consumers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(id)
     }
 
     fn remove_consumer(&self, id: &ConsumerId) -> Option<ConsumerId> {

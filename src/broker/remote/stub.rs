@@ -6,19 +6,29 @@
 //! on a local queue's full inbox. Without a session (the link is down for longer than the
 //! peer timeout) a publish is nacked, and a get, stat, purge or delete answers 404 with
 //! RabbitMQ's words for a queue whose home node is down.
+//!
+//! A quorum queue on a node that is not one of its members is used through a member: the
+//! first one (in placement order) whose link is up, kept while its link stays up. When that
+//! link goes, the stub moves to another member and registers its consumers again there;
+//! the queue then returns what they held through the old member (redelivered), and a
+//! late command of the old member for their channels is ignored (see `quorum::apply`), so
+//! consumers carry on with no message lost and none delivered twice over.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use super::wire::{Fwd, QueueRef, Settle, WireEntry, WireMsg};
 use super::{Consuming, Forwarder, Held};
-use crate::broker::consumer::ConsumerFlow;
+use crate::broker::consumer::{ChannelLimit, ConsumerFlow};
 use crate::broker::ids::{ConsumerId, NodeId};
-use crate::broker::queue::{QueueCmd, QueueHandle, QueueShared, RemoteHome, Stat};
+use crate::broker::queue::{ConnSender, QueueCmd, QueueHandle, QueueShared, RemoteHome, Stat};
 use crate::broker::topology::QueueRecord;
 use crate::cluster::link::Session;
+use crate::protocol::FieldTable;
+
+type Links = watch::Receiver<crate::cluster::link::Sessions>;
 
 /// Bytes of publishes in flight to the home node, per queue.
 const WINDOW: usize = 8 << 20;
@@ -37,14 +47,31 @@ pub fn spawn_stub(q: &QueueRecord, vhost: &str, fwd: Arc<Forwarder>, inbox: usiz
         None,
         tx,
     );
-    let home = RemoteHome {
-        node: q.home,
-        durable: q.durable,
+    let members = q
+        .quorum
+        .as_ref()
+        .map(|p| p.members.clone())
+        .unwrap_or_default();
+    let home = match members.first() {
+        // A quorum queue's errors are its own (no home node to be down).
+        Some(first) => {
+            shared.quorum = true;
+            *first
+        }
+        None => {
+            shared.remote = Some(RemoteHome {
+                node: q.home,
+                durable: q.durable,
+            });
+            q.home
+        }
     };
-    shared.remote = Some(home);
     let shared = Arc::new(shared);
     let stub = Stub {
-        home: q.home,
+        home,
+        members,
+        routed: None,
+        registered: HashMap::new(),
         queue: QueueRef {
             vhost: vhost.to_string(),
             name: q.name.to_string(),
@@ -60,11 +87,28 @@ pub fn spawn_stub(q: &QueueRecord, vhost: &str, fwd: Arc<Forwarder>, inbox: usiz
     shared
 }
 
+/// What a consumer of a quorum queue asked for, to ask again through another member.
+struct Registration {
+    no_ack: bool,
+    exclusive: bool,
+    prefetch: u32,
+    arguments: FieldTable,
+    events: ConnSender,
+    pool: Arc<ChannelLimit>,
+}
+
 /// A consumer's credit cell, and the limit last sent to the home node.
 type Flows = Arc<Mutex<HashMap<ConsumerId, (Arc<ConsumerFlow>, u64)>>>;
 
 struct Stub {
+    /// The node commands go to: a classic queue's home, or the quorum member used now.
     home: NodeId,
+    /// A quorum queue's members (empty for a classic queue, whose home is fixed).
+    members: Vec<NodeId>,
+    /// The session to `home` that the consumers are registered over (quorum).
+    routed: Option<Session>,
+    /// A quorum queue's consumers here, to register again on another member.
+    registered: HashMap<ConsumerId, Registration>,
     queue: QueueRef,
     fwd: Arc<Forwarder>,
     window: Arc<Semaphore>,
@@ -74,6 +118,16 @@ struct Stub {
     /// This queue's consumers on this node.
     flows: Flows,
     shared: QueueHandle,
+}
+
+/// Resolves when the links change (never without a watch, or once it ends).
+async fn changed(links: &mut Option<Links>) -> Option<()> {
+    if let Some(l) = links
+        && l.changed().await.is_ok()
+    {
+        return Some(());
+    }
+    std::future::pending().await
 }
 
 /// Hand the home node's answer to the waiting command once it comes, if `take` finds in it
@@ -91,7 +145,13 @@ fn relay<T: Send + 'static>(
 }
 
 impl Stub {
-    async fn run(self, mut rx: mpsc::Receiver<QueueCmd>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<QueueCmd>) {
+        // A quorum queue's stub watches the links, to move its consumers off a member that
+        // went away before a command needs it.
+        let mut links = match (self.members.is_empty(), self.fwd.cluster()) {
+            (false, Some(c)) => Some(c.links_up()),
+            _ => None,
+        };
         loop {
             tokio::select! {
                 cmd = rx.recv() => {
@@ -101,6 +161,11 @@ impl Stub {
                     }
                 }
                 _ = self.shared.woken() => self.credit().await,
+                Some(()) = changed(&mut links) => {
+                    if !self.registered.is_empty() {
+                        self.session().await;
+                    }
+                }
             }
         }
         let ids: Vec<ConsumerId> = {
@@ -114,8 +179,8 @@ impl Stub {
 
     /// Consumers' connections wrote deliveries out: tell the home node how far each may
     /// now be sent, and arrange to be woken by the next grant.
-    async fn credit(&self) {
-        let Some(session) = self.fwd.session(self.home).await else {
+    async fn credit(&mut self) {
+        let Some(session) = self.session().await else {
             return;
         };
         let mut grants = Vec::new();
@@ -152,8 +217,84 @@ impl Stub {
         rx
     }
 
-    async fn handle(&self, cmd: QueueCmd) {
-        let Some(session) = self.fwd.session(self.home).await else {
+    /// The session to send commands over: to a classic queue's home (waiting up to the
+    /// peer timeout for its link); for a quorum queue, to the member used now while its link
+    /// is up, else to the first member whose link is up (moving the consumers there), else
+    /// waiting for the one used now.
+    async fn session(&mut self) -> Option<Session> {
+        if self.members.is_empty() {
+            return self.fwd.session(self.home).await;
+        }
+        let up = self.fwd.cluster()?.links_up().borrow().clone();
+        let live = |n: &NodeId| up.get(n).copied().flatten();
+        let pick = live(&self.home)
+            .map(|s| (self.home, s))
+            .or_else(|| self.members.iter().find_map(|m| live(m).map(|s| (*m, s))));
+        let (node, session) = match pick {
+            Some(p) => p,
+            None => (self.home, self.fwd.session(self.home).await?),
+        };
+        if node != self.home || self.routed != Some(session) {
+            self.reroute(node, session).await;
+        }
+        Some(session)
+    }
+
+    /// Use the queue through `node` from now on: the consumers are registered there again
+    /// (one that it refuses is cancelled).
+    async fn reroute(&mut self, node: NodeId, session: Session) {
+        if self.routed.is_some() {
+            tracing::info!(queue = %self.queue.name, member = node, consumers = self.registered.len(), "quorum queue used through another member");
+        }
+        self.home = node;
+        self.routed = Some(session);
+        // Only consumers still here (not cancelled meanwhile, nor refused) go along.
+        self.registered.retain(|id, _| self.fwd.has_consumer(id));
+        let ids: Vec<ConsumerId> = self.registered.keys().cloned().collect();
+        for id in ids {
+            let Some(r) = self.registered.get(&id) else {
+                continue;
+            };
+            let (events, no_ack) = (r.events.clone(), r.no_ack);
+            let limit = {
+                let flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+                flows.get(&id).map(|(f, _)| f.limit()).unwrap_or(0)
+            };
+            let consuming = Consuming {
+                home: node,
+                session,
+                events: events.clone(),
+                pool: r.pool.clone(),
+                pooled: false,
+                queue: self.shared.clone(),
+                held: self.held.clone(),
+                moves: true,
+            };
+            self.fwd.add_consumer(id.clone(), consuming);
+            let msg = |req| Fwd::Consume {
+                req,
+                queue: self.queue.clone(),
+                consumer: id.clone(),
+                no_ack,
+                exclusive: r.exclusive,
+                prefetch: r.prefetch,
+                arguments: r.arguments.clone(),
+                limit,
+                pooled: false,
+            };
+            let rx = self.ask(session, msg).await;
+            let (fwd, flows) = (self.fwd.clone(), self.flows.clone());
+            tokio::spawn(async move {
+                if !matches!(rx.await, Ok(Fwd::Consumed { result: Ok(()), .. })) {
+                    flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                    fwd.consumer_gone(id);
+                }
+            });
+        }
+    }
+
+    async fn handle(&mut self, cmd: QueueCmd) {
+        let Some(session) = self.session().await else {
             // Dropping the command drops its reply (the queue looks gone) and its receipt
             // (its publishes are nacked).
             if let QueueCmd::Consume(_, reply) = cmd {
@@ -225,6 +366,7 @@ impl Stub {
                     flows.retain(|id, _| id.channel != channel);
                     ids
                 };
+                self.registered.retain(|id, _| id.channel != channel);
                 for id in gone {
                     self.fwd.remove_consumer(&id);
                 }
@@ -287,6 +429,20 @@ impl Stub {
                     let pool = spec.channel_limit.clone();
                     self.fwd.lend(key, pool, spec.events.clone());
                 }
+                let moves = !self.members.is_empty();
+                if moves {
+                    self.registered.insert(
+                        id.clone(),
+                        Registration {
+                            no_ack: spec.no_ack,
+                            exclusive: spec.exclusive,
+                            prefetch: spec.prefetch,
+                            arguments: spec.arguments.clone(),
+                            events: spec.events.clone(),
+                            pool: spec.channel_limit.clone(),
+                        },
+                    );
+                }
                 let consuming = Consuming {
                     home: self.home,
                     session,
@@ -295,6 +451,7 @@ impl Stub {
                     pooled,
                     queue: self.shared.clone(),
                     held: self.held.clone(),
+                    moves,
                 };
                 self.fwd.add_consumer(id.clone(), consuming);
                 let rx = self
@@ -326,6 +483,7 @@ impl Stub {
                 });
             }
             QueueCmd::Cancel { consumer, reply } => {
+                self.registered.remove(&consumer);
                 self.flows
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

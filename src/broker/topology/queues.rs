@@ -23,6 +23,7 @@ const EQUIVALENT_QUEUE_ARGS: &[&str] = &[
     "x-queue-mode",
     "x-queue-type",
     "x-queue-leader-locator",
+    "x-quorum-initial-group-size",
     "x-single-active-consumer",
 ];
 

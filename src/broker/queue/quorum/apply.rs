@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{QBody, QEntry, QOp, Replica, Waiter};
+use crate::broker::ids::{ChannelId, NodeId};
 use crate::broker::queue::state::{Checkout, Command, Delivery, Effect, Meta, Reply};
 use crate::broker::queue::{ConnEvent, Entry, Stat};
 use crate::error::{Error, code};
@@ -46,11 +47,22 @@ impl Replica {
         let mut fx = Vec::new();
         let reply = match e.op {
             QOp::NodeDown(node) => {
-                for ch in self.state.channels_of(node) {
+                let mut chs = self.state.channels_of(node);
+                chs.extend(
+                    self.relays
+                        .iter()
+                        .filter(|(_, v)| **v == node)
+                        .map(|(c, _)| *c),
+                );
+                chs.sort_unstable();
+                chs.dedup();
+                for ch in chs {
+                    self.relays.remove(&ch);
                     self.state.apply(meta, Command::ChannelDown(ch), &mut fx);
                 }
                 Reply::None
             }
+            op if !self.route(&op, e.origin, meta, &mut fx) => Reply::None,
             op => {
                 match &op {
                     QOp::Cancel(c) => _ = self.consumers.remove(c),
@@ -67,6 +79,50 @@ impl Replica {
         if let Some(w) = waiter {
             self.answer(w, reply);
         }
+    }
+
+    /// The member a channel's commands come through: its connection's node, unless it is
+    /// a non-member's channel relayed by a member.
+    pub(super) fn via(&self, ch: &ChannelId) -> NodeId {
+        self.relays.get(ch).copied().unwrap_or(ch.conn.node)
+    }
+
+    /// A channel is used through one member at a time (the same on every replica, from the
+    /// log alone). A consume or get through another member moves it there: what it had
+    /// through the old one ends first, as if that channel had closed (its deliveries come
+    /// back, redelivered; its consumers are registered again by the new one). A command
+    /// for the channel through a member it has left is late, and skipped (false).
+    fn route(&mut self, op: &QOp, origin: NodeId, meta: Meta, fx: &mut Vec<Effect<QBody>>) -> bool {
+        let ch = match op {
+            QOp::Checkout { consumer, .. } => consumer.channel,
+            QOp::Get { channel, .. } => *channel,
+            QOp::Cancel(c) | QOp::Return { consumer: c, .. } => c.channel,
+            QOp::ChannelDown(ch) => {
+                if self.via(ch) != origin {
+                    return false;
+                }
+                self.relays.remove(ch);
+                return true;
+            }
+            _ => return true,
+        };
+        if self.via(&ch) == origin {
+            return true;
+        }
+        if !matches!(op, QOp::Checkout { .. } | QOp::Get { .. }) {
+            return false;
+        }
+        self.state.apply(meta, Command::ChannelDown(ch), fx);
+        if origin == ch.conn.node {
+            self.relays.remove(&ch);
+        } else {
+            self.relays.insert(ch, origin);
+        }
+        // This replica's registrations for the channel were for the old route.
+        if origin != self.me {
+            self.consumers.retain(|id, _| id.channel != ch);
+        }
+        true
     }
 
     fn answer(&mut self, waiter: Waiter, reply: Reply<QBody>) {
@@ -102,6 +158,9 @@ impl Replica {
                 no_ack,
                 msgs,
             } => {
+                if self.via(&consumer.channel) != self.me {
+                    return;
+                }
                 if let Some(c) = self.consumers.get(&consumer) {
                     if !no_ack {
                         c.pool.force(msgs.len() as u32);

@@ -3,9 +3,13 @@
 //! node; `balanced` on the live node that leads the fewest quorum queues now (the declaring
 //! node on a tie, then the lowest id), so that the load of leading spreads over the cluster.
 //!
-//! Pure: the caller gives the nodes, which of them are live and how many groups each leads.
-//! The members come back ordered, the first leader first; that order is what the metadata
-//! log records, so every node starts the queue's group alike.
+//! A group has `x-quorum-initial-group-size` members (the setting
+//! `quorum_initial_group_size` otherwise, 3 by default as in RabbitMQ); besides the first
+//! leader they are the live nodes that are members of the fewest groups.
+//!
+//! Pure: the caller gives the nodes, which of them are live and how many groups each leads
+//! and is in. The members come back ordered, the first leader first; that order is what the
+//! metadata log records, so every node starts the queue's group alike.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -64,29 +68,52 @@ pub fn leading<'a>(
     n
 }
 
-/// The members of a new group on `nodes`, the first leader first, the others in id order.
-pub fn place(
-    locator: Locator,
-    declaring: NodeId,
-    nodes: &[NodeId],
-    live: &BTreeSet<NodeId>,
-    leading: &BTreeMap<NodeId, usize>,
-) -> Vec<NodeId> {
+/// What a placement weighs: the nodes, which of them are live, and how many groups each
+/// leads and is a member of now.
+pub struct Load<'a> {
+    pub nodes: &'a [NodeId],
+    pub live: &'a BTreeSet<NodeId>,
+    pub leading: &'a BTreeMap<NodeId, usize>,
+    pub members: &'a BTreeMap<NodeId, usize>,
+}
+
+/// The members of a new group of `size` nodes (all of them if fewer), the first leader
+/// first, the others in id order. The others are the live nodes in the fewest groups (then
+/// the lowest ids); nodes not live only if too few are.
+pub fn place(locator: Locator, declaring: NodeId, size: usize, load: &Load) -> Vec<NodeId> {
+    let live = |n: &NodeId| *n == declaring || load.live.contains(n);
     let first = match locator {
         Locator::ClientLocal => declaring,
-        Locator::Balanced => nodes
+        Locator::Balanced => load
+            .nodes
             .iter()
             .copied()
-            .filter(|n| *n == declaring || live.contains(n))
-            .min_by_key(|n| (leading.get(n).copied().unwrap_or(0), *n != declaring, *n))
+            .filter(live)
+            .min_by_key(|n| {
+                let leads = load.leading.get(n).copied().unwrap_or(0);
+                (leads, *n != declaring, *n)
+            })
             .unwrap_or(declaring),
     };
-    let mut members: Vec<NodeId> = nodes.iter().copied().filter(|n| *n != first).collect();
-    members.sort_unstable();
-    if nodes.contains(&first) {
-        members.insert(0, first);
+    let mut others: Vec<NodeId> = load.nodes.iter().copied().filter(|n| *n != first).collect();
+    others.sort_by_key(|n| (!live(n), load.members.get(n).copied().unwrap_or(0), *n));
+    others.truncate(size.max(1) - 1);
+    others.sort_unstable();
+    if load.nodes.contains(&first) {
+        others.insert(0, first);
     }
-    members
+    others
+}
+
+/// How many of `groups` each node is a member of.
+pub fn memberships<'a>(groups: impl Iterator<Item = &'a Quorum>) -> BTreeMap<NodeId, usize> {
+    let mut n = BTreeMap::new();
+    for p in groups {
+        for m in &p.members {
+            *n.entry(*m).or_insert(0) += 1;
+        }
+    }
+    n
 }
 
 #[cfg(test)]
@@ -164,7 +191,13 @@ mod tests {
             (Balanced, 1, &only_1_2, &two_on_1_one_on_2, vec![2, 1, 3]),
         ];
         for (locator, declaring, live, leading, want) in cases {
-            let got = place(locator, declaring, &nodes, live, leading);
+            let load = Load {
+                nodes: &nodes,
+                live,
+                leading,
+                members: &BTreeMap::new(),
+            };
+            let got = place(locator, declaring, 3, &load);
             assert_eq!(
                 got, want,
                 "{locator:?} from {declaring}, {leading:?}, live {live:?}"
@@ -197,8 +230,73 @@ mod tests {
     #[test]
     fn a_single_node_leads_its_own_queues() {
         let leading: BTreeMap<NodeId, usize> = [(0, 9)].into();
+        let load = Load {
+            nodes: &[0],
+            live: &BTreeSet::new(),
+            leading: &leading,
+            members: &BTreeMap::new(),
+        };
         for locator in [Locator::ClientLocal, Locator::Balanced] {
-            assert_eq!(place(locator, 0, &[0], &BTreeSet::new(), &leading), vec![0]);
+            for size in [1, 3] {
+                assert_eq!(place(locator, 0, size, &load), vec![0]);
+            }
         }
+    }
+
+    /// (locator, declaring node, size, live peers, memberships per node, members wanted)
+    type SizedCase<'a> = (
+        Locator,
+        NodeId,
+        usize,
+        &'a BTreeSet<NodeId>,
+        &'a BTreeMap<NodeId, usize>,
+        Vec<NodeId>,
+    );
+
+    #[test]
+    fn a_group_smaller_than_the_cluster_takes_the_least_loaded_live_nodes() {
+        let nodes = [1, 2, 3, 4, 5];
+        let all: BTreeSet<NodeId> = nodes.into();
+        let no_4: BTreeSet<NodeId> = [1, 2, 3, 5].into();
+        let only_1: BTreeSet<NodeId> = [1].into();
+        let none = BTreeMap::new();
+        let busy_2_3: BTreeMap<NodeId, usize> = [(1, 1), (2, 5), (3, 4)].into();
+        let cases: Vec<SizedCase> = vec![
+            (Locator::ClientLocal, 1, 3, &all, &none, vec![1, 2, 3]),
+            (Locator::ClientLocal, 4, 3, &all, &none, vec![4, 1, 2]),
+            (Locator::ClientLocal, 1, 3, &all, &busy_2_3, vec![1, 4, 5]),
+            (Locator::ClientLocal, 1, 3, &no_4, &busy_2_3, vec![1, 3, 5]),
+            (Locator::ClientLocal, 1, 1, &all, &none, vec![1]),
+            (Locator::ClientLocal, 2, 2, &all, &none, vec![2, 1]),
+            (Locator::ClientLocal, 1, 9, &all, &none, vec![1, 2, 3, 4, 5]),
+            // Too few live nodes: the others are taken as well (they may come back).
+            (Locator::ClientLocal, 1, 3, &only_1, &none, vec![1, 2, 3]),
+            // The group's first leader is chosen before its other members.
+            (Locator::Balanced, 1, 2, &all, &none, vec![1, 2]),
+        ];
+        for (locator, declaring, size, live, members, want) in cases {
+            let load = Load {
+                nodes: &nodes,
+                live,
+                leading: &none,
+                members,
+            };
+            let got = place(locator, declaring, size, &load);
+            assert_eq!(
+                got, want,
+                "{locator:?} from {declaring}, size {size}, {members:?}, live {live:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn memberships_count_every_member() {
+        let q = |group, members: &[NodeId]| Quorum {
+            group,
+            members: members.to_vec(),
+        };
+        let groups = [q(1, &[1, 2]), q(2, &[2, 3]), q(3, &[2])];
+        let want: BTreeMap<NodeId, usize> = [(1, 1), (2, 3), (3, 1)].into();
+        assert_eq!(memberships(groups.iter()), want);
     }
 }

@@ -3,8 +3,9 @@
 //! so that rewriting a long queue costs at most half of what the log took), or when the
 //! group's leader needs one for a follower too far behind, or under the memory alarm once
 //! its log is more than 64 KiB and twice its state; the Raft runtime then compacts
-//! the log before it. A snapshot holds everything replicated: the `QueueState` image and the
-//! dedup sets (applied requests, each publisher run's last sequence).
+//! the log before it. A snapshot holds everything replicated: the `QueueState` image, the
+//! dedup sets (applied requests, each publisher run's last sequence) and which member each
+//! non-member's channel is used through.
 //!
 //! Restoring one (at a start, or on a follower the leader sent it to) replaces the state;
 //! what this node missed in between is made good: deliveries made to its own consumers go
@@ -19,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use super::apply::entry;
 use super::{QBody, REMEMBERED, Replica, Waiter};
 use crate::broker::applied::Applied;
-use crate::broker::ids::NodeId;
+use crate::broker::ids::{ChannelId, NodeId};
 use crate::broker::queue::ConnEvent;
 use crate::broker::queue::state::{Image, QueueState};
 
@@ -32,6 +33,7 @@ struct ReplicaImage {
     state: Image<QBody>,
     applied_reqs: Vec<(NodeId, u64)>,
     enqueues: Vec<((NodeId, u64), u64)>,
+    relays: Vec<(ChannelId, NodeId)>,
 }
 
 /// A replica's snapshot bookkeeping.
@@ -76,6 +78,7 @@ impl Replica {
             state: self.state.image(),
             applied_reqs: self.applied_reqs.to_vec(),
             enqueues: self.enqueues.iter().map(|(k, v)| (*k, *v)).collect(),
+            relays: self.relays.iter().map(|(k, v)| (*k, *v)).collect(),
         };
         let (cluster, group, index) = (self.cluster.clone(), self.group, self.applied);
         let busy = s.busy.clone();
@@ -112,6 +115,17 @@ impl Replica {
         self.state = QueueState::from_image(cfg, image.state);
         self.applied_reqs = Applied::from_vec(REMEMBERED, image.applied_reqs);
         self.enqueues = image.enqueues.into_iter().collect::<HashMap<_, _>>();
+        self.relays = image.relays.into_iter().collect::<HashMap<_, _>>();
+        // Registrations for channels that moved to another member meanwhile are over.
+        let me = self.me;
+        let relays = &self.relays;
+        self.consumers.retain(|id, _| {
+            relays
+                .get(&id.channel)
+                .copied()
+                .unwrap_or(id.channel.conn.node)
+                == me
+        });
         self.applied = index;
         self.snapshots.since = 0;
         tracing::info!(queue = %self.shared.name, index, messages = self.state.ready_len(), "queue state restored from a snapshot");

@@ -1,0 +1,240 @@
+//! Quorum queue membership: a queue is replicated on `x-quorum-initial-group-size` nodes
+//! (3 by default), and a node that is not a member uses it through one: publishes,
+//! consumers, gets, counts, purges and deletes all work from there, and its consumers carry
+//! on through another member when the one they used dies.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::*;
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Consumer};
+
+use crate::cluster::{TestCluster, publish_confirmed_from};
+use crate::common::{code, count, durable};
+
+fn quorum_args(size: Option<i32>) -> FieldTable {
+    let mut t = FieldTable::default();
+    t.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    t.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString("client-local".into()),
+    );
+    if let Some(n) = size {
+        t.insert("x-quorum-initial-group-size".into(), AMQPValue::LongInt(n));
+    }
+    t
+}
+
+async fn members(api: std::net::SocketAddr, name: &str) -> serde_json::Value {
+    crate::common::http_queue(api, name).await["members"].clone()
+}
+
+/// The next delivery's body as a number, acked.
+async fn take(consumer: &mut Consumer) -> usize {
+    let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("deliveries go on")
+        .expect("the consumer is not cancelled")
+        .unwrap();
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    std::str::from_utf8(&d.data)
+        .unwrap()
+        .trim_start_matches('m')
+        .parse()
+        .unwrap()
+}
+
+/// Every command works from a node that is not a member; the members are as asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_on_fewer_nodes_is_used_from_the_others() {
+    let cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    ch1.queue_declare("g2".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    ch1.queue_declare("g1".into(), durable(), quorum_args(Some(1)))
+        .await
+        .unwrap();
+    ch1.queue_declare("g3".into(), durable(), quorum_args(None))
+        .await
+        .unwrap();
+    assert_eq!(members(api, "g2").await, serde_json::json!([1, 2]));
+    assert_eq!(members(api, "g1").await, serde_json::json!([1]));
+    assert_eq!(members(api, "g3").await, serde_json::json!([1, 2, 3]));
+    // Redeclaring from a non-member is equivalent; a different size is not.
+    let (c3, ch3) = cluster.channel(2).await;
+    ch3.queue_declare("g2".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    let bad = c3.create_channel().await.unwrap();
+    let e = bad
+        .queue_declare("g2".into(), durable(), quorum_args(Some(3)))
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), Some(406), "{e}");
+
+    for q in ["g2", "g1"] {
+        let (acked, nacked) = publish_confirmed_from(&ch3, q, 0, 100).await;
+        assert_eq!((acked, nacked), (100, 0), "{q}");
+        assert_eq!(count(&ch3, q).await, 100, "{q}");
+        assert_eq!(count(&ch1, q).await, 100, "{q}");
+    }
+    // A consumer on the non-member: in order, with its prefetch; acks take effect.
+    let cch = c3.create_channel().await.unwrap();
+    cch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&cch, "g2", "c", false).await;
+    for want in 0..50 {
+        assert_eq!(take(&mut consumer).await, want);
+    }
+    // Unacked deliveries of a channel that closes come back, redelivered: the ten the
+    // consumer had beyond the 50 it acked, and one got.
+    cch.close(200, "OK".into()).await.unwrap();
+    let gch = c3.create_channel().await.unwrap();
+    let got = gch
+        .basic_get("g2".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    gch.close(200, "OK".into()).await.unwrap();
+    assert_eq!(count(&ch3, "g2").await, 50);
+    let (mut bodies, mut redelivered) = (BTreeSet::new(), 0);
+    while let Some(m) = ch3
+        .basic_get("g2".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        redelivered += usize::from(m.delivery.redelivered);
+        bodies.insert(String::from_utf8(m.delivery.data).unwrap());
+    }
+    let want: BTreeSet<String> = (50..100).map(|i| format!("m{i}")).collect();
+    assert_eq!(bodies, want);
+    assert!(redelivered >= 1, "{redelivered}");
+    assert!(bodies.contains(std::str::from_utf8(&got.delivery.data).unwrap()));
+    assert_eq!(publish_confirmed_from(&ch3, "g2", 100, 20).await, (20, 0));
+    // Purge and delete through a member.
+    let purged = ch3
+        .queue_purge("g2".into(), QueuePurgeOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(purged, 20);
+    ch3.queue_delete("g1".into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        crate::common::passive_queue_code(&cluster.connect(0).await, "g1").await,
+        Some(404)
+    );
+    // Leadership is handed over by a member's API, not a non-member's.
+    let api3 = cluster.http(2).await;
+    let guest = Some(("guest", "guest"));
+    let (status, body) =
+        crate::common::http_call(api3, "PUT", "/api/queues/%2F/g2/leader/2", guest).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(members(api3, "g2").await, serde_json::json!([1, 2]));
+}
+
+/// A consumer and a publisher on a node outside the group, using it through a member that
+/// is killed (it also leads): the publisher's unconfirmed publishes are nacked, the consumer
+/// is not cancelled but moves to another member, and every confirmed message arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_member_carries_on_when_its_member_dies() {
+    let mut cluster = TestCluster::start(4, "cluster_command_timeout_ms = 3000\n");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    ch1.queue_declare("far".into(), durable(), quorum_args(Some(3)))
+        .await
+        .unwrap();
+    assert_eq!(members(api, "far").await, serde_json::json!([1, 2, 3]));
+    let (c4, ch4) = cluster.channel(3).await;
+    ch4.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch4, "far", "checker", false).await;
+    let pch: Channel = c4.create_channel().await.unwrap();
+    pch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    let (stop, published) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let publisher = {
+        let (stop, published) = (stop.clone(), published.clone());
+        tokio::spawn(async move {
+            let mut confirmed = BTreeSet::new();
+            let mut next = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let mut pending = Vec::new();
+                for i in next..next + 50 {
+                    let c = pch
+                        .basic_publish(
+                            "".into(),
+                            "far".into(),
+                            BasicPublishOptions::default(),
+                            format!("m{i}").as_bytes(),
+                            crate::common::persistent(),
+                        )
+                        .await
+                        .unwrap();
+                    pending.push((i, c));
+                }
+                next += 50;
+                published.store(next, Ordering::Relaxed);
+                for (i, c) in pending {
+                    if c.await.unwrap().is_ack() {
+                        confirmed.insert(i);
+                    }
+                }
+            }
+            (confirmed, next)
+        })
+    };
+    let mut received = Vec::new();
+    while received.len() < 300 {
+        received.push(take(&mut consumer).await);
+    }
+    // Node 4 uses the queue through node 1 (the first member), which also leads it.
+    let before = published.load(Ordering::Relaxed);
+    cluster.kill9(0);
+    while received.len() < before + 300 {
+        received.push(take(&mut consumer).await);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (confirmed, n) = publisher.await.unwrap();
+    assert!(
+        confirmed.len() > before,
+        "confirmed {} of {n}",
+        confirmed.len()
+    );
+    let mut seen: BTreeSet<usize> = received.iter().copied().collect();
+    while !confirmed.is_subset(&seen) {
+        let m = tokio::time::timeout(Duration::from_secs(30), take(&mut consumer))
+            .await
+            .unwrap_or_else(|_| {
+                let lost: Vec<_> = confirmed.difference(&seen).take(10).collect();
+                panic!("lost confirmed messages, e.g. {lost:?}")
+            });
+        received.push(m);
+        seen.insert(m);
+    }
+    let unexpected: Vec<_> = seen.iter().filter(|m| **m >= n).collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    assert!(
+        cluster.said(3, "quorum queue used through another member") > 0,
+        "node 4 moved to another member"
+    );
+    eprintln!(
+        "published {n} ({before} before the kill), confirmed {}, received {} ({} distinct, {} \
+         duplicates), lost 0, unexpected 0",
+        confirmed.len(),
+        received.len(),
+        seen.len(),
+        received.len() - seen.len()
+    );
+}

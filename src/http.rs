@@ -5,7 +5,9 @@
 //! consumer counts and, for a quorum queue, its Raft state on this node: term, commit and
 //! applied indexes and, on the leader, each member's lag in entries.
 //! `PUT /api/queues/{vhost}/{name}/leader/{node}` hands a quorum queue's leadership to
-//! another member (for maintenance, or to even out where leaders are).
+//! another member (for maintenance, or to even out where leaders are);
+//! `PUT` and `DELETE /api/queues/{vhost}/{name}/members/{node}` add and remove a member
+//! (`members`).
 //!
 //! Every request needs HTTP basic auth with the broker's user, who (as over AMQP) may be
 //! limited to loopback. Reads go to the routing snapshot, to queues (counts, as
@@ -24,6 +26,8 @@ use base64::Engine;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+
+mod members;
 
 use crate::broker::Broker;
 use crate::broker::ids::NodeId;
@@ -85,6 +89,10 @@ pub async fn serve(
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}/{name}", get(one_queue))
         .route("/api/queues/{vhost}/{name}/leader/{node}", put(transfer))
+        .route(
+            "/api/queues/{vhost}/{name}/members/{node}",
+            put(members::add).delete(members::remove),
+        )
         .with_state(broker);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let stop = async move {
@@ -193,28 +201,44 @@ async fn transfer(
             placement.members
         ));
     }
-    let to = crate::broker::queue::quorum::raft_id(node);
     let timeout = std::time::Duration::from_millis(broker.config.cluster_command_timeout_ms);
+    if !lead_to(cluster, placement.group, node, timeout).await {
+        return unavailable(format!(
+            "node {node} did not take the lead within {timeout:?}"
+        ));
+    }
+    tracing::info!(queue = %name, vhost = %vhost, leader = node, "quorum queue leadership transferred");
+    axum::Json(info(&broker, &broker.live_nodes(), &vhost, &q)).into_response()
+}
+
+/// Hand `group`'s lead to `node`: true once it leads, false if not within `timeout`.
+async fn lead_to(
+    cluster: &crate::cluster::Cluster,
+    group: u64,
+    node: NodeId,
+    timeout: std::time::Duration,
+) -> bool {
+    let to = crate::broker::queue::quorum::raft_id(node);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut asked = None;
-    while cluster.leader_of(placement.group) != to {
+    while cluster.leader_of(group) != to {
         let now = tokio::time::Instant::now();
         if now >= deadline {
-            let body = axum::Json(serde_json::json!({
-                "error": "timeout",
-                "reason": format!("node {node} did not take the lead within {timeout:?}"),
-            }));
-            return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+            return false;
         }
         // Asked again now and then: a transfer is dropped if the leader changes meanwhile.
         if asked.is_none_or(|at| now - at >= ASK_AGAIN) {
-            cluster.transfer_leader(placement.group, to).await;
+            cluster.transfer_leader(group, to).await;
             asked = Some(now);
         }
         tokio::time::sleep(POLL).await;
     }
-    tracing::info!(queue = %name, vhost = %vhost, leader = node, "quorum queue leadership transferred");
-    axum::Json(info(&broker, &broker.live_nodes(), &vhost, &q)).into_response()
+    true
+}
+
+fn unavailable(reason: String) -> Response {
+    let body = axum::Json(serde_json::json!({ "error": "timeout", "reason": reason }));
+    (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
 }
 
 /// How often a transfer checks whether the new leader leads, and asks again.

@@ -111,6 +111,13 @@ pub enum Cmd {
     NodeDown {
         node: NodeId,
     },
+    /// A quorum queue's members changed (its Raft group's did first): added at the end,
+    /// or removed.
+    QueueMembers {
+        name: Arc<str>,
+        id: u64,
+        members: Vec<NodeId>,
+    },
 }
 
 impl Cmd {
@@ -149,6 +156,11 @@ pub enum Change {
     },
     QueueAdded(QueueRecord),
     QueueRemoved(Arc<str>),
+    /// A quorum queue's members changed: its record now, and the members before.
+    QueueMembers {
+        queue: QueueRecord,
+        before: Vec<NodeId>,
+    },
 }
 
 /// What an accepted command changed, and the rows that make it durable.
@@ -232,6 +244,10 @@ impl Topology {
             }
             Cmd::NodeDown { node } => {
                 self.node_down(node, &mut ch);
+                Ok(Reply::Done)
+            }
+            Cmd::QueueMembers { name, id, members } => {
+                self.set_members(&name, id, members, &mut ch);
                 Ok(Reply::Done)
             }
         }?;

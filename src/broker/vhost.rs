@@ -277,6 +277,10 @@ impl VHost {
                         queues_changed = true;
                     }
                 }
+                Change::QueueMembers { queue, before } => {
+                    self.members_changed(rt, queue, &before);
+                    queues_changed = true;
+                }
                 Change::QueueRemoved(name) => {
                     // Still here only if the queue did not delete itself: stop its task.
                     if let Some(h) = rt.handles.remove(&name) {
@@ -308,6 +312,30 @@ impl VHost {
             flow_messages: self.settings.flow_messages,
             on_deleted: self.on_deleted(),
         })
+    }
+
+    /// A quorum queue's members changed: a node that joined starts its replica (it catches
+    /// up from the leader), one that left stops its own and deletes its log; either way its
+    /// consumers of the queue are cancelled (basic.cancel). Other nodes use the new members.
+    fn members_changed(&self, rt: &mut Runtime, q: QueueRecord, before: &[NodeId]) {
+        let Some(p) = &q.quorum else { return };
+        let (was, is) = (before.contains(&self.node), p.members.contains(&self.node));
+        tracing::info!(queue = %q.name, members = ?p.members, "quorum queue members changed");
+        if was == is {
+            if let (false, Some(h)) = (is, rt.handles.get(&q.name)) {
+                let (h, members) = (h.clone(), p.members.clone());
+                tokio::spawn(async move { h.send(queue::QueueCmd::Members(members)).await });
+            }
+            return;
+        }
+        // A replica's Stop deletes its group's log (the group lives on elsewhere).
+        if let Some(old) = rt.handles.remove(&q.name) {
+            old.stop();
+        }
+        let name = q.name.clone();
+        if let Some(h) = self.spawn_quorum(&q) {
+            rt.handles.insert(name, h);
+        }
     }
 
     /// This node's replica of a quorum queue if it is a member, else a stub that uses the
@@ -510,6 +538,21 @@ impl VHost {
         let cmd = Cmd::DeleteExchange {
             name: name.to_string(),
             if_unused,
+        };
+        self.change(cmd).await.map(drop)
+    }
+
+    /// Record a quorum queue's new members (its Raft group has them already).
+    pub async fn set_members(
+        &self,
+        name: &str,
+        id: u64,
+        members: Vec<NodeId>,
+    ) -> Result<(), Error> {
+        let cmd = Cmd::QueueMembers {
+            name: name.into(),
+            id,
+            members,
         };
         self.change(cmd).await.map(drop)
     }

@@ -65,6 +65,14 @@ enum Request {
     Close { group: u64 },
     /// Hand the group's leadership to `to`.
     Transfer { group: u64, to: u64 },
+    /// Add (or remove) voter `node`: answered with the voters once the change is applied
+    /// here; dropped if it is refused or lost (the caller bounds the wait).
+    Member {
+        group: u64,
+        add: bool,
+        node: u64,
+        done: oneshot::Sender<Vec<u64>>,
+    },
     /// How the group stands here (None: not a group of this node).
     Status {
         group: u64,
@@ -166,6 +174,7 @@ impl Cluster {
             meta_leader: l_tx,
             leaders: leaders.clone(),
             log_bytes,
+            next_change: 0,
         };
         tokio::spawn(runtime.run(inbound, p_rx));
         Arc::new(Cluster {
@@ -298,6 +307,31 @@ impl Cluster {
         let _ = self.requests.send(Request::Transfer { group, to }).await;
     }
 
+    /// Add (`add`) or remove voter `node` (a Raft id) of `group`, a group of this node:
+    /// the voters once the change is committed and applied here. Never resolves if the
+    /// change is lost (no leader, or another change under way): the caller bounds it.
+    pub async fn change_member(
+        &self,
+        group: u64,
+        add: bool,
+        node: u64,
+    ) -> Result<Vec<u64>, ClusterError> {
+        let (done, rx) = oneshot::channel();
+        self.requests
+            .send(Request::Member {
+                group,
+                add,
+                node,
+                done,
+            })
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        match rx.await {
+            Ok(voters) => Ok(voters),
+            Err(_) => std::future::pending().await,
+        }
+    }
+
     /// How a group stands on this node (None: not one of its groups, or the node stops).
     pub async fn group_status(&self, group: u64) -> Option<GroupStatus> {
         let (reply, rx) = oneshot::channel();
@@ -390,6 +424,8 @@ struct Running {
     /// (leader, term) last reported.
     known: (u64, u64),
     reads: Reads,
+    /// Membership changes proposed here, by context, waiting to be applied.
+    changes: HashMap<Vec<u8>, oneshot::Sender<Vec<u64>>>,
 }
 
 /// The cluster task's state: every group of this node.
@@ -403,6 +439,8 @@ struct Runtime {
     meta_leader: watch::Sender<u64>,
     leaders: Leaders,
     log_bytes: LogBytes,
+    /// Numbers this node's membership change proposals.
+    next_change: u64,
 }
 
 impl Runtime {
@@ -449,6 +487,11 @@ impl Runtime {
             }
             for (id, r) in self.groups.iter_mut() {
                 r.reads.answer(&mut r.group);
+                for (ctx, voters) in r.group.take_conf_applied() {
+                    if let Some(done) = r.changes.remove(&ctx) {
+                        let _ = done.send(voters);
+                    }
+                }
                 if report_leader(*id, r) && *id != META_GROUP {
                     let mut leaders = self.leaders.lock().unwrap_or_else(|e| e.into_inner());
                     leaders.insert(*id, r.known.0);
@@ -543,6 +586,25 @@ impl Runtime {
                     r.group.transfer_leader(to);
                 }
             }
+            Request::Member {
+                group,
+                add,
+                node,
+                done,
+            } => {
+                self.next_change += 1;
+                // Unique in the cluster: only the proposing node waits for it.
+                let ctx = [self.node_id.to_be_bytes(), self.next_change.to_be_bytes()].concat();
+                if let Some(r) = self.groups.get_mut(&group)
+                    && r.group.propose_member(add, node, ctx.clone()).is_ok()
+                {
+                    // Changes lost without an answer are dropped in time.
+                    if r.changes.len() > 64 {
+                        r.changes.clear();
+                    }
+                    r.changes.insert(ctx, done);
+                }
+            }
             Request::Status { group, reply } => {
                 let _ = reply.send(self.groups.get(&group).map(|r| r.group.status()));
             }
@@ -603,6 +665,7 @@ impl Runtime {
                 leader,
                 known: (0, 0),
                 reads: Reads::default(),
+                changes: HashMap::new(),
             },
         );
         Ok(new)

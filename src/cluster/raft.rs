@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use protobuf::Message as _;
-use raft::prelude::{Entry, EntryType, HardState, Message, MessageType, Snapshot};
+use raft::prelude::{
+    ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+};
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use super::ClusterError;
@@ -92,6 +94,8 @@ pub struct Group {
     read_states: Vec<(u64, Vec<u8>)>,
     /// Followers sent a snapshot this round: reported once the round is done.
     snapshots_sent: Vec<u64>,
+    /// Membership changes applied: (the proposal's context, the voters after it).
+    conf_applied: Vec<(Vec<u8>, Vec<u64>)>,
 }
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
@@ -165,6 +169,7 @@ impl Group {
             applied,
             read_states: Vec::new(),
             snapshots_sent: Vec::new(),
+            conf_applied: Vec::new(),
         })
     }
 
@@ -208,6 +213,30 @@ impl Group {
         self.node
             .propose(Vec::new(), data)
             .map_err(|_| ClusterError::NoLeader)
+    }
+
+    /// Propose adding (or removing) a voter, one change at a time: raft-rs turns a second
+    /// one proposed before the first applies into an empty entry. `ctx` comes back with
+    /// the change once applied (`take_conf_applied`).
+    pub fn propose_member(
+        &mut self,
+        add: bool,
+        node: u64,
+        ctx: Vec<u8>,
+    ) -> Result<(), ClusterError> {
+        let mut cc = ConfChange::default();
+        cc.set_change_type(match add {
+            true => ConfChangeType::AddNode,
+            false => ConfChangeType::RemoveNode,
+        });
+        cc.node_id = node;
+        self.node
+            .propose_conf_change(ctx, cc)
+            .map_err(|_| ClusterError::NoLeader)
+    }
+
+    pub fn take_conf_applied(&mut self) -> Vec<(Vec<u8>, Vec<u64>)> {
+        std::mem::take(&mut self.conf_applied)
     }
 
     /// Ask for a read index (answered through `take_read_states`; lost without a leader).
@@ -412,11 +441,45 @@ impl Group {
         for e in entries {
             self.applied = e.index;
             // Empty entries (a new leader's no-op) are handed on too: a state machine that
-            // counts its applied index (for read indexes) must see every index. Membership
-            // is fixed for now.
-            if e.get_entry_type() == EntryType::EntryNormal {
-                apply.apply(e.index, &e.data);
+            // counts its applied index (for read indexes) must see every index, so a
+            // membership change goes on as an empty one.
+            match e.get_entry_type() {
+                EntryType::EntryNormal => apply.apply(e.index, &e.data),
+                EntryType::EntryConfChange => {
+                    self.apply_member_change(&e);
+                    apply.apply(e.index, &[]);
+                }
+                EntryType::EntryConfChangeV2 => apply.apply(e.index, &[]),
             }
+        }
+    }
+
+    /// A committed membership change: the voters change here, and the conf state kept for
+    /// snapshots with them. Applied again after a restart (a voter added twice, or one
+    /// absent removed, changes nothing).
+    fn apply_member_change(&mut self, e: &Entry) {
+        let cc = match ConfChange::parse_from_bytes(&e.data) {
+            Ok(cc) => cc,
+            Err(err) => {
+                return tracing::error!(
+                    group = self.id,
+                    index = e.index,
+                    "undecodable membership change: {err}"
+                );
+            }
+        };
+        match self.node.apply_conf_change(&cc) {
+            Ok(cs) => {
+                tracing::info!(group = self.id, index = e.index, voters = ?cs.voters, "raft group members changed");
+                let voters = cs.voters.clone();
+                self.node.mut_store().mem.wl().set_conf_state(cs);
+                self.conf_applied.push((e.context.to_vec(), voters));
+            }
+            Err(err) => tracing::error!(
+                group = self.id,
+                index = e.index,
+                "membership change refused: {err}"
+            ),
         }
     }
 

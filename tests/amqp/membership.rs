@@ -238,3 +238,107 @@ async fn a_non_member_carries_on_when_its_member_dies() {
         received.len() - seen.len()
     );
 }
+
+/// The leader's view of each member's lag, from whichever node leads now.
+async fn lags(apis: &[std::net::SocketAddr], name: &str) -> Vec<(u64, u64)> {
+    for api in apis {
+        let q = crate::common::http_queue(*api, name).await;
+        if let Some(l) = q["raft"]["lag"].as_array().filter(|l| !l.is_empty()) {
+            return l
+                .iter()
+                .map(|m| (m["node"].as_u64().unwrap(), m["entries"].as_u64().unwrap()))
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+async fn until_lags(apis: &[std::net::SocketAddr], name: &str, want: &[(u64, u64)]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = lags(apis, name).await;
+        if now == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name}: lags {now:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A queue grows onto a node, which catches up and serves it from its own replica, and
+/// shrinks off its leader, which hands the lead over first and then uses the queue as any
+/// other node that is not a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_are_added_and_removed_over_the_api() {
+    let cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let mut apis = Vec::new();
+    for i in 0..3 {
+        apis.push(cluster.http(i).await);
+    }
+    ch1.queue_declare("grown".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(members(apis[0], "grown").await, serde_json::json!([1, 2]));
+    assert_eq!(
+        publish_confirmed_from(&ch1, "grown", 0, 100).await,
+        (100, 0)
+    );
+    let guest = Some(("guest", "guest"));
+    let call = |i: usize, method: &'static str, path: &'static str| {
+        crate::common::http_call(apis[i], method, path, guest)
+    };
+    for (i, method, path, want) in [
+        (2, "PUT", "/api/queues/%2F/grown/members/3", 400), // node 3 is not a member
+        (0, "PUT", "/api/queues/%2F/grown/members/2", 400), // a member already
+        (0, "PUT", "/api/queues/%2F/grown/members/7", 400), // no such node
+        (0, "DELETE", "/api/queues/%2F/grown/members/3", 400), // not a member
+        (0, "PUT", "/api/queues/%2F/none/members/3", 404),
+    ] {
+        let (status, body) = call(i, method, path).await;
+        assert_eq!(status, want, "{method} {path}: {body}");
+    }
+    let (status, _) =
+        crate::common::http_call(apis[0], "PUT", "/api/queues/%2F/grown/members/3", None).await;
+    assert_eq!(status, 401);
+
+    let (status, body) = call(0, "PUT", "/api/queues/%2F/grown/members/3").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members"], serde_json::json!([1, 2, 3]), "{body}");
+    // The new member is a voter and catches up (from the log: it was not compacted).
+    until_lags(&apis, "grown", &[(1, 0), (2, 0), (3, 0)]).await;
+    let (_c3, ch3) = cluster.channel(2).await;
+    assert_eq!(count(&ch3, "grown").await, 100);
+    let q3 = crate::common::http_queue(apis[2], "grown").await;
+    assert!(q3["raft"]["applied_index"].as_u64() > Some(0), "{q3}");
+
+    // Node 1 leads (client-local): removed, it hands the lead to a member first.
+    let (status, body) = call(1, "DELETE", "/api/queues/%2F/grown/members/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members"], serde_json::json!([2, 3]), "{body}");
+    until_lags(&apis[1..], "grown", &[(2, 0), (3, 0)]).await;
+    // Node 1 has left the group (no Raft state for it there) and uses the queue through a
+    // member now.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !crate::common::http_queue(apis[0], "grown").await["raft"].is_null() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node 1 still has the group"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_c1b, ch1b) = cluster.channel(0).await;
+    assert_eq!(
+        publish_confirmed_from(&ch1b, "grown", 100, 50).await,
+        (50, 0)
+    );
+    assert_eq!(count(&ch3, "grown").await, 150);
+    let (status, body) = call(1, "DELETE", "/api/queues/%2F/grown/members/2").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = call(2, "DELETE", "/api/queues/%2F/grown/members/3").await;
+    assert_eq!(status, 400, "the last member: {body}");
+    assert_eq!(count(&ch1b, "grown").await, 150);
+}

@@ -261,7 +261,7 @@ impl Classic {
                     let _ = reply.send(r);
                 }
             }
-            QueueCmd::NodeDown(_) => {}
+            QueueCmd::NodeDown(_) | QueueCmd::Members(_) => {}
             QueueCmd::Stop => {
                 for (consumer, link) in self.links.drain() {
                     let _ = link.events.send(ConnEvent::Cancelled(consumer));

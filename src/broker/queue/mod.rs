@@ -127,6 +127,8 @@ pub enum QueueCmd {
     /// A node was taken as down: a quorum queue returns what its consumers held (a classic
     /// queue learns of its consumers' channels otherwise).
     NodeDown(NodeId),
+    /// A quorum queue's members changed: a stub on a node that is not one uses these.
+    Members(Vec<NodeId>),
 }
 
 /// What everyone else holds of a queue: its identity, declared properties and inbox.

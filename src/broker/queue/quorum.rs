@@ -436,10 +436,17 @@ impl Replica {
             .filter(|(_, p)| p.deadline <= now)
             .map(|(r, _)| *r)
             .collect();
+        let mut gap = None;
         for req in expired {
             if let Some(p) = self.take_pending(req) {
+                if let Some(seq) = p.enqueued {
+                    gap = Some(gap.map_or(seq, |g: u64| g.min(seq)));
+                }
                 fail(p.waiter, self.cluster.config.command_timeout);
             }
+        }
+        if let Some(seq) = gap {
+            self.new_run(seq);
         }
         self.count_memory();
         // From the oldest one that waited too long on, everything again, in order: what
@@ -463,6 +470,26 @@ impl Replica {
         for data in again {
             self.propose(data).await;
         }
+    }
+
+    /// A publish of this run (number `seq`) failed and may never apply: every later one
+    /// would wait behind the gap for good (publishes apply in order), so they fail too
+    /// (nacked: they may still land if the failed one does), and publishing goes on in a
+    /// new run.
+    fn new_run(&mut self, seq: u64) {
+        let later: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.enqueued.is_some_and(|s| s > seq))
+            .map(|(r, _)| *r)
+            .collect();
+        for req in later {
+            if let Some(p) = self.take_pending(req) {
+                fail(p.waiter, self.cluster.config.command_timeout);
+            }
+        }
+        self.run = rand::random();
+        self.enqueued = 0;
     }
 
     async fn command(&mut self, cmd: QueueCmd, reads: &mpsc::UnboundedSender<Read>) {
@@ -573,7 +600,8 @@ impl Replica {
                 }
                 self.propose_op(QOp::Delete, Waiter::Delete(reply)).await;
             }
-            QueueCmd::Stop => {}
+            // Members change in the Raft group; the metadata only follows.
+            QueueCmd::Stop | QueueCmd::Members(_) => {}
         }
     }
 }

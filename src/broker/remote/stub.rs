@@ -157,6 +157,7 @@ impl Stub {
                 cmd = rx.recv() => {
                     match cmd {
                         None | Some(QueueCmd::Stop) => break,
+                        Some(QueueCmd::Members(m)) => self.members_changed(m).await,
                         Some(cmd) => self.handle(cmd).await,
                     }
                 }
@@ -238,6 +239,22 @@ impl Stub {
             self.reroute(node, session).await;
         }
         Some(session)
+    }
+
+    /// A quorum queue's members changed: a member that left is not used any more (its
+    /// consumers move to one of the others at once).
+    async fn members_changed(&mut self, members: Vec<NodeId>) {
+        if members.is_empty() {
+            return;
+        }
+        if !members.contains(&self.home) {
+            self.home = members[0];
+            self.routed = None;
+        }
+        self.members = members;
+        if !self.registered.is_empty() {
+            self.session().await;
+        }
     }
 
     /// Use the queue through `node` from now on: the consumers are registered there again
@@ -520,7 +537,7 @@ impl Stub {
                 };
                 self.fwd.send(self.home, session, &msg).await;
             }
-            QueueCmd::Stop | QueueCmd::NodeDown(_) => {}
+            QueueCmd::Stop | QueueCmd::NodeDown(_) | QueueCmd::Members(_) => {}
         }
     }
 

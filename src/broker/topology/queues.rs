@@ -139,6 +139,32 @@ impl Topology {
         }
     }
 
+    /// A quorum queue's new members; a stale command (another queue of that name since,
+    /// a classic queue, no members) changes nothing.
+    pub(super) fn set_members(
+        &mut self,
+        name: &str,
+        id: u64,
+        members: Vec<NodeId>,
+        ch: &mut Changes,
+    ) {
+        let Some(q) = self.queues.get_mut(name).filter(|q| q.id == id) else {
+            return;
+        };
+        let Some(p) = q
+            .quorum
+            .as_mut()
+            .filter(|p| p.members != members && !members.is_empty())
+        else {
+            return;
+        };
+        let before = std::mem::replace(&mut p.members, members);
+        ch.list.push(Change::QueueMembers {
+            queue: q.clone(),
+            before,
+        });
+    }
+
     pub(super) fn remove_queue(&mut self, name: &str, id: u64, ch: &mut Changes) {
         if !self.has_queue_id(name, id) {
             return;

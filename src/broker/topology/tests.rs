@@ -569,3 +569,55 @@ fn a_node_down_takes_its_exclusive_and_transient_queues_only() {
     let (_, again) = run(&mut t, Cmd::NodeDown { node: 2 });
     assert!(again.list.is_empty());
 }
+
+#[test]
+fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
+    let mut t = topo();
+    let mut d = q("qq");
+    d.arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    d.quorum = Some(Quorum {
+        group: 7,
+        members: vec![1, 2],
+    });
+    run(&mut t, Cmd::DeclareQueue(d, conn(1)));
+    run(&mut t, Cmd::DeclareQueue(q("classic"), conn(1)));
+    let id = t.queue_record("qq").unwrap().id;
+    let members = |name: &str, id: u64, m: &[NodeId]| Cmd::QueueMembers {
+        name: name.into(),
+        id,
+        members: m.to_vec(),
+    };
+    let (code, ch) = run(&mut t, members("qq", id, &[1, 2, 3]));
+    assert_eq!(code, 0);
+    match ch.list.as_slice() {
+        [Change::QueueMembers { queue, before }] => {
+            assert_eq!(before, &[1, 2]);
+            assert_eq!(queue.quorum.as_ref().unwrap().members, [1, 2, 3]);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Stale or meaningless: another id, a classic queue, no queue, the same members, none.
+    let classic = t.queue_record("classic").unwrap().id;
+    for cmd in [
+        members("qq", id + 100, &[3]),
+        members("classic", classic, &[3]),
+        members("none", 1, &[3]),
+        members("qq", id, &[1, 2, 3]),
+        members("qq", id, &[]),
+    ] {
+        let (code, ch) = run(&mut t, cmd);
+        assert_eq!((code, ch.list.len(), ch.ops.len()), (0, 0, 0));
+    }
+    assert_eq!(
+        t.queue_record("qq")
+            .unwrap()
+            .quorum
+            .as_ref()
+            .unwrap()
+            .members,
+        [1, 2, 3]
+    );
+}

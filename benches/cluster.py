@@ -40,6 +40,10 @@ QUORUM_SCENARIOS = [
     ("q1", "quorum queue, persistent 1 KiB, confirms (window 1000), ack multiple 100",
      "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
      "--multiple-ack 100 --prefetch 1000"),
+    ("q10", "10 quorum queues behind a fanout (deliveries/s counted), persistent 1 KiB, "
+     "confirms (window 1000), a consumer on each, ack multiple 100",
+     "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
+     "--multiple-ack 100 --prefetch 1000 --fanout 10"),
 ]
 
 
@@ -158,6 +162,28 @@ class RabbitCluster(Cluster):
         self.urls = [f"amqp://guest:guest@127.0.0.1:{p}/%2f" for p in ports]
 
 
+def rss_mib(c):
+    """Each node's resident memory now (its whole process group: RabbitMQ's beam runs under
+    a shell script), in MiB."""
+    out = []
+    for p in c.procs:
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                if os.getpgid(int(pid)) != p.pid:
+                    continue
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except (OSError, ValueError):
+                continue
+        out.append(round(total / 1024, 1))
+    return out
+
+
 def run(perf, c, args, duration, workdir):
     out = os.path.join(workdir, "perf.json")
     cmd = [perf, "--url", c.urls[0], "--producer-url", c.urls[1], "--consumer-url", c.urls[2],
@@ -167,7 +193,7 @@ def run(perf, c, args, duration, workdir):
         r = json.load(f)
     lat = r.get("latency_us") or {}
     return {"msg_per_sec": r.get("consumed_per_sec") or 0.0, "p50_us": lat.get("p50") or 0.0,
-            "p99_us": lat.get("p99") or 0.0, "raw": r}
+            "p99_us": lat.get("p99") or 0.0, "rss_mib": rss_mib(c), "raw": r}
 
 
 def main():
@@ -201,7 +227,8 @@ def main():
                     r = run(perf, c, args, a.duration, workdir)
                     runs[(sid, name)].append(r)
                     log(f"  ({sid}) {name}: {r['msg_per_sec']:,.0f} msg/s, "
-                        f"p50 {r['p50_us']:,.0f} us, p99 {r['p99_us']:,.0f} us")
+                        f"p50 {r['p50_us']:,.0f} us, p99 {r['p99_us']:,.0f} us, "
+                        f"RSS after {r['rss_mib']} MiB")
             finally:
                 c.stop()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -212,6 +239,8 @@ def main():
             rs = runs[(sid, name)]
             row[name] = {k: statistics.median(r[k] for r in rs)
                          for k in ("msg_per_sec", "p50_us", "p99_us")}
+            # The largest node's resident memory after the scenario, median over rounds.
+            row[name]["rss_mib"] = statistics.median(max(r["rss_mib"]) for r in rs)
         table.append(row)
     with open(os.path.join(a.out, "quorum.json" if a.quorum else "cluster.json"), "w") as f:
         json.dump({"rounds": a.rounds, "duration": a.duration, "table": table,
@@ -223,7 +252,7 @@ def main():
     print("|---|" + "---|" * len(names))
     for row in table:
         cells = [f"{row[n]['msg_per_sec']:,.0f} msg/s (p50 {row[n]['p50_us']:,.0f} us, "
-                 f"p99 {row[n]['p99_us']:,.0f} us)" for n in names]
+                 f"p99 {row[n]['p99_us']:,.0f} us; RSS {row[n]['rss_mib']} MiB)" for n in names]
         print(f"| ({row['scenario']}) {row['title']} | " + " | ".join(cells) + " |")
 
 

@@ -91,7 +91,7 @@ pub async fn serve(
         .route("/api/queues/{vhost}/{name}/leader/{node}", put(transfer))
         .route(
             "/api/queues/{vhost}/{name}/members/{node}",
-            put(members::add).delete(members::remove),
+            put(members::handle).delete(members::handle),
         )
         .with_state(broker);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 
 use super::{bad_request, info, lead_to, not_found, refuse, unavailable};
@@ -21,30 +21,18 @@ use crate::broker::Broker;
 use crate::broker::ids::NodeId;
 use crate::broker::queue::quorum::raft_id;
 
-type Target = Path<(String, String, NodeId)>;
-
-pub(super) async fn add(
+/// `PUT` adds the member, `DELETE` removes it.
+pub(super) async fn handle(
     State(broker): State<Arc<Broker>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((vhost, name, node)): Target,
+    method: Method,
+    Path((vhost, name, node)): Path<(String, String, NodeId)>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(r) = refuse(&broker, peer, &headers) {
         return r;
     }
-    change(&broker, &vhost, &name, node, true).await
-}
-
-pub(super) async fn remove(
-    State(broker): State<Arc<Broker>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Path((vhost, name, node)): Target,
-    headers: HeaderMap,
-) -> Response {
-    if let Some(r) = refuse(&broker, peer, &headers) {
-        return r;
-    }
-    change(&broker, &vhost, &name, node, false).await
+    change(&broker, &vhost, &name, node, method == Method::PUT).await
 }
 
 async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: bool) -> Response {

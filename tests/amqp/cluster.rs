@@ -1167,3 +1167,127 @@ async fn a_node_with_a_wiped_data_dir_stops_with_a_reason() {
     // The others go on.
     declare_exchange(&ch, "after-the-wipe").await.unwrap();
 }
+
+/// A publisher with confirms for a checker like Jepsen's total-queue: it publishes bodies
+/// `m0`, `m1`, … in batches of 50 and waits for each batch's confirms, until stopped.
+pub(crate) struct Publisher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    published: Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<(std::collections::BTreeSet<usize>, usize)>,
+}
+
+impl Publisher {
+    /// Start on `ch` (put in confirm mode here); `keep` (its connection) lives as long.
+    pub(crate) async fn start(ch: Channel, queue: &str, keep: Option<Connection>) -> Publisher {
+        use std::sync::atomic::Ordering;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let published = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (s, p, queue) = (stop.clone(), published.clone(), queue.to_string());
+        let task = tokio::spawn(async move {
+            let mut confirmed = std::collections::BTreeSet::new();
+            let mut next = 0;
+            while !s.load(Ordering::Relaxed) {
+                let mut pending = Vec::new();
+                for i in next..next + 50 {
+                    let c = ch
+                        .basic_publish(
+                            "".into(),
+                            queue.as_str().into(),
+                            BasicPublishOptions::default(),
+                            format!("m{i}").as_bytes(),
+                            crate::common::persistent(),
+                        )
+                        .await
+                        .unwrap();
+                    pending.push((i, c));
+                }
+                next += 50;
+                p.store(next, Ordering::Relaxed);
+                for (i, c) in pending {
+                    if c.await.unwrap().is_ack() {
+                        confirmed.insert(i);
+                    }
+                }
+            }
+            drop(keep);
+            (confirmed, next)
+        });
+        Publisher {
+            stop,
+            published,
+            task,
+        }
+    }
+
+    /// How many it has published so far.
+    pub(crate) fn published(&self) -> usize {
+        self.published.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Stop after the batch under way: the numbers confirmed, and how many were published.
+    pub(crate) async fn finish(self) -> (std::collections::BTreeSet<usize>, usize) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.task.await.unwrap()
+    }
+}
+
+/// The number in a `Publisher`'s body.
+pub(crate) fn body_number(data: &[u8]) -> usize {
+    std::str::from_utf8(data)
+        .unwrap()
+        .trim_start_matches('m')
+        .parse()
+        .unwrap()
+}
+
+/// The next delivery's number (see `Publisher`), acked; it must come within 30 s.
+pub(crate) async fn take_acked(consumer: &mut lapin::Consumer) -> usize {
+    use futures_lite::StreamExt;
+    let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
+        .await
+        .expect("deliveries go on")
+        .expect("the consumer is not cancelled")
+        .unwrap();
+    d.ack(BasicAckOptions::default()).await.unwrap();
+    body_number(&d.data)
+}
+
+/// The total-queue check once the publisher stopped: deliveries are taken until every
+/// confirmed number has come (a lost one fails), none may be one never published, and the
+/// counts are printed (duplicates are redeliveries of what was unacked at the fault).
+pub(crate) async fn check_total_queue(
+    consumer: &mut lapin::Consumer,
+    mut received: Vec<usize>,
+    (confirmed, n): (std::collections::BTreeSet<usize>, usize),
+    before: usize,
+) {
+    assert!(
+        confirmed.len() > before,
+        "confirmed {} of {n}",
+        confirmed.len()
+    );
+    let mut seen: std::collections::BTreeSet<usize> = received.iter().copied().collect();
+    while !confirmed.is_subset(&seen) {
+        let m = tokio::time::timeout(Duration::from_secs(30), take_acked(consumer))
+            .await
+            .unwrap_or_else(|_| {
+                let lost: Vec<_> = confirmed.difference(&seen).take(10).collect();
+                panic!("lost confirmed messages, e.g. {lost:?}")
+            });
+        received.push(m);
+        seen.insert(m);
+    }
+    let unexpected: Vec<_> = seen.iter().filter(|m| **m >= n).collect();
+    assert!(unexpected.is_empty(), "{unexpected:?}");
+    eprintln!(
+        "published {n} ({before} before the fault), confirmed {}, received {} ({} distinct, \
+         {} duplicates), lost 0, unexpected 0",
+        confirmed.len(),
+        received.len(),
+        seen.len(),
+        received.len() - seen.len()
+    );
+}

@@ -4,16 +4,14 @@
 //! on through another member when the one they used dies.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer};
 
-use crate::cluster::{TestCluster, publish_confirmed_from};
+use crate::cluster::{
+    Publisher, TestCluster, check_total_queue, publish_confirmed_from, take_acked,
+};
 use crate::common::{code, count, durable};
 
 fn quorum_args(size: Option<i32>) -> FieldTable {
@@ -34,21 +32,6 @@ fn quorum_args(size: Option<i32>) -> FieldTable {
 
 async fn members(api: std::net::SocketAddr, name: &str) -> serde_json::Value {
     crate::common::http_queue(api, name).await["members"].clone()
-}
-
-/// The next delivery's body as a number, acked.
-async fn take(consumer: &mut Consumer) -> usize {
-    let d = tokio::time::timeout(Duration::from_secs(30), consumer.next())
-        .await
-        .expect("deliveries go on")
-        .expect("the consumer is not cancelled")
-        .unwrap();
-    d.ack(BasicAckOptions::default()).await.unwrap();
-    std::str::from_utf8(&d.data)
-        .unwrap()
-        .trim_start_matches('m')
-        .parse()
-        .unwrap()
 }
 
 /// Every command works from a node that is not a member; the members are as asked.
@@ -92,7 +75,7 @@ async fn a_queue_on_fewer_nodes_is_used_from_the_others() {
     cch.basic_qos(10, BasicQosOptions::default()).await.unwrap();
     let mut consumer = crate::common::consume(&cch, "g2", "c", false).await;
     for want in 0..50 {
-        assert_eq!(take(&mut consumer).await, want);
+        assert_eq!(take_acked(&mut consumer).await, want);
     }
     // Unacked deliveries of a channel that closes come back, redelivered: the ten the
     // consumer had beyond the 50 it acked, and one got.
@@ -156,86 +139,23 @@ async fn a_non_member_carries_on_when_its_member_dies() {
     let (c4, ch4) = cluster.channel(3).await;
     ch4.basic_qos(50, BasicQosOptions::default()).await.unwrap();
     let mut consumer = crate::common::consume(&ch4, "far", "checker", false).await;
-    let pch: Channel = c4.create_channel().await.unwrap();
-    pch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let (stop, published) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let publisher = {
-        let (stop, published) = (stop.clone(), published.clone());
-        tokio::spawn(async move {
-            let mut confirmed = BTreeSet::new();
-            let mut next = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let mut pending = Vec::new();
-                for i in next..next + 50 {
-                    let c = pch
-                        .basic_publish(
-                            "".into(),
-                            "far".into(),
-                            BasicPublishOptions::default(),
-                            format!("m{i}").as_bytes(),
-                            crate::common::persistent(),
-                        )
-                        .await
-                        .unwrap();
-                    pending.push((i, c));
-                }
-                next += 50;
-                published.store(next, Ordering::Relaxed);
-                for (i, c) in pending {
-                    if c.await.unwrap().is_ack() {
-                        confirmed.insert(i);
-                    }
-                }
-            }
-            (confirmed, next)
-        })
-    };
+    let pch = c4.create_channel().await.unwrap();
+    let publisher = Publisher::start(pch, "far", None).await;
     let mut received = Vec::new();
     while received.len() < 300 {
-        received.push(take(&mut consumer).await);
+        received.push(take_acked(&mut consumer).await);
     }
     // Node 4 uses the queue through node 1 (the first member), which also leads it.
-    let before = published.load(Ordering::Relaxed);
+    let before = publisher.published();
     cluster.kill9(0);
     while received.len() < before + 300 {
-        received.push(take(&mut consumer).await);
+        received.push(take_acked(&mut consumer).await);
     }
-    stop.store(true, Ordering::Relaxed);
-    let (confirmed, n) = publisher.await.unwrap();
-    assert!(
-        confirmed.len() > before,
-        "confirmed {} of {n}",
-        confirmed.len()
-    );
-    let mut seen: BTreeSet<usize> = received.iter().copied().collect();
-    while !confirmed.is_subset(&seen) {
-        let m = tokio::time::timeout(Duration::from_secs(30), take(&mut consumer))
-            .await
-            .unwrap_or_else(|_| {
-                let lost: Vec<_> = confirmed.difference(&seen).take(10).collect();
-                panic!("lost confirmed messages, e.g. {lost:?}")
-            });
-        received.push(m);
-        seen.insert(m);
-    }
-    let unexpected: Vec<_> = seen.iter().filter(|m| **m >= n).collect();
-    assert!(unexpected.is_empty(), "{unexpected:?}");
+    let outcome = publisher.finish().await;
+    check_total_queue(&mut consumer, received, outcome, before).await;
     assert!(
         cluster.said(3, "quorum queue used through another member") > 0,
         "node 4 moved to another member"
-    );
-    eprintln!(
-        "published {n} ({before} before the kill), confirmed {}, received {} ({} distinct, {} \
-         duplicates), lost 0, unexpected 0",
-        confirmed.len(),
-        received.len(),
-        seen.len(),
-        received.len() - seen.len()
     );
 }
 

@@ -245,9 +245,6 @@ async fn a_quorum_queue_is_used_from_every_node_of_a_cluster() {
 /// unpublished arrives; duplicates (redeliveries of unacked ones) are counted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_leader_loses_no_confirmed_message() {
-    use std::collections::BTreeSet;
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let settings = "cluster_command_timeout_ms = 3000\n";
     let mut cluster = crate::cluster::TestCluster::start(3, settings);
     let (_c1, ch1) = cluster.channel(0).await;
@@ -256,104 +253,20 @@ async fn killing_the_leader_loses_no_confirmed_message() {
     let (_c3, ch3) = cluster.channel(2).await;
     ch3.basic_qos(50, BasicQosOptions::default()).await.unwrap();
     let mut consumer = crate::common::consume(&ch3, "jq", "checker", false).await;
-    ch2.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    let (stop, published) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicUsize::new(0)),
-    );
-    let publisher = {
-        let (stop, published) = (stop.clone(), published.clone());
-        tokio::spawn(async move {
-            let mut confirmed = BTreeSet::new();
-            let mut next = 0;
-            while !stop.load(Ordering::Relaxed) {
-                let mut pending = Vec::new();
-                for i in next..next + 50 {
-                    let c = ch2
-                        .basic_publish(
-                            "".into(),
-                            "jq".into(),
-                            BasicPublishOptions::default(),
-                            i.to_string().as_bytes(),
-                            persistent(),
-                        )
-                        .await
-                        .unwrap();
-                    pending.push((i, c));
-                }
-                next += 50;
-                published.store(next, Ordering::Relaxed);
-                for (i, c) in pending {
-                    if c.await.unwrap().is_ack() {
-                        confirmed.insert(i);
-                    }
-                }
-            }
-            drop(c2);
-            (confirmed, next)
-        })
-    };
+    let publisher = crate::cluster::Publisher::start(ch2, "jq", Some(c2)).await;
     let mut received = Vec::new();
-    let mut take = async |received: &mut Vec<usize>, until: usize| {
-        while received.len() < until {
-            let d = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.next())
-                .await
-                .expect("deliveries go on")
-                .expect("a delivery")
-                .unwrap();
-            received.push(
-                std::str::from_utf8(&d.data)
-                    .unwrap()
-                    .parse::<usize>()
-                    .unwrap(),
-            );
-            d.ack(BasicAckOptions::default()).await.unwrap();
-        }
-    };
     // The nemesis strikes mid-stream: the leader (node 1, where it was declared) dies.
-    take(&mut received, 300).await;
-    let before = published.load(Ordering::Relaxed);
+    while received.len() < 300 {
+        received.push(crate::cluster::take_acked(&mut consumer).await);
+    }
+    let before = publisher.published();
     cluster.kill9(0);
     // Both sides carry on with the survivors: messages published after the kill arrive.
-    take(&mut received, before + 300).await;
-    stop.store(true, Ordering::Relaxed);
-    let (confirmed, n) = publisher.await.unwrap();
-    assert!(
-        confirmed.len() > before,
-        "confirmed {} of {n}",
-        confirmed.len()
-    );
-    let mut seen: BTreeSet<usize> = received.iter().copied().collect();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !confirmed.is_subset(&seen) {
-        let d = tokio::time::timeout_at(deadline, consumer.next())
-            .await
-            .unwrap_or_else(|_| {
-                let lost: Vec<_> = confirmed.difference(&seen).take(10).collect();
-                panic!("lost confirmed messages, e.g. {lost:?}")
-            })
-            .expect("a delivery")
-            .unwrap();
-        let m = std::str::from_utf8(&d.data)
-            .unwrap()
-            .parse::<usize>()
-            .unwrap();
-        received.push(m);
-        seen.insert(m);
-        d.ack(BasicAckOptions::default()).await.unwrap();
+    while received.len() < before + 300 {
+        received.push(crate::cluster::take_acked(&mut consumer).await);
     }
-    let unexpected: Vec<_> = seen.iter().filter(|m| **m >= n).collect();
-    assert!(unexpected.is_empty(), "{unexpected:?}");
-    eprintln!(
-        "published {n} ({before} before the kill), confirmed {}, received {} ({} distinct, {} \
-         duplicates), lost 0, unexpected 0",
-        confirmed.len(),
-        received.len(),
-        seen.len(),
-        received.len() - seen.len()
-    );
+    let outcome = publisher.finish().await;
+    crate::cluster::check_total_queue(&mut consumer, received, outcome, before).await;
 }
 
 /// The header of a delivery's properties, if any.
@@ -896,17 +809,7 @@ async fn a_transaction_on_a_quorum_queue_commits_whole_or_fails() {
     assert_eq!(crate::common::count(&ch2, "tq").await, 1);
 
     // Two of three nodes hung: the quorum queue's part cannot commit.
-    let tch = c1.create_channel().await.unwrap();
-    tch.tx_select().await.unwrap();
-    tch.basic_publish(
-        "".into(),
-        "tq".into(),
-        BasicPublishOptions::default(),
-        b"e",
-        persistent(),
-    )
-    .await
-    .unwrap();
+    let tch = tx_channel_with(&c1, b"e").await;
     crate::cluster::signal(&cluster, 1, "-STOP");
     crate::cluster::signal(&cluster, 2, "-STOP");
     let e = tch.tx_commit().await.unwrap_err();
@@ -932,18 +835,24 @@ async fn a_transaction_on_a_quorum_queue_commits_whole_or_fails() {
         assert!(std::time::Instant::now() < deadline, "tq never caught up");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let tch = c1.create_channel().await.unwrap();
+    let tch = tx_channel_with(&c1, b"f").await;
+    tch.tx_commit().await.unwrap();
+    let n = crate::common::count(&ch1, "tq").await;
+    assert!((2..=3).contains(&n), "c, f and perhaps e: {n}");
+}
+
+/// A new channel in tx mode with one persistent publish to "tq" staged.
+async fn tx_channel_with(c: &lapin::Connection, body: &[u8]) -> Channel {
+    let tch = c.create_channel().await.unwrap();
     tch.tx_select().await.unwrap();
     tch.basic_publish(
         "".into(),
         "tq".into(),
         BasicPublishOptions::default(),
-        b"f",
+        body,
         persistent(),
     )
     .await
     .unwrap();
-    tch.tx_commit().await.unwrap();
-    let n = crate::common::count(&ch1, "tq").await;
-    assert!((2..=3).contains(&n), "c, f and perhaps e: {n}");
+    tch
 }

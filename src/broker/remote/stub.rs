@@ -12,7 +12,8 @@
 //! link goes, the stub moves to another member and registers its consumers again there;
 //! the queue then returns what they held through the old member (redelivered), and a
 //! late command of the old member for their channels is ignored (see `quorum::apply`), so
-//! consumers carry on with no message lost and none delivered twice over.
+//! consumers carry on with no message lost, and no channel is served by two members at once
+//! (a message held at the switch comes again, redelivered).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -192,14 +192,8 @@ async fn transfer(
         ));
     }
     // Only a member's Raft runtime has the group (and forwards the request to its leader).
-    if !placement
-        .members
-        .contains(&broker.config.node_id.unwrap_or(0))
-    {
-        return bad_request(format!(
-            "this node is not a member of queue '{name}' in vhost '{vhost}': ask one of {:?}",
-            placement.members
-        ));
+    if let Some(r) = not_a_member_here(&broker, placement, &name, &vhost) {
+        return r;
     }
     let timeout = std::time::Duration::from_millis(broker.config.cluster_command_timeout_ms);
     if !lead_to(cluster, placement.group, node, timeout).await {
@@ -244,6 +238,23 @@ fn unavailable(reason: String) -> Response {
 /// How often a transfer checks whether the new leader leads, and asks again.
 const POLL: std::time::Duration = std::time::Duration::from_millis(20);
 const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// On a node that is not one of a quorum queue's members (it has no Raft group for it):
+/// the 400 that names the members to ask.
+fn not_a_member_here(
+    broker: &Broker,
+    placement: &crate::broker::topology::Quorum,
+    name: &str,
+    vhost: &str,
+) -> Option<Response> {
+    let me = broker.config.node_id.unwrap_or(0);
+    (!placement.members.contains(&me)).then(|| {
+        bad_request(format!(
+            "this node is not a member of queue '{name}' in vhost '{vhost}': ask one of {:?}",
+            placement.members
+        ))
+    })
+}
 
 fn bad_request(reason: String) -> Response {
     let body = axum::Json(serde_json::json!({ "error": "bad_request", "reason": reason }));

@@ -65,13 +65,13 @@ enum Request {
     Close { group: u64 },
     /// Hand the group's leadership to `to`.
     Transfer { group: u64, to: u64 },
-    /// Add (or remove) voter `node`: answered with the voters once the change is applied
-    /// here; dropped if it is refused or lost (the caller bounds the wait).
+    /// Add (or remove) voter `node`: answered once the change is applied here; dropped if
+    /// it is refused or lost (the caller bounds the wait).
     Member {
         group: u64,
         add: bool,
         node: u64,
-        done: oneshot::Sender<Vec<u64>>,
+        done: oneshot::Sender<()>,
     },
     /// How the group stands here (None: not a group of this node).
     Status {
@@ -308,14 +308,14 @@ impl Cluster {
     }
 
     /// Add (`add`) or remove voter `node` (a Raft id) of `group`, a group of this node:
-    /// the voters once the change is committed and applied here. Never resolves if the
+    /// resolves once the change is committed and applied here. Never resolves if the
     /// change is lost (no leader, or another change under way): the caller bounds it.
     pub async fn change_member(
         &self,
         group: u64,
         add: bool,
         node: u64,
-    ) -> Result<Vec<u64>, ClusterError> {
+    ) -> Result<(), ClusterError> {
         let (done, rx) = oneshot::channel();
         self.requests
             .send(Request::Member {
@@ -327,7 +327,7 @@ impl Cluster {
             .await
             .map_err(|_| ClusterError::Stopped)?;
         match rx.await {
-            Ok(voters) => Ok(voters),
+            Ok(()) => Ok(()),
             Err(_) => std::future::pending().await,
         }
     }
@@ -425,7 +425,7 @@ struct Running {
     known: (u64, u64),
     reads: Reads,
     /// Membership changes proposed here, by context, waiting to be applied.
-    changes: HashMap<Vec<u8>, oneshot::Sender<Vec<u64>>>,
+    changes: HashMap<Vec<u8>, oneshot::Sender<()>>,
 }
 
 /// The cluster task's state: every group of this node.
@@ -487,9 +487,9 @@ impl Runtime {
             }
             for (id, r) in self.groups.iter_mut() {
                 r.reads.answer(&mut r.group);
-                for (ctx, voters) in r.group.take_conf_applied() {
+                for ctx in r.group.take_conf_applied() {
                     if let Some(done) = r.changes.remove(&ctx) {
-                        let _ = done.send(voters);
+                        let _ = done.send(());
                     }
                 }
                 if report_leader(*id, r) && *id != META_GROUP {

@@ -94,8 +94,8 @@ pub struct Group {
     read_states: Vec<(u64, Vec<u8>)>,
     /// Followers sent a snapshot this round: reported once the round is done.
     snapshots_sent: Vec<u64>,
-    /// Membership changes applied: (the proposal's context, the voters after it).
-    conf_applied: Vec<(Vec<u8>, Vec<u64>)>,
+    /// Membership changes applied: their proposals' contexts.
+    conf_applied: Vec<Vec<u8>>,
 }
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
@@ -235,7 +235,7 @@ impl Group {
             .map_err(|_| ClusterError::NoLeader)
     }
 
-    pub fn take_conf_applied(&mut self) -> Vec<(Vec<u8>, Vec<u64>)> {
+    pub fn take_conf_applied(&mut self) -> Vec<Vec<u8>> {
         std::mem::take(&mut self.conf_applied)
     }
 
@@ -471,9 +471,8 @@ impl Group {
         match self.node.apply_conf_change(&cc) {
             Ok(cs) => {
                 tracing::info!(group = self.id, index = e.index, voters = ?cs.voters, "raft group members changed");
-                let voters = cs.voters.clone();
                 self.node.mut_store().mem.wl().set_conf_state(cs);
-                self.conf_applied.push((e.context.to_vec(), voters));
+                self.conf_applied.push(e.context.to_vec());
             }
             Err(err) => tracing::error!(
                 group = self.id,

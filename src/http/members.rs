@@ -16,7 +16,7 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, Method};
 use axum::response::{IntoResponse, Response};
 
-use super::{bad_request, info, lead_to, not_found, refuse, unavailable};
+use super::{bad_request, info, lead_to, not_a_member_here, not_found, refuse, unavailable};
 use crate::broker::Broker;
 use crate::broker::ids::NodeId;
 use crate::broker::queue::quorum::raft_id;
@@ -49,12 +49,8 @@ async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: boo
     if broker.cluster.is_none() {
         return bad_request("a single node's quorum queues have one member".into());
     }
-    let me = broker.config.node_id.unwrap_or(0);
-    if !placement.members.contains(&me) {
-        return bad_request(format!(
-            "this node is not a member of {rs}: ask one of {:?}",
-            placement.members
-        ));
+    if let Some(r) = not_a_member_here(broker, placement, name, vhost) {
+        return r;
     }
     let mut members = placement.members.clone();
     if add {
@@ -90,7 +86,7 @@ async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: boo
     }
     let changed = tokio::time::timeout(timeout, cluster.change_member(group, add, raft_id(node)));
     match changed.await {
-        Ok(Ok(_)) => {}
+        Ok(Ok(())) => {}
         _ => {
             return unavailable(format!(
                 "the members of {rs} did not commit the change within {timeout:?} (a \

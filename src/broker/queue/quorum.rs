@@ -15,7 +15,8 @@
 //!
 //! Members are `x-quorum-initial-group-size` nodes; another node uses the queue through a
 //! member (`remote/stub.rs`), whose replica proposes for it and relays its deliveries.
-//! Not yet: adding or removing members of a running queue.
+//! Members are added and removed by the Raft group first, then the metadata
+//! (`http/members.rs`), which starts or stops this node's replica.
 
 mod apply;
 mod entry;

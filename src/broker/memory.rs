@@ -25,19 +25,8 @@ impl MemoryMonitor {
 
     pub fn add(&self, n: usize) {
         let now = self.used.fetch_add(n, Ordering::AcqRel) + n;
-        if self.limit != 0 && now > self.limit {
-            self.alarm.send_if_modified(|on| {
-                if *on {
-                    return false;
-                }
-                tracing::warn!(
-                    used = now,
-                    limit = self.limit,
-                    "memory high watermark reached: blocking publishers"
-                );
-                *on = true;
-                true
-            });
+        if self.limit != 0 && now > self.limit && !self.alarmed() {
+            self.reconcile();
         }
     }
 
@@ -49,21 +38,39 @@ impl MemoryMonitor {
                 Some(u.saturating_sub(n))
             })
             .unwrap_or(0);
-        let now = before.saturating_sub(n);
-        if now <= self.limit {
-            self.alarm.send_if_modified(|on| {
-                if !*on {
-                    return false;
-                }
-                tracing::info!(
-                    used = now,
+        if before.saturating_sub(n) <= self.limit && self.alarmed() {
+            self.reconcile();
+        }
+    }
+
+    /// Set the alarm from the count as it is now, under the watch's lock. Deciding from
+    /// the value each add or sub saw left the alarm on for good when a sub that went below
+    /// the limit ran between another task's add past it and that add setting the alarm:
+    /// the sub saw no alarm to clear, and publishers stayed blocked with nothing to drain.
+    /// Now whichever reconciles last reads both changes (the lock orders them), and an add
+    /// or sub that sees the alarm already right has nothing to do.
+    fn reconcile(&self) {
+        self.alarm.send_if_modified(|on| {
+            let used = self.used.load(Ordering::Acquire);
+            let over = used > self.limit;
+            if *on == over {
+                return false;
+            }
+            match over {
+                true => tracing::warn!(
+                    used,
+                    limit = self.limit,
+                    "memory high watermark reached: blocking publishers"
+                ),
+                false => tracing::info!(
+                    used,
                     limit = self.limit,
                     "memory alarm cleared: unblocking publishers"
-                );
-                *on = false;
-                true
-            });
-        }
+                ),
+            }
+            *on = over;
+            true
+        });
     }
 
     pub fn used(&self) -> usize {
@@ -117,5 +124,59 @@ mod tests {
         m.sub(10);
         assert!(!*rx.borrow());
         assert_eq!(m.used(), 100);
+    }
+
+    /// An add past the limit on one thread and a sub back to it on another, at once: the
+    /// alarm must end off (the count is at the limit), whatever the interleaving. Before
+    /// the fix, a sub between the add's count and its setting the alarm left it on.
+    #[test]
+    fn racing_add_and_sub_leave_the_alarm_as_the_count_says() {
+        use std::sync::Arc;
+        use std::sync::atomic::AtomicUsize;
+        // Both threads leave each wait within a few instructions of each other (a futex
+        // barrier wakes them microseconds apart, and the race is nanoseconds wide).
+        fn wait(arrived: &AtomicUsize, mine: &mut usize) {
+            *mine += 1;
+            arrived.fetch_add(1, Ordering::AcqRel);
+            while arrived.load(Ordering::Acquire) < 2 * *mine {
+                std::hint::spin_loop();
+                std::thread::yield_now();
+            }
+        }
+        let m = Arc::new(MemoryMonitor::new(100));
+        m.add(100);
+        let rounds = 100_000;
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let sub = {
+            let (m, arrived) = (m.clone(), arrived.clone());
+            std::thread::spawn(move || {
+                let mut mine = 0;
+                for _ in 0..rounds {
+                    wait(&arrived, &mut mine);
+                    m.sub(20);
+                    wait(&arrived, &mut mine);
+                    wait(&arrived, &mut mine);
+                }
+            })
+        };
+        let (mut mine, mut stuck) = (0, 0);
+        for _ in 0..rounds {
+            wait(&arrived, &mut mine);
+            m.add(20);
+            wait(&arrived, &mut mine);
+            // Both done: 100 + 20 - 20, at the limit.
+            assert_eq!(m.used(), 100);
+            if m.alarmed() {
+                stuck += 1;
+                m.sub(1);
+                m.add(1);
+            }
+            wait(&arrived, &mut mine);
+        }
+        sub.join().unwrap();
+        assert_eq!(
+            stuck, 0,
+            "the alarm stayed on at the limit in {stuck} rounds"
+        );
     }
 }

@@ -9,6 +9,8 @@
 pub mod link;
 mod node;
 pub mod raft;
+#[cfg(test)]
+mod sim;
 mod storage;
 
 use std::collections::BTreeMap;

@@ -76,10 +76,22 @@ pub struct GroupStatus {
     pub matched: Vec<(u64, u64)>,
 }
 
+/// Where a group's messages go: the node's links to its peers (a test's simulated network
+/// in `sim`). Sending never waits; a message may be lost, as on a link that goes down.
+pub trait Transport: Send + Sync {
+    fn send_raft(&self, to: u64, group: u64, msg: Bytes);
+}
+
+impl Transport for Links {
+    fn send_raft(&self, to: u64, group: u64, msg: Bytes) {
+        self.send(to, Frame::Raft { group, msg });
+    }
+}
+
 /// What a group writes, sends and counts through: the node's store, links and gauge.
 pub struct GroupIo {
     pub store: Arc<Store>,
-    pub links: Arc<Links>,
+    pub links: Arc<dyn Transport>,
     pub log_bytes: LogBytes,
 }
 
@@ -87,7 +99,7 @@ pub struct Group {
     pub id: u64,
     node: RawNode<GroupStorage>,
     store: Arc<Store>,
-    links: Arc<Links>,
+    links: Arc<dyn Transport>,
     /// The index of the last committed entry handed on (of any kind).
     applied: u64,
     /// Read indexes that came back: (index, the read's context).
@@ -153,6 +165,9 @@ impl Group {
             check_quorum: true,
             pre_vote: true,
             applied,
+            // The simulated network's runs are reproducible from their seed: the election
+            // timeout is not drawn at random there (the simulation skews the nodes' ticks).
+            max_election_tick: if cfg!(test) { ELECTION_TICKS + 1 } else { 0 },
             ..Default::default()
         };
         config
@@ -495,13 +510,7 @@ impl Group {
                 self.snapshots_sent.push(to);
             }
             match m.write_to_bytes() {
-                Ok(bytes) => self.links.send(
-                    to,
-                    Frame::Raft {
-                        group: self.id,
-                        msg: Bytes::from(bytes),
-                    },
-                ),
+                Ok(bytes) => self.links.send_raft(to, self.id, Bytes::from(bytes)),
                 Err(e) => tracing::error!(group = self.id, "cannot encode a raft message: {e}"),
             }
         }

@@ -15,6 +15,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// The HTTP status API's listener, HOST:PORT; empty: no HTTP API.
     pub http_listen: String,
+    /// HTTP API connections at once; more wait to be accepted.
+    pub http_max_connections: usize,
+    /// An HTTP API connection that sends and takes nothing for this long is closed.
+    pub http_idle_timeout_ms: u64,
     pub default_user: String,
     pub default_pass: String,
     pub default_vhost: String,
@@ -83,6 +87,8 @@ impl Default for Config {
             listen: "127.0.0.1:5672".into(),
             data_dir: "./warren-data".into(),
             http_listen: String::new(),
+            http_max_connections: 128,
+            http_idle_timeout_ms: 60_000,
             default_user: "guest".into(),
             default_pass: "guest".into(),
             default_vhost: "/".into(),
@@ -206,6 +212,9 @@ impl Config {
         }
         if self.max_pending_handshakes == 0 {
             return Err("max_pending_handshakes must be at least 1".into());
+        }
+        if self.http_max_connections == 0 || self.http_idle_timeout_ms == 0 {
+            return Err("http_max_connections and http_idle_timeout_ms must be at least 1".into());
         }
         if self.handshake_timeout_ms == 0 {
             return Err("handshake_timeout_ms must be at least 1".into());

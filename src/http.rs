@@ -9,7 +9,8 @@
 //! `PUT` and `DELETE /api/queues/{vhost}/{name}/members/{node}` add and remove a member
 //! (`members`).
 //!
-//! Every request needs HTTP basic auth with the broker's user, who (as over AMQP) may be
+//! Connections are limited in number and closed when idle (`limits`). Every request needs
+//! HTTP basic auth with the broker's user, who (as over AMQP) may be
 //! limited to loopback. Reads go to the routing snapshot, to queues (counts, as
 //! `queue.declare passive` does) and to the Raft runtime; a transfer asks raft-rs.
 
@@ -22,11 +23,13 @@ use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
+use axum::serve::ListenerExt as _;
 use base64::Engine;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+mod limits;
 mod members;
 
 use crate::broker::Broker;
@@ -85,6 +88,7 @@ pub async fn serve(
     broker: Arc<Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let broker_config = broker.config.clone();
     let app = Router::new()
         .route("/api/queues", get(list_queues))
         .route("/api/queues/{vhost}/{name}", get(one_queue))
@@ -95,6 +99,13 @@ pub async fn serve(
         )
         .with_state(broker);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let listener = limits::Limited::new(
+        listener,
+        broker_config.http_max_connections,
+        std::time::Duration::from_millis(broker_config.http_idle_timeout_ms),
+    )
+    // `tap_io` only so that handlers get the peer's address (axum's ConnectInfo).
+    .tap_io(|_| {});
     let stop = async move {
         let _ = shutdown.wait_for(|s| *s).await;
     };

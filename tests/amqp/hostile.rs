@@ -460,3 +460,63 @@ async fn a_body_being_streamed_counts_against_the_memory_alarm() {
     assert_eq!(count(&ch, "after").await, 2);
     b.stop().await;
 }
+
+/// The HTTP API serves at most `http_max_connections` at once and closes a connection idle
+/// for `http_idle_timeout_ms`: two silent sockets hold both slots, so a request on a third
+/// is answered only once the broker has closed one of them for idleness (not before the
+/// idle timeout), and the AMQP side is untouched throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connections_are_bounded_and_idle_ones_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let idle = std::time::Duration::from_millis(700);
+    let b = start_with(Config {
+        http_listen: "127.0.0.1:0".into(),
+        http_max_connections: 2,
+        http_idle_timeout_ms: idle.as_millis() as u64,
+        ..Config::default()
+    })
+    .await;
+    let addr = b.server.as_ref().unwrap().http_addr.expect("HTTP API on");
+    let mut bystander = Bystander::new(&b).await;
+    let opened = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..2 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    third
+        .write_all(b"GET /api/queues HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        third.read_to_end(&mut answer),
+    )
+    .await
+    .expect("the third connection is answered once a slot is free")
+    .unwrap();
+    let answered = opened.elapsed();
+    // Unauthenticated: 401, but answered, and only after an idle socket was closed.
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 401"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(
+        answered >= idle,
+        "answered after {answered:?}, before a slot was free"
+    );
+    for mut s in silent {
+        assert!(
+            closed_by_broker(&mut s).await,
+            "an idle HTTP connection kept open"
+        );
+    }
+    let (status, _) = http_get(addr, "/api/queues", Some(("guest", "guest"))).await;
+    assert_eq!(status, 200);
+    bystander
+        .still_served(&b, "after the HTTP connections")
+        .await;
+    b.stop().await;
+}

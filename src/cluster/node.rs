@@ -4,7 +4,7 @@
 //! `Apply` in log order. The `Cluster` handle opens and closes groups, proposes, and reports
 //! who leads. On a single node the same runtime runs groups of one, without links.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -416,6 +416,15 @@ impl Reads {
     }
 }
 
+/// The peers whose link is up.
+fn up_peers(sessions: &Sessions) -> BTreeSet<u64> {
+    sessions
+        .iter()
+        .filter(|(_, s)| s.is_some())
+        .map(|(id, _)| *id)
+        .collect()
+}
+
 /// A group this node takes part in.
 struct Running {
     group: Group,
@@ -451,6 +460,9 @@ impl Runtime {
     ) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut links = self.links.up();
+        let mut links_up = up_peers(&links.borrow_and_update());
+        let mut links_open = true;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -459,6 +471,14 @@ impl Runtime {
                         r.group.expire_snapshot();
                     }
                 }
+                changed = links.changed(), if links_open => match changed {
+                    Ok(()) => {
+                        let now = up_peers(&links.borrow_and_update());
+                        self.links_lost(&links_up, &now);
+                        links_up = now;
+                    }
+                    Err(_) => links_open = false,
+                },
                 m = inbound.recv() => match m {
                     Some(m) => self.step(m),
                     None => break,
@@ -530,6 +550,15 @@ impl Runtime {
             }
         }
         Ok(())
+    }
+
+    /// Links that went down since `was`: groups they led elect a new leader now.
+    fn links_lost(&mut self, was: &BTreeSet<u64>, now: &BTreeSet<u64>) {
+        for lost in was.difference(now) {
+            for r in self.groups.values_mut() {
+                r.group.leader_link_lost(*lost, now);
+            }
+        }
     }
 
     fn step(&mut self, m: Inbound) {

@@ -272,6 +272,39 @@ impl Group {
         self.node.raft.leader_id
     }
 
+    /// This node's link to `peer` went down (its process died: the kernel closed the
+    /// socket; or the link went silent). If `peer` led this group, waiting out the
+    /// election timeout would stall the group for one to two seconds: instead this node
+    /// gives up the leader's lease (so it grants a vote at once), and the lowest-numbered
+    /// voter still reachable (`up`: peers whose link is up) stands for election now. Only
+    /// liveness changes: the campaign is raft-rs's own (pre-vote first), so a leader that
+    /// is in fact alive keeps its followers' lease elsewhere and is not deposed.
+    pub fn leader_link_lost(&mut self, peer: u64, up: &std::collections::BTreeSet<u64>) {
+        let raft = &mut self.node.raft;
+        let me = raft.id;
+        if raft.leader_id != peer || peer == me {
+            return;
+        }
+        raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        let first = raft
+            .prs()
+            .conf()
+            .voters()
+            .ids()
+            .iter()
+            .filter(|v| *v != peer && (*v == me || up.contains(v)))
+            .min()
+            == Some(me);
+        if first && raft.promotable() {
+            tracing::info!(
+                group = self.id,
+                leader = peer,
+                "leader's link lost: campaigning"
+            );
+            let _ = self.node.campaign();
+        }
+    }
+
     pub fn is_leader(&self) -> bool {
         self.node.raft.state == StateRole::Leader
     }

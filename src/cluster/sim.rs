@@ -346,6 +346,8 @@ struct Sim {
     client: Client,
     counts: Counts,
     now: u64,
+    /// Off: the nodes' clocks stand still (no election or heartbeat timeouts).
+    ticking: bool,
 }
 
 impl Sim {
@@ -379,6 +381,7 @@ impl Sim {
             },
             counts: Counts::default(),
             now: 0,
+            ticking: true,
         }
     }
 
@@ -400,6 +403,7 @@ impl Sim {
         for n in &mut self.nodes {
             if let Some(up) = n.up.as_mut()
                 && self.rng.chance(250)
+                && self.ticking
             {
                 up.group.tick();
             }
@@ -659,4 +663,45 @@ fn a_run_is_reproducible_from_its_seed() {
     let a = format!("{:?}", run(99, 1500));
     let b = format!("{:?}", run(99, 1500));
     assert_eq!(a, b);
+}
+
+/// A follower that sees its leader's link go down does not wait out the election timeout:
+/// with every clock stopped, the two survivors elect the lower-numbered one, and the group
+/// commits again.
+#[test]
+fn losing_the_leaders_link_elects_a_new_leader_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(5, dir.path());
+    let leader = |sim: &Sim, i: usize| sim.nodes[i].up.as_ref().unwrap().group.status().leader;
+    while sim.client.next < 20 || !sim.settled() {
+        sim.step(false, sim.client.next < 20);
+    }
+    let old = leader(&sim, 0);
+    sim.nodes[(old - 1) as usize].crash(u64::MAX);
+    sim.ticking = false;
+    let survivors: Vec<u64> = NODES.iter().copied().filter(|n| *n != old).collect();
+    for id in &survivors {
+        let up: BTreeSet<u64> = survivors.iter().copied().filter(|o| o != id).collect();
+        let node = sim.nodes[(*id - 1) as usize].up.as_mut().unwrap();
+        node.group.leader_link_lost(old, &up);
+    }
+    for _ in 0..50 {
+        sim.step(false, false);
+    }
+    let first = (survivors[0] - 1) as usize;
+    assert_eq!(
+        leader(&sim, first),
+        survivors[0],
+        "no new leader without ticks"
+    );
+    assert_eq!(leader(&sim, (survivors[1] - 1) as usize), survivors[0]);
+    // And it commits: a new enqueue is applied on both survivors.
+    let before = sim.check.lock().unwrap().committed.len();
+    while sim.check.lock().unwrap().committed.len() == before {
+        sim.step(false, true);
+        assert!(sim.now < 10_000, "the new leader commits nothing");
+    }
+    for n in &mut sim.nodes {
+        n.crash(0);
+    }
 }

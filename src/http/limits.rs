@@ -1,6 +1,6 @@
 //! Limits on the HTTP API's connections. At most `http_max_connections` are served at once:
 //! the listener accepts the next only when one has closed, so more wait in the kernel's
-//! accept queue (as max_connections does for RabbitMQ's management listener). A connection
+//! accept queue (as with the web server under RabbitMQ's management plugin). A connection
 //! that neither sends nor takes a byte for `http_idle_timeout_ms` is closed (the management
 //! plugin's idle_timeout), so idle or stalled clients give their slot back.
 //!

@@ -10,7 +10,7 @@ home), the producer connects to node 2 and the consumer to node 3; against the s
 node, all three are the same node. Prints a table of medians (msg/s, p50/p99 end-to-end
 latency) and writes cluster.json to --out. With --quorum the queue is a quorum queue
 (x-queue-type: quorum, declared on node 1, so its first leader is there) and the results
-go to quorum.json.
+go to quorum.json. --only q1000 runs one scenario (results in quorum-q1000.json).
 """
 
 import argparse
@@ -44,6 +44,10 @@ QUORUM_SCENARIOS = [
      "confirms (window 1000), a consumer on each, ack multiple 100",
      "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
      "--multiple-ack 100 --prefetch 1000 --fanout 10"),
+    ("q1000", "1,000 quorum queues, persistent 1 KiB, confirms (window 1000), the producer "
+     "publishing to each in turn, one consumer on all of them, ack multiple 100",
+     "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
+     "--multiple-ack 100 --prefetch 100 --queues 1000"),
 ]
 
 
@@ -71,6 +75,34 @@ def wait_port(host, port, procs, timeout=120):
     raise RuntimeError(f"nothing listening on {host}:{port} after {timeout}s")
 
 
+def group_states(pgid):
+    """The states (R, S, Z, ...) of the processes in a process group."""
+    out = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid:
+                out.append(fields[0])
+        except (OSError, IndexError, ValueError):
+            continue
+    return out
+
+
+def wait_group_gone(p, timeout=60):
+    """Reap a node's group leader, then wait until no process of its group is left (a
+    killed RabbitMQ's beam can outlive its shell script for a moment, holding its ports)."""
+    p.wait()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not any(state != "Z" for state in group_states(p.pid)):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"process group {p.pid} still alive after SIGKILL")
+
+
 class Cluster:
     """Brokers with a URL per node; urls[0] is the queue's home."""
 
@@ -79,6 +111,32 @@ class Cluster:
         self.dir = tempfile.mkdtemp(prefix=f"cluster-{name}-")
         self.procs = []
         self.urls = []
+        # How each node was started (argv and Popen's keywords), to start it again.
+        self.specs = []
+        self.ports = []
+
+    def spawn(self, argv, log_path, **kw):
+        """Start a node in a process group of its own (RabbitMQ's beam runs under a shell
+        script: the group is the whole node); its output goes to `log_path`, appended."""
+        self.specs.append((argv, log_path, kw))
+        self.procs.append(self._popen(len(self.specs) - 1))
+
+    def _popen(self, i):
+        argv, log_path, kw = self.specs[i]
+        return subprocess.Popen(argv, stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
+                                start_new_session=True, **kw)
+
+    def kill(self, i):
+        """SIGKILL node i's whole process group and wait until all of it is gone."""
+        os.killpg(self.procs[i].pid, signal.SIGKILL)
+        wait_group_gone(self.procs[i])
+
+    def restart_all(self):
+        """Start every node again on its data (all at once: RabbitMQ nodes that were killed
+        together wait for each other), then wait for their AMQP ports."""
+        self.procs = [self._popen(i) for i in range(len(self.specs))]
+        for host, port in self.ports:
+            wait_port(host, port, self.procs, timeout=600)
 
     def stop(self):
         for p in self.procs:
@@ -97,10 +155,9 @@ class WarrenSingle(Cluster):
     def __init__(self, binary):
         super().__init__("warren-1")
         port = free_port("127.0.0.1")
-        self.procs.append(subprocess.Popen(
-            [binary, "--listen", f"127.0.0.1:{port}", "--data-dir", f"{self.dir}/data"],
-            stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}.log", "w"),
-            start_new_session=True))
+        self.spawn([binary, "--listen", f"127.0.0.1:{port}", "--data-dir", f"{self.dir}/data"],
+                   f"{self.dir}.log")
+        self.ports = [("127.0.0.1", port)]
         wait_port("127.0.0.1", port, self.procs)
         self.urls = [f"amqp://guest:guest@127.0.0.1:{port}/%2f"] * 3
 
@@ -115,12 +172,11 @@ class WarrenCluster(Cluster):
         for i, h in enumerate(hosts):
             peers += ["--peer", f"{i + 1}={h}:{links[i]}"]
         for i, h in enumerate(hosts):
-            self.procs.append(subprocess.Popen(
-                [binary, "--node-id", str(i + 1), "--listen", f"{h}:{amqp[i]}",
-                 "--cluster-listen", f"{h}:{links[i]}", "--data-dir", f"{self.dir}/n{i + 1}"]
-                + peers,
-                stdout=subprocess.DEVNULL, stderr=open(f"{self.dir}-n{i + 1}.log", "w"),
-                start_new_session=True))
+            self.spawn([binary, "--node-id", str(i + 1), "--listen", f"{h}:{amqp[i]}",
+                        "--cluster-listen", f"{h}:{links[i]}", "--data-dir",
+                        f"{self.dir}/n{i + 1}"] + peers,
+                       f"{self.dir}-n{i + 1}.log")
+        self.ports = list(zip(hosts, amqp))
         for h, p in zip(hosts, amqp):
             wait_port(h, p, self.procs)
         self.urls = [f"amqp://guest:guest@{h}:{p}/%2f" for h, p in zip(hosts, amqp)]
@@ -148,10 +204,7 @@ class RabbitCluster(Cluster):
                 "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq",
             })
             self.env.append(env)
-            self.procs.append(subprocess.Popen(
-                ["/usr/lib/rabbitmq/bin/rabbitmq-server"], cwd=d, env=env,
-                stdout=open(f"{d}.log", "w"), stderr=subprocess.STDOUT,
-                start_new_session=True))
+            self.spawn(["/usr/lib/rabbitmq/bin/rabbitmq-server"], f"{d}.log", cwd=d, env=env)
             wait_port("127.0.0.1", port, self.procs)
         for i in (1, 2):
             for step in (["stop_app"], ["join_cluster", names[0]], ["start_app"]):
@@ -160,6 +213,7 @@ class RabbitCluster(Cluster):
                                check=True, capture_output=True, timeout=120)
             wait_port("127.0.0.1", ports[i], self.procs)
         self.urls = [f"amqp://guest:guest@127.0.0.1:{p}/%2f" for p in ports]
+        self.ports = [("127.0.0.1", p) for p in ports]
 
 
 def rss_mib(c):
@@ -203,8 +257,12 @@ def main():
     ap.add_argument("--out", default=os.path.join(compare.REPO, "benches", "results"))
     ap.add_argument("--skip-rabbitmq", action="store_true")
     ap.add_argument("--quorum", action="store_true", help="quorum queues instead of classic")
+    ap.add_argument("--only", action="append", default=[],
+                    help="run only this scenario (q1000, c2, ...); repeatable")
     a = ap.parse_args()
     scenarios = QUORUM_SCENARIOS if a.quorum else SCENARIOS
+    if a.only:
+        scenarios = [s for s in scenarios if s[0] in a.only]
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if not a.skip_rabbitmq:
         compare.ensure_rabbitmq()
@@ -242,7 +300,10 @@ def main():
             # The largest node's resident memory after the scenario, median over rounds.
             row[name]["rss_mib"] = statistics.median(max(r["rss_mib"]) for r in rs)
         table.append(row)
-    with open(os.path.join(a.out, "quorum.json" if a.quorum else "cluster.json"), "w") as f:
+    name = "quorum" if a.quorum else "cluster"
+    if a.only:
+        name += "-" + "-".join(a.only)
+    with open(os.path.join(a.out, f"{name}.json"), "w") as f:
         json.dump({"rounds": a.rounds, "duration": a.duration, "table": table,
                    "runs": {f"{s}/{n}": v for (s, n), v in runs.items()}}, f, indent=2)
     print(f"\nmedians of {a.rounds} rounds, {a.duration:g} s each; queue on node 1, "

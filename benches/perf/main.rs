@@ -77,6 +77,14 @@ struct Args {
     /// Publish to a fanout exchange bound to this many queues, `consumers` on each.
     #[arg(long, default_value_t = 0)]
     fanout: usize,
+    /// This many queues (`<queue>-<i>`): producers publish to each in turn (default
+    /// exchange), and each consumer connection consumes from all of them.
+    #[arg(long, default_value_t = 1)]
+    queues: usize,
+    /// Record consumed and confirmed counts every this many milliseconds (0: off), as the
+    /// result's `timeline`: for throughput over time, as around a node killed mid-run.
+    #[arg(long, default_value_t = 0)]
+    timeline_ms: u64,
     /// 1-message transactions: publish, tx.commit, wait for commit-ok.
     #[arg(long)]
     tx: bool,
@@ -114,8 +122,9 @@ fn err(e: impl std::fmt::Display) -> std::io::Error {
 }
 
 fn queue_names(a: &Args) -> Vec<String> {
-    if a.fanout > 0 {
-        (0..a.fanout).map(|i| format!("{}-{i}", a.queue)).collect()
+    let n = a.fanout.max(if a.queues > 1 { a.queues } else { 0 });
+    if n > 0 {
+        (0..n).map(|i| format!("{}-{i}", a.queue)).collect()
     } else {
         vec![a.queue.clone()]
     }
@@ -246,7 +255,13 @@ async fn producer(
             .await?;
     }
     let exchange = exchange_name(&a);
-    let key = if a.fanout > 0 { "" } else { a.queue.as_str() };
+    let keys = match (a.fanout > 0, a.queues > 1) {
+        (true, _) => vec![String::new()],
+        (false, true) => queue_names(&a),
+        (false, false) => vec![a.queue.clone()],
+    };
+    let mut next_key = 0usize;
+    let key = keys[0].as_str();
     let mut body = vec![0x5au8; a.size];
     let rate = a.rate / a.producers as f64;
     let started = tokio::time::Instant::now();
@@ -285,7 +300,8 @@ async fn producer(
         if budget > 0 {
             stamp(&mut body);
             for _ in 0..budget {
-                c.publish(exchange, key, a.persistent, &body);
+                c.publish(exchange, &keys[next_key], a.persistent, &body);
+                next_key = (next_key + 1) % keys.len();
             }
             if timeout_at(deadline, c.flush()).await.is_err() {
                 break;
@@ -343,7 +359,10 @@ fn stamp(body: &mut [u8]) {
     }
 }
 
-async fn consume(c: &mut Client, q: &str, a: &Args) -> Res<()> {
+/// basic.qos (per consumer), then a basic.consume for each queue, all sent at once. The
+/// consume-oks are not waited for with `call`, which skips deliveries: deliveries from the
+/// first queues can come before the last consume-ok (`subscribe` reads them).
+async fn consume(c: &mut Client, queues: &[String], a: &Args) -> Res<()> {
     if !a.auto_ack {
         c.call(
             1,
@@ -354,32 +373,52 @@ async fn consume(c: &mut Client, q: &str, a: &Args) -> Res<()> {
         )
         .await?;
     }
-    c.call(
-        1,
-        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
-            queue: q.into(),
+    for q in queues {
+        let m = AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: q.as_str().into(),
             consumer_tag: "".into(),
             no_local: false,
             no_ack: a.auto_ack,
             exclusive: false,
             nowait: false,
             arguments: FieldTable::default(),
-        })),
-    )
-    .await?;
+        }));
+        c.send(1, &m);
+    }
+    c.flush().await?;
     Ok(())
+}
+
+/// A consumer connection with a consumer on each queue, once every consume-ok is in: the
+/// run starts only when all consumers are registered (registering 1,000 quorum queues'
+/// consumers while producers already run would measure that, not the steady state). A
+/// delivery during registration (left from before) is acked at once.
+async fn subscribe(url: &Url, queues: &[String], a: &Args) -> Res<Client> {
+    let mut c = Client::connect(url).await?;
+    consume(&mut c, queues, a).await?;
+    let mut oks = 0;
+    while oks < queues.len() {
+        c.fill().await?;
+        while let Some(ev) = c.next()? {
+            match ev {
+                Event::Deliver { tag } if !a.auto_ack => c.ack(tag, false),
+                Event::Method(_, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_))) => oks += 1,
+                Event::Method(_, m) => return Err(err(format!("unexpected {m:?}"))),
+                _ => {}
+            }
+        }
+        c.flush().await?;
+    }
+    Ok(c)
 }
 
 /// Consume until the deadline; returns the latency histogram (ns).
 async fn consumer(
-    url: Url,
-    q: String,
+    mut c: Client,
     a: Arc<Args>,
     stats: Arc<Stats>,
     deadline: tokio::time::Instant,
 ) -> Res<()> {
-    let mut c = Client::connect(&url).await?;
-    consume(&mut c, &q, &a).await?;
     let mut hist = Histogram::<u64>::new_with_bounds(1_000, 60_000_000_000, 3).map_err(err)?;
     let (mut since_ack, mut first_body) = (0u64, false);
     loop {
@@ -464,9 +503,7 @@ async fn run(a: Args) -> Res<serde_json::Value> {
         setup(&mut control, &a).await?;
         let mut held = Vec::with_capacity(a.idle_connections);
         for _ in 0..a.idle_connections {
-            let mut c = Client::connect(&url).await?;
-            consume(&mut c, &a.queue, &a).await?;
-            held.push(c);
+            held.push(subscribe(&url, std::slice::from_ref(&a.queue), &a).await?);
         }
         ready(&format!("{} connections", held.len()));
         tokio::task::spawn_blocking(wait_for_stdin_close)
@@ -483,7 +520,15 @@ async fn run(a: Args) -> Res<serde_json::Value> {
         let far = tokio::time::Instant::now() + Duration::from_secs(3600);
         let per = a.fill / a.producers as u64;
         let tasks: Vec<_> = (0..a.producers)
-            .map(|_| tokio::spawn(producer(url.clone(), a.clone(), stats.clone(), far, per)))
+            .map(|_| {
+                tokio::spawn(producer(
+                    producer_url.clone(),
+                    a.clone(),
+                    stats.clone(),
+                    far,
+                    per,
+                ))
+            })
             .collect();
         for t in tasks {
             t.await.map_err(err)??;
@@ -500,22 +545,53 @@ async fn run(a: Args) -> Res<serde_json::Value> {
         }));
     }
 
-    let cpu_before = cpu_seconds();
-    let started = Instant::now();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.duration);
-    let mut tasks = Vec::new();
+    // One consumer connection per queue and --consumers; with --queues, each of them
+    // consumes from all the queues.
+    let mut subscribed = Vec::new();
     if !a.tx {
-        for q in queue_names(&a) {
+        let sets: Vec<Vec<String>> = match a.queues > 1 && a.fanout == 0 {
+            true => vec![queue_names(&a)],
+            false => queue_names(&a).into_iter().map(|q| vec![q]).collect(),
+        };
+        for qs in sets {
             for _ in 0..a.consumers {
-                tasks.push(tokio::spawn(consumer(
-                    consumer_url.clone(),
-                    q.clone(),
-                    a.clone(),
-                    stats.clone(),
-                    deadline,
-                )));
+                subscribed.push(subscribe(&consumer_url, &qs, &a).await?);
             }
         }
+    }
+    let cpu_before = cpu_seconds();
+    let started = Instant::now();
+    let timeline: Arc<Mutex<Vec<[u64; 4]>>> = Arc::default();
+    // Where the timeline starts on the wall clock, for events another process times.
+    let started_unix_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs_f64(a.duration);
+    let mut tasks = Vec::new();
+    if a.timeline_ms > 0 {
+        let (stats, every) = (stats.clone(), Duration::from_millis(a.timeline_ms));
+        let timeline = timeline.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            while tokio::time::Instant::now() < deadline {
+                tick.tick().await;
+                let row = [
+                    started.elapsed().as_millis() as u64,
+                    stats.consumed.load(Ordering::Relaxed),
+                    stats.confirmed.load(Ordering::Relaxed),
+                    stats.nacked.load(Ordering::Relaxed),
+                ];
+                timeline.lock().unwrap().push(row);
+            }
+        });
+    }
+    for c in subscribed {
+        tasks.push(tokio::spawn(consumer(
+            c,
+            a.clone(),
+            stats.clone(),
+            deadline,
+        )));
     }
     for _ in 0..a.producers {
         tasks.push(tokio::spawn(producer(
@@ -531,7 +607,10 @@ async fn run(a: Args) -> Res<serde_json::Value> {
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_seconds() - cpu_before;
-    teardown(&mut control, &a).await?;
+    // The control connection's node may have been killed mid-run (benches/failover.py).
+    if let Err(e) = teardown(&mut control, &a).await {
+        eprintln!("perf: teardown failed: {e}");
+    }
     let rate = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64 / secs;
     let lat = stats.latency.lock().unwrap().take();
     let pct = |q: f64| {
@@ -552,6 +631,8 @@ async fn run(a: Args) -> Res<serde_json::Value> {
             "max": pct(1.0),
         },
         "generator_cpu_pct": 100.0 * cpu / secs,
+        "timeline": timeline.lock().unwrap().clone(),
+        "started_unix_ms": started_unix_ms,
     }))
 }
 

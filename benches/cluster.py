@@ -250,12 +250,43 @@ def run(perf, c, args, duration, workdir):
             "p99_us": lat.get("p99") or 0.0, "rss_mib": rss_mib(c), "raw": r}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--duration", type=float, default=10.0)
+def common_args(ap, rounds):
+    """The options every bench in benches/ that runs clusters takes."""
+    ap.add_argument("--rounds", type=int, default=rounds)
     ap.add_argument("--out", default=os.path.join(compare.REPO, "benches", "results"))
     ap.add_argument("--skip-rabbitmq", action="store_true")
+
+
+def prepare(a, prefix, single=True):
+    """What such a bench does first: SIGTERM exits, RabbitMQ installed (unless skipped),
+    warren and perf built, --out made. Returns (perf, a scratch directory, the brokers as
+    (name, start) pairs: warren-1 if `single`, warren-3, rabbitmq-3)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if not a.skip_rabbitmq:
+        compare.ensure_rabbitmq()
+    warren_bin, perf = compare.build()
+    os.makedirs(a.out, exist_ok=True)
+    workdir = tempfile.mkdtemp(prefix=f"{prefix}-")
+    kinds = [("warren-1", lambda: WarrenSingle(warren_bin))] if single else []
+    kinds.append(("warren-3", lambda: WarrenCluster(warren_bin)))
+    if not a.skip_rabbitmq:
+        kinds.append(("rabbitmq-3", RabbitCluster))
+    return perf, workdir, kinds
+
+
+def rounds(kinds, n, log):
+    """(name, start) for every broker of every round; each round runs them in the reverse
+    order of the one before, so none always runs first."""
+    for rnd in range(n):
+        for name, start in (kinds if rnd % 2 == 0 else list(reversed(kinds))):
+            log(f"round {rnd + 1}/{n}: {name}")
+            yield name, start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    common_args(ap, rounds=3)
+    ap.add_argument("--duration", type=float, default=10.0)
     ap.add_argument("--quorum", action="store_true", help="quorum queues instead of classic")
     ap.add_argument("--only", action="append", default=[],
                     help="run only this scenario (q1000, c2, ...); repeatable")
@@ -263,32 +294,20 @@ def main():
     scenarios = QUORUM_SCENARIOS if a.quorum else SCENARIOS
     if a.only:
         scenarios = [s for s in scenarios if s[0] in a.only]
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if not a.skip_rabbitmq:
-        compare.ensure_rabbitmq()
-    warren_bin, perf = compare.build()
-    os.makedirs(a.out, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix="cluster-")
-    kinds = [("warren-1", lambda: WarrenSingle(warren_bin)),
-             ("warren-3", lambda: WarrenCluster(warren_bin))]
-    if not a.skip_rabbitmq:
-        kinds.append(("rabbitmq-3", RabbitCluster))
+    perf, workdir, kinds = prepare(a, "cluster")
     runs = {(s[0], k[0]): [] for s in scenarios for k in kinds}
-    for rnd in range(a.rounds):
-        order = kinds if rnd % 2 == 0 else list(reversed(kinds))
-        for name, start in order:
-            log(f"round {rnd + 1}/{a.rounds}: {name}")
-            c = start()
-            try:
-                time.sleep(2)
-                for sid, title, args in scenarios:
-                    r = run(perf, c, args, a.duration, workdir)
-                    runs[(sid, name)].append(r)
-                    log(f"  ({sid}) {name}: {r['msg_per_sec']:,.0f} msg/s, "
-                        f"p50 {r['p50_us']:,.0f} us, p99 {r['p99_us']:,.0f} us, "
-                        f"RSS after {r['rss_mib']} MiB")
-            finally:
-                c.stop()
+    for name, start in rounds(kinds, a.rounds, log):
+        c = start()
+        try:
+            time.sleep(2)
+            for sid, title, args in scenarios:
+                r = run(perf, c, args, a.duration, workdir)
+                runs[(sid, name)].append(r)
+                log(f"  ({sid}) {name}: {r['msg_per_sec']:,.0f} msg/s, "
+                    f"p50 {r['p50_us']:,.0f} us, p99 {r['p99_us']:,.0f} us, "
+                    f"RSS after {r['rss_mib']} MiB")
+        finally:
+            c.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     table = []
     for sid, title, args in scenarios:

@@ -27,13 +27,11 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
-import compare  # noqa: E402
 
 PERF_ARGS = ("--size 1024 --persistent --durable --queue-arg x-queue-type=quorum "
              "--confirm 1000 --multiple-ack 100 --prefetch 1000 --timeline-ms 100")
@@ -56,7 +54,7 @@ def analyse(timeline, kill_ms, end_ms):
 
     a, k = at(3000), at(kill_ms)
     before = (k[1] - a[1]) * 1000.0 / max(1, k[0] - a[0])
-    stall, stall_at, recovered, last = 0, None, None, None
+    stall, stall_at, recovered, last, stall_from = 0, None, None, None, kill_ms
     for row in timeline:
         if row[0] < kill_ms:
             continue
@@ -104,35 +102,28 @@ def run(perf, c, duration, kill_at, workdir):
         "kill_ms": kill_ms, "timeline": r["timeline"]}
 
 
+def k_summary(r):
+    """A run's figures without its timeline."""
+    return {k: v for k, v in r.items() if k != "timeline"}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=3)
+    cluster.common_args(ap, rounds=3)
     ap.add_argument("--duration", type=float, default=30.0)
     ap.add_argument("--kill-at", type=float, default=10.0)
-    ap.add_argument("--out", default=os.path.join(compare.REPO, "benches", "results"))
-    ap.add_argument("--skip-rabbitmq", action="store_true")
     a = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if not a.skip_rabbitmq:
-        compare.ensure_rabbitmq()
-    warren_bin, perf = compare.build()
-    os.makedirs(a.out, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix="failover-")
-    kinds = [("warren-3", lambda: cluster.WarrenCluster(warren_bin))]
-    if not a.skip_rabbitmq:
-        kinds.append(("rabbitmq-3", cluster.RabbitCluster))
+    perf, workdir, kinds = cluster.prepare(a, "failover", single=False)
     runs = {k: [] for k, _ in kinds}
-    for rnd in range(a.rounds):
-        for name, start in (kinds if rnd % 2 == 0 else list(reversed(kinds))):
-            log(f"round {rnd + 1}/{a.rounds}: {name}")
-            c = start()
-            try:
-                time.sleep(2)
-                r = run(perf, c, a.duration, a.kill_at, workdir)
-                runs[name].append(r)
-                log(f"  {name}: {r}")
-            finally:
-                c.stop()
+    for name, start in cluster.rounds(kinds, a.rounds, log):
+        c = start()
+        try:
+            time.sleep(2)
+            r = run(perf, c, a.duration, a.kill_at, workdir)
+            runs[name].append(r)
+            log(f"  {name}: {k_summary(r)}")
+        finally:
+            c.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     keys = ("before", "stall_ms", "stall_at_ms", "recovered_ms", "after", "nacked")
     table = {}

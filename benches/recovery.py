@@ -28,12 +28,10 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import cluster  # noqa: E402
-import compare  # noqa: E402
 
 
 def log(msg):
@@ -130,32 +128,19 @@ def one(name, start, perf, a, workdir):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    cluster.common_args(ap, rounds=1)
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--size", type=int, default=1024)
-    ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--out", default=os.path.join(compare.REPO, "benches", "results"))
-    ap.add_argument("--skip-rabbitmq", action="store_true")
     ap.add_argument("--only", action="append", default=[],
                     help="run only this broker (warren-1, warren-3, rabbitmq-3); repeatable")
     a = ap.parse_args()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     ensure_pika()
-    if not a.skip_rabbitmq:
-        compare.ensure_rabbitmq()
-    warren_bin, perf = compare.build()
-    os.makedirs(a.out, exist_ok=True)
-    workdir = tempfile.mkdtemp(prefix="recovery-")
-    kinds = [("warren-1", lambda: cluster.WarrenSingle(warren_bin)),
-             ("warren-3", lambda: cluster.WarrenCluster(warren_bin))]
-    if not a.skip_rabbitmq:
-        kinds.append(("rabbitmq-3", cluster.RabbitCluster))
+    perf, workdir, kinds = cluster.prepare(a, "recovery")
     if a.only:
         kinds = [k for k in kinds if k[0] in a.only]
     runs = {k: [] for k, _ in kinds}
-    for rnd in range(a.rounds):
-        for name, start in (kinds if rnd % 2 == 0 else list(reversed(kinds))):
-            log(f"round {rnd + 1}/{a.rounds}: {name}")
-            runs[name].append(one(name, start, perf, a, workdir))
+    for name, start in cluster.rounds(kinds, a.rounds, log):
+        runs[name].append(one(name, start, perf, a, workdir))
     table = {}
     for name, rs in runs.items():
         table[name] = {k: statistics.median(r[k] for r in rs)

@@ -29,6 +29,8 @@ pub mod http;
 pub mod protocol;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 
 pub use config::Config;
 pub use server::Server;

@@ -278,7 +278,8 @@ impl Group {
     /// gives up the leader's lease (so it grants a vote at once), and the lowest-numbered
     /// voter still reachable (`up`: peers whose link is up) stands for election now. Only
     /// liveness changes: the campaign is raft-rs's own (pre-vote first), so a leader that
-    /// is in fact alive keeps its followers' lease elsewhere and is not deposed.
+    /// is in fact alive keeps its followers' lease elsewhere and is not deposed; and reads
+    /// go through ReadIndex (raft-rs's default), never a lease, so none goes stale.
     pub fn leader_link_lost(&mut self, peer: u64, up: &std::collections::BTreeSet<u64>) {
         let raft = &mut self.node.raft;
         let me = raft.id;

@@ -28,33 +28,12 @@ use super::node::Apply;
 use super::raft::{Group, GroupIo, Transport};
 use super::storage::Gauge;
 use crate::store::{Op, Store};
+use crate::test_rng::Rng;
 
 const GROUP: u64 = 7;
 const NODES: [u64; 3] = [1, 2, 3];
 /// A node's state machine snapshots after this many entries.
 const SNAPSHOT_EVERY: usize = 25;
-
-/// splitmix64: small, seedable, and the same on every platform.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    /// True with probability `per_mille` / 1000.
-    fn chance(&mut self, per_mille: u64) -> bool {
-        self.below(1000) < per_mille
-    }
-}
 
 struct NoGauge;
 

@@ -251,6 +251,12 @@ impl Links {
     pub fn up(&self) -> watch::Receiver<Sessions> {
         self.up.clone()
     }
+
+    /// Whether `session` is the peer's link now. A session is shown up before anything is
+    /// read from it, so a frame that fails this came on a link that has since gone down.
+    pub fn is_current(&self, peer: u64, session: Session) -> bool {
+        self.up.borrow().get(&peer) == Some(&Some(session))
+    }
 }
 
 /// Accept links from lower-numbered peers and hand each to its peer's task after the hello.

@@ -562,6 +562,13 @@ impl Runtime {
     }
 
     fn step(&mut self, m: Inbound) {
+        // A message still queued from a link that went down is dropped (Raft takes a lost
+        // message in its stride): stepped after `links_lost`, a dead leader's last
+        // heartbeat would give the followers back the lease they just gave up, and they
+        // would ignore the survivor's campaign until the election timeout.
+        if !self.links.is_current(m.from, m.session) {
+            return tracing::trace!(from = m.from, "message from a link that went down");
+        }
         if let Frame::Raft { group, msg } = m.frame {
             match self.groups.get_mut(&group) {
                 Some(r) => r.group.step(&msg),

@@ -126,11 +126,6 @@ class Cluster:
         return subprocess.Popen(argv, stdout=open(log_path, "a"), stderr=subprocess.STDOUT,
                                 start_new_session=True, **kw)
 
-    def kill(self, i):
-        """SIGKILL node i's whole process group and wait until all of it is gone."""
-        os.killpg(self.procs[i].pid, signal.SIGKILL)
-        wait_group_gone(self.procs[i])
-
     def restart_all(self):
         """Start every node again on its data (all at once: RabbitMQ nodes that were killed
         together wait for each other), then wait for their AMQP ports."""

@@ -354,13 +354,8 @@ impl Cluster {
     }
 
     /// The peers this node has a live link to now.
-    pub fn live_peers(&self) -> std::collections::BTreeSet<u64> {
-        let up = self.links.up();
-        up.borrow()
-            .iter()
-            .filter(|(_, s)| s.is_some())
-            .map(|(n, _)| *n)
-            .collect()
+    pub fn live_peers(&self) -> BTreeSet<u64> {
+        up_peers(&self.links.up().borrow())
     }
 
     /// Forwarded work for a peer's session (waits for room; dropped if the session ended).

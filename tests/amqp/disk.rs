@@ -1,7 +1,8 @@
 //! Disk faults, on a small tmpfs as the data directory (the tests mount one, so they run as
 //! root, as CI does): the disk alarm blocks persistent publishers and clears by itself when
-//! space returns, transient traffic goes on meanwhile; a store that cannot write stops the
-//! broker, and nothing it confirmed is lost.
+//! space returns, transient traffic goes on meanwhile; a store that cannot write (a full
+//! disk, or syncs failing with EIO under the real binary through an LD_PRELOAD shim) stops
+//! the broker, and nothing it confirmed is lost.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -299,4 +300,143 @@ async fn a_store_that_cannot_write_stops_the_broker_and_loses_nothing_confirmed(
         confirmed.len()
     );
     b.stop().await;
+}
+
+/// tests/faults/failsync.c, built into a preloadable library in `dir`.
+fn fail_sync_shim(dir: &std::path::Path) -> std::path::PathBuf {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/faults/failsync.c");
+    let lib = dir.join("libfailsync.so");
+    let built = Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(src)
+        .arg("-ldl")
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(built, "the fsync fault shim builds with cc");
+    lib
+}
+
+/// A disk whose syncs fail (EIO) under the running broker: the broker confirms nothing it
+/// could not sync, stops by itself (exit 1, not a crash), and once the disk is good again a
+/// restart on the same directory has every confirmed message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_fsync_stops_the_broker_and_loses_nothing_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let shim = fail_sync_shim(dir.path());
+    let trigger = dir.path().join("fail-sync");
+    let data = dir.path().join("data");
+    let start = || {
+        spawn_binary(
+            warren()
+                .arg("--listen")
+                .arg("127.0.0.1:0")
+                .arg("--data-dir")
+                .arg(&data)
+                .env("LD_PRELOAD", &shim)
+                .env("WARREN_FAIL_SYNC", &trigger),
+        )
+    };
+    let node = start();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port);
+    let conn = lapin::Connection::connect(&url, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("d".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+
+    // Windows of 50 confirmed publishes; the disk starts failing after the fourth.
+    const WINDOW: u32 = 50;
+    let (mut confirmed, mut refused, mut sent) = (BTreeSet::new(), 0, 0u32);
+    for round in 0..100 {
+        if round == 4 {
+            std::fs::write(&trigger, b"").unwrap();
+        }
+        let mut window = Vec::new();
+        for _ in 0..WINDOW {
+            let i = sent;
+            sent += 1;
+            let sent = ch
+                .basic_publish(
+                    "".into(),
+                    "d".into(),
+                    BasicPublishOptions::default(),
+                    &i.to_be_bytes(),
+                    persistent(),
+                )
+                .await;
+            match sent {
+                Ok(c) => window.push((i, c)),
+                Err(_) => refused += 1,
+            }
+        }
+        for (i, c) in window {
+            match c.await {
+                Ok(c) if c.is_ack() => {
+                    confirmed.insert(i);
+                }
+                _ => refused += 1,
+            }
+        }
+        if refused > 0 {
+            break;
+        }
+    }
+    assert!(
+        refused > 0,
+        "every publish was confirmed on a disk that cannot sync"
+    );
+    assert!(
+        confirmed.len() >= 4 * WINDOW as usize,
+        "{}",
+        confirmed.len()
+    );
+    let status = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut node = node;
+            node.child.wait().unwrap()
+        }),
+    )
+    .await
+    .expect("the broker stops by itself when its store cannot sync")
+    .unwrap();
+    assert_eq!(
+        status.code(),
+        Some(1),
+        "a clean stop with a reason: {status}"
+    );
+
+    // The disk is good again: a restart has every confirmed message, once.
+    std::fs::remove_file(&trigger).unwrap();
+    let mut node = start();
+    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port);
+    let conn = lapin::Connection::connect(&url, Default::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    let mut got = Vec::new();
+    while let Some(m) = ch
+        .basic_get("d".into(), BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+    {
+        got.push(u32::from_be_bytes(m.data[..4].try_into().unwrap()));
+    }
+    let unique: BTreeSet<u32> = got.iter().copied().collect();
+    let lost = confirmed.difference(&unique).count();
+    let unexpected = unique.iter().filter(|i| **i >= sent).count();
+    assert_eq!(
+        (lost, unexpected, got.len() - unique.len()),
+        (0, 0, 0),
+        "lost, unexpected, duplicated of {} confirmed",
+        confirmed.len()
+    );
+    node.child.kill().unwrap();
+    node.child.wait().unwrap();
 }

@@ -132,6 +132,11 @@ impl Replicated {
         Ok(handle)
     }
 
+    /// How long a change may take to commit before it is reported as failed.
+    pub fn command_timeout(&self) -> Duration {
+        self.cluster.config.command_timeout
+    }
+
     /// The same, retried until it is committed: for changes nobody waits for (a queue that
     /// deleted itself) that must still reach every node.
     pub async fn run_until_done(&self, vhost: &str, cmd: Cmd) {

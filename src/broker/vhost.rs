@@ -88,6 +88,8 @@ pub struct VHost {
     remote: OnceLock<Arc<Forwarder>>,
     /// Where quorum queues run, once this node has its Raft runtime.
     quorum: watch::Sender<Option<quorum::Runtime>>,
+    /// Counts the commands applied to the topology, for `forgotten` to wait on.
+    applied: watch::Sender<u64>,
 }
 
 /// A topology change on its way to disk: declare-ok and friends wait for it, so that an
@@ -142,6 +144,7 @@ impl VHost {
             replicated: OnceLock::new(),
             remote: OnceLock::new(),
             quorum: watch::Sender::new(None),
+            applied: watch::Sender::new(0),
         });
         let _ = vhost.commit(&mut vhost.lock(), builtin);
         vhost
@@ -208,7 +211,9 @@ impl VHost {
     /// Apply a command, carry out its changes, and queue its store rows.
     fn run(&self, cmd: Cmd) -> Result<(Option<QueueHandle>, Written), Error> {
         let mut rt = self.lock();
-        let (reply, changes) = rt.topo.apply(cmd)?;
+        let applied = rt.topo.apply(cmd);
+        self.applied.send_modify(|n| *n += 1);
+        let (reply, changes) = applied?;
         let written = self.commit(&mut rt, changes);
         let handle = match reply {
             Reply::Queue(q, _) => rt.handles.get(&q.name).cloned(),
@@ -628,6 +633,36 @@ impl VHost {
 
     /// Called by a queue task as it ends: forget the queue and every binding to it (in a
     /// cluster, through the metadata log; the queue stops being routed to here at once).
+    /// Wait until this node's metadata no longer has queue `id` as `name`. On a cluster a
+    /// queue that deleted itself leaves the metadata afterwards, through the log; delete-ok
+    /// waits for that, as RabbitMQ's does, so that a declare after it finds no old record.
+    pub async fn forgotten(&self, name: &str, id: u64) -> Result<(), Error> {
+        let Some(r) = self.replicated.get() else {
+            return Ok(()); // a single node forgets it before the delete is answered
+        };
+        let deadline = tokio::time::Instant::now() + r.command_timeout();
+        let mut applied = self.applied.subscribe();
+        loop {
+            let present = self.lock().topo.has_queue_id(name, id);
+            if !present {
+                return Ok(());
+            }
+            if !matches!(
+                tokio::time::timeout_at(deadline, applied.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return Err(Error::connection(
+                    code::INTERNAL_ERROR,
+                    format!(
+                        "queue '{name}' in vhost '{}' is deleted, but the metadata did not \
+                         forget it in time (no majority of cluster nodes reachable)",
+                        self.name
+                    ),
+                ));
+            }
+        }
+    }
+
     pub fn remove_queue(&self, q: &QueueShared) {
         let cmd = Cmd::QueueDeleted {
             name: q.name.clone(),

@@ -12,6 +12,7 @@ pub mod raft;
 #[cfg(test)]
 mod sim;
 mod storage;
+mod unopened;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::link::{Frame, Inbound, Links, Session, Sessions};
 use super::raft::{Group, GroupIo, GroupStatus, TICK, persist};
 use super::storage::LogBytes;
+use super::unopened::{Early, Unopened};
 use super::{ClusterConfig, ClusterError, META_GROUP};
 use crate::store::{Op, RaftLog, Store};
 
@@ -175,6 +176,7 @@ impl Cluster {
             leaders: leaders.clone(),
             log_bytes,
             next_change: 0,
+            unopened: Unopened::default(),
         };
         tokio::spawn(runtime.run(inbound, p_rx));
         Arc::new(Cluster {
@@ -379,6 +381,10 @@ struct Reads {
     asked: HashMap<Vec<u8>, oneshot::Sender<u64>>,
     /// (read index, waiter), answered once applied reaches the index.
     indexed: Vec<(u64, oneshot::Sender<u64>)>,
+    /// Reads asked before this node saw an entry of the group's current term committed:
+    /// a leader drops those (raft-rs's rule, as a new leader does not know its commit index
+    /// yet), so they are asked again once it has one, instead of after the asker's retry.
+    early: Vec<Vec<u8>>,
 }
 
 impl Reads {
@@ -389,9 +395,25 @@ impl Reads {
         // caller has given up by then.
         if self.asked.len() > 4 * ROUND {
             self.asked.clear();
+            self.early.clear();
         }
         self.asked.insert(ctx.clone(), done);
+        if !group.committed_in_term() {
+            self.early.push(ctx.clone());
+        }
         group.read_index(ctx);
+    }
+
+    /// Ask again the reads asked too early, once the group can answer them.
+    fn ask_early_again(&mut self, group: &mut Group) {
+        if self.early.is_empty() || !group.committed_in_term() {
+            return;
+        }
+        for ctx in std::mem::take(&mut self.early) {
+            if self.asked.contains_key(&ctx) {
+                group.read_index(ctx);
+            }
+        }
     }
 
     fn answer(&mut self, group: &mut Group) {
@@ -445,6 +467,8 @@ struct Runtime {
     log_bytes: LogBytes,
     /// Numbers this node's membership change proposals.
     next_change: u64,
+    /// Messages for groups not open here yet (a new queue's, before its metadata is here).
+    unopened: Unopened,
 }
 
 impl Runtime {
@@ -465,6 +489,7 @@ impl Runtime {
                         r.group.tick();
                         r.group.expire_snapshot();
                     }
+                    self.unopened.expire(std::time::Instant::now());
                 }
                 changed = links.changed(), if links_open => match changed {
                     Ok(()) => {
@@ -494,6 +519,9 @@ impl Runtime {
                     Ok(r) => self.request(r),
                     Err(_) => break,
                 }
+            }
+            for r in self.groups.values_mut() {
+                r.reads.ask_early_again(&mut r.group);
             }
             if let Err(e) = self.ready().await {
                 // Only a store failure gets here, and it stops the node by itself.
@@ -568,8 +596,16 @@ impl Runtime {
             match self.groups.get_mut(&group) {
                 Some(r) => r.group.step(&msg),
                 // A group not opened here yet (its queue's metadata is on its way), or
-                // closed: the sender tries again if it matters.
-                None => tracing::trace!(from = m.from, group, "message for no group here"),
+                // closed: kept a while for the first, dropped for the second.
+                None => {
+                    tracing::trace!(from = m.from, group, "message for no group here");
+                    let early = Early {
+                        from: m.from,
+                        session: m.session,
+                        msg,
+                    };
+                    self.unopened.keep(group, early, std::time::Instant::now());
+                }
             }
         }
     }
@@ -682,6 +718,11 @@ impl Runtime {
         )?;
         if campaign {
             g.campaign();
+        }
+        for e in self.unopened.take(group) {
+            if self.links.is_current(e.from, e.session) {
+                g.step(&e.msg);
+            }
         }
         let leader = if group == META_GROUP {
             self.meta_leader.clone()

@@ -259,6 +259,14 @@ impl Group {
         self.node.read_index(ctx);
     }
 
+    /// Does this node know a leader and has it seen an entry of the leader's term
+    /// committed? Until then read requests are dropped (a leader drops them until it has
+    /// committed in its term; a follower without a leader has nobody to ask).
+    pub fn committed_in_term(&self) -> bool {
+        let raft = &self.node.raft;
+        raft.leader_id != 0 && raft.raft_log.term(raft.raft_log.committed).ok() == Some(raft.term)
+    }
+
     pub fn take_read_states(&mut self) -> Vec<(u64, Vec<u8>)> {
         std::mem::take(&mut self.read_states)
     }

@@ -128,14 +128,18 @@ impl Conn {
             // Deleting a missing queue succeeds, as in RabbitMQ.
             Err(e) if e.code() == code::NOT_FOUND => 0,
             Err(e) => return Err(e),
-            Ok(q) => q
-                .ask(|reply| QueueCmd::Delete {
-                    if_unused: d.if_unused,
-                    if_empty: d.if_empty,
-                    reply,
-                })
-                .await
-                .unwrap_or(Ok(0))?,
+            Ok(q) => {
+                let n = q
+                    .ask(|reply| QueueCmd::Delete {
+                        if_unused: d.if_unused,
+                        if_empty: d.if_empty,
+                        reply,
+                    })
+                    .await
+                    .unwrap_or(Ok(0))?;
+                vhost.forgotten(&name, q.id).await?;
+                n
+            }
         };
         self.exclusive.retain(|q| *q.name != *name);
         self.reply(

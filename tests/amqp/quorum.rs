@@ -239,6 +239,48 @@ async fn a_quorum_queue_is_used_from_every_node_of_a_cluster() {
     assert_eq!(crate::common::count(&ch1, "rq").await, 0);
 }
 
+/// A quorum queue deleted and declared again at once, from a member and from the leader's
+/// node: delete-ok comes once this node's metadata has forgotten the queue (as RabbitMQ's
+/// delete waits for its metadata removal), so the new declare makes a new queue, which takes
+/// a confirmed publish. Before, delete-ok came as soon as the queue's own group applied the
+/// delete, and the declare right after it often got 541 "no placement".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_quorum_queue_can_be_declared_again_at_once() {
+    let cluster = crate::cluster::TestCluster::start(3, "");
+    for node in [1, 0] {
+        let (_c, ch) = cluster.channel(node).await;
+        ch.confirm_select(Default::default()).await.unwrap();
+        for round in 0..10 {
+            ch.queue_delete("again".into(), QueueDeleteOptions::default())
+                .await
+                .unwrap();
+            declare_quorum(&ch, "again").await;
+            let confirm = ch
+                .basic_publish(
+                    "".into(),
+                    "again".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    b"one",
+                    persistent(),
+                )
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            assert!(confirm.is_ack(), "node {node} round {round}");
+            assert!(confirm.take_message().is_none(), "returned unroutable");
+            assert_eq!(
+                crate::common::count(&ch, "again").await,
+                1,
+                "node {node} round {round}"
+            );
+        }
+    }
+}
+
 /// kill -9 of the leader while a publisher on another node publishes with confirms and a
 /// consumer on the third consumes with acks: a new leader takes over and both carry on; once
 /// the publisher stops, every confirmed message is consumed (lost = 0) and nothing

@@ -72,7 +72,7 @@ def main():
         row = {"broker": name, "queues": a.queues, "rounds": rs}
         for op in ("declare", "delete"):
             for k in ("total_s", "p50_ms", "p90_ms"):
-                row[f"{op}_{k}"] = statistics.median(r[op][k] for r in rs)
+                row[f"{op}_{k}"] = round(statistics.median(r[op][k] for r in rs), 2)
         rows.append(row)
     print(f"| {a.queues} quorum queues, one at a time from node 2 | "
           + " | ".join(r["broker"] for r in rows) + " |")

@@ -68,14 +68,7 @@ struct Model {
 fn entry(seq: u64) -> Entry {
     Entry {
         seq,
-        msg: Arc::new(Message {
-            exchange: Default::default(),
-            routing_key: Default::default(),
-            properties: Default::default(),
-            body: Default::default(),
-            persistent: false,
-            stored: None,
-        }),
+        msg: Arc::new(Message::default()),
         redelivered: false,
         expires_ms: None,
     }

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::protocol::FieldTable;
 use crate::store::StoredMessage;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Message {
     pub exchange: Bytes,
     pub routing_key: Bytes,

@@ -6,14 +6,7 @@ use crate::broker::vhost::{QueueDecl, VHost};
 fn entry(seq: u64) -> Entry {
     Entry {
         seq,
-        msg: Arc::new(crate::broker::message::Message {
-            exchange: Default::default(),
-            routing_key: Default::default(),
-            properties: Default::default(),
-            body: Default::default(),
-            persistent: false,
-            stored: None,
-        }),
+        msg: Arc::new(crate::broker::message::Message::default()),
         redelivered: false,
         expires_ms: None,
     }

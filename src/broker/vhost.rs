@@ -631,8 +631,6 @@ impl VHost {
         )
     }
 
-    /// Called by a queue task as it ends: forget the queue and every binding to it (in a
-    /// cluster, through the metadata log; the queue stops being routed to here at once).
     /// Wait until this node's metadata no longer has queue `id` as `name`. On a cluster a
     /// queue that deleted itself leaves the metadata afterwards, through the log; delete-ok
     /// waits for that, as RabbitMQ's does, so that a declare after it finds no old record.
@@ -663,6 +661,8 @@ impl VHost {
         }
     }
 
+    /// Called by a queue task as it ends: forget the queue and every binding to it (in a
+    /// cluster, through the metadata log; the queue stops being routed to here at once).
     pub fn remove_queue(&self, q: &QueueShared) {
         let cmd = Cmd::QueueDeleted {
             name: q.name.clone(),

@@ -213,6 +213,18 @@ pub struct Running {
     pub port: u16,
 }
 
+impl Running {
+    /// A lapin connection to the running binary, as guest.
+    pub async fn connect(&self) -> lapin::Connection {
+        lapin::Connection::connect(
+            &format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap()
+    }
+}
+
 /// `warren` with no configuration from the test's environment.
 pub fn warren() -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_warren"));

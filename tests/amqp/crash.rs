@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, ExchangeKind};
 
 use crate::common::{durable, persistent};
 
@@ -30,15 +30,6 @@ impl crate::common::Running {
     fn kill9(mut self) {
         self.child.kill().unwrap(); // SIGKILL
         self.child.wait().unwrap();
-    }
-
-    async fn connect(&self) -> Connection {
-        Connection::connect(
-            &format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port),
-            ConnectionProperties::default(),
-        )
-        .await
-        .unwrap()
     }
 }
 

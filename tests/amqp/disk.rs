@@ -230,12 +230,7 @@ async fn a_store_that_cannot_write_stops_the_broker_and_loses_nothing_confirmed(
     };
     let mut b = start_on(&fs, config.clone()).await;
     let (_c, ch) = channel(&b).await;
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    ch.queue_declare("d".into(), durable(), FieldTable::default())
-        .await
-        .unwrap();
+    confirming_into_d(&ch).await;
     let mut confirmed = BTreeSet::new();
     let (mut refused, mut last) = (0, 0);
     for i in 0u32..1024 {
@@ -284,6 +279,16 @@ async fn a_store_that_cannot_write_stops_the_broker_and_loses_nothing_confirmed(
     let (_c, ch) = channel(&b).await;
     drain_and_check(&ch, &confirmed, last + 1).await;
     b.stop().await;
+}
+
+/// Confirm mode on `ch`, and the durable queue "d" the disk-fault tests publish to.
+async fn confirming_into_d(ch: &lapin::Channel) {
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    ch.queue_declare("d".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
 }
 
 /// Get everything in queue "d" (bodies start with the publish's number, below `sent`):
@@ -344,17 +349,9 @@ async fn a_failing_fsync_stops_the_broker_and_loses_nothing_confirmed() {
         )
     };
     let node = start();
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port);
-    let conn = lapin::Connection::connect(&url, Default::default())
-        .await
-        .unwrap();
+    let conn = node.connect().await;
     let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(ConfirmSelectOptions::default())
-        .await
-        .unwrap();
-    ch.queue_declare("d".into(), durable(), FieldTable::default())
-        .await
-        .unwrap();
+    confirming_into_d(&ch).await;
 
     // Windows of 50 confirmed publishes; the disk starts failing after the fourth.
     const WINDOW: u32 = 50;
@@ -421,10 +418,7 @@ async fn a_failing_fsync_stops_the_broker_and_loses_nothing_confirmed() {
     // The disk is good again: a restart has every confirmed message, once.
     std::fs::remove_file(&trigger).unwrap();
     let mut node = start();
-    let url = format!("amqp://guest:guest@127.0.0.1:{}/%2f", node.port);
-    let conn = lapin::Connection::connect(&url, Default::default())
-        .await
-        .unwrap();
+    let conn = node.connect().await;
     let ch = conn.create_channel().await.unwrap();
     drain_and_check(&ch, &confirmed, sent).await;
     node.child.kill().unwrap();

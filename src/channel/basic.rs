@@ -1,22 +1,15 @@
-//! The basic class as the channel keeps it: delivery tags and settlement (ack, nack,
-//! reject, recover), consumers and the credit the channel grants them, qos, channel.flow.
+//! The basic class as the channel keeps it: deliveries and their tags, settlement (ack,
+//! nack, reject, recover), consumers and the credit the channel grants them, basic.get, qos,
+//! channel.flow, and server-sent cancels.
 
 use std::sync::Arc;
 
-use super::{Channel, Parked, Settle, TxSettle, Unacked};
+use super::{Action, Channel, ConsumerInfo, ConsumerStart, Parked, Settle, State, Unacked};
 use crate::broker::consumer::{CONSUMER_CREDIT, ConsumerFlow};
 use crate::broker::ids::ConsumerId;
-use crate::broker::queue::{Entry, QueueHandle};
+use crate::broker::queue::{Entry, GetReply, QueueCmd, QueueHandle};
 use crate::error::{Error, code};
-
-/// What a basic.ack/nack/reject did.
-#[derive(Debug)]
-pub enum Settled {
-    /// In a transaction: checked now, applied at commit.
-    Staged,
-    /// To tell the queues now.
-    Now(Vec<Unacked>),
-}
+use crate::protocol::{AMQPClass, basic, channel};
 
 /// Settled deliveries of one queue, in order: one command to it.
 #[derive(Debug)]
@@ -25,55 +18,111 @@ pub struct QueueSettle {
     pub seqs: Vec<u64>,
 }
 
-/// New credit for a consumer: its queue may send while it has sent fewer than `limit`.
-#[derive(Debug)]
-pub struct Grant {
-    pub flow: Arc<ConsumerFlow>,
-    pub limit: u64,
-}
-
 fn unknown_tag(tag: u64) -> Error {
     Error::precondition(format!("unknown delivery tag {tag}"))
 }
 
+fn send(out: &mut Vec<Action>, m: basic::AMQPMethod) {
+    out.push(Action::Send(AMQPClass::Basic(m)));
+}
+
 impl Channel {
-    /// A new delivery tag, recording the delivery unless it needs no ack.
-    pub fn deliver(
-        &mut self,
-        queue: &QueueHandle,
-        entry: &Entry,
-        no_ack: bool,
-        limited: bool,
-    ) -> u64 {
-        let tag = self.next_tag;
-        self.next_tag += 1;
-        if !no_ack {
-            self.unacked.insert(
-                tag,
-                Unacked {
-                    queue: queue.clone(),
-                    seq: entry.seq,
-                    stored: entry.msg.stored.as_ref().map(|p| p.id),
-                    limited,
-                },
-            );
+    /// Tags for `entries` in order, recording them as unacked unless they need no ack.
+    fn tag_all(&mut self, queue: &QueueHandle, entries: &[Entry], no_ack: bool) -> u64 {
+        let first = self.next_tag;
+        for e in entries {
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            if !no_ack {
+                self.unacked.insert(
+                    tag,
+                    Unacked {
+                        queue: queue.clone(),
+                        seq: e.seq,
+                        stored: e.msg.stored.as_ref().map(|p| p.id),
+                        limited: true,
+                    },
+                );
+            }
         }
-        tag
+        first
+    }
+
+    /// Deliveries from a queue: written, held back (channel.flow), or given back if their
+    /// consumer is gone.
+    pub(super) fn delivered(
+        &mut self,
+        consumer: ConsumerId,
+        no_ack: bool,
+        queue: QueueHandle,
+        entries: Vec<Entry>,
+        out: &mut Vec<Action>,
+    ) {
+        if self.state != State::Open || !self.is_current(&consumer) {
+            // Ack-mode deliveries were counted in the pool when the queue sent them.
+            if !no_ack && self.limit.release(entries.len() as u32) {
+                self.wake_consumers(out);
+            }
+            out.push(Action::Tell(
+                queue,
+                QueueCmd::Return {
+                    consumer,
+                    entries,
+                    no_ack,
+                },
+            ));
+            return;
+        }
+        if !self.active {
+            self.parked.push(Parked {
+                consumer,
+                no_ack,
+                queue,
+                entries,
+            });
+            return;
+        }
+        let n = entries.len() as u64;
+        let first_tag = self.tag_all(&queue, &entries, no_ack);
+        out.push(Action::Deliver {
+            consumer_tag: consumer.tag.clone(),
+            first_tag,
+            entries,
+        });
+        // Its queue may send `n` more once these are written: at most CONSUMER_CREDIT are
+        // ever in flight to this connection.
+        let ci = self
+            .consumers
+            .get_mut(&consumer.tag)
+            .expect("checked current");
+        ci.written += n;
+        out.push(Action::Grant {
+            flow: ci.flow.clone(),
+            limit: ci.written + u64::from(CONSUMER_CREDIT),
+            queue,
+        });
     }
 
     /// basic.ack/nack/reject: `tag` alone, or with `multiple` every outstanding tag up to it
     /// (tag 0 + multiple = all). Unknown or settled tag → 406. In a transaction the
     /// settlement is staged (and can be rolled back).
-    pub fn settle(&mut self, how: Settle, tag: u64, multiple: bool) -> Result<Settled, Error> {
+    pub(super) fn settle(
+        &mut self,
+        how: Settle,
+        tag: u64,
+        multiple: bool,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Error> {
         let taken = self.take(tag, multiple)?;
         if let Some(tx) = self.tx.as_mut() {
-            tx.settles.push(TxSettle {
+            tx.settles.push(super::TxSettle {
                 how,
                 deliveries: taken,
             });
-            return Ok(Settled::Staged);
+            return Ok(());
         }
-        Ok(Settled::Now(taken.into_iter().map(|(_, u)| u).collect()))
+        self.apply_settle(taken.into_iter().map(|(_, u)| u).collect(), how, out);
+        Ok(())
     }
 
     fn take(&mut self, tag: u64, multiple: bool) -> Result<Vec<(u64, Unacked)>, Error> {
@@ -95,47 +144,63 @@ impl Channel {
             .ok_or_else(|| unknown_tag(tag))
     }
 
-    /// Put back deliveries whose settlement was rolled back: unacked again, same tags.
-    pub(super) fn unsettle(&mut self, settled: Vec<(u64, Unacked)>) {
-        self.unacked.extend(settled);
-    }
-
-    /// Everything unacked (basic.recover, channel close).
-    pub fn settle_all(&mut self) -> Vec<Unacked> {
-        std::mem::take(&mut self.unacked).into_values().collect()
-    }
-
-    pub fn unacked_count(&self) -> usize {
-        self.unacked.len()
-    }
-
-    /// Resolve the empty queue name to the channel's most recently declared queue.
-    pub fn queue_name(&self, name: &str) -> Result<String, Error> {
-        if !name.is_empty() {
-            return Ok(name.to_string());
+    /// Tell the queues about settled deliveries (one command per queue) and give their
+    /// global-prefetch credit back.
+    pub fn apply_settle(&mut self, settled: Vec<Unacked>, how: Settle, out: &mut Vec<Action>) {
+        let limited = settled.iter().filter(|u| u.limited).count() as u32;
+        for s in by_queue(settled) {
+            let cmd = match how {
+                Settle::Ack => QueueCmd::Ack(s.seqs),
+                Settle::Requeue => QueueCmd::Requeue(s.seqs),
+                Settle::Discard => QueueCmd::Discard(s.seqs),
+            };
+            out.push(Action::Tell(s.queue, cmd));
         }
-        self.last_queue
-            .clone()
-            .ok_or_else(|| Error::not_found("no previously declared queue"))
+        if limited > 0 && self.limit.release(limited) {
+            self.wake_consumers(out);
+        }
+    }
+
+    /// basic.recover: everything unacked back to its queue, redelivered.
+    pub(super) fn recover(
+        &mut self,
+        requeue: bool,
+        reply: bool,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Error> {
+        if !requeue {
+            return Err(Error::connection(code::NOT_IMPLEMENTED, "requeue=false"));
+        }
+        let all = std::mem::take(&mut self.unacked).into_values().collect();
+        self.apply_settle(all, Settle::Requeue, out);
+        if reply {
+            send(out, basic::AMQPMethod::RecoverOk(basic::RecoverOk {}));
+        }
+        Ok(())
     }
 
     /// basic.qos: per consumer (for consumers created from now on) or, global, one pool
     /// shared by the channel's consumers (at once).
-    pub fn qos(&mut self, prefetch: u32, global: bool) {
+    pub(super) fn qos(&mut self, prefetch: u32, global: bool, out: &mut Vec<Action>) {
         if global {
             self.limit.set_limit(prefetch);
         } else {
             self.consumer_prefetch = prefetch;
         }
+        self.wake_consumers(out);
+        send(out, basic::AMQPMethod::QosOk(basic::QosOk {}));
     }
 
-    /// channel.flow: paused channels hold deliveries back; resuming gives them back to write.
-    pub fn set_flow(&mut self, active: bool) -> Vec<Parked> {
+    /// channel.flow: a paused channel holds deliveries back; resuming writes them.
+    pub(super) fn flow(&mut self, active: bool, out: &mut Vec<Action>) {
         self.active = active;
+        out.push(Action::Send(AMQPClass::Channel(
+            channel::AMQPMethod::FlowOk(channel::FlowOk { active }),
+        )));
         if active {
-            std::mem::take(&mut self.parked)
-        } else {
-            Vec::new()
+            for p in std::mem::take(&mut self.parked) {
+                self.delivered(p.consumer, p.no_ack, p.queue, p.entries, out);
+            }
         }
     }
 
@@ -150,29 +215,116 @@ impl Channel {
         Ok(())
     }
 
-    /// Register a consumer (before the queue has it: deliveries may follow at once).
-    /// Returns its serial and credit cell.
-    pub fn add_consumer(
+    /// basic.consume: the consumer is registered before its queue has it (deliveries may
+    /// follow at once), then started there; consume-ok waits for the queue's answer.
+    pub(super) fn consume(
         &mut self,
-        tag: &Arc<str>,
-        queue: &QueueHandle,
-        no_ack: bool,
-    ) -> Result<(u64, Arc<ConsumerFlow>), Error> {
-        self.tag_free(tag)?;
+        c: super::Consume,
+        out: &mut Vec<Action>,
+    ) -> Result<(), Error> {
+        self.tag_free(&c.tag)?;
         self.next_serial += 1;
         let flow = Arc::new(ConsumerFlow::new(u64::from(CONSUMER_CREDIT)));
         self.consumers.insert(
-            tag.clone(),
-            super::ConsumerInfo {
-                queue: queue.clone(),
-                no_ack,
+            c.tag.clone(),
+            ConsumerInfo {
+                queue: c.queue.clone(),
                 serial: self.next_serial,
                 flow: flow.clone(),
                 written: 0,
             },
         );
-        self.touched.insert(queue.id, queue.clone());
-        Ok((self.next_serial, flow))
+        self.touched.insert(c.queue.id, c.queue.clone());
+        let id = ConsumerId {
+            channel: self.id,
+            tag: c.tag.clone(),
+            serial: self.next_serial,
+        };
+        out.push(Action::Consume(ConsumerStart {
+            id,
+            queue: c.queue,
+            no_ack: c.no_ack,
+            exclusive: c.exclusive,
+            prefetch: self.consumer_prefetch,
+            arguments: c.arguments,
+            flow,
+            channel_limit: self.limit.clone(),
+        }));
+        if !c.nowait {
+            send(
+                out,
+                basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: c.tag.to_string().into(),
+                }),
+            );
+        }
+        Ok(())
+    }
+
+    /// basic.cancel: the queue forgets the consumer before cancel-ok, so nothing more
+    /// arrives for it. An unknown tag is cancelled already.
+    pub(super) fn cancel(&mut self, tag: Arc<str>, nowait: bool, out: &mut Vec<Action>) {
+        if let Some(info) = self.consumers.remove(&tag) {
+            out.push(Action::Cancel {
+                queue: info.queue,
+                consumer: ConsumerId {
+                    channel: self.id,
+                    tag: tag.clone(),
+                    serial: info.serial,
+                },
+            });
+        }
+        if !nowait {
+            send(
+                out,
+                basic::AMQPMethod::CancelOk(basic::CancelOk {
+                    consumer_tag: tag.to_string().into(),
+                }),
+            );
+        }
+    }
+
+    /// The queue cancelled a consumer: basic.cancel to a client that understands it.
+    pub(super) fn cancelled(&mut self, consumer: ConsumerId, out: &mut Vec<Action>) {
+        if !self.remove_consumer(&consumer) {
+            return;
+        }
+        if self.state == State::Open && self.cancel_notify {
+            send(
+                out,
+                basic::AMQPMethod::Cancel(basic::Cancel {
+                    consumer_tag: consumer.tag.to_string().into(),
+                    nowait: true,
+                }),
+            );
+        }
+    }
+
+    /// basic.get's answer: get-empty, or get-ok with a new tag.
+    pub(super) fn got(
+        &mut self,
+        queue: QueueHandle,
+        no_ack: bool,
+        got: GetReply,
+        out: &mut Vec<Action>,
+    ) {
+        let Some((entry, remaining)) = got else {
+            send(out, basic::AMQPMethod::GetEmpty(basic::GetEmpty {}));
+            return;
+        };
+        let tag = self.tag_all(&queue, std::slice::from_ref(&entry), no_ack);
+        if !no_ack {
+            // Not counted against the global prefetch.
+            if let Some(u) = self.unacked.get_mut(&tag) {
+                u.limited = false;
+            }
+            self.touched.insert(queue.id, queue);
+        }
+        out.push(Action::GetOk {
+            tag,
+            entry,
+            remaining,
+        });
     }
 
     /// Is `consumer` this channel's current consumer of its tag (not one since cancelled)?
@@ -182,7 +334,7 @@ impl Channel {
             .is_some_and(|ci| ci.serial == consumer.serial)
     }
 
-    /// Forget a consumer (cancelled by the client or the queue); false if not current.
+    /// Forget a consumer (cancelled by the queue, or refused by it); false if not current.
     pub fn remove_consumer(&mut self, consumer: &ConsumerId) -> bool {
         if !self.is_current(consumer) {
             return false;
@@ -191,18 +343,11 @@ impl Channel {
         true
     }
 
-    /// `n` deliveries to `consumer` were written out: its queue may send `n` more, so that at
-    /// most CONSUMER_CREDIT are ever in flight to this connection.
-    pub fn written(&mut self, consumer: &ConsumerId, n: u32) -> Option<Grant> {
-        let ci = self
-            .consumers
-            .get_mut(&consumer.tag)
-            .filter(|ci| ci.serial == consumer.serial)?;
-        ci.written += u64::from(n);
-        Some(Grant {
-            flow: ci.flow.clone(),
-            limit: ci.written + u64::from(CONSUMER_CREDIT),
-        })
+    /// Wake the queues of every consumer: credit they may be waiting for is back.
+    pub(super) fn wake_consumers(&self, out: &mut Vec<Action>) {
+        for ci in self.consumers.values() {
+            out.push(Action::Wake(ci.queue.clone()));
+        }
     }
 }
 

@@ -1,18 +1,12 @@
 //! The tx class as the channel keeps it: tx.select, the publishes and settlements staged
 //! until tx.commit, and tx.rollback putting staged settlements back.
 
-use super::{Channel, Settle, Unacked};
-use crate::broker::message::Message;
-use crate::broker::queue::QueueHandle;
+use super::{Action, Channel, Routed, Settle, Unacked};
 use crate::error::Error;
+use crate::protocol::{AMQPClass, tx};
 
 /// A publish staged in a transaction: routed, not yet visible.
-#[derive(Debug)]
-pub struct TxPublish {
-    pub msg: Message,
-    pub targets: Vec<QueueHandle>,
-    pub mandatory: bool,
-}
+pub type TxPublish = Routed;
 
 /// A settlement staged in a transaction, with the tags it settled (to put back on rollback).
 #[derive(Debug)]
@@ -32,41 +26,46 @@ fn not_transactional() -> Error {
     Error::precondition("channel is not transactional")
 }
 
+fn send(out: &mut Vec<Action>, m: tx::AMQPMethod) {
+    out.push(Action::Send(AMQPClass::Tx(m)));
+}
+
 impl Channel {
     /// tx.select; 406 on a channel in confirm mode.
-    pub fn tx_select(&mut self) -> Result<(), Error> {
-        if self.confirm_next.is_some() {
+    pub(super) fn tx_select(&mut self, out: &mut Vec<Action>) -> Result<(), Error> {
+        if self.confirms.selected() {
             return Err(Error::precondition("cannot switch from confirm to tx mode"));
         }
         self.tx.get_or_insert_default();
+        send(out, tx::AMQPMethod::SelectOk(tx::SelectOk {}));
         Ok(())
     }
 
-    pub fn transactional(&self) -> bool {
-        self.tx.is_some()
-    }
-
-    /// Stage a routed publish (on a transactional channel; otherwise it is dropped).
-    pub fn stage(&mut self, p: TxPublish) {
-        if let Some(tx) = self.tx.as_mut() {
-            tx.publishes.push(p);
-        }
-    }
-
-    /// tx.commit: the staged work, to apply now (the channel stays transactional).
-    pub fn commit(&mut self) -> Result<Tx, Error> {
-        self.tx
+    /// tx.commit: the staged work, applied now; commit-ok once it is (the channel stays
+    /// transactional).
+    pub(super) fn commit(&mut self, out: &mut Vec<Action>) -> Result<(), Error> {
+        let staged = self
+            .tx
             .as_mut()
             .map(std::mem::take)
-            .ok_or_else(not_transactional)
+            .ok_or_else(not_transactional)?;
+        out.push(Action::Commit(staged));
+        send(out, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
+        Ok(())
     }
 
-    /// tx.rollback: staged publishes vanish; staged settlements are undone (unacked again).
-    pub fn rollback(&mut self) -> Result<(), Error> {
-        let staged = self.commit()?;
+    /// tx.rollback: staged publishes vanish; staged settlements are undone (unacked again,
+    /// under the same tags).
+    pub(super) fn rollback(&mut self, out: &mut Vec<Action>) -> Result<(), Error> {
+        let staged = self
+            .tx
+            .as_mut()
+            .map(std::mem::take)
+            .ok_or_else(not_transactional)?;
         for s in staged.settles {
-            self.unsettle(s.deliveries);
+            self.unacked.extend(s.deliveries);
         }
+        send(out, tx::AMQPMethod::RollbackOk(tx::RollbackOk {}));
         Ok(())
     }
 }

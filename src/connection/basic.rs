@@ -1,15 +1,13 @@
-//! The basic class: qos, consume, cancel, get, and settlement (ack, nack, reject, recover),
-//! with the channel's state deciding and the queues told.
+//! The basic class: the broker's part of consume and get (finding the queue, asking it),
+//! the rest handed to the channel.
 
 use std::sync::Arc;
 
 use super::Conn;
-use crate::broker::ids::ConsumerId;
-use crate::broker::queue::ConsumerSpec;
 use crate::broker::queue::{QueueCmd, QueueHandle};
-use crate::channel::{Settle, Settled, by_queue};
+use crate::channel::{Consume, Input, Settle};
 use crate::error::{Error, code};
-use crate::protocol::{AMQPClass, basic, encode};
+use crate::protocol::basic;
 
 fn consumer_tag() -> String {
     use rand::RngExt;
@@ -17,85 +15,58 @@ fn consumer_tag() -> String {
     format!("amq.ctag-{n:032x}")
 }
 
+fn requeue_or_discard(requeue: bool) -> Settle {
+    if requeue {
+        Settle::Requeue
+    } else {
+        Settle::Discard
+    }
+}
+
 impl Conn {
     pub(super) async fn on_basic(&mut self, ch: u16, m: basic::AMQPMethod) -> Result<(), Error> {
-        match m {
-            basic::AMQPMethod::Qos(q) => {
-                self.channel(ch).qos(u32::from(q.prefetch_count), q.global);
-                self.wake_consumers(ch);
-                self.send_method(
-                    ch,
-                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
-                );
-                Ok(())
+        let input = match m {
+            basic::AMQPMethod::Qos(q) => Input::Qos {
+                prefetch: u32::from(q.prefetch_count),
+                global: q.global,
+            },
+            basic::AMQPMethod::Consume(c) => return self.consume(ch, c).await,
+            basic::AMQPMethod::Cancel(c) => Input::Cancel {
+                tag: c.consumer_tag.as_str().into(),
+                nowait: c.nowait,
+            },
+            basic::AMQPMethod::Get(g) => return self.get(ch, g).await,
+            basic::AMQPMethod::Ack(a) => Input::Settle {
+                how: Settle::Ack,
+                tag: a.delivery_tag,
+                multiple: a.multiple,
+            },
+            basic::AMQPMethod::Nack(n) => Input::Settle {
+                how: requeue_or_discard(n.requeue),
+                tag: n.delivery_tag,
+                multiple: n.multiple,
+            },
+            basic::AMQPMethod::Reject(r) => Input::Settle {
+                how: requeue_or_discard(r.requeue),
+                tag: r.delivery_tag,
+                multiple: false,
+            },
+            basic::AMQPMethod::Recover(basic::Recover { requeue }) => Input::Recover {
+                requeue,
+                reply: true,
+            },
+            basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue }) => Input::Recover {
+                requeue,
+                reply: false,
+            },
+            _ => {
+                return Err(Error::connection(
+                    code::COMMAND_INVALID,
+                    "unexpected basic method",
+                ));
             }
-            basic::AMQPMethod::Consume(c) => self.consume(ch, c).await,
-            basic::AMQPMethod::Cancel(c) => {
-                let tag: Arc<str> = c.consumer_tag.as_str().into();
-                let channel = self.key(ch);
-                if let Some(info) = self.channel(ch).consumers.remove(&tag) {
-                    // The queue forgets it too before cancel-ok, so nothing more arrives.
-                    let consumer = ConsumerId {
-                        channel,
-                        tag,
-                        serial: info.serial,
-                    };
-                    let _ = info
-                        .queue
-                        .ask(|reply| QueueCmd::Cancel { consumer, reply })
-                        .await;
-                }
-                self.reply(
-                    ch,
-                    c.nowait,
-                    AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
-                        consumer_tag: c.consumer_tag,
-                    })),
-                );
-                Ok(())
-            }
-            basic::AMQPMethod::Get(g) => self.get(ch, g).await,
-            basic::AMQPMethod::Ack(a) => {
-                self.settle(ch, a.delivery_tag, a.multiple, Settle::Ack)
-                    .await
-            }
-            basic::AMQPMethod::Nack(n) => {
-                let how = if n.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Discard
-                };
-                self.settle(ch, n.delivery_tag, n.multiple, how).await
-            }
-            basic::AMQPMethod::Reject(r) => {
-                let how = if r.requeue {
-                    Settle::Requeue
-                } else {
-                    Settle::Discard
-                };
-                self.settle(ch, r.delivery_tag, false, how).await
-            }
-            basic::AMQPMethod::Recover(basic::Recover { requeue })
-            | basic::AMQPMethod::RecoverAsync(basic::RecoverAsync { requeue }) => {
-                let is_async = matches!(m, basic::AMQPMethod::RecoverAsync(_));
-                if !requeue {
-                    return Err(Error::connection(code::NOT_IMPLEMENTED, "requeue=false"));
-                }
-                let all = self.channel(ch).settle_all();
-                self.apply_settle(ch, all, Settle::Requeue).await;
-                if !is_async {
-                    self.send_method(
-                        ch,
-                        AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
-                    );
-                }
-                Ok(())
-            }
-            _ => Err(Error::connection(
-                code::COMMAND_INVALID,
-                "unexpected basic method",
-            )),
-        }
+        };
+        self.drive(ch, input).await
     }
 
     async fn consume(&mut self, ch: u16, c: basic::Consume) -> Result<(), Error> {
@@ -106,125 +77,38 @@ impl Conn {
         } else {
             c.consumer_tag.as_str().into()
         };
+        // A tag in use is 530 even when the queue is missing.
         self.channel(ch).tag_free(&tag)?;
-        let q = vhost.queue(&name, self.id)?;
-        let channel = self.key(ch);
-        let events = self.events_tx.clone();
-        let chan = self.channel(ch);
-        // Register first: deliveries may arrive as soon as the queue has the consumer, and
-        // they are processed only after consume-ok is written below.
-        let (serial, flow) = chan.add_consumer(&tag, &q, c.no_ack)?;
-        let id = ConsumerId {
-            channel,
-            tag: tag.clone(),
-            serial,
-        };
-        let spec = ConsumerSpec {
-            id,
+        let queue = vhost.queue(&name, self.id)?;
+        let consume = Consume {
+            tag,
+            queue,
             no_ack: c.no_ack,
             exclusive: c.exclusive,
-            prefetch: chan.consumer_prefetch,
             arguments: c.arguments,
-            events,
-            flow,
-            channel_limit: chan.limit.clone(),
+            nowait: c.nowait,
         };
-        let r = q.ask(|reply| QueueCmd::Consume(spec, reply)).await;
-        match r {
-            Some(Ok(())) => {}
-            Some(Err(e)) => {
-                self.channel(ch).consumers.remove(&tag);
-                return Err(e);
-            }
-            None => {
-                self.channel(ch).consumers.remove(&tag);
-                return Err(q.gone(&vhost.name));
-            }
-        }
-        self.reply(
-            ch,
-            c.nowait,
-            AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                consumer_tag: tag.to_string().into(),
-            })),
-        );
-        Ok(())
+        self.drive(ch, Input::Consume(consume)).await
     }
 
     async fn get(&mut self, ch: u16, g: basic::Get) -> Result<(), Error> {
         let vhost = self.vhost().clone();
         let name = self.channel(ch).queue_name(g.queue.as_str())?;
-        let q: QueueHandle = vhost.queue(&name, self.id)?;
+        let queue: QueueHandle = vhost.queue(&name, self.id)?;
         let channel = self.key(ch);
-        let got = q
+        let got = queue
             .ask(|reply| QueueCmd::Get {
                 channel,
                 no_ack: g.no_ack,
                 reply,
             })
             .await
-            .ok_or_else(|| q.gone(&vhost.name))?;
-        let Some((entry, remaining)) = got else {
-            self.send_method(
-                ch,
-                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-            );
-            return Ok(());
+            .ok_or_else(|| queue.gone(&vhost.name))?;
+        let input = Input::Got {
+            queue,
+            no_ack: g.no_ack,
+            got,
         };
-        let chan = self.channel(ch);
-        if !g.no_ack {
-            chan.touched.insert(q.id, q.clone());
-        }
-        let tag = chan.deliver(&q, &entry, g.no_ack, false);
-        encode::get_ok(
-            &mut self.out,
-            ch,
-            tag,
-            entry.redelivered,
-            &entry.msg.exchange,
-            &entry.msg.routing_key,
-            remaining,
-        );
-        encode::content(
-            &mut self.out,
-            ch,
-            &entry.msg.properties,
-            &entry.msg.body,
-            self.frame_max,
-        );
-        Ok(())
-    }
-
-    async fn settle(
-        &mut self,
-        ch: u16,
-        tag: u64,
-        multiple: bool,
-        how: Settle,
-    ) -> Result<(), Error> {
-        if let Settled::Now(settled) = self.channel(ch).settle(how, tag, multiple)? {
-            self.apply_settle(ch, settled, how).await;
-        }
-        Ok(())
-    }
-
-    pub(super) async fn apply_settle(
-        &mut self,
-        ch: u16,
-        settled: Vec<crate::channel::Unacked>,
-        how: Settle,
-    ) {
-        let limited = settled.iter().filter(|u| u.limited).count() as u32;
-        for s in by_queue(settled) {
-            let cmd = match how {
-                Settle::Ack => QueueCmd::Ack(s.seqs),
-                Settle::Requeue => QueueCmd::Requeue(s.seqs),
-                Settle::Discard => QueueCmd::Discard(s.seqs),
-            };
-            s.queue.send(cmd).await;
-        }
-        if limited > 0 && self.channel(ch).limit.release(limited) {
-            self.wake_consumers(ch);
-        }
+        self.drive(ch, input).await
     }
 }

@@ -3,57 +3,18 @@
 //! connection's exclusive queues, and connection.close with a bounded wait for close-ok.
 
 use super::{CLOSE_TIMEOUT, Conn, End};
-use crate::broker::queue::{QueueCmd, QueueHandle};
-use crate::channel::State;
+use crate::broker::queue::QueueCmd;
+use crate::channel::Input;
 use crate::error::{Error, code};
 use crate::protocol::codec::{Frame, Method};
-use crate::protocol::{AMQPClass, channel, connection};
+use crate::protocol::{AMQPClass, connection};
 
 impl Conn {
     /// Close a channel for a soft error: channel.close now, release its consumers and
     /// deliveries, and drop everything until the client's close-ok.
     pub(super) async fn close_channel(&mut self, ch: u16, err: Error) -> Result<(), End> {
         tracing::debug!(conn = %self.id, channel = ch, "channel error: {err}");
-        let (class_id, method_id) = err.ids();
-        self.send_method(
-            ch,
-            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
-                reply_code: err.code(),
-                reply_text: err.reply_text().into(),
-                class_id,
-                method_id,
-            })),
-        );
-        self.release_channel(ch).await;
-        if let Some(c) = self.channels.get_mut(&ch) {
-            c.state = State::Closing;
-        }
-        Ok(())
-    }
-
-    /// Give back everything a channel holds: its consumers go, its unacked deliveries return
-    /// to their queues (marked redelivered), deliveries held by channel.flow go back unchanged.
-    pub(super) async fn release_channel(&mut self, ch: u16) {
-        let key = self.key(ch);
-        let Some(c) = self.channels.get_mut(&ch) else {
-            return;
-        };
-        c.consumers.clear();
-        c.settle_all();
-        let touched: Vec<QueueHandle> = c.touched.drain().map(|(_, q)| q).collect();
-        let parked = std::mem::take(&mut c.parked);
-        for p in parked {
-            p.queue
-                .send(QueueCmd::Return {
-                    consumer: p.consumer,
-                    entries: p.entries,
-                    no_ack: p.no_ack,
-                })
-                .await;
-        }
-        for q in touched {
-            q.send(QueueCmd::ChannelClosed(key)).await;
-        }
+        self.drive_event(ch, Input::Fail(err)).await
     }
 
     /// The connection is ending: release every channel and delete its exclusive queues.
@@ -61,7 +22,8 @@ impl Conn {
         let _ = self.flush_publishes().await;
         let chans: Vec<u16> = self.channels.keys().copied().collect();
         for ch in chans {
-            self.release_channel(ch).await;
+            // Only commands to queues come of it; the socket may be gone already.
+            let _ = self.drive_event(ch, Input::Release).await;
         }
         self.channels.clear();
         for q in std::mem::take(&mut self.exclusive) {

@@ -4,6 +4,7 @@
 use super::Conn;
 use crate::broker::exchange::DestName;
 use crate::broker::vhost::BindDecl;
+use crate::channel::Input;
 use crate::error::{Error, code};
 use crate::protocol::{AMQPClass, FieldTable, access, channel, confirm};
 
@@ -56,13 +57,8 @@ impl Conn {
             AMQPClass::Queue(m) => self.on_queue(ch, m).await,
             AMQPClass::Basic(m) => self.on_basic(ch, m).await,
             AMQPClass::Confirm(confirm::AMQPMethod::Select(s)) => {
-                self.channel(ch).confirm_select()?;
-                self.reply(
-                    ch,
-                    s.nowait,
-                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
-                );
-                Ok(())
+                self.drive(ch, Input::ConfirmSelect { nowait: s.nowait })
+                    .await
             }
             AMQPClass::Tx(m) => self.on_tx(ch, m).await,
             AMQPClass::Access(access::AMQPMethod::Request(_)) => {
@@ -89,33 +85,11 @@ impl Conn {
                 "second 'channel.open' seen",
             )),
             channel::AMQPMethod::Close(_) => {
-                self.release_channel(ch).await;
+                let r = self.drive(ch, Input::Close).await;
                 self.channels.remove(&ch);
-                self.send_method(
-                    ch,
-                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
-                );
-                Ok(())
+                r
             }
-            channel::AMQPMethod::Flow(f) => {
-                let parked = self.channel(ch).set_flow(f.active);
-                self.send_method(
-                    ch,
-                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
-                        active: f.active,
-                    })),
-                );
-                for p in parked {
-                    let n = p.entries.len() as u32;
-                    self.write_deliveries(ch, &p.consumer.tag, p.no_ack, &p.queue, p.entries)
-                        .await
-                        .map_err(|_| {
-                            Error::connection(code::INTERNAL_ERROR, "connection is closing")
-                        })?;
-                    self.grant(&p.consumer, n, &p.queue);
-                }
-                Ok(())
-            }
+            channel::AMQPMethod::Flow(f) => self.drive(ch, Input::Flow { active: f.active }).await,
             // A close-ok for a close we never sent, or a flow-ok: nothing to do.
             _ => Ok(()),
         }

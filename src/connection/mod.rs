@@ -6,6 +6,7 @@
 //! Flow control: waiting on a full queue inbox or a full writer queue stops this task from
 //! reading its socket, which is what slows down a publisher or a client that does not read.
 
+mod act;
 mod basic;
 mod close;
 mod confirm;
@@ -18,7 +19,7 @@ mod queue;
 mod tx;
 mod writer;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -88,12 +89,14 @@ pub(crate) struct Conn {
     exclusive: Vec<QueueHandle>,
     /// Publishes routed but not yet handed to their queues: one batch per queue per read.
     pending: Vec<publish::Pending>,
-    /// Publisher confirms to send once `pending` is flushed: (channel, highest tag, count).
-    confirms: confirm::Confirms,
+    /// Channels with confirm-mode publishes in `pending`.
+    flushing: Vec<u16>,
     /// What makes the persistent messages in `pending` durable (the broker's rows).
     durable: crate::broker::durable::Batch,
-    /// Flushes whose confirms wait for the store or the queues, in publish order.
-    awaiting: VecDeque<confirm::Awaiting>,
+    /// Flushes whose confirms wait for the store or the queues.
+    awaiting: Vec<confirm::Flush>,
+    /// What a channel decided, being carried out (kept for its allocation).
+    acts: Vec<crate::channel::Action>,
     next_token: u64,
     route_buf: Vec<QueueHandle>,
     last_recv: Instant,
@@ -175,9 +178,10 @@ pub async fn serve(
         events_rx,
         exclusive: Vec::new(),
         pending: Vec::new(),
-        confirms: Vec::new(),
+        flushing: Vec::new(),
         durable: Default::default(),
-        awaiting: VecDeque::new(),
+        awaiting: Vec::new(),
+        acts: Vec::new(),
         next_token: 0,
         route_buf: Vec::new(),
         last_recv: Instant::now(),
@@ -499,7 +503,9 @@ impl Conn {
                         ),
                     ));
                 }
-                self.channels.insert(ch, Channel::default());
+                let id = self.key(ch);
+                let c = Channel::new(id, self.caps.consumer_cancel_notify);
+                self.channels.insert(ch, c);
                 self.send_method(
                     ch,
                     AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),

@@ -6,14 +6,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use super::confirm::{Awaiting, ConfirmRun};
+use super::confirm::Flush;
 use super::{Conn, End};
 use crate::broker::message::Message;
 use crate::broker::queue::ConnEvent;
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::broker::routing::Routes;
-use crate::channel::State;
+use crate::channel::{Input, Routed, State};
 use crate::error::{Error, code};
 use crate::protocol::encode;
 
@@ -68,7 +68,8 @@ impl Conn {
         }
     }
 
-    /// Route a complete publish and stage it for its queues (sent at the end of the read).
+    /// Route a complete publish and give it to the channel, which stages it in a
+    /// transaction or hands it over with its confirm number (sent at the end of the read).
     pub(super) fn publish(
         &mut self,
         ch: u16,
@@ -82,7 +83,7 @@ impl Conn {
         let vhost = self.vhost().clone();
         let routes = vhost.routes();
         check_exchange(&routes, exchange, &vhost.name)?;
-        let mut msg = Message {
+        let msg = Message {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: content.properties,
@@ -93,44 +94,30 @@ impl Conn {
         let mut targets = std::mem::take(&mut self.route_buf);
         routes.route(exchange, &msg, &mut targets);
         drop(routes);
-        if let Some(c) = self.channels.get_mut(&ch)
-            && c.transactional()
-        {
-            // Staged: routed now, written and made visible at tx.commit.
-            c.stage(crate::channel::TxPublish {
-                msg,
-                targets: std::mem::take(&mut targets),
-                mandatory,
-            });
-            self.route_buf = targets;
-            return Ok(());
-        }
+        let routed = Routed {
+            msg,
+            targets,
+            mandatory,
+        };
+        self.drive_now(ch, Input::Publish(routed))
+    }
+
+    /// A publish out of the channel: persistent messages get their store rows, a mandatory
+    /// one nothing took is returned, and it joins each queue's batch for this read, with
+    /// its confirm number.
+    pub(super) fn hand_over(&mut self, ch: u16, p: Routed, confirm: Option<u64>) {
+        let Routed {
+            mut msg,
+            mut targets,
+            mandatory,
+        } = p;
         self.durable.publish(&self.broker.store, &mut msg, &targets);
         let msg = Arc::new(msg);
         if targets.is_empty() && mandatory {
             self.write_return(ch, &msg);
         }
-        self.stage(ch, msg, &mut targets);
-        self.route_buf = targets;
-        Ok(())
-    }
-
-    /// Stage a routed publish for its queues (one batch per queue per read), with its
-    /// confirm tag if the channel is in confirm mode.
-    fn stage(&mut self, ch: u16, msg: Arc<Message>, targets: &mut Vec<QueueHandle>) {
-        let tag = self.channels.get_mut(&ch).and_then(|c| c.next_publish());
-        if let Some(tag) = tag {
-            match self.confirms.iter_mut().find(|r| r.channel == ch) {
-                Some(run) => {
-                    run.last = tag;
-                    run.count += 1;
-                }
-                None => self.confirms.push(ConfirmRun {
-                    channel: ch,
-                    last: tag,
-                    count: 1,
-                }),
-            }
+        if confirm.is_some() && !self.flushing.contains(&ch) {
+            self.flushing.push(ch);
         }
         for q in targets.drain(..) {
             let at = match self.pending.iter().position(|p| p.queue.id == q.id) {
@@ -145,7 +132,7 @@ impl Conn {
                 }
             };
             let p = &mut self.pending[at];
-            if let Some(tag) = tag {
+            if let Some(tag) = confirm {
                 p.tags.push(ReceiptTag {
                     at: p.msgs.len() as u32,
                     tag: ConfirmTag { channel: ch, tag },
@@ -153,6 +140,8 @@ impl Conn {
             }
             p.msgs.push(msg.clone());
         }
+        // Kept for the next publish's routing.
+        self.route_buf = targets;
     }
 
     /// basic.return 312 NO_ROUTE with the message, for a mandatory publish nothing took.
@@ -210,20 +199,26 @@ impl Conn {
             }
             self.pending = pending;
         }
-        if self.confirms.is_empty() {
+        if self.flushing.is_empty() {
             return Ok(());
         }
-        // Confirms go out in flush order per channel (`multiple` covers earlier tags), so
-        // even a complete flush waits behind an earlier one.
-        self.awaiting.push_back(Awaiting {
+        // Each channel that published in confirm mode keeps this flush's run of numbers,
+        // confirmed once the flush settles (in its publish order).
+        let channels = std::mem::take(&mut self.flushing);
+        for &ch in &channels {
+            if let Some(c) = self.channels.get_mut(&ch) {
+                let _ = c.handle(Input::Flushed { token: t }, &mut self.acts);
+            }
+        }
+        self.awaiting.push(Flush {
             token: t,
             syncing,
             receipts,
             failed: false,
-            confirms: std::mem::take(&mut self.confirms),
+            channels,
             nacks: Vec::new(),
         });
-        self.release_confirms();
+        self.settle_flushes();
         Ok(())
     }
 }

@@ -11,27 +11,16 @@ use crate::broker::durable::Batch;
 use crate::broker::message::Message;
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::broker::queue::{ConnEvent, QueueCmd, QueueHandle};
-use crate::channel::{Settle, Tx};
+use crate::channel::{Action, Input, Settle, Tx};
 use crate::error::{Error, code};
-use crate::protocol::{AMQPClass, tx};
+use crate::protocol::tx;
 
 impl Conn {
     pub(super) async fn on_tx(&mut self, ch: u16, m: tx::AMQPMethod) -> Result<(), Error> {
-        let c = self.channel(ch);
-        let reply = match m {
-            tx::AMQPMethod::Select(_) => {
-                c.tx_select()?;
-                tx::AMQPMethod::SelectOk(tx::SelectOk {})
-            }
-            tx::AMQPMethod::Commit(_) => {
-                let staged = c.commit()?;
-                self.commit(ch, staged).await?;
-                tx::AMQPMethod::CommitOk(tx::CommitOk {})
-            }
-            tx::AMQPMethod::Rollback(_) => {
-                c.rollback()?;
-                tx::AMQPMethod::RollbackOk(tx::RollbackOk {})
-            }
+        let input = match m {
+            tx::AMQPMethod::Select(_) => Input::TxSelect,
+            tx::AMQPMethod::Commit(_) => Input::TxCommit,
+            tx::AMQPMethod::Rollback(_) => Input::TxRollback,
             _ => {
                 return Err(Error::connection(
                     code::COMMAND_INVALID,
@@ -39,8 +28,7 @@ impl Conn {
                 ));
             }
         };
-        self.send_method(ch, AMQPClass::Tx(reply));
-        Ok(())
+        self.drive(ch, input).await
     }
 
     /// Apply a transaction atomically: its persistent publishes and its acks of stored
@@ -121,9 +109,21 @@ impl Conn {
         }
         // The acks were written with the publishes: they take effect whatever a queue
         // answered, as in RabbitMQ, where they reach the queues before the commit's outcome.
-        for s in staged.settles {
-            let settled = s.deliveries.into_iter().map(|(_, u)| u).collect();
-            self.apply_settle(ch, settled, s.how).await;
+        let mut acts = Vec::new();
+        if let Some(c) = self.channels.get_mut(&ch) {
+            for s in staged.settles {
+                let settled = s.deliveries.into_iter().map(|(_, u)| u).collect();
+                c.apply_settle(settled, s.how, &mut acts);
+            }
+        }
+        for a in acts {
+            match a {
+                Action::Tell(q, cmd) => {
+                    q.send(cmd).await;
+                }
+                Action::Wake(q) => q.wake(),
+                other => tracing::error!("unexpected action after a commit: {other:?}"),
+            }
         }
         if refused {
             // A queue refused part of the commit (reject-publish overflow) or could not

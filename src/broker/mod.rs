@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use crate::cluster::{self, Cluster};
 use crate::config::Config;
 use crate::error::Fatal;
-use crate::store::Store;
+use crate::store::{Store, StoredBinding, StoredExchange};
 use ids::{ConnId, NodeId};
 use memory::MemoryMonitor;
 use message::Persisted;
@@ -93,54 +93,29 @@ impl Broker {
         );
         vhosts.insert(config.default_vhost.clone(), vhost);
 
-        let (mut queues, total) = shared_messages(recovered.queues);
-        let mut exchanges: HashMap<String, Vec<_>> = HashMap::new();
+        let (queues, total) = shared_messages(recovered.queues);
+        let mut exchanges: HashMap<String, Vec<StoredExchange>> = HashMap::new();
         for x in recovered.exchanges {
             exchanges.entry(x.vhost.clone()).or_default().push(x);
         }
-        let mut bindings: HashMap<String, Vec<_>> = HashMap::new();
+        let mut bindings: HashMap<String, Vec<StoredBinding>> = HashMap::new();
         for b in recovered.bindings {
             bindings.entry(b.vhost.clone()).or_default().push(b);
         }
         let mut local_raft = None;
         if cluster_config.is_none() {
-            // A single node's quorum queues are groups of one on a Raft runtime of its own.
-            let local = cluster::ClusterConfig {
-                node_id: queue::quorum::raft_id(0),
-                listen: ([0, 0, 0, 0], 0).into(),
-                peers: [(1, ([0, 0, 0, 0], 0).into())].into(),
-                command_timeout: Duration::from_millis(config.cluster_command_timeout_ms),
-                peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
-                snapshot_bytes: config.quorum_snapshot_bytes,
-            };
             let raft = std::mem::take(&mut recovered.raft);
-            let runtime = queue::quorum::Runtime {
-                cluster: Cluster::local(local, store.clone(), raft, memory.clone()),
-                nodes: vec![0],
-            };
+            let runtime = local_quorum(&config, &store, raft, &memory);
             local_raft = Some(runtime.cluster.clone());
             for v in vhosts.values() {
                 v.quorum_runtime(runtime.clone());
             }
         }
-        for (name, v) in &vhosts {
-            let queues = queues.remove(name).unwrap_or_default();
-            if cluster_config.is_some() {
-                // The metadata log rebuilds the topology; the store only has the messages.
-                v.stash(queues);
-                exchanges.remove(name);
-                bindings.remove(name);
-                continue;
-            }
-            v.restore(
-                exchanges.remove(name).unwrap_or_default(),
-                queues,
-                bindings.remove(name).unwrap_or_default(),
-            );
-        }
-        for name in exchanges.keys().chain(queues.keys()).chain(bindings.keys()) {
-            tracing::warn!(vhost = name, "stored state of an unknown vhost ignored");
-        }
+        restore(
+            &vhosts,
+            (queues, exchanges, bindings),
+            cluster_config.is_some(),
+        );
         tracing::info!(
             messages = total,
             ms = started.elapsed().as_millis() as u64,
@@ -316,4 +291,55 @@ fn shared_messages(recovered: Vec<crate::store::RecoveredQueue>) -> (ByVhost, us
             .push((q.queue, msgs));
     }
     (queues, total)
+}
+
+/// A single node's quorum queues are groups of one on a Raft runtime of its own.
+fn local_quorum(
+    config: &Config,
+    store: &Arc<Store>,
+    raft: std::collections::BTreeMap<u64, crate::store::RaftLog>,
+    memory: &Arc<MemoryMonitor>,
+) -> queue::quorum::Runtime {
+    let local = cluster::ClusterConfig {
+        node_id: queue::quorum::raft_id(0),
+        listen: ([0, 0, 0, 0], 0).into(),
+        peers: [(1, ([0, 0, 0, 0], 0).into())].into(),
+        command_timeout: Duration::from_millis(config.cluster_command_timeout_ms),
+        peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
+        snapshot_bytes: config.quorum_snapshot_bytes,
+    };
+    queue::quorum::Runtime {
+        cluster: Cluster::local(local, store.clone(), raft, memory.clone()),
+        nodes: vec![0],
+    }
+}
+
+/// What the store recovered, per vhost: queues with their messages, exchanges, bindings.
+type Stored = (
+    ByVhost,
+    HashMap<String, Vec<StoredExchange>>,
+    HashMap<String, Vec<StoredBinding>>,
+);
+
+/// Rebuild each vhost from the store; on a cluster node the metadata log rebuilds the
+/// topology, so only the messages are kept, for the queues the log brings back.
+fn restore(vhosts: &HashMap<String, Arc<VHost>>, stored: Stored, clustered: bool) {
+    let (mut queues, mut exchanges, mut bindings) = stored;
+    for (name, v) in vhosts {
+        let queues = queues.remove(name).unwrap_or_default();
+        if clustered {
+            v.stash(queues);
+            exchanges.remove(name);
+            bindings.remove(name);
+            continue;
+        }
+        v.restore(
+            exchanges.remove(name).unwrap_or_default(),
+            queues,
+            bindings.remove(name).unwrap_or_default(),
+        );
+    }
+    for name in exchanges.keys().chain(queues.keys()).chain(bindings.keys()) {
+        tracing::warn!(vhost = name, "stored state of an unknown vhost ignored");
+    }
 }

@@ -25,11 +25,13 @@ use super::queue::quorum::{self, Locator};
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
 use super::remote::{self, Forwarder};
 use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
-use super::topology::{self, Change, Changes, Cmd, QueueRecord, Quorum, Reply, Topology};
+use super::topology::{self, Change, Changes, Cmd, QueueRecord, Reply, Topology};
 use crate::error::{Error, code};
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
 
 pub use super::topology::{BindDecl, ExchangeDecl, QueueDecl};
+
+mod cluster;
 
 /// Per-queue settings from the config.
 #[derive(Debug, Clone, Copy)]
@@ -319,102 +321,6 @@ impl VHost {
         })
     }
 
-    /// A quorum queue's members changed: a node that joined starts its replica (it catches
-    /// up from the leader), one that left stops its own and deletes its log; either way its
-    /// consumers of the queue are cancelled (basic.cancel). Other nodes use the new members.
-    fn members_changed(&self, rt: &mut Runtime, q: QueueRecord, before: &[NodeId]) {
-        let Some(p) = &q.quorum else { return };
-        let (was, is) = (before.contains(&self.node), p.members.contains(&self.node));
-        tracing::info!(queue = %q.name, members = ?p.members, "quorum queue members changed");
-        if was == is {
-            if let (false, Some(h)) = (is, rt.handles.get(&q.name)) {
-                let (h, members) = (h.clone(), p.members.clone());
-                tokio::spawn(async move { h.send(queue::QueueCmd::Members(members)).await });
-            }
-            return;
-        }
-        // A replica's Stop deletes its group's log (the group lives on elsewhere).
-        if let Some(old) = rt.handles.remove(&q.name) {
-            old.stop();
-        }
-        let name = q.name.clone();
-        if let Some(h) = self.spawn_quorum(&q) {
-            rt.handles.insert(name, h);
-        }
-    }
-
-    /// This node's replica of a quorum queue if it is a member, else a stub that uses the
-    /// queue through a member.
-    fn spawn_quorum(&self, q: &QueueRecord) -> Option<QueueHandle> {
-        let placement = q.quorum.clone()?;
-        if !placement.members.contains(&self.node) {
-            let f = self.remote.get()?;
-            return Some(remote::spawn_stub(
-                q,
-                &self.name,
-                f.clone(),
-                self.settings.inbox,
-            ));
-        }
-        Some(quorum::spawn(quorum::QuorumSpec {
-            name: q.name.clone(),
-            id: q.id,
-            arguments: q.arguments.clone(),
-            vhost: self.name.as_str().into(),
-            placement,
-            me: self.node,
-            runtime: self.quorum.subscribe(),
-            inbox: self.settings.inbox,
-            on_deleted: self.on_deleted(),
-            memory: self.memory.clone(),
-        }))
-    }
-
-    /// Where a new quorum queue goes: a new group on x-quorum-initial-group-size nodes (or
-    /// the default size), the first leader where the locator says.
-    fn placement(&self, d: &QueueDecl) -> Result<Option<Quorum>, Error> {
-        if !topology::is_quorum(&d.arguments) || d.passive || self.lock().topo.has_queue(&d.name) {
-            return Ok(None);
-        }
-        let rt = self.quorum.borrow();
-        let Some(rt) = rt.as_ref() else {
-            return Err(Error::channel(
-                code::INTERNAL_ERROR,
-                "quorum queues are not available yet (the node is starting)",
-            ));
-        };
-        // An unknown locator is the topology's to refuse (406).
-        let locator = quorum::Locator::of(&d.arguments).unwrap_or(self.settings.quorum.locator);
-        let live = rt.cluster.live_peers();
-        let (leading, memberships) = {
-            let inner = self.lock();
-            let groups = || inner.topo.queue_records().filter_map(|q| q.quorum.as_ref());
-            (
-                quorum::leading(groups(), |g| rt.cluster.leader_of(g)),
-                quorum::memberships(groups()),
-            )
-        };
-        let size = d
-            .arguments
-            .inner()
-            .get("x-quorum-initial-group-size")
-            .and_then(crate::broker::args::integer)
-            .and_then(|n| usize::try_from(n).ok())
-            .unwrap_or(self.settings.quorum.group_size);
-        let load = quorum::Load {
-            nodes: &rt.nodes,
-            live: &live,
-            leading: &leading,
-            members: &memberships,
-        };
-        let members = quorum::place(locator, self.node, size, &load);
-        Ok(Some(Quorum {
-            // Never 0 (the metadata group), never reused (a queue's log outlives nothing).
-            group: rand::random::<u64>() | 1,
-            members,
-        }))
-    }
-
     /// What a queue calls as it is deleted: forget it here.
     fn on_deleted(&self) -> OnDeleted {
         let weak = self.weak.clone();
@@ -547,21 +453,6 @@ impl VHost {
         self.change(cmd).await.map(drop)
     }
 
-    /// Record a quorum queue's new members (its Raft group has them already).
-    pub async fn set_members(
-        &self,
-        name: &str,
-        id: u64,
-        members: Vec<NodeId>,
-    ) -> Result<(), Error> {
-        let cmd = Cmd::QueueMembers {
-            name: name.into(),
-            id,
-            members,
-        };
-        self.change(cmd).await.map(drop)
-    }
-
     /// queue.bind / exchange.bind (or, `bind` false, their unbinds).
     pub async fn binding(&self, bind: bool, b: BindDecl, conn: ConnId) -> Result<(), Error> {
         let cmd = if bind {
@@ -617,76 +508,6 @@ impl VHost {
                 self.name
             ))),
         }
-    }
-
-    /// A queue whose contents live on another node and that has no stub here (stubs are
-    /// made once forwarding is set up, before the log is applied: this is a safeguard).
-    fn remote(&self, name: &str) -> Error {
-        Error::connection(
-            code::NOT_IMPLEMENTED,
-            format!(
-                "queue '{name}' in vhost '{}' lives on another node; use it there",
-                self.name
-            ),
-        )
-    }
-
-    /// Wait until this node's metadata no longer has queue `id` as `name`. On a cluster a
-    /// queue that deleted itself leaves the metadata afterwards, through the log; delete-ok
-    /// waits for that, as RabbitMQ's does, so that a declare after it finds no old record.
-    pub async fn forgotten(&self, name: &str, id: u64) -> Result<(), Error> {
-        let Some(r) = self.replicated.get() else {
-            return Ok(()); // a single node forgets it before the delete is answered
-        };
-        let deadline = tokio::time::Instant::now() + r.command_timeout();
-        let mut applied = self.applied.subscribe();
-        loop {
-            let present = self.lock().topo.has_queue_id(name, id);
-            if !present {
-                return Ok(());
-            }
-            if !matches!(
-                tokio::time::timeout_at(deadline, applied.changed()).await,
-                Ok(Ok(()))
-            ) {
-                return Err(Error::connection(
-                    code::INTERNAL_ERROR,
-                    format!(
-                        "queue '{name}' in vhost '{}' is deleted, but the metadata did not \
-                         forget it in time (no majority of cluster nodes reachable)",
-                        self.name
-                    ),
-                ));
-            }
-        }
-    }
-
-    /// Called by a queue task as it ends: forget the queue and every binding to it (in a
-    /// cluster, through the metadata log; the queue stops being routed to here at once).
-    pub fn remove_queue(&self, q: &QueueShared) {
-        let cmd = Cmd::QueueDeleted {
-            name: q.name.clone(),
-            id: q.id,
-        };
-        let Some(r) = self.replicated.get().cloned() else {
-            if let Ok((_, written)) = self.run(cmd) {
-                drop(written);
-            }
-            return;
-        };
-        {
-            let mut rt = self.lock();
-            if rt.handles.get(&q.name).is_some_and(|h| h.id == q.id) {
-                rt.handles.remove(&q.name);
-                self.publish(&rt, &[], true);
-            }
-            // Already gone from the metadata (its node was taken as down): nothing to say.
-            if !rt.topo.has_queue_id(&q.name, q.id) {
-                return;
-            }
-        }
-        let vhost = self.name.clone();
-        tokio::spawn(async move { r.run_until_done(&vhost, cmd).await });
     }
 }
 

@@ -9,6 +9,7 @@
 pub mod link;
 mod node;
 pub mod raft;
+mod runtime;
 #[cfg(test)]
 mod sim;
 mod storage;

@@ -60,53 +60,11 @@ impl Conn {
                 rows.settle(&u.queue, u.stored);
             }
         }
-        if !rows.is_empty() {
-            let (done, written) = tokio::sync::oneshot::channel();
-            rows.submit(
-                &self.broker.store,
-                Box::new(move |r: Result<(), _>| {
-                    let _ = done.send(r.is_ok());
-                }),
-            );
-            if written.await != Ok(true) {
-                return Err(Error::connection(
-                    code::INTERNAL_ERROR,
-                    "store write failed",
-                ));
-            }
-        }
+        self.write_commit(rows).await?;
         for msg in returns {
             self.write_return(ch, &msg);
         }
-        // commit-ok waits until every queue took its part: a queue on another node writes
-        // (and syncs) it there, so its answer is what makes that part durable.
-        let (events, mut taken) = tokio::sync::mpsc::unbounded_channel();
-        let mut answers = 0;
-        for (q, msgs) in batches {
-            let tags = (0..msgs.len() as u32)
-                .map(|at| ReceiptTag {
-                    at,
-                    tag: ConfirmTag {
-                        channel: ch,
-                        tag: u64::from(at),
-                    },
-                })
-                .collect();
-            let receipt = Receipt::new(events.clone(), 0, tags);
-            q.send(QueueCmd::Publish(msgs, Some(receipt))).await;
-            answers += 1;
-        }
-        drop(events);
-        let mut refused = false;
-        for _ in 0..answers {
-            match taken.recv().await {
-                Some(ConnEvent::Taken { nacks, .. }) => refused |= !nacks.is_empty(),
-                _ => {
-                    refused = true;
-                    break;
-                }
-            }
-        }
+        let refused = hand_over(ch, batches).await;
         // The acks were written with the publishes: they take effect whatever a queue
         // answered, as in RabbitMQ, where they reach the queues before the commit's outcome.
         let mut acts = Vec::new();
@@ -133,4 +91,56 @@ impl Conn {
         }
         Ok(())
     }
+
+    /// The commit's rows, in one synced store write.
+    async fn write_commit(&self, mut rows: Batch) -> Result<(), Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (done, written) = tokio::sync::oneshot::channel();
+        rows.submit(
+            &self.broker.store,
+            Box::new(move |r: Result<(), _>| {
+                let _ = done.send(r.is_ok());
+            }),
+        );
+        if written.await != Ok(true) {
+            return Err(Error::connection(
+                code::INTERNAL_ERROR,
+                "store write failed",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Hand each queue its part of a commit and wait for every answer: a queue on another node
+/// writes (and syncs) its part there, so its answer is what makes that part durable. True if
+/// some part was refused or lost.
+async fn hand_over(ch: u16, batches: Vec<(QueueHandle, Vec<Arc<Message>>)>) -> bool {
+    let (events, mut taken) = tokio::sync::mpsc::unbounded_channel();
+    let mut answers = 0;
+    for (q, msgs) in batches {
+        let tags = (0..msgs.len() as u32)
+            .map(|at| ReceiptTag {
+                at,
+                tag: ConfirmTag {
+                    channel: ch,
+                    tag: u64::from(at),
+                },
+            })
+            .collect();
+        let receipt = Receipt::new(events.clone(), 0, tags);
+        q.send(QueueCmd::Publish(msgs, Some(receipt))).await;
+        answers += 1;
+    }
+    drop(events);
+    let mut refused = false;
+    for _ in 0..answers {
+        match taken.recv().await {
+            Some(ConnEvent::Taken { nacks, .. }) => refused |= !nacks.is_empty(),
+            _ => return true,
+        }
+    }
+    refused
 }

@@ -220,6 +220,7 @@ async fn send_deliveries(
     }
 }
 
+/// One forwarded message from peer `from` over `session` (`live`: that session is current).
 async fn handle(
     fwd: &Arc<Forwarder>,
     home: &mut Home,
@@ -228,13 +229,7 @@ async fn handle(
     live: bool,
     f: Fwd,
 ) {
-    let answer = |req: u64, rx: oneshot::Receiver<Fwd>| {
-        let fwd = fwd.clone();
-        tokio::spawn(async move {
-            let msg = rx.await.unwrap_or(Fwd::Gone { req });
-            fwd.send(from, session, &msg).await;
-        });
-    };
+    let answer = |req: u64, rx: oneshot::Receiver<Fwd>| answer(fwd, from, session, req, rx);
     match f {
         Fwd::Taken { req, .. }
         | Fwd::Got { req, .. }
@@ -249,20 +244,7 @@ async fn handle(
             consumer,
             no_ack,
             entries,
-        } => {
-            let entries = entries.into_iter().map(WireEntry::into_entry).collect();
-            if let Err((consumer, entries)) = fwd.deliver(from, session, consumer, no_ack, entries)
-            {
-                // Not a consumer here any more: the deliveries go back unchanged.
-                let back = Fwd::Return {
-                    queue,
-                    consumer,
-                    entries: entries.iter().map(WireEntry::of).collect(),
-                    no_ack,
-                };
-                fwd.send(from, session, &back).await;
-            }
-        }
+        } => deliver(fwd, from, session, queue, consumer, no_ack, entries).await,
         Fwd::ConsumerGone { consumer } => fwd.consumer_gone(consumer),
         Fwd::PoolWant { channel, want } => {
             let n = fwd.want((from, session, channel), want);
@@ -276,90 +258,11 @@ async fn handle(
         Fwd::Alarms { memory, disk } => {
             fwd.peer_alarms(from, session, super::alarms::NodeAlarms { memory, disk });
         }
-        Fwd::PoolGrant { channel, n } => {
-            if let Some(p) = home.proxies.get(&(from, session, channel)) {
-                // Woken whether or not it is marked starved: a queue that gave back what it
-                // drew cleared the mark, and still waits for this.
-                p.pool.grant(n);
-                let serving = home.serving.lock().unwrap_or_else(|e| e.into_inner());
-                for (id, c) in serving.iter() {
-                    if id.channel == channel && c.peer == from && c.session == session {
-                        c.handle.wake();
-                    }
-                }
+        Fwd::PoolGrant { channel, n } => home.pool_grant((from, session, channel), n),
+        f @ Fwd::Consume { .. } => {
+            if let Some((req, rx)) = home.consume(fwd, (from, session), f) {
+                answer(req, rx);
             }
-        }
-        Fwd::Consume {
-            req,
-            queue,
-            consumer,
-            no_ack,
-            exclusive,
-            prefetch,
-            arguments,
-            limit,
-            pooled,
-        } => {
-            let (tx, rx) = oneshot::channel();
-            if let Some(q) = local(fwd, &queue) {
-                let channel_limit = if pooled {
-                    let asks = home.asks.clone();
-                    let proxy = home
-                        .proxies
-                        .entry((from, session, consumer.channel))
-                        .or_insert_with(|| Proxy {
-                            pool: Arc::new(ChannelLimit::granted(asks)),
-                            seen: (0, 0),
-                        });
-                    proxy.pool.clone()
-                } else {
-                    // No global prefetch: the channel's node counts deliveries as they come.
-                    Arc::new(ChannelLimit::default())
-                };
-                let flow = Arc::new(ConsumerFlow::new(limit));
-                home.serving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(
-                        consumer.clone(),
-                        Serving {
-                            peer: from,
-                            session,
-                            queue,
-                            handle: q.clone(),
-                            flow: flow.clone(),
-                        },
-                    );
-                home.held
-                    .entry((from, session))
-                    .or_default()
-                    .insert((q.id, consumer.channel), q.clone());
-                let spec = ConsumerSpec {
-                    id: consumer.clone(),
-                    no_ack,
-                    exclusive,
-                    prefetch,
-                    arguments,
-                    events: home.events.clone(),
-                    flow,
-                    channel_limit,
-                };
-                let serving = home.serving.clone();
-                tokio::spawn(async move {
-                    let result = q
-                        .ask(|reply| QueueCmd::Consume(spec, reply))
-                        .await
-                        .unwrap_or_else(|| Err(crate::error::Error::not_found("queue gone")));
-                    if result.is_err() {
-                        serving
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&consumer);
-                    }
-                    let _ = tx.send(Fwd::Consumed { req, result });
-                });
-            }
-            answer(req, rx);
         }
         Fwd::Credit {
             consumer, limit, ..
@@ -410,27 +313,10 @@ async fn handle(
             queue,
             channel,
             no_ack,
-        } => {
-            let Some(q) = local(fwd, &queue) else {
-                return fwd.send(from, session, &Fwd::Gone { req }).await;
-            };
-            if !no_ack {
-                home.held
-                    .entry((from, session))
-                    .or_default()
-                    .insert((q.id, channel), q.clone());
-            }
-            let get = move |reply| QueueCmd::Get {
-                channel,
-                no_ack,
-                reply,
-            };
-            let rx = ask_local(Some(q), get, move |got: GetReply| Fwd::Got {
-                req,
-                got: got.map(|(e, n)| (WireEntry::of(&e), n)),
-            });
-            answer(req, rx);
-        }
+        } => match home.get(fwd, (from, session), &queue, channel, no_ack, req) {
+            Some(rx) => answer(req, rx),
+            None => fwd.send(from, session, &Fwd::Gone { req }).await,
+        },
         Fwd::Settle { queue, how, seqs } => {
             if let Some(q) = local(fwd, &queue) {
                 let cmd = match how {
@@ -443,14 +329,7 @@ async fn handle(
         }
         Fwd::ChannelClosed { queue, channel } => {
             if let Some(q) = local(fwd, &queue) {
-                if let Some(h) = home.held.get_mut(&(from, session)) {
-                    h.remove(&(q.id, channel));
-                }
-                home.proxies.remove(&(from, session, channel));
-                home.serving
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|id, _| id.channel != channel);
+                home.forget_channel((from, session), q.id, channel);
                 q.send(QueueCmd::ChannelClosed(channel)).await;
             }
         }
@@ -487,6 +366,186 @@ async fn handle(
             });
             answer(req, rx);
         }
+    }
+}
+
+/// Send the reply to request `req` once it is ready (`Gone` if it never comes).
+fn answer(
+    fwd: &Arc<Forwarder>,
+    from: NodeId,
+    session: Session,
+    req: u64,
+    rx: oneshot::Receiver<Fwd>,
+) {
+    let fwd = fwd.clone();
+    tokio::spawn(async move {
+        let msg = rx.await.unwrap_or(Fwd::Gone { req });
+        fwd.send(from, session, &msg).await;
+    });
+}
+
+/// Deliveries from a queue on `from` to a consumer here; a consumer no longer here gets
+/// them sent back unchanged.
+async fn deliver(
+    fwd: &Forwarder,
+    from: NodeId,
+    session: Session,
+    queue: QueueRef,
+    consumer: ConsumerId,
+    no_ack: bool,
+    entries: Vec<WireEntry>,
+) {
+    let entries = entries.into_iter().map(WireEntry::into_entry).collect();
+    if let Err((consumer, entries)) = fwd.deliver(from, session, consumer, no_ack, entries) {
+        let back = Fwd::Return {
+            queue,
+            consumer,
+            entries: entries.iter().map(WireEntry::of).collect(),
+            no_ack,
+        };
+        fwd.send(from, session, &back).await;
+    }
+}
+
+impl Home {
+    /// Credit from a peer channel's global-prefetch pool: its consumers here are woken
+    /// whether or not they are marked starved (a queue that gave back what it drew cleared
+    /// the mark, and still waits for this).
+    fn pool_grant(&mut self, (from, session, channel): (NodeId, Session, ChannelId), n: u32) {
+        let Some(p) = self.proxies.get(&(from, session, channel)) else {
+            return;
+        };
+        p.pool.grant(n);
+        let serving = self.serving.lock().unwrap_or_else(|e| e.into_inner());
+        for (id, c) in serving.iter() {
+            if id.channel == channel && c.peer == from && c.session == session {
+                c.handle.wake();
+            }
+        }
+    }
+
+    /// A peer's consumer of a queue here (`f` is a `Fwd::Consume`): its credit cell, and
+    /// for a channel with a global prefetch the channel's stand-in pool; the reply is the
+    /// queue's answer (none if the queue is not here).
+    fn consume(
+        &mut self,
+        fwd: &Forwarder,
+        (from, session): (NodeId, Session),
+        f: Fwd,
+    ) -> Option<(u64, oneshot::Receiver<Fwd>)> {
+        let Fwd::Consume {
+            req,
+            queue,
+            consumer,
+            no_ack,
+            exclusive,
+            prefetch,
+            arguments,
+            limit,
+            pooled,
+        } = f
+        else {
+            return None;
+        };
+        let (tx, rx) = oneshot::channel();
+        let Some(q) = local(fwd, &queue) else {
+            return Some((req, rx));
+        };
+        let channel_limit = if pooled {
+            let asks = self.asks.clone();
+            let proxy = self
+                .proxies
+                .entry((from, session, consumer.channel))
+                .or_insert_with(|| Proxy {
+                    pool: Arc::new(ChannelLimit::granted(asks)),
+                    seen: (0, 0),
+                });
+            proxy.pool.clone()
+        } else {
+            // No global prefetch: the channel's node counts deliveries as they come.
+            Arc::new(ChannelLimit::default())
+        };
+        let flow = Arc::new(ConsumerFlow::new(limit));
+        let serving = Serving {
+            peer: from,
+            session,
+            queue,
+            handle: q.clone(),
+            flow: flow.clone(),
+        };
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(consumer.clone(), serving);
+        self.held
+            .entry((from, session))
+            .or_default()
+            .insert((q.id, consumer.channel), q.clone());
+        let spec = ConsumerSpec {
+            id: consumer.clone(),
+            no_ack,
+            exclusive,
+            prefetch,
+            arguments,
+            events: self.events.clone(),
+            flow,
+            channel_limit,
+        };
+        let serving = self.serving.clone();
+        tokio::spawn(async move {
+            let result = q
+                .ask(|reply| QueueCmd::Consume(spec, reply))
+                .await
+                .unwrap_or_else(|| Err(crate::error::Error::not_found("queue gone")));
+            if result.is_err() {
+                serving
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&consumer);
+            }
+            let _ = tx.send(Fwd::Consumed { req, result });
+        });
+        Some((req, rx))
+    }
+
+    /// basic.get for a peer's channel; None if the queue is not here.
+    fn get(
+        &mut self,
+        fwd: &Forwarder,
+        peer: (NodeId, Session),
+        queue: &QueueRef,
+        channel: ChannelId,
+        no_ack: bool,
+        req: u64,
+    ) -> Option<oneshot::Receiver<Fwd>> {
+        let q = local(fwd, queue)?;
+        if !no_ack {
+            self.held
+                .entry(peer)
+                .or_default()
+                .insert((q.id, channel), q.clone());
+        }
+        let get = move |reply| QueueCmd::Get {
+            channel,
+            no_ack,
+            reply,
+        };
+        Some(ask_local(Some(q), get, move |got: GetReply| Fwd::Got {
+            req,
+            got: got.map(|(e, n)| (WireEntry::of(&e), n)),
+        }))
+    }
+
+    /// A peer's channel closed on queue `queue`: it holds nothing here any more.
+    fn forget_channel(&mut self, peer: (NodeId, Session), queue: u64, channel: ChannelId) {
+        if let Some(h) = self.held.get_mut(&peer) {
+            h.remove(&(queue, channel));
+        }
+        self.proxies.remove(&(peer.0, peer.1, channel));
+        self.serving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| id.channel != channel);
     }
 }
 

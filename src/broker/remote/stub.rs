@@ -23,10 +23,15 @@ use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use super::wire::{Fwd, QueueRef, Settle, WireEntry, WireMsg};
 use super::{Consuming, Forwarder, Held};
 use crate::broker::consumer::{ChannelLimit, ConsumerFlow};
-use crate::broker::ids::{ConsumerId, NodeId};
-use crate::broker::queue::{ConnSender, QueueCmd, QueueHandle, QueueShared, RemoteHome, Stat};
+use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
+use crate::broker::message::Message;
+use crate::broker::queue::receipt::Receipt;
+use crate::broker::queue::{
+    ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, RemoteHome, Stat,
+};
 use crate::broker::topology::QueueRecord;
 use crate::cluster::link::Session;
+use crate::error::Error;
 use crate::protocol::FieldTable;
 
 type Links = watch::Receiver<crate::cluster::link::Sessions>;
@@ -322,76 +327,16 @@ impl Stub {
         };
         let q = self.queue.clone();
         match cmd {
-            QueueCmd::Publish(msgs, receipt) => {
-                let bytes: usize = msgs.iter().map(|m| m.weight()).sum();
-                let units = (bytes / UNIT).clamp(1, WINDOW / UNIT) as u32;
-                let Ok(permit) = self.window.clone().acquire_many_owned(units).await else {
-                    return;
-                };
-                let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
-                let rx = self
-                    .ask(session, |req| Fwd::Publish {
-                        req,
-                        queue: q,
-                        msgs,
-                    })
-                    .await;
-                tokio::spawn(async move {
-                    let answer = rx.await;
-                    drop(permit);
-                    if let (Ok(Fwd::Taken { refused, .. }), Some(r)) = (answer, receipt) {
-                        r.answer(&refused);
-                    }
-                    // Otherwise the receipt is dropped unanswered: every publish refused.
-                });
-            }
+            QueueCmd::Publish(msgs, receipt) => self.publish(session, msgs, receipt).await,
             QueueCmd::Get {
                 channel,
                 no_ack,
                 reply,
-            } => {
-                let rx = self
-                    .ask(session, |req| Fwd::Get {
-                        req,
-                        queue: q,
-                        channel,
-                        no_ack,
-                    })
-                    .await;
-                let held = self.held.clone();
-                relay(rx, reply, move |f| {
-                    let Fwd::Got { got, .. } = f else { return None };
-                    let got = got.map(|(e, n)| (e.into_entry(), n));
-                    if let (Some((e, _)), false) = (&got, no_ack) {
-                        held.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .insert(e.seq, session);
-                    }
-                    Some(got)
-                });
-            }
+            } => self.get(session, channel, no_ack, reply).await,
             QueueCmd::Ack(seqs) => self.settle(session, Settle::Ack, seqs).await,
             QueueCmd::Requeue(seqs) => self.settle(session, Settle::Requeue, seqs).await,
             QueueCmd::Discard(seqs) => self.settle(session, Settle::Discard, seqs).await,
-            QueueCmd::ChannelClosed(channel) => {
-                let gone: Vec<ConsumerId> = {
-                    let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
-                    let ids = flows
-                        .keys()
-                        .filter(|id| id.channel == channel)
-                        .cloned()
-                        .collect();
-                    flows.retain(|id, _| id.channel != channel);
-                    ids
-                };
-                self.registered.retain(|id, _| id.channel != channel);
-                for id in gone {
-                    self.fwd.remove_consumer(&id);
-                }
-                self.fwd.forget_lent(self.home, channel);
-                let msg = Fwd::ChannelClosed { queue: q, channel };
-                self.fwd.send(self.home, session, &msg).await;
-            }
+            QueueCmd::ChannelClosed(channel) => self.channel_closed(session, channel).await,
             QueueCmd::Stat(reply) => {
                 let rx = self.ask(session, |req| Fwd::Stat { req, queue: q }).await;
                 relay(rx, reply, |f| match f {
@@ -431,115 +376,223 @@ impl Stub {
                     _ => None,
                 });
             }
-            QueueCmd::Consume(spec, reply) => {
-                let id = spec.id.clone();
-                let limit = spec.flow.limit();
-                spec.flow.starve();
-                // Known before the home node has it: deliveries may follow its answer at once.
-                self.flows
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id.clone(), (spec.flow.clone(), limit));
-                // A global prefetch spans nodes only for consumers started under it.
-                let pooled = !spec.no_ack && spec.channel_limit.limit() > 0;
-                if pooled {
-                    let key = (self.home, session, id.channel);
-                    let pool = spec.channel_limit.clone();
-                    self.fwd.lend(key, pool, spec.events.clone());
-                }
-                let moves = !self.members.is_empty();
-                if moves {
-                    self.registered.insert(
-                        id.clone(),
-                        Registration {
-                            no_ack: spec.no_ack,
-                            exclusive: spec.exclusive,
-                            prefetch: spec.prefetch,
-                            arguments: spec.arguments.clone(),
-                            events: spec.events.clone(),
-                            pool: spec.channel_limit.clone(),
-                        },
-                    );
-                }
-                let consuming = Consuming {
-                    home: self.home,
-                    session,
-                    events: spec.events.clone(),
-                    pool: spec.channel_limit.clone(),
-                    pooled,
-                    queue: self.shared.clone(),
-                    held: self.held.clone(),
-                    moves,
-                };
-                self.fwd.add_consumer(id.clone(), consuming);
-                let rx = self
-                    .ask(session, |req| Fwd::Consume {
-                        req,
-                        queue: q,
-                        consumer: id.clone(),
-                        no_ack: spec.no_ack,
-                        exclusive: spec.exclusive,
-                        prefetch: spec.prefetch,
-                        arguments: spec.arguments,
-                        limit,
-                        pooled,
-                    })
-                    .await;
-                let (fwd, flows, shared) =
-                    (self.fwd.clone(), self.flows.clone(), self.shared.clone());
-                let vhost = self.queue.vhost.clone();
-                tokio::spawn(async move {
-                    let result = match rx.await {
-                        Ok(Fwd::Consumed { result, .. }) => result,
-                        _ => Err(shared.gone(&vhost)),
-                    };
-                    if result.is_err() {
-                        flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                        fwd.remove_consumer(&id);
-                    }
-                    let _ = reply.send(result);
-                });
-            }
-            QueueCmd::Cancel { consumer, reply } => {
-                self.registered.remove(&consumer);
-                self.flows
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&consumer);
-                self.fwd.remove_consumer(&consumer);
-                let rx = self
-                    .ask(session, |req| Fwd::Cancel {
-                        req,
-                        queue: q,
-                        consumer,
-                    })
-                    .await;
-                tokio::spawn(async move {
-                    let _ = rx.await;
-                    let _ = reply.send(());
-                });
-            }
+            QueueCmd::Consume(spec, reply) => self.consume(session, spec, reply).await,
+            QueueCmd::Cancel { consumer, reply } => self.cancel(session, consumer, reply).await,
             QueueCmd::Return {
                 consumer,
                 entries,
                 no_ack,
-            } => {
-                {
-                    let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-                    for e in &entries {
-                        held.remove(&e.seq);
-                    }
-                }
-                let msg = Fwd::Return {
-                    queue: q,
-                    consumer,
-                    entries: entries.iter().map(WireEntry::of).collect(),
-                    no_ack,
-                };
-                self.fwd.send(self.home, session, &msg).await;
-            }
+            } => self.give_back(session, consumer, entries, no_ack).await,
             QueueCmd::Stop | QueueCmd::NodeDown(_) | QueueCmd::Members(_) => {}
         }
+    }
+
+    /// Publishes to the home node, within the stub's byte window; the receipt is answered
+    /// with the home node's answer (dropped unanswered, every publish refused, without one).
+    async fn publish(
+        &mut self,
+        session: Session,
+        msgs: Vec<Arc<Message>>,
+        receipt: Option<Receipt>,
+    ) {
+        let q = self.queue.clone();
+        let bytes: usize = msgs.iter().map(|m| m.weight()).sum();
+        let units = (bytes / UNIT).clamp(1, WINDOW / UNIT) as u32;
+        let Ok(permit) = self.window.clone().acquire_many_owned(units).await else {
+            return;
+        };
+        let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
+        let rx = self
+            .ask(session, |req| Fwd::Publish {
+                req,
+                queue: q,
+                msgs,
+            })
+            .await;
+        tokio::spawn(async move {
+            let answer = rx.await;
+            drop(permit);
+            if let (Ok(Fwd::Taken { refused, .. }), Some(r)) = (answer, receipt) {
+                r.answer(&refused);
+            }
+            // Otherwise the receipt is dropped unanswered: every publish refused.
+        });
+    }
+
+    /// basic.get at the home node; a message got with ack is held on this session.
+    async fn get(
+        &mut self,
+        session: Session,
+        channel: ChannelId,
+        no_ack: bool,
+        reply: oneshot::Sender<GetReply>,
+    ) {
+        let q = self.queue.clone();
+        let rx = self
+            .ask(session, |req| Fwd::Get {
+                req,
+                queue: q,
+                channel,
+                no_ack,
+            })
+            .await;
+        let held = self.held.clone();
+        relay(rx, reply, move |f| {
+            let Fwd::Got { got, .. } = f else { return None };
+            let got = got.map(|(e, n)| (e.into_entry(), n));
+            if let (Some((e, _)), false) = (&got, no_ack) {
+                held.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(e.seq, session);
+            }
+            Some(got)
+        });
+    }
+
+    /// A channel closed: its consumers here are forgotten, and the home node is told.
+    async fn channel_closed(&mut self, session: Session, channel: ChannelId) {
+        let q = self.queue.clone();
+        let gone: Vec<ConsumerId> = {
+            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            let ids = flows
+                .keys()
+                .filter(|id| id.channel == channel)
+                .cloned()
+                .collect();
+            flows.retain(|id, _| id.channel != channel);
+            ids
+        };
+        self.registered.retain(|id, _| id.channel != channel);
+        for id in gone {
+            self.fwd.remove_consumer(&id);
+        }
+        self.fwd.forget_lent(self.home, channel);
+        let msg = Fwd::ChannelClosed { queue: q, channel };
+        self.fwd.send(self.home, session, &msg).await;
+    }
+
+    /// A consumer of this channel's node, started at the home node: known here first (its
+    /// deliveries may follow the home node's answer at once), with its channel's pool lent
+    /// if it has a global prefetch, and registered to move with the queue if it can.
+    async fn consume(
+        &mut self,
+        session: Session,
+        spec: ConsumerSpec,
+        reply: oneshot::Sender<Result<(), Error>>,
+    ) {
+        let q = self.queue.clone();
+        let id = spec.id.clone();
+        let limit = spec.flow.limit();
+        spec.flow.starve();
+        // Known before the home node has it: deliveries may follow its answer at once.
+        self.flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), (spec.flow.clone(), limit));
+        // A global prefetch spans nodes only for consumers started under it.
+        let pooled = !spec.no_ack && spec.channel_limit.limit() > 0;
+        if pooled {
+            let key = (self.home, session, id.channel);
+            let pool = spec.channel_limit.clone();
+            self.fwd.lend(key, pool, spec.events.clone());
+        }
+        let moves = !self.members.is_empty();
+        if moves {
+            self.registered.insert(
+                id.clone(),
+                Registration {
+                    no_ack: spec.no_ack,
+                    exclusive: spec.exclusive,
+                    prefetch: spec.prefetch,
+                    arguments: spec.arguments.clone(),
+                    events: spec.events.clone(),
+                    pool: spec.channel_limit.clone(),
+                },
+            );
+        }
+        let consuming = Consuming {
+            home: self.home,
+            session,
+            events: spec.events.clone(),
+            pool: spec.channel_limit.clone(),
+            pooled,
+            queue: self.shared.clone(),
+            held: self.held.clone(),
+            moves,
+        };
+        self.fwd.add_consumer(id.clone(), consuming);
+        let rx = self
+            .ask(session, |req| Fwd::Consume {
+                req,
+                queue: q,
+                consumer: id.clone(),
+                no_ack: spec.no_ack,
+                exclusive: spec.exclusive,
+                prefetch: spec.prefetch,
+                arguments: spec.arguments,
+                limit,
+                pooled,
+            })
+            .await;
+        let (fwd, flows, shared) = (self.fwd.clone(), self.flows.clone(), self.shared.clone());
+        let vhost = self.queue.vhost.clone();
+        tokio::spawn(async move {
+            let result = match rx.await {
+                Ok(Fwd::Consumed { result, .. }) => result,
+                _ => Err(shared.gone(&vhost)),
+            };
+            if result.is_err() {
+                flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                fwd.remove_consumer(&id);
+            }
+            let _ = reply.send(result);
+        });
+    }
+
+    /// basic.cancel: forgotten here, then at the home node; answered once it is there.
+    async fn cancel(&mut self, session: Session, consumer: ConsumerId, reply: oneshot::Sender<()>) {
+        let q = self.queue.clone();
+        self.registered.remove(&consumer);
+        self.flows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&consumer);
+        self.fwd.remove_consumer(&consumer);
+        let rx = self
+            .ask(session, |req| Fwd::Cancel {
+                req,
+                queue: q,
+                consumer,
+            })
+            .await;
+        tokio::spawn(async move {
+            let _ = rx.await;
+            let _ = reply.send(());
+        });
+    }
+
+    /// Deliveries this node could not hand to their consumer go back to the home node.
+    async fn give_back(
+        &mut self,
+        session: Session,
+        consumer: ConsumerId,
+        entries: Vec<Entry>,
+        no_ack: bool,
+    ) {
+        let q = self.queue.clone();
+        {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            for e in &entries {
+                held.remove(&e.seq);
+            }
+        }
+        let msg = Fwd::Return {
+            queue: q,
+            consumer,
+            entries: entries.iter().map(WireEntry::of).collect(),
+            no_ack,
+        };
+        self.fwd.send(self.home, session, &msg).await;
     }
 
     /// Forward the settlements of messages got on the current session; those got on an

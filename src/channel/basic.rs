@@ -146,16 +146,17 @@ impl Channel {
 
     /// Tell the queues about settled deliveries (one command per queue) and give their
     /// global-prefetch credit back.
-    pub fn apply_settle(&mut self, settled: Vec<Unacked>, how: Settle, out: &mut Vec<Action>) {
-        let limited = settled.iter().filter(|u| u.limited).count() as u32;
+    fn apply_settle(&mut self, settled: Vec<Unacked>, how: Settle, out: &mut Vec<Action>) {
+        self.release_credit(&settled, out);
         for s in by_queue(settled) {
-            let cmd = match how {
-                Settle::Ack => QueueCmd::Ack(s.seqs),
-                Settle::Requeue => QueueCmd::Requeue(s.seqs),
-                Settle::Discard => QueueCmd::Discard(s.seqs),
-            };
-            out.push(Action::Tell(s.queue, cmd));
+            out.push(Action::Tell(s.queue, how.command(s.seqs)));
         }
+    }
+
+    /// Settled deliveries give their global-prefetch credit back: the queues that waited
+    /// for it are woken.
+    pub fn release_credit(&mut self, settled: &[Unacked], out: &mut Vec<Action>) {
+        let limited = settled.iter().filter(|u| u.limited).count() as u32;
         if limited > 0 && self.limit.release(limited) {
             self.wake_consumers(out);
         }
@@ -240,7 +241,7 @@ impl Channel {
             tag: c.tag.clone(),
             serial: self.next_serial,
         };
-        out.push(Action::Consume(ConsumerStart {
+        out.push(Action::Consume(Box::new(ConsumerStart {
             id,
             queue: c.queue,
             no_ack: c.no_ack,
@@ -249,7 +250,7 @@ impl Channel {
             arguments: c.arguments,
             flow,
             channel_limit: self.limit.clone(),
-        }));
+        })));
         if !c.nowait {
             send(
                 out,

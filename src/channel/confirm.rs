@@ -9,10 +9,11 @@ use super::{Action, Channel, Routed, State};
 use crate::error::Error;
 use crate::protocol::{AMQPClass, confirm};
 
-/// Confirm mode's state; `next` is None until confirm.select.
-#[derive(Debug, Default)]
+/// Confirm mode's state, from confirm.select on.
+#[derive(Debug)]
 pub(super) struct Confirms {
-    next: Option<u64>,
+    /// The sequence number of the next publish.
+    next: u64,
     /// Sequence numbers published since the last flush: `first..=last`.
     open: Option<(u64, u64)>,
     /// Flushes not yet confirmed, in publish order.
@@ -28,12 +29,6 @@ struct Run {
     outcome: Option<(bool, Vec<u64>)>,
 }
 
-impl Confirms {
-    pub(super) fn selected(&self) -> bool {
-        self.next.is_some()
-    }
-}
-
 impl Channel {
     /// confirm.select; 406 on a transactional channel. Selecting again changes nothing.
     pub(super) fn confirm_select(
@@ -44,7 +39,13 @@ impl Channel {
         if self.tx.is_some() {
             return Err(Error::precondition("cannot switch from tx to confirm mode"));
         }
-        self.confirms.next.get_or_insert(1);
+        self.confirms.get_or_insert_with(|| {
+            Box::new(Confirms {
+                next: 1,
+                open: None,
+                runs: VecDeque::new(),
+            })
+        });
         if !nowait {
             out.push(Action::Send(AMQPClass::Confirm(
                 confirm::AMQPMethod::SelectOk(confirm::SelectOk {}),
@@ -54,7 +55,7 @@ impl Channel {
     }
 
     pub fn confirming(&self) -> bool {
-        self.confirms.selected()
+        self.confirms.is_some()
     }
 
     /// A routed publish: staged in a transaction, else handed to its queues with its
@@ -64,12 +65,12 @@ impl Channel {
             tx.publishes.push(p);
             return;
         }
-        let c = &mut self.confirms;
-        let confirm = c.next;
-        if let Some(tag) = confirm {
-            c.next = Some(tag + 1);
+        let confirm = self.confirms.as_mut().map(|c| {
+            let tag = c.next;
+            c.next += 1;
             c.open = Some(c.open.map_or((tag, tag), |(first, _)| (first, tag)));
-        }
+            tag
+        });
         out.push(Action::Publish {
             publish: p,
             confirm,
@@ -78,8 +79,11 @@ impl Channel {
 
     /// The open run went out as flush `token`.
     pub(super) fn flushed(&mut self, token: u64) {
-        if let Some((first, last)) = self.confirms.open.take() {
-            self.confirms.runs.push_back(Run {
+        let Some(c) = self.confirms.as_mut() else {
+            return;
+        };
+        if let Some((first, last)) = c.open.take() {
+            c.runs.push_back(Run {
                 token,
                 first,
                 last,
@@ -96,7 +100,10 @@ impl Channel {
         refused: Vec<u64>,
         out: &mut Vec<Action>,
     ) {
-        let runs = &mut self.confirms.runs;
+        let Some(c) = self.confirms.as_mut() else {
+            return;
+        };
+        let runs = &mut c.runs;
         let Some(run) = runs.iter_mut().find(|r| r.token == token) else {
             return;
         };

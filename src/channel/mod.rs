@@ -43,13 +43,8 @@ pub enum State {
     Closing,
 }
 
-/// What settled deliveries become.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Settle {
-    Ack,
-    Requeue,
-    Discard,
-}
+/// What settled deliveries become (the queues' own type: one command per settlement).
+pub use crate::broker::queue::Settle;
 
 /// What the channel is told.
 #[derive(Debug)]
@@ -136,10 +131,11 @@ pub struct Consume {
     pub nowait: bool,
 }
 
-/// A complete publish and the queues it was routed to.
+/// A complete publish and the queues it was routed to. The message is shared as the
+/// queues will hold it, and still unique here (its store id is set when it is written).
 #[derive(Debug)]
 pub struct Routed {
-    pub msg: crate::broker::message::Message,
+    pub msg: Arc<crate::broker::message::Message>,
     pub targets: Vec<QueueHandle>,
     pub mandatory: bool,
 }
@@ -185,7 +181,8 @@ pub enum Action {
     Tell(QueueHandle, QueueCmd),
     /// Start a consumer at its queue; what follows waits for its answer. If it refuses, the
     /// runtime forgets the consumer (`Channel::remove_consumer`) and fails with its error.
-    Consume(ConsumerStart),
+    /// (Boxed: rare, and it would make every action bigger.)
+    Consume(Box<ConsumerStart>),
     /// Cancel a consumer at its queue and wait, so that nothing more arrives for it.
     Cancel {
         queue: QueueHandle,
@@ -263,9 +260,10 @@ pub struct Channel {
     pub last_queue: Option<String>,
     active: bool,
     parked: Vec<Parked>,
-    confirms: confirm::Confirms,
+    /// Set by confirm.select (boxed: most channels never select it).
+    confirms: Option<Box<confirm::Confirms>>,
     /// Set by tx.select: what the current transaction will do at commit.
-    tx: Option<Tx>,
+    tx: Option<Box<Tx>>,
     /// Consumers created on this channel before this one (see `ConsumerId`).
     next_serial: u64,
 }
@@ -286,7 +284,7 @@ impl Channel {
             last_queue: None,
             active: true,
             parked: Vec::new(),
-            confirms: confirm::Confirms::default(),
+            confirms: None,
             tx: None,
             next_serial: 0,
         }

@@ -298,7 +298,7 @@ fn confirms_go_out_in_publish_order_one_ack_per_run_and_a_nack_per_refused_publi
         let mut out = Vec::new();
         for _ in 0..n {
             let p = Routed {
-                msg: Message::default(),
+                msg: Arc::new(Message::default()),
                 targets: vec![q.clone()],
                 mandatory: false,
             };

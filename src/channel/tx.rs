@@ -33,7 +33,7 @@ fn send(out: &mut Vec<Action>, m: tx::AMQPMethod) {
 impl Channel {
     /// tx.select; 406 on a channel in confirm mode.
     pub(super) fn tx_select(&mut self, out: &mut Vec<Action>) -> Result<(), Error> {
-        if self.confirms.selected() {
+        if self.confirms.is_some() {
             return Err(Error::precondition("cannot switch from confirm to tx mode"));
         }
         self.tx.get_or_insert_default();
@@ -47,7 +47,7 @@ impl Channel {
         let staged = self
             .tx
             .as_mut()
-            .map(std::mem::take)
+            .map(|t| std::mem::take(&mut **t))
             .ok_or_else(not_transactional)?;
         out.push(Action::Commit(staged));
         send(out, tx::AMQPMethod::CommitOk(tx::CommitOk {}));
@@ -60,7 +60,7 @@ impl Channel {
         let staged = self
             .tx
             .as_mut()
-            .map(std::mem::take)
+            .map(|t| std::mem::take(&mut **t))
             .ok_or_else(not_transactional)?;
         for s in staged.settles {
             self.unacked.extend(s.deliveries);

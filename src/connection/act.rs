@@ -140,6 +140,7 @@ impl Conn {
                     .await;
             }
             Action::Consume(start) => {
+                let start = *start;
                 let id = start.id.clone();
                 let queue = start.queue.clone();
                 let spec = ConsumerSpec {

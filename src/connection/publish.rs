@@ -83,14 +83,14 @@ impl Conn {
         let vhost = self.vhost().clone();
         let routes = vhost.routes();
         check_exchange(&routes, exchange, &vhost.name)?;
-        let msg = Message {
+        let msg = Arc::new(Message {
             exchange: p.exchange.clone(),
             routing_key: p.routing_key.clone(),
             properties: content.properties,
             body: content.body,
             persistent: content.persistent,
             stored: None,
-        };
+        });
         let mut targets = std::mem::take(&mut self.route_buf);
         routes.route(exchange, &msg, &mut targets);
         drop(routes);
@@ -111,8 +111,9 @@ impl Conn {
             mut targets,
             mandatory,
         } = p;
-        self.durable.publish(&self.broker.store, &mut msg, &targets);
-        let msg = Arc::new(msg);
+        // Unique still: no copy.
+        self.durable
+            .publish(&self.broker.store, Arc::make_mut(&mut msg), &targets);
         if targets.is_empty() && mandatory {
             self.write_return(ch, &msg);
         }

@@ -1,8 +1,9 @@
-//! Transactions: tx.select, and tx.commit applying a transaction's staged publishes and acks
-//! in one synced store write (atomic across the node's queues) before they become visible;
-//! commit-ok waits until every queue took its publishes (a queue on another node writes
-//! its part there, separately; a quorum queue commits its part as one log entry). A part
-//! refused or lost fails the commit with RabbitMQ's 406 "partial tx completion".
+//! Transactions: tx.commit applies a transaction's staged publishes and acks in one synced
+//! store write (atomic across the node's classic queues) before they become visible, then
+//! hands each queue its part (publishes and acks) in one command; commit-ok waits until
+//! every queue applied its part (a queue on another node writes its part there; a quorum
+//! queue commits its part as one log entry). A part refused or lost fails the commit with
+//! RabbitMQ's 406 "partial tx completion".
 
 use std::sync::Arc;
 
@@ -10,8 +11,8 @@ use super::Conn;
 use crate::broker::durable::Batch;
 use crate::broker::message::Message;
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
-use crate::broker::queue::{ConnEvent, QueueCmd, QueueHandle};
-use crate::channel::{Action, Input, Settle, Tx};
+use crate::broker::queue::{ConnEvent, QueueCmd, QueueHandle, Settles};
+use crate::channel::{Action, Input, Settle, Tx, Unacked, by_queue};
 use crate::error::{Error, code};
 use crate::protocol::tx;
 
@@ -36,20 +37,16 @@ impl Conn {
     /// queues see them (so after a crash all of it or none of it is there).
     pub(super) async fn commit(&mut self, ch: u16, staged: Tx) -> Result<(), Error> {
         let mut rows = Batch::default();
-        let mut batches: Vec<(QueueHandle, Vec<Arc<Message>>)> = Vec::new();
+        let mut parts: Vec<Part> = Vec::new();
         let mut returns = Vec::new();
         for p in staged.publishes {
             let mut msg = p.msg;
-            rows.publish(&self.broker.store, &mut msg, &p.targets);
-            let msg = Arc::new(msg);
+            rows.publish(&self.broker.store, Arc::make_mut(&mut msg), &p.targets);
             if p.targets.is_empty() && p.mandatory {
                 returns.push(msg.clone());
             }
             for q in p.targets {
-                match batches.iter_mut().find(|(h, _)| h.id == q.id) {
-                    Some((_, b)) => b.push(msg.clone()),
-                    None => batches.push((q, vec![msg.clone()])),
-                }
+                part(&mut parts, q).msgs.push(msg.clone());
             }
         }
         for s in &staged.settles {
@@ -64,23 +61,23 @@ impl Conn {
         for msg in returns {
             self.write_return(ch, &msg);
         }
-        let refused = hand_over(ch, batches).await;
-        // The acks were written with the publishes: they take effect whatever a queue
-        // answered, as in RabbitMQ, where they reach the queues before the commit's outcome.
-        let mut acts = Vec::new();
+        // The acks were written with the publishes: they go with them, each queue's part
+        // in one command, and take effect whatever a queue answers for the publishes, as
+        // in RabbitMQ. Their global-prefetch credit comes back to the channel.
+        let mut wakes = Vec::new();
         if let Some(c) = self.channels.get_mut(&ch) {
             for s in staged.settles {
-                let settled = s.deliveries.into_iter().map(|(_, u)| u).collect();
-                c.apply_settle(settled, s.how, &mut acts);
+                let settled: Vec<Unacked> = s.deliveries.into_iter().map(|(_, u)| u).collect();
+                c.release_credit(&settled, &mut wakes);
+                for g in by_queue(settled) {
+                    part(&mut parts, g.queue).settles.push((s.how, g.seqs));
+                }
             }
         }
-        for a in acts {
-            match a {
-                Action::Tell(q, cmd) => {
-                    q.send(cmd).await;
-                }
-                Action::Wake(q) => q.wake(),
-                other => tracing::error!("unexpected action after a commit: {other:?}"),
+        let refused = hand_over(ch, parts).await;
+        for a in wakes {
+            if let Action::Wake(q) = a {
+                q.wake();
             }
         }
         if refused {
@@ -114,14 +111,41 @@ impl Conn {
     }
 }
 
+/// A transaction's part for one queue.
+struct Part {
+    queue: QueueHandle,
+    msgs: Vec<Arc<Message>>,
+    settles: Settles,
+}
+
+fn part(parts: &mut Vec<Part>, queue: QueueHandle) -> &mut Part {
+    let at = match parts.iter().position(|p| p.queue.id == queue.id) {
+        Some(at) => at,
+        None => {
+            parts.push(Part {
+                queue,
+                msgs: Vec::new(),
+                settles: Vec::new(),
+            });
+            parts.len() - 1
+        }
+    };
+    &mut parts[at]
+}
+
 /// Hand each queue its part of a commit and wait for every answer: a queue on another node
-/// writes (and syncs) its part there, so its answer is what makes that part durable. True if
-/// some part was refused or lost.
-async fn hand_over(ch: u16, batches: Vec<(QueueHandle, Vec<Arc<Message>>)>) -> bool {
+/// writes (and syncs) its part there, and a quorum queue commits it as one log entry, so
+/// its answer is what makes that part durable. True if some publish was refused or lost.
+async fn hand_over(ch: u16, parts: Vec<Part>) -> bool {
     let (events, mut taken) = tokio::sync::mpsc::unbounded_channel();
     let mut answers = 0;
-    for (q, msgs) in batches {
-        let tags = (0..msgs.len() as u32)
+    for p in parts {
+        // One tag per publish, and for a quorum queue one for the part itself: no position
+        // is ever refused as it, so it is nacked only if the part's log entry was never
+        // committed, which fails a commit of acks alone too (a classic queue's acks are in
+        // the store write above already).
+        let tags = (0..p.msgs.len() as u32)
+            .chain(p.queue.quorum.then_some(u32::MAX))
             .map(|at| ReceiptTag {
                 at,
                 tag: ConfirmTag {
@@ -130,8 +154,12 @@ async fn hand_over(ch: u16, batches: Vec<(QueueHandle, Vec<Arc<Message>>)>) -> b
                 },
             })
             .collect();
-        let receipt = Receipt::new(events.clone(), 0, tags);
-        q.send(QueueCmd::Publish(msgs, Some(receipt))).await;
+        let cmd = QueueCmd::Commit {
+            msgs: p.msgs,
+            settles: p.settles,
+            receipt: Receipt::new(events.clone(), 0, tags),
+        };
+        p.queue.send(cmd).await;
         answers += 1;
     }
     drop(events);

@@ -262,3 +262,47 @@ async fn members_are_added_and_removed_over_the_api() {
     assert_eq!(status, 400, "the last member: {body}");
     assert_eq!(count(&ch1b, "grown").await, 150);
 }
+
+/// A transaction from a node that is not a member: its part for the queue (a publish and
+/// an ack) travels to the member as one command and is one log entry there; the ack holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_from_a_non_member_is_one_log_entry_on_the_member() {
+    let cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    ch1.queue_declare("t1".into(), durable(), quorum_args(Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(members(api, "t1").await, serde_json::json!([1]));
+    let (c3, ch3) = cluster.channel(2).await;
+    assert_eq!(publish_confirmed_from(&ch3, "t1", 0, 2).await, (2, 0));
+    let tch = c3.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    let got = tch
+        .basic_get("t1".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert_eq!(count(&ch1, "t1").await, 1);
+    let last_index = |q: serde_json::Value| q["raft"]["last_index"].as_u64().unwrap();
+    let before = last_index(crate::common::http_queue(api, "t1").await);
+    tch.basic_publish(
+        "".into(),
+        "t1".into(),
+        BasicPublishOptions::default(),
+        b"new",
+        crate::common::persistent(),
+    )
+    .await
+    .unwrap();
+    tch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    tch.tx_commit().await.unwrap();
+    assert_eq!(count(&ch1, "t1").await, 2);
+    let q = crate::common::http_queue(api, "t1").await;
+    assert_eq!(last_index(q.clone()), before + 1, "{q}");
+    // The ack holds: closing the channel requeues nothing.
+    tch.close(200, "OK".into()).await.unwrap();
+    assert_eq!(count(&ch1, "t1").await, 2);
+}

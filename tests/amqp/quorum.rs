@@ -916,6 +916,50 @@ async fn a_transaction_on_a_quorum_queue_commits_whole_or_fails() {
     assert!((2..=3).contains(&n), "c, f and perhaps e: {n}");
 }
 
+/// A transaction's part for a quorum queue, its publishes and its acks, is one log entry,
+/// applied whole (before, the acks were a second entry, proposed after commit-ok). Counted
+/// on a single node's group through the status API: a commit of a publish and an ack
+/// moves the log by exactly one entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transactions_publishes_and_acks_on_a_quorum_queue_are_one_log_entry() {
+    let b = crate::common::start_with(with_http(warren::Config::default())).await;
+    let api = b.server.as_ref().unwrap().http_addr.unwrap();
+    let (c, ch) = channel(&b).await;
+    declare_quorum(&ch, "tq").await;
+    assert_eq!(publish_confirmed(&ch, "tq", 0, 2).await, 2);
+    let tch = c.create_channel().await.unwrap();
+    tch.tx_select().await.unwrap();
+    let got = tch
+        .basic_get("tq".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    // A passive declare answers once this connection's earlier commands are applied.
+    let last_index = |q: serde_json::Value| q["raft"]["last_index"].as_u64().unwrap();
+    assert_eq!(crate::common::count(&ch, "tq").await, 1);
+    let before = last_index(crate::common::http_queue(api, "tq").await);
+    tch.basic_publish(
+        "".into(),
+        "tq".into(),
+        BasicPublishOptions::default(),
+        b"new",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    tch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    tch.tx_commit().await.unwrap();
+    assert_eq!(crate::common::count(&tch, "tq").await, 2);
+    let q = crate::common::http_queue(api, "tq").await;
+    assert_eq!(last_index(q.clone()), before + 1, "{q}");
+    // The ack holds: closing the channel requeues nothing.
+    tch.close(200, "OK".into()).await.unwrap();
+    assert_eq!(crate::common::count(&ch, "tq").await, 2);
+    b.stop().await;
+}
+
 /// A new channel in tx mode with one persistent publish to "tq" staged.
 async fn tx_channel_with(c: &lapin::Connection, body: &[u8]) -> Channel {
     let tch = c.create_channel().await.unwrap();

@@ -204,6 +204,21 @@ impl Classic {
                     r.answer(&refused);
                 }
             }
+            // The store has the whole transaction already (one synced write): its parts
+            // are applied in turn.
+            QueueCmd::Commit {
+                msgs,
+                settles,
+                receipt,
+            } => {
+                let bodies = msgs.into_iter().map(Body::Mem).collect();
+                if let Reply::Enqueued { refused } = self.apply(Command::Enqueue(bodies)) {
+                    receipt.answer(&refused);
+                }
+                for (how, seqs) in settles {
+                    self.apply(Command::settle(how, seqs));
+                }
+            }
             QueueCmd::Consume(spec, reply) => {
                 let _ = reply.send(self.consume(spec));
             }

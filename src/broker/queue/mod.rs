@@ -85,10 +85,40 @@ pub struct Stat {
     pub consumers: u32,
 }
 
+/// How settled deliveries end: acked, back in their place (redelivered), or dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Settle {
+    Ack,
+    Requeue,
+    Discard,
+}
+
+/// A transaction's settlements for one queue: how, and which deliveries (by queue seq).
+pub type Settles = Vec<(Settle, Vec<u64>)>;
+
+impl Settle {
+    /// The command that settles `seqs` this way.
+    pub fn command(self, seqs: Vec<u64>) -> QueueCmd {
+        match self {
+            Settle::Ack => QueueCmd::Ack(seqs),
+            Settle::Requeue => QueueCmd::Requeue(seqs),
+            Settle::Discard => QueueCmd::Discard(seqs),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum QueueCmd {
     /// Messages to enqueue; the receipt (for confirm-mode publishes) says which were taken.
     Publish(Vec<Arc<Message>>, Option<Receipt>),
+    /// A transaction's part for this queue: its publishes and its settlements, applied
+    /// together (a quorum queue makes them one log entry); the receipt says which
+    /// publishes were taken.
+    Commit {
+        msgs: Vec<Arc<Message>>,
+        settles: Settles,
+        receipt: Receipt,
+    },
     Consume(ConsumerSpec, oneshot::Sender<Result<(), Error>>),
     Cancel {
         consumer: ConsumerId,

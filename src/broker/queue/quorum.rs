@@ -37,7 +37,9 @@ use tokio::time::Instant;
 use super::classic::OnDeleted;
 use super::receipt::Receipt;
 use super::state::{self, Meta, QueueState};
-use super::{ConnEvent, ConnSender, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
+use super::{
+    ConnEvent, ConnSender, ConsumerSpec, GetReply, QueueCmd, QueueHandle, QueueShared, Stat,
+};
 use crate::broker::applied::Applied;
 use crate::broker::args::{self, Overflow, QueueArgs};
 use crate::broker::clock;
@@ -399,7 +401,7 @@ impl Replica {
     /// Propose a command of this node, `waiter` answered once it is applied here.
     async fn propose_op(&mut self, op: QOp, waiter: Waiter) {
         let enqueued = match &op {
-            QOp::Enqueue { seq, .. } => Some(*seq),
+            QOp::Enqueue { seq, .. } | QOp::Commit { seq, .. } => Some(*seq),
             _ => None,
         };
         let req = self.new_req();
@@ -505,36 +507,22 @@ impl Replica {
                 };
                 self.propose_op(op, Waiter::Publish(receipt)).await;
             }
-            QueueCmd::Consume(spec, reply) => {
-                if spec.channel_limit.limit() > 0 {
-                    let _ = reply.send(Err(Error::connection(
-                        code::NOT_IMPLEMENTED,
-                        format!(
-                            "queue '{}' in vhost '{}' does not support global qos",
-                            self.shared.name,
-                            self.state.config().vhost
-                        ),
-                    )));
-                    return;
-                }
-                let prefetch = match spec.prefetch {
-                    0 => DEFAULT_PREFETCH,
-                    p => p,
+            QueueCmd::Commit {
+                msgs,
+                settles,
+                receipt,
+            } => {
+                let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
+                self.enqueued += 1;
+                let op = QOp::Commit {
+                    run: self.run,
+                    seq: self.enqueued,
+                    msgs,
+                    settles,
                 };
-                self.consumers.insert(
-                    spec.id.clone(),
-                    Local {
-                        events: spec.events.clone(),
-                        pool: spec.channel_limit.clone(),
-                    },
-                );
-                let op = QOp::Checkout {
-                    consumer: spec.id.clone(),
-                    no_ack: spec.no_ack,
-                    prefetch,
-                };
-                self.propose_op(op, Waiter::Consume(spec.id, reply)).await;
+                self.propose_op(op, Waiter::Publish(Some(receipt))).await;
             }
+            QueueCmd::Consume(spec, reply) => self.consume(spec, reply).await,
             QueueCmd::Cancel { consumer, reply } => {
                 self.propose_op(QOp::Cancel(consumer), Waiter::Cancel(reply))
                     .await;
@@ -567,43 +555,86 @@ impl Replica {
                 self.propose_op(QOp::ChannelDown(ch), Waiter::Nothing).await;
             }
             QueueCmd::NodeDown(node) => self.propose_op(QOp::NodeDown(node), Waiter::Nothing).await,
-            QueueCmd::Stat(reply) => {
-                // Counts as of every change committed before the declare: wait until this
-                // replica has applied up to the group's read index.
-                // So are this connection's own earlier commands (a publish just before).
-                let after = self.next_req;
-                let (cluster, group, reads) = (self.cluster.clone(), self.group, reads.clone());
-                let timeout = cluster.config.command_timeout;
-                tokio::spawn(async move {
-                    if let Some(index) = read_index(&cluster, group, timeout).await {
-                        let _ = reads.send((index, after, reply));
-                    }
-                });
-            }
+            QueueCmd::Stat(reply) => self.stat(reply, reads),
             QueueCmd::Purge(reply) => self.propose_op(QOp::Purge, Waiter::Purge(reply)).await,
             QueueCmd::Delete {
                 if_unused,
                 if_empty,
                 reply,
-            } => {
-                if if_unused || if_empty {
-                    let flag = if if_unused { "if-unused" } else { "if-empty" };
-                    let _ = reply.send(Err(Error::connection(
-                        code::NOT_IMPLEMENTED,
-                        format!(
-                            "cannot delete queue '{}' in vhost '{}'. queue.delete operations \
-                             with {flag} flag set are not supported by quorum queues",
-                            self.shared.name,
-                            self.state.config().vhost
-                        ),
-                    )));
-                    return;
-                }
-                self.propose_op(QOp::Delete, Waiter::Delete(reply)).await;
-            }
+            } => self.delete(if_unused, if_empty, reply).await,
             // Members change in the Raft group; the metadata only follows.
             QueueCmd::Stop | QueueCmd::Members(_) => {}
         }
+    }
+
+    /// basic.consume: a consumer of this node's, checked out through the log (a global
+    /// qos is refused, as by RabbitMQ's quorum queues).
+    async fn consume(&mut self, spec: ConsumerSpec, reply: oneshot::Sender<Result<(), Error>>) {
+        if spec.channel_limit.limit() > 0 {
+            let _ = reply.send(Err(Error::connection(
+                code::NOT_IMPLEMENTED,
+                format!(
+                    "queue '{}' in vhost '{}' does not support global qos",
+                    self.shared.name,
+                    self.state.config().vhost
+                ),
+            )));
+            return;
+        }
+        let prefetch = match spec.prefetch {
+            0 => DEFAULT_PREFETCH,
+            p => p,
+        };
+        self.consumers.insert(
+            spec.id.clone(),
+            Local {
+                events: spec.events.clone(),
+                pool: spec.channel_limit.clone(),
+            },
+        );
+        let op = QOp::Checkout {
+            consumer: spec.id.clone(),
+            no_ack: spec.no_ack,
+            prefetch,
+        };
+        self.propose_op(op, Waiter::Consume(spec.id, reply)).await;
+    }
+
+    /// queue.declare's counts: as of every change committed before the declare (so also
+    /// this connection's own earlier commands), once this replica has applied up to the
+    /// group's read index.
+    fn stat(&self, reply: oneshot::Sender<Stat>, reads: &mpsc::UnboundedSender<Read>) {
+        let after = self.next_req;
+        let (cluster, group, reads) = (self.cluster.clone(), self.group, reads.clone());
+        let timeout = cluster.config.command_timeout;
+        tokio::spawn(async move {
+            if let Some(index) = read_index(&cluster, group, timeout).await {
+                let _ = reads.send((index, after, reply));
+            }
+        });
+    }
+
+    /// queue.delete: if-unused and if-empty are refused, as by RabbitMQ's quorum queues.
+    async fn delete(
+        &mut self,
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<Result<u32, Error>>,
+    ) {
+        if if_unused || if_empty {
+            let flag = if if_unused { "if-unused" } else { "if-empty" };
+            let _ = reply.send(Err(Error::connection(
+                code::NOT_IMPLEMENTED,
+                format!(
+                    "cannot delete queue '{}' in vhost '{}'. queue.delete operations \
+                     with {flag} flag set are not supported by quorum queues",
+                    self.shared.name,
+                    self.state.config().vhost
+                ),
+            )));
+            return;
+        }
+        self.propose_op(QOp::Delete, Waiter::Delete(reply)).await;
     }
 }
 

@@ -9,14 +9,14 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Notify, mpsc, oneshot};
 
-use super::wire::{Fwd, QueueRef, Settle, WireEntry};
+use super::wire::{Fwd, QueueRef, WireEntry};
 use super::{Forwarder, decode};
 use crate::broker::consumer::{ChannelLimit, ConsumerFlow};
 use crate::broker::durable::Batch;
 use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::queue::receipt::{ConfirmTag, Receipt, ReceiptTag};
 use crate::broker::queue::{
-    ConnEvent, ConnSender, ConsumerSpec, GetReply, QueueCmd, QueueHandle, Stat,
+    ConnEvent, ConnSender, ConsumerSpec, GetReply, QueueCmd, QueueHandle, Settles, Stat,
 };
 use crate::cluster::link::{Inbound, Session};
 
@@ -305,7 +305,17 @@ async fn handle(
         }
         Fwd::Publish { req, queue, msgs } => {
             let (tx, rx) = oneshot::channel();
-            publish(fwd, &queue, req, msgs, tx).await;
+            publish(fwd, &queue, req, (msgs, None), tx).await;
+            answer(req, rx);
+        }
+        Fwd::Commit {
+            req,
+            queue,
+            msgs,
+            settles,
+        } => {
+            let (tx, rx) = oneshot::channel();
+            publish(fwd, &queue, req, (msgs, Some(settles)), tx).await;
             answer(req, rx);
         }
         Fwd::Get {
@@ -319,12 +329,7 @@ async fn handle(
         },
         Fwd::Settle { queue, how, seqs } => {
             if let Some(q) = local(fwd, &queue) {
-                let cmd = match how {
-                    Settle::Ack => QueueCmd::Ack(seqs),
-                    Settle::Requeue => QueueCmd::Requeue(seqs),
-                    Settle::Discard => QueueCmd::Discard(seqs),
-                };
-                q.send(cmd).await;
+                q.send(how.command(seqs)).await;
             }
         }
         Fwd::ChannelClosed { queue, channel } => {
@@ -573,7 +578,7 @@ async fn publish(
     fwd: &Forwarder,
     queue: &QueueRef,
     req: u64,
-    msgs: Vec<super::wire::WireMsg>,
+    (msgs, settles): (Vec<super::wire::WireMsg>, Option<Settles>),
     done: oneshot::Sender<Fwd>,
 ) {
     let n = msgs.len() as u32;
@@ -620,11 +625,16 @@ async fn publish(
         })
         .collect();
     // A queue deleted meanwhile drops the batch, and its receipt refuses it all.
-    q.send(QueueCmd::Publish(
-        out,
-        Some(Receipt::new(events, req, tags)),
-    ))
-    .await;
+    let receipt = Receipt::new(events, req, tags);
+    let cmd = match settles {
+        None => QueueCmd::Publish(out, Some(receipt)),
+        Some(settles) => QueueCmd::Commit {
+            msgs: out,
+            settles,
+            receipt,
+        },
+    };
+    q.send(cmd).await;
     tokio::spawn(async move {
         let mut refused: Vec<u32> = match taken.recv().await {
             Some(ConnEvent::Taken { nacks, .. }) => nacks.iter().map(|t| t.tag as u32).collect(),

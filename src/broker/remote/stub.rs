@@ -27,7 +27,8 @@ use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::message::Message;
 use crate::broker::queue::receipt::Receipt;
 use crate::broker::queue::{
-    ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, RemoteHome, Stat,
+    ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, RemoteHome,
+    Settles, Stat,
 };
 use crate::broker::topology::QueueRecord;
 use crate::cluster::link::Session;
@@ -327,7 +328,20 @@ impl Stub {
         };
         let q = self.queue.clone();
         match cmd {
-            QueueCmd::Publish(msgs, receipt) => self.publish(session, msgs, receipt).await,
+            QueueCmd::Publish(msgs, receipt) => self.publish(session, msgs, receipt, None).await,
+            QueueCmd::Commit {
+                msgs,
+                settles,
+                receipt,
+            } => {
+                let settles = settles
+                    .into_iter()
+                    .map(|(how, seqs)| (how, self.held_here(session, seqs)))
+                    .filter(|(_, seqs)| !seqs.is_empty())
+                    .collect();
+                self.publish(session, msgs, Some(receipt), Some(settles))
+                    .await
+            }
             QueueCmd::Get {
                 channel,
                 no_ack,
@@ -389,11 +403,13 @@ impl Stub {
 
     /// Publishes to the home node, within the stub's byte window; the receipt is answered
     /// with the home node's answer (dropped unanswered, every publish refused, without one).
+    /// (`settles`: a transaction's part, applied with the publishes at the home node.)
     async fn publish(
         &mut self,
         session: Session,
         msgs: Vec<Arc<Message>>,
         receipt: Option<Receipt>,
+        settles: Option<Settles>,
     ) {
         let q = self.queue.clone();
         let bytes: usize = msgs.iter().map(|m| m.weight()).sum();
@@ -403,10 +419,18 @@ impl Stub {
         };
         let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
         let rx = self
-            .ask(session, |req| Fwd::Publish {
-                req,
-                queue: q,
-                msgs,
+            .ask(session, |req| match settles {
+                None => Fwd::Publish {
+                    req,
+                    queue: q,
+                    msgs,
+                },
+                Some(settles) => Fwd::Commit {
+                    req,
+                    queue: q,
+                    msgs,
+                    settles,
+                },
             })
             .await;
         tokio::spawn(async move {
@@ -595,15 +619,18 @@ impl Stub {
         self.fwd.send(self.home, session, &msg).await;
     }
 
+    /// Of `seqs`, those got on `session` (no longer held once settled).
+    fn held_here(&self, session: Session, seqs: Vec<u64>) -> Vec<u64> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        seqs.into_iter()
+            .filter(|s| held.remove(s) == Some(session))
+            .collect()
+    }
+
     /// Forward the settlements of messages got on the current session; those got on an
     /// earlier one were requeued by the home node when it ended.
     async fn settle(&self, session: Session, how: Settle, seqs: Vec<u64>) {
-        let seqs: Vec<u64> = {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            seqs.into_iter()
-                .filter(|s| held.remove(s) == Some(session))
-                .collect()
-        };
+        let seqs = self.held_here(session, seqs);
         if !seqs.is_empty() {
             let msg = Fwd::Settle {
                 queue: self.queue.clone(),

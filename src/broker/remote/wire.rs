@@ -79,12 +79,7 @@ impl WireEntry {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Settle {
-    Ack,
-    Requeue,
-    Discard,
-}
+pub use crate::broker::queue::Settle;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Fwd {
@@ -222,6 +217,14 @@ pub enum Fwd {
     /// The queue is not on the home node (deleted meanwhile): the request has no answer.
     Gone {
         req: u64,
+    },
+    /// A transaction's part for the queue: publishes and settlements applied together
+    /// (`QueueCmd::Commit`), answered as a publish (`Taken`).
+    Commit {
+        req: u64,
+        queue: QueueRef,
+        msgs: Vec<WireMsg>,
+        settles: crate::broker::queue::Settles,
     },
 }
 

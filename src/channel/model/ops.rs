@@ -1,6 +1,8 @@
 //! One method of the model per kind of input: it feeds the input to the channel and checks
 //! the actions against what the model expects, updating the model.
 
+use std::sync::Arc;
+
 use super::{Consumer, Mode, Model, QUEUES, Run, code, entry, tag_name};
 use crate::broker::message::Message;
 use crate::channel::{Action, Channel, Consume, Input, Routed, Settle};
@@ -125,7 +127,7 @@ impl Model {
         _arg2: u8,
     ) {
         let p = Routed {
-            msg: Message::default(),
+            msg: Arc::new(Message::default()),
             targets: vec![self.queues[usize::from(arg) % QUEUES].clone()],
             mandatory: false,
         };

@@ -28,7 +28,7 @@ impl Replica {
                 return;
             }
         };
-        if let QOp::Enqueue { run, seq, .. } = &e.op {
+        if let QOp::Enqueue { run, seq, .. } | QOp::Commit { run, seq, .. } = &e.op {
             // In order per (origin, run): a duplicate or a publish after a gap is skipped
             // (the gap's own is proposed again, then this one).
             let last = self.enqueues.entry((e.origin, *run)).or_insert(0);
@@ -61,6 +61,15 @@ impl Replica {
                     self.state.apply(meta, Command::ChannelDown(ch), &mut fx);
                 }
                 Reply::None
+            }
+            QOp::Commit { msgs, settles, .. } => {
+                let reply = self
+                    .state
+                    .apply(meta, Command::Enqueue(bodies(msgs)), &mut fx);
+                for (how, seqs) in settles {
+                    self.state.apply(meta, Command::settle(how, seqs), &mut fx);
+                }
+                reply
             }
             op if !self.route(&op, e.origin, meta, &mut fx) => Reply::None,
             op => {
@@ -210,11 +219,8 @@ impl Replica {
 /// A log operation as the state's command (`NodeDown` is handled before).
 fn command(op: QOp) -> Command<QBody> {
     match op {
-        QOp::Enqueue { msgs, .. } => Command::Enqueue(
-            msgs.into_iter()
-                .map(|m| QBody(Arc::new(m.into_message())))
-                .collect(),
-        ),
+        // A commit's settlements are applied by `Replica::apply`, after its publishes.
+        QOp::Enqueue { msgs, .. } | QOp::Commit { msgs, .. } => Command::Enqueue(bodies(msgs)),
         QOp::Checkout {
             consumer,
             no_ack,
@@ -243,6 +249,12 @@ fn command(op: QOp) -> Command<QBody> {
         },
         QOp::Tick | QOp::NodeDown(_) => Command::Tick,
     }
+}
+
+fn bodies(msgs: Vec<crate::broker::remote::wire::WireMsg>) -> Vec<QBody> {
+    msgs.into_iter()
+        .map(|m| QBody(Arc::new(m.into_message())))
+        .collect()
 }
 
 /// A delivery as a connection takes it. As RabbitMQ's quorum queues do, it carries

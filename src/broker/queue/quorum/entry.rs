@@ -60,6 +60,14 @@ pub enum QOp {
     Delete,
     /// Time passed (proposed by the leader): TTLs and x-expires.
     Tick,
+    /// A transaction's part: its publishes (numbered in the replica run's publish order, as
+    /// `Enqueue`) and its settlements, applied together. Last, so that older logs decode.
+    Commit {
+        run: u64,
+        seq: u64,
+        msgs: Vec<WireMsg>,
+        settles: crate::broker::queue::Settles,
+    },
 }
 
 impl QEntry {

@@ -124,6 +124,18 @@ pub enum Command<B> {
     Tick,
 }
 
+impl<B> Command<B> {
+    /// The command for a settlement of `seqs`.
+    pub fn settle(how: crate::broker::queue::Settle, seqs: Vec<u64>) -> Self {
+        use crate::broker::queue::Settle;
+        match how {
+            Settle::Ack => Command::Ack(seqs),
+            Settle::Requeue => Command::Requeue(seqs),
+            Settle::Discard => Command::Discard(seqs),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub enum Reply<B> {
     None,

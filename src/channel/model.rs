@@ -71,6 +71,14 @@ struct Model {
     touched: Vec<usize>,
 }
 
+/// One input's bytes: which input (`op`) and its arguments.
+#[derive(Clone, Copy)]
+struct Step {
+    op: u8,
+    arg: u8,
+    arg2: u8,
+}
+
 fn tag_name(k: u8) -> String {
     format!("c{}", k % 4)
 }
@@ -88,22 +96,30 @@ fn code(r: Result<(), crate::error::Error>) -> Option<u16> {
     r.err().map(|e| e.code())
 }
 
+/// A queue handle the channel can name, and its inbox (never read: keep it to keep the
+/// handle open).
+pub(super) fn queue(id: u64) -> (QueueHandle, tokio::sync::mpsc::Receiver<QueueCmd>) {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let q = QueueShared::new(
+        format!("q{id}").into(),
+        id,
+        None,
+        false,
+        Default::default(),
+        None,
+        tx,
+    );
+    (Arc::new(q), rx)
+}
+
 impl Model {
     fn new(cancel_notify: bool) -> Model {
         let mut queues = Vec::new();
         let mut inboxes = Vec::new();
         for id in 0..QUEUES as u64 {
-            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            let (q, rx) = queue(id);
             inboxes.push(rx);
-            queues.push(Arc::new(QueueShared::new(
-                format!("q{id}").into(),
-                id,
-                None,
-                false,
-                Default::default(),
-                None,
-                tx,
-            )));
+            queues.push(q);
         }
         Model {
             queues,
@@ -306,24 +322,25 @@ pub fn run(data: &[u8]) {
             // The runtime drops methods on a closing channel.
             continue;
         }
+        let step = Step { op, arg, arg2 };
         match op % 18 {
-            0 => m.settle(&mut ch, &mut out, op, arg, arg2),
-            1 => m.recover(&mut ch, &mut out, op, arg, arg2),
-            2 => m.tx_select(&mut ch, &mut out, op, arg, arg2),
-            3 => m.confirm_select(&mut ch, &mut out, op, arg, arg2),
-            4 => m.publish(&mut ch, &mut out, op, arg, arg2),
-            5 | 6 => m.commit_or_rollback(&mut ch, &mut out, op, arg, arg2),
-            7 => m.consume(&mut ch, &mut out, op, arg, arg2),
-            8 => m.cancel(&mut ch, &mut out, op, arg, arg2),
-            9 => m.qos(&mut ch, &mut out, op, arg, arg2),
-            10 => m.flow(&mut ch, &mut out, op, arg, arg2),
-            11 => m.got(&mut ch, &mut out, op, arg, arg2),
-            12 => m.deliver(&mut ch, &mut out, op, arg, arg2),
-            13 => m.cancelled(&mut ch, &mut out, op, arg, arg2),
-            14 => m.flushed(&mut ch, &mut out, op, arg, arg2),
-            15 => m.confirmed(&mut ch, &mut out, op, arg, arg2),
-            16 => m.wake(&mut ch, &mut out, op, arg, arg2),
-            _ => m.fail(&mut ch, &mut out, op, arg, arg2),
+            0 => m.settle(&mut ch, &mut out, step),
+            1 => m.recover(&mut ch, &mut out, step),
+            2 => m.tx_select(&mut ch, &mut out, step),
+            3 => m.confirm_select(&mut ch, &mut out, step),
+            4 => m.publish(&mut ch, &mut out, step),
+            5 | 6 => m.commit_or_rollback(&mut ch, &mut out, step),
+            7 => m.consume(&mut ch, &mut out, step),
+            8 => m.cancel(&mut ch, &mut out, step),
+            9 => m.qos(&mut ch, &mut out, step),
+            10 => m.flow(&mut ch, &mut out, step),
+            11 => m.got(&mut ch, &mut out, step),
+            12 => m.deliver(&mut ch, &mut out, step),
+            13 => m.cancelled(&mut ch, &mut out, step),
+            14 => m.flushed(&mut ch, &mut out, step),
+            15 => m.confirmed(&mut ch, &mut out, step),
+            16 => m.wake(&mut ch, &mut out, step),
+            _ => m.fail(&mut ch, &mut out, step),
         }
         assert_eq!(ch.unacked_count(), m.unacked.len());
         assert_eq!(ch.state == State::Closing, m.closing);

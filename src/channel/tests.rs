@@ -4,22 +4,9 @@
 use super::*;
 use crate::broker::ids::ConnId;
 use crate::broker::message::Message;
-use crate::broker::queue::QueueShared;
 use crate::protocol::basic;
 
-fn queue(id: u64) -> (QueueHandle, tokio::sync::mpsc::Receiver<QueueCmd>) {
-    let (tx, rx) = tokio::sync::mpsc::channel(1);
-    let q = QueueShared::new(
-        format!("q{id}").into(),
-        id,
-        None,
-        false,
-        Default::default(),
-        None,
-        tx,
-    );
-    (Arc::new(q), rx)
-}
+use super::model::queue;
 
 fn channel() -> Channel {
     Channel::new(

@@ -603,3 +603,38 @@ pub async fn http_queue(addr: std::net::SocketAddr, name: &str) -> serde_json::V
     assert_eq!(status, 200, "{q}");
     q
 }
+
+/// On transactional channel `tch`: get a message of `queue` with ack, then publish one
+/// and ack the one got, and commit. Returns the queue's Raft `last_index` (from the status
+/// API at `api`) before the publish and after the commit; `counter`'s passive declares see
+/// the state before each reading (1 ready before, 2 after).
+pub async fn tx_publish_and_ack(
+    tch: &Channel,
+    counter: &Channel,
+    api: std::net::SocketAddr,
+    queue: &str,
+) -> (u64, u64) {
+    let got = tch
+        .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    let last_index = |q: serde_json::Value| q["raft"]["last_index"].as_u64().unwrap();
+    assert_eq!(count(counter, queue).await, 1);
+    let before = last_index(http_queue(api, queue).await);
+    tch.basic_publish(
+        "".into(),
+        queue.into(),
+        BasicPublishOptions::default(),
+        b"new",
+        persistent(),
+    )
+    .await
+    .unwrap();
+    tch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
+        .await
+        .unwrap();
+    tch.tx_commit().await.unwrap();
+    assert_eq!(count(counter, queue).await, 2);
+    (before, last_index(http_queue(api, queue).await))
+}

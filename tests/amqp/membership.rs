@@ -278,30 +278,12 @@ async fn a_transaction_from_a_non_member_is_one_log_entry_on_the_member() {
     assert_eq!(publish_confirmed_from(&ch3, "t1", 0, 2).await, (2, 0));
     let tch = c3.create_channel().await.unwrap();
     tch.tx_select().await.unwrap();
-    let got = tch
-        .basic_get("t1".into(), BasicGetOptions { no_ack: false })
-        .await
-        .unwrap()
-        .expect("a message");
-    assert_eq!(count(&ch1, "t1").await, 1);
-    let last_index = |q: serde_json::Value| q["raft"]["last_index"].as_u64().unwrap();
-    let before = last_index(crate::common::http_queue(api, "t1").await);
-    tch.basic_publish(
-        "".into(),
-        "t1".into(),
-        BasicPublishOptions::default(),
-        b"new",
-        crate::common::persistent(),
-    )
-    .await
-    .unwrap();
-    tch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    tch.tx_commit().await.unwrap();
-    assert_eq!(count(&ch1, "t1").await, 2);
-    let q = crate::common::http_queue(api, "t1").await;
-    assert_eq!(last_index(q.clone()), before + 1, "{q}");
+    let (before, after) = crate::common::tx_publish_and_ack(&tch, &ch1, api, "t1").await;
+    assert_eq!(
+        after,
+        before + 1,
+        "one log entry for the publish and the ack"
+    );
     // The ack holds: closing the channel requeues nothing.
     tch.close(200, "OK".into()).await.unwrap();
     assert_eq!(count(&ch1, "t1").await, 2);

@@ -929,31 +929,12 @@ async fn a_transactions_publishes_and_acks_on_a_quorum_queue_are_one_log_entry()
     assert_eq!(publish_confirmed(&ch, "tq", 0, 2).await, 2);
     let tch = c.create_channel().await.unwrap();
     tch.tx_select().await.unwrap();
-    let got = tch
-        .basic_get("tq".into(), BasicGetOptions { no_ack: false })
-        .await
-        .unwrap()
-        .expect("a message");
-    // A passive declare answers once this connection's earlier commands are applied.
-    let last_index = |q: serde_json::Value| q["raft"]["last_index"].as_u64().unwrap();
-    assert_eq!(crate::common::count(&ch, "tq").await, 1);
-    let before = last_index(crate::common::http_queue(api, "tq").await);
-    tch.basic_publish(
-        "".into(),
-        "tq".into(),
-        BasicPublishOptions::default(),
-        b"new",
-        persistent(),
-    )
-    .await
-    .unwrap();
-    tch.basic_ack(got.delivery.delivery_tag, BasicAckOptions::default())
-        .await
-        .unwrap();
-    tch.tx_commit().await.unwrap();
-    assert_eq!(crate::common::count(&tch, "tq").await, 2);
-    let q = crate::common::http_queue(api, "tq").await;
-    assert_eq!(last_index(q.clone()), before + 1, "{q}");
+    let (before, after) = crate::common::tx_publish_and_ack(&tch, &ch, api, "tq").await;
+    assert_eq!(
+        after,
+        before + 1,
+        "one log entry for the publish and the ack"
+    );
     // The ack holds: closing the channel requeues nothing.
     tch.close(200, "OK".into()).await.unwrap();
     assert_eq!(crate::common::count(&ch, "tq").await, 2);

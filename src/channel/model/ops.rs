@@ -3,24 +3,17 @@
 
 use std::sync::Arc;
 
-use super::{Consumer, Mode, Model, QUEUES, Run, code, entry, tag_name};
+use super::{Consumer, Mode, Model, QUEUES, Run, Step, code, entry, tag_name};
 use crate::broker::message::Message;
 use crate::channel::{Action, Channel, Consume, Input, Routed, Settle};
 use crate::protocol::{AMQPClass, basic, channel, confirm, tx};
 
 impl Model {
-    pub(super) fn settle(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        arg2: u8,
-    ) {
+    pub(super) fn settle(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
         // basic.ack/nack/reject of a tag near the ones handed out.
-        let how = [Settle::Ack, Settle::Requeue, Settle::Discard][usize::from(arg % 3)];
-        let multiple = arg & 4 != 0;
-        let tag = u64::from(arg2) % (self.next_tag + 2);
+        let how = [Settle::Ack, Settle::Requeue, Settle::Discard][usize::from(s.arg % 3)];
+        let multiple = s.arg & 4 != 0;
+        let tag = u64::from(s.arg2) % (self.next_tag + 2);
         let taken: Option<Vec<u64>> = match (multiple, tag) {
             (true, 0) => Some(self.unacked.keys().copied().collect()),
             _ if !self.unacked.contains_key(&tag) => None,
@@ -51,15 +44,8 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn recover(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        _arg2: u8,
-    ) {
-        let (requeue, reply) = (arg & 1 == 0, arg & 2 != 0);
+    pub(super) fn recover(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let (requeue, reply) = (s.arg & 1 == 0, s.arg & 2 != 0);
         let r = ch.handle(Input::Recover { requeue, reply }, out);
         if !requeue {
             assert_eq!(code(r), Some(540));
@@ -77,14 +63,7 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn tx_select(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        _arg: u8,
-        _arg2: u8,
-    ) {
+    pub(super) fn tx_select(&mut self, ch: &mut Channel, out: &mut Vec<Action>, _: Step) {
         let r = ch.handle(Input::TxSelect, out);
         match self.mode {
             Mode::Confirm => assert_eq!(code(r), Some(406)),
@@ -94,15 +73,8 @@ impl Model {
         assert_eq!(out.len(), usize::from(self.mode != Mode::Confirm));
     }
 
-    pub(super) fn confirm_select(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        _arg2: u8,
-    ) {
-        let nowait = arg & 1 != 0;
+    pub(super) fn confirm_select(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let nowait = s.arg & 1 != 0;
         let r = ch.handle(Input::ConfirmSelect { nowait }, out);
         if matches!(self.mode, Mode::Tx(..)) {
             assert_eq!(code(r), Some(406));
@@ -118,17 +90,10 @@ impl Model {
         }
     }
 
-    pub(super) fn publish(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        _arg2: u8,
-    ) {
+    pub(super) fn publish(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
         let p = Routed {
             msg: Arc::new(Message::default()),
-            targets: vec![self.queues[usize::from(arg) % QUEUES].clone()],
+            targets: vec![self.queues[usize::from(s.arg) % QUEUES].clone()],
             mandatory: false,
         };
         ch.handle(Input::Publish(p), out).expect("publish");
@@ -151,15 +116,8 @@ impl Model {
         }
     }
 
-    pub(super) fn commit_or_rollback(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        op: u8,
-        _arg: u8,
-        _arg2: u8,
-    ) {
-        let rollback = op % 18 == 6;
+    pub(super) fn commit_or_rollback(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let rollback = s.op % 18 == 6;
         let input = if rollback {
             Input::TxRollback
         } else {
@@ -205,16 +163,13 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn consume(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        _arg2: u8,
-    ) {
-        let tag = tag_name(arg);
-        let (queue, no_ack, nowait) = (usize::from(arg >> 4) % QUEUES, arg & 8 != 0, arg & 4 != 0);
+    pub(super) fn consume(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let tag = tag_name(s.arg);
+        let (queue, no_ack, nowait) = (
+            usize::from(s.arg >> 4) % QUEUES,
+            s.arg & 8 != 0,
+            s.arg & 4 != 0,
+        );
         let c = Consume {
             tag: tag.as_str().into(),
             queue: self.queues[queue].clone(),
@@ -261,15 +216,8 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn cancel(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        _arg2: u8,
-    ) {
-        let (tag, nowait) = (tag_name(arg), arg & 4 != 0);
+    pub(super) fn cancel(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let (tag, nowait) = (tag_name(s.arg), s.arg & 4 != 0);
         ch.handle(
             Input::Cancel {
                 tag: tag.as_str().into(),
@@ -296,15 +244,8 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn qos(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        arg2: u8,
-    ) {
-        let (prefetch, global) = (u32::from(arg), arg2 & 1 != 0);
+    pub(super) fn qos(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let (prefetch, global) = (u32::from(s.arg), s.arg2 & 1 != 0);
         ch.handle(Input::Qos { prefetch, global }, out)
             .expect("qos");
         if !global {
@@ -318,15 +259,8 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn flow(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        _arg2: u8,
-    ) {
-        let active = arg & 1 != 0;
+    pub(super) fn flow(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
+        let active = s.arg & 1 != 0;
         ch.handle(Input::Flow { active }, out).expect("flow");
         self.active = active;
         let mut acts = std::mem::take(out).into_iter();
@@ -347,19 +281,12 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn got(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        arg2: u8,
-    ) {
+    pub(super) fn got(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
         // basic.get's answer: a message (with or without ack) or none.
-        let (queue, no_ack) = (usize::from(arg) % QUEUES, arg & 8 != 0);
-        let got = (arg & 16 == 0).then(|| {
+        let (queue, no_ack) = (usize::from(s.arg) % QUEUES, s.arg & 8 != 0);
+        let got = (s.arg & 16 == 0).then(|| {
             self.next_seq += 1;
-            (entry(self.next_seq), u32::from(arg2))
+            (entry(self.next_seq), u32::from(s.arg2))
         });
         let seq = self.next_seq;
         let some = got.is_some();
@@ -383,7 +310,7 @@ impl Model {
                 assert!(some);
                 assert_eq!(
                     (*tag, entry.seq, *remaining),
-                    (self.next_tag, seq, u32::from(arg2))
+                    (self.next_tag, seq, u32::from(s.arg2))
                 );
                 if !no_ack {
                     self.unacked.insert(self.next_tag, (queue, seq));
@@ -395,21 +322,18 @@ impl Model {
         }
     }
 
-    pub(super) fn deliver(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        arg2: u8,
-    ) {
+    pub(super) fn deliver(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
         // Deliveries from a queue, to a consumer current or since gone.
-        let tag = tag_name(arg);
+        let tag = tag_name(s.arg);
         let (serial, queue, no_ack) = match self.consumers.get(&tag) {
-            Some(c) if arg & 0x40 == 0 => (c.serial, c.queue, c.no_ack),
-            _ => (u64::from(arg2), usize::from(arg2) % QUEUES, arg & 8 != 0),
+            Some(c) if s.arg & 0x40 == 0 => (c.serial, c.queue, c.no_ack),
+            _ => (
+                u64::from(s.arg2),
+                usize::from(s.arg2) % QUEUES,
+                s.arg & 8 != 0,
+            ),
         };
-        let seqs: Vec<u64> = (0..1 + u64::from(arg >> 4) % 3)
+        let seqs: Vec<u64> = (0..1 + u64::from(s.arg >> 4) % 3)
             .map(|_| {
                 self.next_seq += 1;
                 self.next_seq
@@ -434,19 +358,12 @@ impl Model {
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn cancelled(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        arg2: u8,
-    ) {
+    pub(super) fn cancelled(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
         // The queue cancelled a consumer (current, or a stale serial).
-        let tag = tag_name(arg);
+        let tag = tag_name(s.arg);
         let serial = match self.consumers.get(&tag) {
-            Some(c) if arg & 8 == 0 => c.serial,
-            _ => u64::from(arg2),
+            Some(c) if s.arg & 8 == 0 => c.serial,
+            _ => u64::from(s.arg2),
         };
         ch.handle(Input::Cancelled(self.consumer_id(&tag, serial)), out)
             .expect("cancelled");
@@ -458,14 +375,7 @@ impl Model {
         assert_eq!(out.len(), usize::from(notified), "{out:?}");
     }
 
-    pub(super) fn flushed(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        _arg: u8,
-        _arg2: u8,
-    ) {
+    pub(super) fn flushed(&mut self, ch: &mut Channel, out: &mut Vec<Action>, _: Step) {
         let token = self.next_token;
         self.next_token += 1;
         ch.handle(Input::Flushed { token }, out).expect("flushed");
@@ -478,25 +388,18 @@ impl Model {
         }
     }
 
-    pub(super) fn confirmed(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        arg: u8,
-        arg2: u8,
-    ) {
+    pub(super) fn confirmed(&mut self, ch: &mut Channel, out: &mut Vec<Action>, s: Step) {
         // A flush settles, in any order; a token never flushed here is ignored.
-        let (token, failed, refused) = if self.runs.is_empty() || arg & 0x40 != 0 {
+        let (token, failed, refused) = if self.runs.is_empty() || s.arg & 0x40 != 0 {
             (self.next_token + 7, false, Vec::new())
         } else {
-            let run = self.runs.remove(usize::from(arg2) % self.runs.len());
-            let failed = arg & 1 != 0;
+            let run = self.runs.remove(usize::from(s.arg2) % self.runs.len());
+            let failed = s.arg & 1 != 0;
             let refused: Vec<u64> = run
                 .tags
                 .iter()
                 .enumerate()
-                .filter(|(i, _)| (arg >> 1) & (1 << (i % 5)) != 0)
+                .filter(|(i, _)| (s.arg >> 1) & (1 << (i % 5)) != 0)
                 .map(|(_, t)| *t)
                 .collect();
             for t in &run.tags {
@@ -540,28 +443,14 @@ impl Model {
         }
     }
 
-    pub(super) fn wake(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        _arg: u8,
-        _arg2: u8,
-    ) {
+    pub(super) fn wake(&mut self, ch: &mut Channel, out: &mut Vec<Action>, _: Step) {
         ch.handle(Input::Wake, out).expect("wake");
         let mut acts = std::mem::take(out).into_iter();
         self.expect_wakes(&mut acts);
         assert!(acts.next().is_none());
     }
 
-    pub(super) fn fail(
-        &mut self,
-        ch: &mut Channel,
-        out: &mut Vec<Action>,
-        _op: u8,
-        _arg: u8,
-        _arg2: u8,
-    ) {
+    pub(super) fn fail(&mut self, ch: &mut Channel, out: &mut Vec<Action>, _: Step) {
         if self.closing {
             return;
         }

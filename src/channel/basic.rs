@@ -91,16 +91,14 @@ impl Channel {
         });
         // Its queue may send `n` more once these are written: at most CONSUMER_CREDIT are
         // ever in flight to this connection.
-        let ci = self
-            .consumers
-            .get_mut(&consumer.tag)
-            .expect("checked current");
-        ci.written += n;
-        out.push(Action::Grant {
-            flow: ci.flow.clone(),
-            limit: ci.written + u64::from(CONSUMER_CREDIT),
-            queue,
-        });
+        if let Some(ci) = self.consumers.get_mut(&consumer.tag) {
+            ci.written += n;
+            out.push(Action::Grant {
+                flow: ci.flow.clone(),
+                limit: ci.written + u64::from(CONSUMER_CREDIT),
+                queue,
+            });
+        }
     }
 
     /// basic.ack/nack/reject: `tag` alone, or with `multiple` every outstanding tag up to it

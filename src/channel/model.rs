@@ -83,7 +83,8 @@ fn tag_name(k: u8) -> String {
     format!("c{}", k % 4)
 }
 
-fn entry(seq: u64) -> Entry {
+/// A queued message as a queue hands it out (`seq` is what settlements name).
+pub(super) fn entry(seq: u64) -> Entry {
     Entry {
         seq,
         msg: Arc::new(Message::default()),

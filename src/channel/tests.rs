@@ -6,7 +6,7 @@ use crate::broker::ids::ConnId;
 use crate::broker::message::Message;
 use crate::protocol::basic;
 
-use super::model::queue;
+use super::model::{entry, queue};
 
 fn channel() -> Channel {
     Channel::new(
@@ -16,15 +16,6 @@ fn channel() -> Channel {
         },
         true,
     )
-}
-
-fn entry(seq: u64) -> Entry {
-    Entry {
-        seq,
-        msg: Arc::new(Message::default()),
-        redelivered: false,
-        expires_ms: None,
-    }
 }
 
 /// A consumer `tag` on `q`, started; its id.

@@ -35,7 +35,7 @@ impl Conn {
                 self.drive_event(ch, input).await?;
             }
             ConnEvent::Synced { token, ok } => self.on_synced(token, ok),
-            ConnEvent::Taken { token, nacks } => self.on_taken(token, nacks),
+            ConnEvent::Taken { token, nacks, .. } => self.on_taken(token, nacks),
             ConnEvent::Wake { channel } => self.drive_event(channel, Input::Wake).await?,
             ConnEvent::Cancelled(consumer) => {
                 let ch = consumer.channel.channel;

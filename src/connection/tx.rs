@@ -135,17 +135,14 @@ fn part(parts: &mut Vec<Part>, queue: QueueHandle) -> &mut Part {
 
 /// Hand each queue its part of a commit and wait for every answer: a queue on another node
 /// writes (and syncs) its part there, and a quorum queue commits it as one log entry, so
-/// its answer is what makes that part durable. True if some publish was refused or lost.
+/// its answer is what makes that part durable. True if some publish was refused, or a
+/// quorum queue's part was lost (its log entry never committed: a part of acks alone
+/// fails the commit too; a classic queue's acks are in the store write already).
 async fn hand_over(ch: u16, parts: Vec<Part>) -> bool {
     let (events, mut taken) = tokio::sync::mpsc::unbounded_channel();
-    let mut answers = 0;
+    let mut quorum = Vec::with_capacity(parts.len());
     for p in parts {
-        // One tag per publish, and for a quorum queue one for the part itself: no position
-        // is ever refused as it, so it is nacked only if the part's log entry was never
-        // committed, which fails a commit of acks alone too (a classic queue's acks are in
-        // the store write above already).
         let tags = (0..p.msgs.len() as u32)
-            .chain(p.queue.quorum.then_some(u32::MAX))
             .map(|at| ReceiptTag {
                 at,
                 tag: ConfirmTag {
@@ -154,19 +151,23 @@ async fn hand_over(ch: u16, parts: Vec<Part>) -> bool {
                 },
             })
             .collect();
+        // The receipt's token says which part answers.
+        let receipt = Receipt::new(events.clone(), quorum.len() as u64, tags);
+        quorum.push(p.queue.quorum);
         let cmd = QueueCmd::Commit {
             msgs: p.msgs,
             settles: p.settles,
-            receipt: Receipt::new(events.clone(), 0, tags),
+            receipt,
         };
         p.queue.send(cmd).await;
-        answers += 1;
     }
     drop(events);
     let mut refused = false;
-    for _ in 0..answers {
+    for _ in 0..quorum.len() {
         match taken.recv().await {
-            Some(ConnEvent::Taken { nacks, .. }) => refused |= !nacks.is_empty(),
+            Some(ConnEvent::Taken { token, nacks, lost }) => {
+                refused |= !nacks.is_empty() || (lost && quorum[token as usize]);
+            }
             _ => return true,
         }
     }

@@ -51,10 +51,12 @@ pub enum ConnEvent {
     Wake { channel: u16 },
     /// The store wrote (ok) or failed to write the publishes of sync request `token`.
     Synced { token: u64, ok: bool },
-    /// A queue took the confirm-mode publishes of flush `token`, except `nacks`.
+    /// A queue took the confirm-mode publishes of flush `token`, except `nacks`; `lost`:
+    /// the batch was never applied (dropped unanswered), so `nacks` is all of it.
     Taken {
         token: u64,
         nacks: Vec<receipt::ConfirmTag>,
+        lost: bool,
     },
 }
 

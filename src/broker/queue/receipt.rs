@@ -46,14 +46,15 @@ impl Receipt {
             .filter(|t| refused.binary_search(&t.at).is_ok())
             .map(|t| t.tag)
             .collect();
-        self.send(nacks);
+        self.send(nacks, false);
     }
 
-    fn send(&mut self, nacks: Vec<ConfirmTag>) {
+    fn send(&mut self, nacks: Vec<ConfirmTag>, lost: bool) {
         self.answered = true;
         let _ = self.events.send(ConnEvent::Taken {
             token: self.token,
             nacks,
+            lost,
         });
     }
 }
@@ -62,7 +63,7 @@ impl Drop for Receipt {
     fn drop(&mut self) {
         if !self.answered {
             let nacks = self.tags.iter().map(|t| t.tag).collect();
-            self.send(nacks);
+            self.send(nacks, true);
         }
     }
 }
@@ -123,7 +124,7 @@ mod tests {
 
     async fn answer(rx: &mut mpsc::UnboundedReceiver<ConnEvent>) -> (u64, Vec<ConfirmTag>) {
         match rx.recv().await {
-            Some(ConnEvent::Taken { token, nacks }) => (token, nacks),
+            Some(ConnEvent::Taken { token, nacks, .. }) => (token, nacks),
             other => panic!("expected an answer, got {other:?}"),
         }
     }

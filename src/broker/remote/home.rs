@@ -586,6 +586,7 @@ async fn publish(
         let _ = done.send(Fwd::Taken {
             req,
             refused: (0..n).collect(),
+            lost: true,
         });
         return;
     };
@@ -636,9 +637,11 @@ async fn publish(
     };
     q.send(cmd).await;
     tokio::spawn(async move {
-        let mut refused: Vec<u32> = match taken.recv().await {
-            Some(ConnEvent::Taken { nacks, .. }) => nacks.iter().map(|t| t.tag as u32).collect(),
-            _ => (0..n).collect(),
+        let (mut refused, lost): (Vec<u32>, bool) = match taken.recv().await {
+            Some(ConnEvent::Taken { nacks, lost, .. }) => {
+                (nacks.iter().map(|t| t.tag as u32).collect(), lost)
+            }
+            _ => ((0..n).collect(), true),
         };
         // Flow control across nodes: while the queue is busy (its consumers are behind),
         // the answer waits, so the sender's window fills and its publishers pause, as a
@@ -649,6 +652,6 @@ async fn publish(
         {
             refused = (0..n).collect();
         }
-        let _ = done.send(Fwd::Taken { req, refused });
+        let _ = done.send(Fwd::Taken { req, refused, lost });
     });
 }

@@ -436,10 +436,19 @@ impl Stub {
         tokio::spawn(async move {
             let answer = rx.await;
             drop(permit);
-            if let (Ok(Fwd::Taken { refused, .. }), Some(r)) = (answer, receipt) {
+            if let (
+                Ok(Fwd::Taken {
+                    refused,
+                    lost: false,
+                    ..
+                }),
+                Some(r),
+            ) = (answer, receipt)
+            {
                 r.answer(&refused);
             }
-            // Otherwise the receipt is dropped unanswered: every publish refused.
+            // Otherwise the receipt is dropped unanswered: every publish refused, and the
+            // batch lost.
         });
     }
 

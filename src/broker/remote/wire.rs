@@ -193,9 +193,11 @@ pub enum Fwd {
     },
     /// The publishes except those at `refused` (positions) are in the queue, and on disk
     /// where they had to be.
+    /// `lost`: the queue never applied the batch (see `ConnEvent::Taken`).
     Taken {
         req: u64,
         refused: Vec<u32>,
+        lost: bool,
     },
     Got {
         req: u64,
@@ -288,6 +290,7 @@ mod tests {
             Fwd::Taken {
                 req: 1,
                 refused: vec![0],
+                lost: false,
             },
             Fwd::Got {
                 req: 2,

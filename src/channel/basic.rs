@@ -272,6 +272,7 @@ impl Channel {
                     serial: info.serial,
                 },
             });
+            self.return_parked(&tag, out);
         }
         if !nowait {
             send(
@@ -288,6 +289,7 @@ impl Channel {
         if !self.remove_consumer(&consumer) {
             return;
         }
+        self.return_parked(&consumer.tag, out);
         if self.state == State::Open && self.cancel_notify {
             send(
                 out,
@@ -340,6 +342,18 @@ impl Channel {
         }
         self.consumers.remove(&consumer.tag);
         true
+    }
+
+    /// Deliveries channel.flow held back for a consumer now gone go back to their queues
+    /// at once: held until flow resumed, they were out of every other consumer's reach.
+    fn return_parked(&mut self, tag: &str, out: &mut Vec<Action>) {
+        let (gone, kept) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| &*p.consumer.tag == tag);
+        self.parked = kept;
+        for p in gone {
+            self.delivered(p.consumer, p.no_ack, p.queue, p.entries, out);
+        }
     }
 
     /// Wake the queues of every consumer: credit they may be waiting for is back.

@@ -281,6 +281,17 @@ impl Model {
         }
     }
 
+    /// A consumer went: the batches parked for its tag go back, in the order parked.
+    fn expect_parked_returned(&mut self, acts: &mut std::vec::IntoIter<Action>, tag: &str) {
+        let (gone, kept) = std::mem::take(&mut self.parked)
+            .into_iter()
+            .partition(|p| p.0 == tag);
+        self.parked = kept;
+        for (_, _, q, seqs, _) in gone {
+            Self::expect_return(acts, q, &seqs);
+        }
+    }
+
     /// Everything given back: parked batches returned, touched queues told.
     fn expect_release(&mut self, acts: &mut std::vec::IntoIter<Action>) {
         for (_, _, q, seqs, _) in std::mem::take(&mut self.parked) {

@@ -4,6 +4,7 @@
 use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
+use warren::broker::consumer::CONSUMER_CREDIT;
 use warren::protocol::{AMQPClass, basic};
 
 use crate::common::*;
@@ -193,5 +194,61 @@ async fn a_publisher_outrunning_a_starved_consumer_is_paused() {
         .unwrap();
     let left = count(&ch, "fq").await as usize;
     assert!(left > TOTAL - 10_000 && left <= TOTAL, "{left}");
+    b.stop().await;
+}
+
+/// Deliveries that come back to a queue over its paging budget are paged out like new
+/// messages. No-ack deliveries held back by channel.flow and then cancelled came back in
+/// memory (their bodies read back from disk), and 512 of them tripped the memory alarm with
+/// nothing left to drain it: every connection that had published was blocked for good. (On a
+/// loaded machine, deliveries in flight to a cancelled consumer did the same: a flaky hang
+/// of `a_backlog_larger_than_memory_pages_to_disk`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_coming_back_over_the_budget_are_paged_out() {
+    let b = start_with(warren::Config {
+        memory_high_watermark_bytes: Some(512 << 10),
+        queue_memory_budget_bytes: 64 << 10,
+        ..warren::Config::default()
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.queue_declare("back".into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    let body = vec![5u8; 1024];
+    let mut confirms = Vec::new();
+    for _ in 0..MESSAGES {
+        confirms.push(
+            ch.basic_publish(
+                "".into(),
+                "back".into(),
+                Default::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    // A no-ack consumer on a channel with flow off: the queue hands it its credit's worth
+    // (bodies read back from disk), which its channel holds back.
+    let (_c2, ch2) = channel(&b).await;
+    ch2.channel_flow(ChannelFlowOptions { active: false })
+        .await
+        .unwrap();
+    let held = consume(&ch2, "back", "held", true).await;
+    while count(&ch, "back").await as usize > MESSAGES - CONSUMER_CREDIT as usize {}
+    ch2.basic_cancel(held.tag(), Default::default())
+        .await
+        .unwrap();
+    // They came back before cancel-ok; the publisher's connection is still read.
+    let back = tokio::time::timeout(std::time::Duration::from_secs(10), count(&ch, "back"))
+        .await
+        .expect("the publisher's connection is not blocked");
+    assert_eq!(back as usize, MESSAGES);
     b.stop().await;
 }

@@ -524,6 +524,7 @@ impl<B: Payload> QueueState<B> {
         } else if explicit && self.cfg.requeue_to_tail {
             m.seq = self.next_seq;
             self.next_seq += 1;
+            self.page_if_over(&mut m);
             self.ready_bytes += u64::from(m.body.size());
             self.ready.push_back(m);
             return;
@@ -531,7 +532,21 @@ impl<B: Payload> QueueState<B> {
         self.insert_ready(m);
     }
 
-    fn insert_ready(&mut self, m: Msg<B>) {
+    /// A stored message of a durable queue past its budget is held paged out, whether it
+    /// is new or back from a consumer: returned no-ack deliveries come back with their
+    /// bodies read in, and holding those could keep the memory alarm on with nothing to
+    /// drain it.
+    fn page_if_over(&mut self, m: &mut Msg<B>) {
+        if self.weight > self.cfg.memory_budget && self.cfg.durable && m.body.stored() {
+            m.body.page_out();
+            let weight = m.body.weight() as u32;
+            self.weight = self.weight - m.weight as usize + weight as usize;
+            m.weight = weight;
+        }
+    }
+
+    fn insert_ready(&mut self, mut m: Msg<B>) {
+        self.page_if_over(&mut m);
         self.ready_bytes += u64::from(m.body.size());
         let at = self.ready.partition_point(|r| r.seq < m.seq);
         self.ready.insert(at, m);

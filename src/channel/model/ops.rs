@@ -235,6 +235,7 @@ impl Model {
                 }
                 other => panic!("expected a cancel, got {other:?}"),
             }
+            self.expect_parked_returned(&mut acts, &tag);
         }
         if !nowait {
             Model::expect_send(&mut acts, "cancel-ok", |c| {
@@ -368,11 +369,13 @@ impl Model {
         ch.handle(Input::Cancelled(self.consumer_id(&tag, serial)), out)
             .expect("cancelled");
         let current = self.consumers.get(&tag).is_some_and(|c| c.serial == serial);
+        let mut acts = std::mem::take(out).into_iter();
         if current {
             self.consumers.remove(&tag);
+            self.expect_parked_returned(&mut acts, &tag);
         }
         let notified = current && !self.closing && self.cancel_notify;
-        assert_eq!(out.len(), usize::from(notified), "{out:?}");
+        assert_eq!(acts.len(), usize::from(notified), "{acts:?}");
     }
 
     pub(super) fn flushed(&mut self, ch: &mut Channel, out: &mut Vec<Action>, _: Step) {

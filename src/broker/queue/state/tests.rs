@@ -606,3 +606,42 @@ fn a_durable_queue_marks_first_deliveries_of_stored_messages_and_pages_out_past_
     assert_eq!(d.body.id, 4);
     assert!(d.body.resident);
 }
+
+#[test]
+fn deliveries_coming_back_past_the_budget_are_paged_out() {
+    let mut c = cfg(QueueArgs::default());
+    c.durable = true;
+    c.memory_budget = 250;
+    let mut q = Q::with(c);
+    q.run(Command::Enqueue((0..4).map(msg).collect()));
+    // 0..2 held in memory (330), 3 paged out.
+    let base = 3 * 110 + PAGED_WEIGHT;
+    assert_eq!(q.q.weight(), base);
+    let back = |seq: u64| Delivery {
+        seq,
+        body: msg(10 + seq as u32),
+        redelivered: true,
+        expires_ms: None,
+        returns: 0,
+    };
+    // A no-ack delivery never handed over comes back with its body read in.
+    q.run(Command::Reinstate(vec![back(100)]));
+    assert_eq!(q.q.weight(), base + PAGED_WEIGHT, "reinstated: paged");
+    // Under the budget it stays in memory.
+    let mut small = cfg(QueueArgs::default());
+    small.durable = true;
+    small.memory_budget = 1000;
+    let mut q2 = Q::with(small);
+    q2.run(Command::Reinstate(vec![back(100)]));
+    assert_eq!(q2.q.weight(), 110, "under the budget: kept");
+    // An ack-mode delivery requeued over the budget, read in when it went out.
+    let (seq, _, _) = q.get(false).unwrap();
+    assert_eq!(q.q.weight(), base + PAGED_WEIGHT);
+    q.run(Command::Requeue(vec![seq]));
+    assert_eq!(q.q.weight(), 2 * 110 + 3 * PAGED_WEIGHT, "requeued: paged");
+    // A transient message has no row to read back from: it stays in memory.
+    let mut t = back(101);
+    t.body.stored = false;
+    q.run(Command::Reinstate(vec![t]));
+    assert_eq!(q.q.weight(), 3 * 110 + 3 * PAGED_WEIGHT);
+}

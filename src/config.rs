@@ -70,6 +70,9 @@ pub struct Config {
     /// A quorum queue's replica snapshots its state (and compacts its log) once this many
     /// bytes were logged since its last snapshot, or twice its state's size if larger.
     pub quorum_snapshot_bytes: usize,
+    /// Cluster: the metadata group snapshots the topology (and compacts its log) every
+    /// this many entries.
+    pub metadata_snapshot_entries: u64,
     /// The type of a durable, shared queue declared without x-queue-type: "classic" or
     /// "quorum" (RabbitMQ's default_queue_type).
     pub default_queue_type: String,
@@ -118,6 +121,7 @@ impl Default for Config {
             cluster_command_timeout_ms: 5_000,
             cluster_peer_timeout_ms: 1_000,
             quorum_snapshot_bytes: 8 << 20,
+            metadata_snapshot_entries: 10_000,
             default_queue_type: "classic".into(),
             queue_leader_locator: "balanced".into(),
             quorum_initial_group_size: 3,
@@ -313,6 +317,9 @@ impl Config {
         if self.cluster_command_timeout_ms == 0 || self.cluster_peer_timeout_ms == 0 {
             return Err("cluster timeouts must be at least 1 ms".into());
         }
+        if self.metadata_snapshot_entries == 0 {
+            return Err("metadata_snapshot_entries must be at least 1".into());
+        }
         Ok(Some(crate::cluster::ClusterConfig {
             node_id,
             listen,
@@ -320,6 +327,7 @@ impl Config {
             command_timeout: std::time::Duration::from_millis(self.cluster_command_timeout_ms),
             peer_timeout: std::time::Duration::from_millis(self.cluster_peer_timeout_ms),
             snapshot_bytes: self.quorum_snapshot_bytes,
+            meta_snapshot_entries: self.metadata_snapshot_entries,
         }))
     }
 

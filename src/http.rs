@@ -72,6 +72,9 @@ struct RaftInfo {
     applied_index: u64,
     last_index: u64,
     snapshot_index: u64,
+    /// Idle: this node's replica has stopped ticking (no heartbeats) until something
+    /// happens in the queue.
+    quiet: bool,
     /// On the leader: per member, how many entries its log lacks.
     lag: Vec<MemberLag>,
 }
@@ -171,6 +174,7 @@ async fn one_queue(
             applied_index: status.applied_index,
             last_index: status.last_index,
             snapshot_index: status.snapshot_index,
+            quiet: status.quiet,
             lag,
         });
     }

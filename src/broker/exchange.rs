@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::protocol::FieldTable;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum ExchangeKind {
     Direct,
     Fanout,
@@ -34,7 +34,7 @@ impl ExchangeKind {
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ExchangeDef {
     pub name: Arc<str>,
     pub kind: ExchangeKind,
@@ -60,7 +60,7 @@ pub struct Binding {
 
 /// What makes a binding unique on its source exchange (RabbitMQ's rule: destination, key and
 /// arguments), hashable: the arguments as their wire encoding.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct BindingKey {
     pub dest: DestName,
     pub key: String,

@@ -19,7 +19,7 @@ use tokio::sync::{oneshot, watch};
 use super::applied::Applied;
 use super::ids::NodeId;
 use super::queue::QueueHandle;
-use super::topology::Cmd;
+use super::topology::{Cmd, Image};
 use super::vhost::{VHost, Written};
 use crate::cluster::{Apply, Cluster, ClusterError};
 use crate::error::{Error, code};
@@ -68,6 +68,19 @@ pub struct Applier {
     /// connections' exclusive queues are gone everywhere, so its connections must go too.
     evicted: Arc<watch::Sender<u64>>,
     applied: Applied,
+    /// Entries applied since the last snapshot, and after how many the next is due.
+    since_snapshot: u64,
+    snapshot_every: u64,
+    /// A follower needs a snapshot newer than the last one.
+    wanted: bool,
+}
+
+/// The metadata group's snapshot: every vhost's topology and the requests applied (so
+/// that a copy committed after the snapshot is still skipped).
+#[derive(Debug, Serialize, Deserialize)]
+struct Snapshot {
+    vhosts: Vec<(String, Image)>,
+    applied: Vec<(NodeId, u64)>,
 }
 
 /// The applier for `vhosts`, and what `Replicated::new` shares with it. `evicted` is
@@ -76,6 +89,7 @@ pub fn applier(
     node: NodeId,
     vhosts: HashMap<String, Arc<VHost>>,
     evicted: Arc<watch::Sender<u64>>,
+    snapshot_every: u64,
 ) -> (Box<dyn Apply>, Pending) {
     let pending = Pending::default();
     let a = Applier {
@@ -84,6 +98,9 @@ pub fn applier(
         pending: pending.clone(),
         evicted,
         applied: Applied::new(REMEMBERED),
+        since_snapshot: 0,
+        snapshot_every: snapshot_every.max(1),
+        wanted: false,
     };
     (Box::new(a), pending)
 }
@@ -276,6 +293,7 @@ impl Replicated {
 
 impl Apply for Applier {
     fn apply(&mut self, index: u64, data: &[u8]) {
+        self.since_snapshot += 1;
         if data.is_empty() {
             return;
         }
@@ -330,6 +348,58 @@ impl Apply for Applier {
                 .remove(&entry.req);
             if let Some(tx) = waiter {
                 let _ = tx.send(outcome);
+            }
+        }
+    }
+
+    /// The topology of a snapshot replaces each vhost's: at a start from the saved one,
+    /// or on a node so far behind that the leader sent its own. Proposals of this node
+    /// that the snapshot covers get no answer here: their waiters time out.
+    fn restore(&mut self, index: u64, data: &[u8]) {
+        let snap: Snapshot = match postcard::from_bytes(data) {
+            Ok(s) => s,
+            Err(e) => {
+                // A snapshot this build cannot read: going on would diverge from the others.
+                tracing::error!(index, "undecodable metadata snapshot: {e}; stopping");
+                std::process::exit(2);
+            }
+        };
+        for (name, image) in snap.vhosts {
+            match self.vhosts.get(&name) {
+                Some(v) => v.install(image),
+                None => tracing::warn!(vhost = name, "snapshot of an unknown vhost ignored"),
+            }
+        }
+        self.applied = Applied::from_vec(REMEMBERED, snap.applied);
+        self.since_snapshot = 0;
+        tracing::info!(index, "metadata restored from a snapshot");
+    }
+
+    fn want_snapshot(&mut self) {
+        self.wanted = true;
+    }
+
+    fn snapshot_due(&mut self) -> Option<Vec<u8>> {
+        if self.since_snapshot < self.snapshot_every && !(self.wanted && self.since_snapshot > 0) {
+            return None;
+        }
+        self.wanted = false;
+        self.since_snapshot = 0;
+        let mut vhosts: Vec<(String, Image)> = self
+            .vhosts
+            .iter()
+            .map(|(name, v)| (name.clone(), v.image()))
+            .collect();
+        vhosts.sort_by(|a, b| a.0.cmp(&b.0));
+        let snap = Snapshot {
+            vhosts,
+            applied: self.applied.to_vec(),
+        };
+        match postcard::to_stdvec(&snap) {
+            Ok(data) => Some(data),
+            Err(e) => {
+                tracing::error!("cannot encode a metadata snapshot: {e}");
+                None
             }
         }
     }
@@ -390,7 +460,7 @@ mod tests {
         let evicted = Arc::new(watch::Sender::new(0));
         let evictions = evicted.subscribe();
         let vhosts = HashMap::from([("/".to_string(), v.clone())]);
-        let (mut a, pending) = applier(1, vhosts, evicted);
+        let (mut a, pending) = applier(1, vhosts, evicted, 1000);
         let (tx, rx) = oneshot::channel();
         pending.lock().unwrap().insert(7, tx);
 

@@ -231,7 +231,12 @@ async fn join(
         alarms,
         memory,
     } = with;
-    let (applier, pending) = meta::applier(cc.node_id, vhosts.clone(), evicted);
+    let (applier, pending) = meta::applier(
+        cc.node_id,
+        vhosts.clone(),
+        evicted,
+        cc.meta_snapshot_entries,
+    );
     // Set before the log is applied: queues homed elsewhere get their stubs as it is.
     let forwarder = remote::Forwarder::new();
     for v in vhosts.values() {
@@ -307,6 +312,7 @@ fn local_quorum(
         command_timeout: Duration::from_millis(config.cluster_command_timeout_ms),
         peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
         snapshot_bytes: config.quorum_snapshot_bytes,
+        meta_snapshot_entries: config.metadata_snapshot_entries,
     };
     queue::quorum::Runtime {
         cluster: Cluster::local(local, store.clone(), raft, memory.clone()),

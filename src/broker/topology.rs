@@ -21,6 +21,8 @@ use crate::error::{Error, code};
 use crate::protocol::{AMQPValue, FieldTable};
 use crate::store::{Op, StoredExchange};
 
+pub use image::Image;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExchangeDecl {
     pub name: String,
@@ -64,7 +66,7 @@ pub struct BindDecl {
 }
 
 /// A queue as the topology knows it (its contents are the queue's own business).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueueRecord {
     pub name: Arc<str>,
     pub id: u64,
@@ -546,6 +548,7 @@ fn show(v: Option<&AMQPValue>) -> String {
 }
 
 mod bindings;
+mod image;
 mod queues;
 mod quorum;
 mod restore;

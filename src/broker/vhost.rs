@@ -25,7 +25,7 @@ use super::queue::quorum::{self, Locator};
 use super::queue::{self, QueueHandle, QueueShared, QueueSpec};
 use super::remote::{self, Forwarder};
 use super::routing::{Dest, ExchangeRoute, Map, Router, Routes};
-use super::topology::{self, Change, Changes, Cmd, QueueRecord, Reply, Topology};
+use super::topology::{self, Change, Changes, Cmd, Image, QueueRecord, Reply, Topology};
 use crate::error::{Error, code};
 use crate::store::{Op, Store, StoredBinding, StoredExchange, StoredQueue};
 
@@ -424,6 +424,20 @@ impl VHost {
     }
 
     /// A committed metadata entry's change, on every node in log order.
+    /// This vhost's topology as the metadata snapshot keeps it.
+    pub fn image(&self) -> Image {
+        self.lock().topo.image()
+    }
+
+    /// A metadata snapshot's topology replaces this vhost's: routers, queues and stubs
+    /// follow, as if the entries it covers had been applied.
+    pub fn install(&self, image: Image) {
+        let mut rt = self.lock();
+        let changes = rt.topo.install(image);
+        self.applied.send_modify(|n| *n += 1);
+        drop(self.commit(&mut rt, changes));
+    }
+
     pub fn apply_committed(&self, cmd: Cmd) -> (Result<Option<QueueHandle>, Error>, Written) {
         if let Cmd::NodeDown { node } = &cmd {
             // Quorum queues return what the node's consumers held (each replica proposes

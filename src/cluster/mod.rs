@@ -8,6 +8,7 @@
 
 pub mod link;
 mod node;
+mod quiet;
 pub mod raft;
 mod runtime;
 #[cfg(test)]
@@ -40,6 +41,8 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Log bytes after which a quorum queue replica snapshots (`quorum_snapshot_bytes`).
     pub snapshot_bytes: usize,
+    /// Entries after which the metadata group snapshots (`metadata_snapshot_entries`).
+    pub meta_snapshot_entries: u64,
 }
 
 impl ClusterConfig {
@@ -135,6 +138,7 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(1),
             snapshot_bytes: 8 << 20,
+            meta_snapshot_entries: 10_000,
         }
     }
 

@@ -35,6 +35,13 @@ pub trait Apply: Send + 'static {
     /// A follower needs a snapshot newer than the last one made: make one soon
     /// (`Cluster::snapshot`).
     fn want_snapshot(&mut self) {}
+
+    /// A state machine that lives on the cluster task (the metadata group's) snapshots
+    /// here: asked after every round, it returns its state as applied so far when a
+    /// snapshot is due. Others make theirs elsewhere and send them (`Cluster::snapshot`).
+    fn snapshot_due(&mut self) -> Option<Vec<u8>> {
+        None
+    }
 }
 
 pub(super) enum Request {

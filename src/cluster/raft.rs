@@ -11,6 +11,7 @@
 //! after its last snapshot; an entry is applied only once committed, and on restart the
 //! state machine gets the saved snapshot, then every committed entry after it again.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -23,6 +24,7 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 use super::ClusterError;
 use super::link::{Frame, Links};
 use super::node::Apply;
+use super::quiet::Quiet;
 use super::storage::{GroupStorage, LogBytes};
 use crate::store::{Op, RaftLog, Store, StoreError};
 
@@ -74,6 +76,8 @@ pub struct GroupStatus {
     pub snapshot_index: u64,
     /// On the leader: each voter's last entry known to be in its log.
     pub matched: Vec<(u64, u64)>,
+    /// Idle and not ticking (see `quiet`).
+    pub quiet: bool,
 }
 
 /// Where a group's messages go: the node's links to its peers (a test's simulated network
@@ -108,6 +112,7 @@ pub struct Group {
     snapshots_sent: Vec<u64>,
     /// Membership changes applied: their proposals' contexts.
     conf_applied: Vec<Vec<u8>>,
+    quiet: Quiet,
 }
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
@@ -185,11 +190,21 @@ impl Group {
             read_states: Vec::new(),
             snapshots_sent: Vec::new(),
             conf_applied: Vec::new(),
+            quiet: Quiet::default(),
         })
     }
 
-    pub fn tick(&mut self) {
-        self.node.tick();
+    /// One tick, unless the group is quiet (see `quiet`); `up`: the peers whose node link
+    /// is up.
+    pub fn tick(&mut self, up: &BTreeSet<u64>) {
+        if !self.quiet.skip(&mut self.node.raft, up) {
+            self.node.tick();
+        }
+    }
+
+    /// Tick again from now on (a node link came up or went down).
+    pub fn wake(&mut self) {
+        self.quiet.wake();
     }
 
     /// A message from a peer; one that cannot be decoded is dropped.
@@ -205,6 +220,7 @@ impl Group {
             Err(e) => return tracing::warn!(group = self.id, "undecodable raft message: {e}"),
         };
         let from = m.from;
+        self.quiet.stepped(m.get_msg_type());
         let node = &mut self.node;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.step(m))) {
             Ok(Ok(())) => {}
@@ -225,6 +241,7 @@ impl Group {
     /// Propose an entry (forwarded to the leader if this node is not it); refused while no
     /// leader is known.
     pub fn propose(&mut self, data: Vec<u8>) -> Result<(), ClusterError> {
+        self.quiet.wake();
         self.node
             .propose(Vec::new(), data)
             .map_err(|_| ClusterError::NoLeader)
@@ -245,6 +262,7 @@ impl Group {
             false => ConfChangeType::RemoveNode,
         });
         cc.node_id = node;
+        self.quiet.wake();
         self.node
             .propose_conf_change(ctx, cc)
             .map_err(|_| ClusterError::NoLeader)
@@ -288,7 +306,8 @@ impl Group {
     /// liveness changes: the campaign is raft-rs's own (pre-vote first), so a leader that
     /// is in fact alive keeps its followers' lease elsewhere and is not deposed; and reads
     /// go through ReadIndex (raft-rs's default), never a lease, so none goes stale.
-    pub fn leader_link_lost(&mut self, peer: u64, up: &std::collections::BTreeSet<u64>) {
+    pub fn leader_link_lost(&mut self, peer: u64, up: &BTreeSet<u64>) {
+        self.quiet.wake();
         let raft = &mut self.node.raft;
         let me = raft.id;
         if raft.leader_id != peer || peer == me {
@@ -325,11 +344,13 @@ impl Group {
     /// Hand leadership to `to` (a member): on a follower, raft-rs forwards the request to
     /// the leader, which lets `to` catch up and then tells it to stand for election.
     pub fn transfer_leader(&mut self, to: u64) {
+        self.quiet.wake();
         self.node.transfer_leader(to);
     }
 
     /// Stand for election now (a new group's first member, so leaders spread as placed).
     pub fn campaign(&mut self) {
+        self.quiet.wake();
         if let Err(e) = self.node.campaign() {
             tracing::debug!(group = self.id, "raft campaign: {e}");
         }
@@ -476,6 +497,7 @@ impl Group {
             last_index: raft.raft_log.last_index(),
             snapshot_index: self.node.store().snapshot_index(),
             matched,
+            quiet: self.quiet.is_quiet(),
         }
     }
 

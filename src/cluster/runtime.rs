@@ -153,7 +153,7 @@ impl Runtime {
             tokio::select! {
                 _ = tick.tick() => {
                     for r in self.groups.values_mut() {
-                        r.group.tick();
+                        r.group.tick(&links_up);
                         r.group.expire_snapshot();
                     }
                     self.unopened.expire(std::time::Instant::now());
@@ -162,6 +162,11 @@ impl Runtime {
                     Ok(()) => {
                         let now = up_peers(&links.borrow_and_update());
                         self.links_lost(&links_up, &now);
+                        if now != links_up {
+                            for r in self.groups.values_mut() {
+                                r.group.wake();
+                            }
+                        }
                         links_up = now;
                     }
                     Err(_) => links_open = false,
@@ -208,6 +213,12 @@ impl Runtime {
                 }
                 if r.group.snapshot_wanted() {
                     r.apply.want_snapshot();
+                }
+                if let Some(data) = r.apply.snapshot_due() {
+                    let index = r.group.applied();
+                    if let Some(op) = r.group.snapshot_made(index, data.into()) {
+                        self.store.submit(vec![op], false, None);
+                    }
                 }
             }
         }

@@ -302,6 +302,8 @@ struct Counts {
     dropped: u64,
     duplicated: u64,
     installed: u64,
+    /// Ticks a node's group skipped, idle.
+    quiet_ticks: u64,
     final_step: u64,
 }
 
@@ -327,6 +329,8 @@ struct Sim {
     now: u64,
     /// Off: the nodes' clocks stand still (no election or heartbeat timeouts).
     ticking: bool,
+    /// New enqueues per 1000 steps (and a quarter as many takes).
+    work: u64,
 }
 
 impl Sim {
@@ -361,6 +365,7 @@ impl Sim {
             counts: Counts::default(),
             now: 0,
             ticking: true,
+            work: 800,
         }
     }
 
@@ -378,13 +383,24 @@ impl Sim {
         if faults {
             self.nemesis();
         }
-        // Each node's clock runs at its own pace: a tick every 4 steps on average.
-        for n in &mut self.nodes {
-            if let Some(up) = n.up.as_mut()
+        // Each node's clock runs at its own pace: a tick every 4 steps on average. A node's
+        // links are up to the peers running and not cut off from it either way.
+        for (i, a) in NODES.into_iter().enumerate() {
+            let links: BTreeSet<u64> = NODES
+                .iter()
+                .copied()
+                .filter(|&b| {
+                    a != b
+                        && self.nodes[(b - 1) as usize].up.is_some()
+                        && !(faults && (self.cuts.is_cut(a, b, now) || self.cuts.is_cut(b, a, now)))
+                })
+                .collect();
+            if let Some(up) = self.nodes[i].up.as_mut()
                 && self.rng.chance(250)
                 && self.ticking
             {
-                up.group.tick();
+                up.group.tick(&links);
+                self.counts.quiet_ticks += u64::from(up.group.status().quiet);
             }
         }
         self.deliver(faults);
@@ -495,13 +511,13 @@ impl Sim {
     fn propose(&mut self, new_work: bool) {
         let now = self.now;
         let c = &mut self.client;
-        if new_work && self.rng.chance(800) {
+        if new_work && self.rng.chance(self.work) {
             let id = c.next;
             c.next += 1;
             c.enqueued.insert(id);
             c.pending.insert(id, (entry(b'e', id), 0));
         }
-        if new_work && self.rng.chance(200) {
+        if new_work && self.rng.chance(self.work / 4) {
             let id = c.next;
             c.next += 1;
             c.pending.insert(id, (entry(b't', id), 0));
@@ -539,8 +555,14 @@ impl Sim {
 
 /// Run one seed: faults for `steps`, then a heal; returns what it did.
 fn run(seed: u64, steps: u64) -> Counts {
+    run_with(seed, steps, 800)
+}
+
+/// The same with `work` new enqueues per 1000 steps.
+fn run_with(seed: u64, steps: u64, work: u64) -> Counts {
     let dir = tempfile::tempdir().unwrap();
     let mut sim = Sim::new(seed, dir.path());
+    sim.work = work;
     for _ in 0..steps {
         sim.step(true, true);
     }
@@ -634,6 +656,27 @@ fn three_replicas_converge_and_lose_no_committed_entry_under_faults() {
     assert!(
         total.installed > 0,
         "no follower was ever sent a snapshot: {total:?}"
+    );
+}
+
+/// Work in bursts with idle time between: the group goes quiet (no ticks) between them,
+/// under the same faults, and still converges and loses nothing.
+#[test]
+fn an_idle_group_goes_quiet_and_still_loses_nothing_under_faults() {
+    let mut total = Counts::default();
+    for seed in 101..=106 {
+        let c = run_with(seed, 6000, 3);
+        eprintln!("seed {seed}: {c:?}");
+        total.committed += c.committed;
+        total.crashes += c.crashes;
+        total.partitions += c.partitions;
+        total.quiet_ticks += c.quiet_ticks;
+    }
+    assert!(total.committed > 6 * 10, "{total:?}");
+    assert!(total.crashes > 0 && total.partitions > 0, "{total:?}");
+    assert!(
+        total.quiet_ticks > 1000,
+        "the group never went quiet: {total:?}"
     );
 }
 

@@ -18,14 +18,14 @@ fn quorum_args() -> FieldTable {
     t
 }
 
-async fn declare_quorum(ch: &Channel, name: &str) {
+pub(crate) async fn declare_quorum(ch: &Channel, name: &str) {
     ch.queue_declare(name.into(), durable(), quorum_args())
         .await
         .expect("quorum queue declared");
 }
 
 /// Publish `n` persistent messages with confirms (bodies `m{from}` on); the acks received.
-async fn publish_confirmed(ch: &Channel, queue: &str, from: usize, n: usize) -> usize {
+pub(crate) async fn publish_confirmed(ch: &Channel, queue: &str, from: usize, n: usize) -> usize {
     crate::cluster::publish_confirmed_from(ch, queue, from, n)
         .await
         .0
@@ -718,7 +718,7 @@ async fn the_status_api_shows_queues_to_the_broker_user() {
 
 /// Poll node `api`'s status API until `check` holds for the queue, at most 30 s; the queue
 /// as it was then.
-async fn until_status(
+pub(crate) async fn until_status(
     api: std::net::SocketAddr,
     name: &str,
     what: &str,
@@ -829,7 +829,7 @@ async fn leaders_spread_and_the_status_api_shows_members_and_lag() {
     assert_eq!(crate::common::count(&ch1, "s1").await, 130);
 }
 
-async fn until_led_by(api: std::net::SocketAddr, name: &str, nodes: &[u64]) -> u64 {
+pub(crate) async fn until_led_by(api: std::net::SocketAddr, name: &str, nodes: &[u64]) -> u64 {
     let q = until_status(api, name, "led by a survivor", |q| {
         q["leader"].as_u64().is_some_and(|l| nodes.contains(&l))
     })

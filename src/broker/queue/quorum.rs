@@ -315,7 +315,8 @@ impl Replica {
                     }
                     self.repropose(true).await;
                 }
-                _ = retry.tick() => self.repropose(false).await,
+                // Only while proposals wait: a thousand idle queues would wake every second.
+                _ = retry.tick(), if !self.pending.is_empty() => self.repropose(false).await,
                 Ok(()) = alarm.changed() => {
                     if *alarm.borrow_and_update() {
                         self.maybe_snapshot();

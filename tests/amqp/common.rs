@@ -123,6 +123,23 @@ pub async fn publish(ch: &Channel, exchange: &str, key: &str, body: &[u8]) {
 
 /// Ready messages in a queue, by passive declare (a round trip: earlier publishes on the same
 /// connection have reached the queue by then).
+/// A broker whose memory alarm (512 KiB) is far below what a test publishes, with a 64 KiB
+/// paging budget per queue; a confirm-mode channel, and the durable queue `name`.
+pub async fn paging_broker(name: &str) -> (TestBroker, Connection, Channel) {
+    let b = start_with(warren::Config {
+        memory_high_watermark_bytes: Some(512 << 10),
+        queue_memory_budget_bytes: 64 << 10,
+        ..warren::Config::default()
+    })
+    .await;
+    let (c, ch) = channel(&b).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.queue_declare(name.into(), durable(), FieldTable::default())
+        .await
+        .unwrap();
+    (b, c, ch)
+}
+
 pub async fn count(ch: &Channel, name: &str) -> u32 {
     ch.queue_declare(
         name.into(),

@@ -483,17 +483,7 @@ async fn disk_use_returns_near_zero_after_a_1gib_backlog_drains() {
 async fn a_backlog_larger_than_memory_pages_to_disk() {
     // 2 MiB of persistent messages against a 512 KiB memory alarm: without paging the
     // publisher would be blocked for good and its confirms would never come.
-    let b = start_with(warren::Config {
-        memory_high_watermark_bytes: Some(512 << 10),
-        queue_memory_budget_bytes: 64 << 10,
-        ..warren::Config::default()
-    })
-    .await;
-    let (_c, ch) = channel(&b).await;
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.queue_declare("paged".into(), durable(), FieldTable::default())
-        .await
-        .unwrap();
+    let (b, _c, ch) = paging_broker("paged").await;
     let body = |i: u32| {
         let mut v = i.to_be_bytes().to_vec();
         v.resize(1024, (i % 251) as u8);

@@ -16,7 +16,7 @@ async fn exchange(
         .await
 }
 
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
+pub(crate) async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) {
     ch.queue_bind(
         queue.into(),
         exchange.into(),

@@ -205,17 +205,7 @@ async fn a_publisher_outrunning_a_starved_consumer_is_paused() {
 /// of `a_backlog_larger_than_memory_pages_to_disk`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliveries_coming_back_over_the_budget_are_paged_out() {
-    let b = start_with(warren::Config {
-        memory_high_watermark_bytes: Some(512 << 10),
-        queue_memory_budget_bytes: 64 << 10,
-        ..warren::Config::default()
-    })
-    .await;
-    let (_c, ch) = channel(&b).await;
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.queue_declare("back".into(), durable(), FieldTable::default())
-        .await
-        .unwrap();
+    let (b, _c, ch) = paging_broker("back").await;
     let body = vec![5u8; 1024];
     let mut confirms = Vec::new();
     for _ in 0..MESSAGES {

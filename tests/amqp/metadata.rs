@@ -50,15 +50,7 @@ async fn bound(ch: &Channel, exchange: &str, queue: &str, key: &str) {
     ch.queue_declare(queue.into(), durable(), FieldTable::default())
         .await
         .unwrap();
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    crate::exchanges::bind(ch, queue, exchange, key).await;
 }
 
 /// Publish one message through node `node` to `exchange` with `key`, confirmed.

@@ -288,9 +288,14 @@ impl Config {
             let (id, addr) = p
                 .split_once('=')
                 .ok_or_else(|| format!("invalid peer '{p}': expected ID=HOST:PORT"))?;
-            let id: u64 =
-                id.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
-                    format!("invalid peer '{p}': the id must be a positive integer")
+            // Below 2^32: a Raft id carries the node id in its low 32 bits.
+            let id: u64 = id
+                .trim()
+                .parse()
+                .ok()
+                .filter(|&n| n > 0 && n <= u64::from(u32::MAX))
+                .ok_or_else(|| {
+                    format!("invalid peer '{p}': the id must be an integer from 1 to 4294967295")
                 })?;
             let addr = resolve(addr.trim(), "peer")?;
             if peers.insert(id, addr).is_some() {
@@ -405,7 +410,7 @@ mod tests {
             .unwrap();
         assert_eq!((c.node_id, c.peers.len()), (2, 3));
         assert_eq!(Config::default().cluster().unwrap(), None);
-        let bad: [(Config, &str); 6] = [
+        let bad: [(Config, &str); 7] = [
             (node(4, "127.0.0.3:25672", &three), "not in the peer list"),
             (
                 node(2, "127.0.0.9:25672", &three),
@@ -421,7 +426,15 @@ mod tests {
             ),
             (
                 node(1, "127.0.0.2:1", &["x=127.0.0.2:1"]),
-                "positive integer",
+                "an integer from 1 to 4294967295",
+            ),
+            (
+                node(
+                    1,
+                    "127.0.0.2:1",
+                    &["1=127.0.0.2:1", "4294967296=127.0.0.3:1"],
+                ),
+                "an integer from 1 to 4294967295",
             ),
             (
                 Config {

@@ -82,6 +82,8 @@ struct RaftInfo {
 #[derive(Debug, Serialize)]
 struct MemberLag {
     node: NodeId,
+    /// Its Raft id in the group: a node that left and joined again has a new one.
+    raft_id: u64,
     entries: u64,
 }
 
@@ -164,6 +166,7 @@ async fn one_queue(
             .iter()
             .map(|(raft, matched)| MemberLag {
                 node: node_of(&broker, *raft).unwrap_or(0),
+                raft_id: *raft,
                 entries: status.last_index.saturating_sub(*matched),
             })
             .collect();
@@ -211,7 +214,7 @@ async fn transfer(
         return r;
     }
     let timeout = std::time::Duration::from_millis(broker.config.cluster_command_timeout_ms);
-    if !lead_to(cluster, placement.group, node, timeout).await {
+    if !lead_to(cluster, placement, node, timeout).await {
         return unavailable(format!(
             "node {node} did not take the lead within {timeout:?}"
         ));
@@ -223,11 +226,14 @@ async fn transfer(
 /// Hand `group`'s lead to `node`: true once it leads, false if not within `timeout`.
 async fn lead_to(
     cluster: &crate::cluster::Cluster,
-    group: u64,
+    placement: &crate::broker::topology::Quorum,
     node: NodeId,
     timeout: std::time::Duration,
 ) -> bool {
-    let to = crate::broker::queue::quorum::raft_id(node);
+    let group = placement.group;
+    let Some(to) = placement.raft_id_of(node) else {
+        return false;
+    };
     let deadline = tokio::time::Instant::now() + timeout;
     let mut asked = None;
     while cluster.leader_of(group) != to {
@@ -326,7 +332,7 @@ fn node_of(broker: &Broker, raft: u64) -> Option<NodeId> {
     match raft {
         0 => None,
         _ if broker.cluster.is_none() => Some(0),
-        id => Some(id),
+        id => Some(crate::cluster::node_of(id)),
     }
 }
 

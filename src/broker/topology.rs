@@ -49,11 +49,59 @@ pub struct QueueDecl {
 }
 
 /// A quorum queue's placement: its Raft group (a random id, never reused) and the nodes
-/// that hold a replica.
+/// that hold a replica, with their Raft ids in the group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Quorum {
     pub group: u64,
     pub members: Vec<NodeId>,
+    /// Each member's Raft id (`cluster::node_of`), in the order of `members`; empty in
+    /// placements logged before members had their own (then `raft_id` of the node).
+    #[serde(default)]
+    pub ids: Vec<u64>,
+    /// Member changes recorded so far (each gives a node that joins a new Raft id).
+    #[serde(default)]
+    pub changes: u32,
+}
+
+impl Quorum {
+    /// A new group's placement: its first members are their nodes' plain Raft ids.
+    pub fn new(group: u64, members: Vec<NodeId>) -> Quorum {
+        Quorum {
+            group,
+            members,
+            ids: Vec::new(),
+            changes: 0,
+        }
+    }
+
+    /// The Raft id `node` gets if it joins now: its node id, and above it a nonce drawn
+    /// from the group and the number of changes so far, so that it differs from any id
+    /// the node had in the group before, yet is the same if the join is asked again.
+    pub fn next_raft_id(&self, node: NodeId) -> u64 {
+        let mut z = self.group ^ (u64::from(self.changes) + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        let nonce = ((z ^ (z >> 31)) >> 32).max(1);
+        crate::cluster::node_of(node) | (nonce << 32)
+    }
+
+    /// Every member's Raft id, in the order of `members`.
+    pub fn raft_ids(&self) -> Vec<u64> {
+        match self.ids.len() == self.members.len() {
+            true => self.ids.clone(),
+            false => self
+                .members
+                .iter()
+                .map(|n| crate::broker::queue::quorum::raft_id(*n))
+                .collect(),
+        }
+    }
+
+    /// `node`'s Raft id in the group, if it is a member.
+    pub fn raft_id_of(&self, node: NodeId) -> Option<u64> {
+        let i = self.members.iter().position(|m| *m == node)?;
+        self.raft_ids().get(i).copied()
+    }
 }
 
 /// queue.bind / exchange.bind and their unbinds.
@@ -119,6 +167,9 @@ pub enum Cmd {
         name: Arc<str>,
         id: u64,
         members: Vec<NodeId>,
+        /// The members' Raft ids (empty in entries logged before members had their own).
+        #[serde(default)]
+        ids: Vec<u64>,
     },
 }
 
@@ -248,8 +299,13 @@ impl Topology {
                 self.node_down(node, &mut ch);
                 Ok(Reply::Done)
             }
-            Cmd::QueueMembers { name, id, members } => {
-                self.set_members(&name, id, members, &mut ch);
+            Cmd::QueueMembers {
+                name,
+                id,
+                members,
+                ids,
+            } => {
+                self.set_members(&name, id, (members, ids), &mut ch);
                 Ok(Reply::Done)
             }
         }?;

@@ -30,6 +30,15 @@ pub use storage::{Gauge, LogBytes};
 /// The metadata group's id.
 pub const META_GROUP: u64 = 0;
 
+/// The node a Raft id belongs to. A node's Raft id in a group is its node id in the low 32
+/// bits and, for a member added to a group after it began, a nonce above
+/// (`Quorum::next_raft_id`): a node that left a group and joins it again is a new member to
+/// Raft (its old votes and acknowledgements cannot be counted for the new one), and every
+/// message still goes to the right node.
+pub fn node_of(raft_id: u64) -> u64 {
+    raft_id & 0xFFFF_FFFF
+}
+
 /// A cluster node's settings, checked (`Config::cluster`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClusterConfig {

@@ -61,6 +61,8 @@ pub(super) enum Request {
     /// Start taking part in a group (its log as the store saved it, if any).
     Open {
         group: u64,
+        /// This node's Raft id in the group.
+        me: u64,
         voters: Vec<u64>,
         campaign: bool,
         apply: Box<dyn Apply>,
@@ -128,8 +130,9 @@ impl Cluster {
         let cluster = Cluster::spawn(config, store, saved, links, (in_rx, fwd_rx), log_bytes);
         // The metadata group reports to the cluster's own leader watch (see `Runtime::open`).
         let unused = watch::Sender::new(0);
+        let me = cluster.config.node_id;
         cluster
-            .open(META_GROUP, voters, false, apply, unused)
+            .open(META_GROUP, (me, voters), false, apply, unused)
             .await?;
         tracing::info!(
             node = cluster.config.node_id,
@@ -255,19 +258,21 @@ impl Cluster {
     pub async fn open_group(
         &self,
         group: u64,
-        voters: Vec<u64>,
+        (me, voters): (u64, Vec<u64>),
         campaign: bool,
         apply: Box<dyn Apply>,
     ) -> Result<(watch::Receiver<u64>, bool), ClusterError> {
         let (leader, rx) = watch::channel(0);
-        let new = self.open(group, voters, campaign, apply, leader).await?;
+        let new = self
+            .open(group, (me, voters), campaign, apply, leader)
+            .await?;
         Ok((rx, new))
     }
 
     async fn open(
         &self,
         group: u64,
-        voters: Vec<u64>,
+        (me, voters): (u64, Vec<u64>),
         campaign: bool,
         apply: Box<dyn Apply>,
         leader: watch::Sender<u64>,
@@ -275,6 +280,7 @@ impl Cluster {
         let (done, rx) = oneshot::channel();
         let req = Request::Open {
             group,
+            me,
             voters,
             campaign,
             apply,

@@ -81,7 +81,7 @@ impl Quiet {
 }
 
 fn settled(raft: &raft::Raft<GroupStorage>, up: &BTreeSet<u64>) -> bool {
-    let alive = |id: u64| id == raft.id || up.contains(&id);
+    let alive = |id: u64| id == raft.id || up.contains(&super::node_of(id));
     match raft.state {
         StateRole::Leader => {
             let last = raft.raft_log.last_index();

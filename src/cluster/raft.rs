@@ -88,7 +88,7 @@ pub trait Transport: Send + Sync {
 
 impl Transport for Links {
     fn send_raft(&self, to: u64, group: u64, msg: Bytes) {
-        self.send(to, Frame::Raft { group, msg });
+        self.send(super::node_of(to), Frame::Raft { group, msg });
     }
 }
 
@@ -310,7 +310,7 @@ impl Group {
         self.quiet.wake();
         let raft = &mut self.node.raft;
         let me = raft.id;
-        if raft.leader_id != peer || peer == me {
+        if super::node_of(raft.leader_id) != peer || raft.leader_id == me {
             return;
         }
         raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
@@ -320,7 +320,9 @@ impl Group {
             .voters()
             .ids()
             .iter()
-            .filter(|v| *v != peer && (*v == me || up.contains(v)))
+            .filter(|v| {
+                super::node_of(*v) != peer && (*v == me || up.contains(&super::node_of(*v)))
+            })
             .min()
             == Some(me);
         if first && raft.promotable() {

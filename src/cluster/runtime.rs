@@ -306,13 +306,14 @@ impl Runtime {
             }
             Request::Open {
                 group,
+                me,
                 voters,
                 campaign,
                 apply,
                 leader,
                 done,
             } => {
-                let _ = done.send(self.open(group, voters, campaign, apply, leader));
+                let _ = done.send(self.open(group, (me, voters), campaign, apply, leader));
             }
             Request::Close { group } => {
                 if let Some(r) = self.groups.remove(&group) {
@@ -370,7 +371,7 @@ impl Runtime {
     fn open(
         &mut self,
         group: u64,
-        voters: Vec<u64>,
+        (me, voters): (u64, Vec<u64>),
         campaign: bool,
         mut apply: Box<dyn Apply>,
         leader: watch::Sender<u64>,
@@ -384,7 +385,7 @@ impl Runtime {
         let campaign = (campaign && saved.is_none()) || voters.len() == 1;
         let mut g = Group::open(
             group,
-            self.node_id,
+            me,
             voters,
             saved.as_ref(),
             GroupIo {

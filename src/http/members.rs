@@ -19,7 +19,6 @@ use axum::response::{IntoResponse, Response};
 use super::{bad_request, info, lead_to, not_a_member_here, not_found, refuse, unavailable};
 use crate::broker::Broker;
 use crate::broker::ids::NodeId;
-use crate::broker::queue::quorum::raft_id;
 
 /// `PUT` adds the member, `DELETE` removes it.
 pub(super) async fn handle(
@@ -53,6 +52,13 @@ async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: boo
         return r;
     }
     let mut members = placement.members.clone();
+    let mut ids = placement.raft_ids();
+    // The node's Raft id in the group: a new one for a node that joins (derived from the
+    // placement, so that asking again after a failed second step adds the same one).
+    let raft = match add {
+        true => placement.next_raft_id(node),
+        false => placement.raft_id_of(node).unwrap_or(0),
+    };
     if add {
         if members.contains(&node) {
             return bad_request(format!("node {node} is a member of {rs} already"));
@@ -61,6 +67,7 @@ async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: boo
             return bad_request(format!("there is no node {node} in the cluster"));
         }
         members.push(node);
+        ids.push(raft);
     } else {
         if !members.contains(&node) {
             return bad_request(format!("node {node} is not a member of {rs}"));
@@ -69,22 +76,23 @@ async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: boo
             return bad_request(format!("node {node} is the last member of {rs}"));
         }
         members.retain(|m| *m != node);
+        ids.retain(|id| *id != raft);
     }
     let timeout = cluster.config.command_timeout;
     let group = placement.group;
     // raft-rs does not step a leader down cleanly when it removes itself.
-    if !add && cluster.leader_of(group) == raft_id(node) {
+    if !add && cluster.leader_of(group) == raft {
         let live = broker.live_nodes();
         let Some(to) = members.iter().copied().find(|m| live.contains(m)) else {
             return unavailable(format!("no other member of {rs} is online to lead it"));
         };
-        if !lead_to(cluster, group, to, timeout).await {
+        if !lead_to(cluster, placement, to, timeout).await {
             return unavailable(format!(
                 "node {to} did not take the lead within {timeout:?}"
             ));
         }
     }
-    let changed = tokio::time::timeout(timeout, cluster.change_member(group, add, raft_id(node)));
+    let changed = tokio::time::timeout(timeout, cluster.change_member(group, add, raft));
     match changed.await {
         Ok(Ok(())) => {}
         _ => {
@@ -94,7 +102,7 @@ async fn change(broker: &Broker, vhost: &str, name: &str, node: NodeId, add: boo
             ));
         }
     }
-    if let Err(e) = v.set_members(name, q.id, members.clone()).await {
+    if let Err(e) = v.set_members(name, q.id, (members.clone(), ids)).await {
         return unavailable(format!(
             "the change is in the queue's group but not recorded yet ({}): ask again",
             e.reply_text()

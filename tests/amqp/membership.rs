@@ -159,18 +159,33 @@ async fn a_non_member_carries_on_when_its_member_dies() {
     );
 }
 
-/// The leader's view of each member's lag, from whichever node leads now.
+/// The leader's view of each member's lag, by node, from whichever node leads now.
 async fn lags(apis: &[std::net::SocketAddr], name: &str) -> Vec<(u64, u64)> {
+    let mut l: Vec<(u64, u64)> = lag_entries(apis, name)
+        .await
+        .iter()
+        .map(|m| (m["node"].as_u64().unwrap(), m["entries"].as_u64().unwrap()))
+        .collect();
+    l.sort_unstable();
+    l
+}
+
+async fn lag_entries(apis: &[std::net::SocketAddr], name: &str) -> Vec<serde_json::Value> {
     for api in apis {
         let q = crate::common::http_queue(*api, name).await;
         if let Some(l) = q["raft"]["lag"].as_array().filter(|l| !l.is_empty()) {
-            return l
-                .iter()
-                .map(|m| (m["node"].as_u64().unwrap(), m["entries"].as_u64().unwrap()))
-                .collect();
+            return l.clone();
         }
     }
     Vec::new()
+}
+
+/// A member's Raft id in the queue's group, as the leader shows it.
+async fn raft_id(apis: &[std::net::SocketAddr], name: &str, node: u64) -> u64 {
+    let entries = lag_entries(apis, name).await;
+    let m = entries.iter().find(|m| m["node"] == node);
+    m.and_then(|m| m["raft_id"].as_u64())
+        .unwrap_or_else(|| panic!("node {node} is not a member: {entries:?}"))
 }
 
 async fn until_lags(apis: &[std::net::SocketAddr], name: &str, want: &[(u64, u64)]) {
@@ -256,10 +271,26 @@ async fn members_are_added_and_removed_over_the_api() {
         (50, 0)
     );
     assert_eq!(count(&ch3, "grown").await, 150);
-    let (status, body) = call(1, "DELETE", "/api/queues/%2F/grown/members/2").await;
+    // Node 1 joins again as a new member: a Raft id of its own, not its old one, so that
+    // nothing it voted or acknowledged before counts for the new replica. It catches up.
+    let (status, body) = call(1, "PUT", "/api/queues/%2F/grown/members/1").await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = call(2, "DELETE", "/api/queues/%2F/grown/members/3").await;
+    until_lags(&apis, "grown", &[(1, 0), (2, 0), (3, 0)]).await;
+    let again = raft_id(&apis, "grown", 1).await;
+    assert!(again != 1 && again & 0xFFFF_FFFF == 1, "{again:#x}");
+    let grown = raft_id(&apis, "grown", 3).await;
+    assert!(grown != 3 && grown != again, "{grown:#x}");
+
+    for (i, path) in [
+        (1, "/api/queues/%2F/grown/members/2"),
+        (2, "/api/queues/%2F/grown/members/3"),
+    ] {
+        let (status, body) = call(i, "DELETE", path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (status, body) = call(0, "DELETE", "/api/queues/%2F/grown/members/1").await;
     assert_eq!(status, 400, "the last member: {body}");
+    // Node 1, the one member left, has every message in its new replica.
     assert_eq!(count(&ch1b, "grown").await, 150);
 }
 

@@ -691,7 +691,7 @@ async fn the_status_api_shows_queues_to_the_broker_user() {
     assert_eq!(raft["commit_index"], raft["applied_index"], "{q}");
     assert_eq!(
         raft["lag"],
-        serde_json::json!([{"node": 0, "entries": 0}]),
+        serde_json::json!([{"node": 0, "raft_id": 1, "entries": 0}]),
         "{q}"
     );
     let c = crate::common::http_queue(addr, "cq").await;

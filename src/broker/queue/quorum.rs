@@ -139,6 +139,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
         let replica = Replica {
             shared: handle,
             me,
+            raft: placement.raft_id_of(me).unwrap_or(raft_id(me)),
             group: placement.group,
             cluster: rt.cluster,
             state: QueueState::new(cfg, now),
@@ -213,6 +214,8 @@ struct Local {
 struct Replica {
     shared: QueueHandle,
     me: NodeId,
+    /// This replica's Raft id in the group.
+    raft: u64,
     group: u64,
     cluster: Arc<Cluster>,
     state: QueueState<QBody>,
@@ -249,7 +252,7 @@ struct Replica {
 impl Replica {
     async fn run(mut self, mut inbox: mpsc::Receiver<QueueCmd>, placement: Quorum) {
         let (tx, mut committed) = mpsc::unbounded_channel();
-        let voters = placement.members.iter().map(|n| raft_id(*n)).collect();
+        let voters = placement.raft_ids();
         let campaign = placement.members.first() == Some(&self.me);
         let to_replica = ToReplica {
             tx,
@@ -257,7 +260,12 @@ impl Replica {
         };
         let opened = self
             .cluster
-            .open_group(self.group, voters, campaign, Box::new(to_replica))
+            .open_group(
+                self.group,
+                (self.raft, voters),
+                campaign,
+                Box::new(to_replica),
+            )
             .await;
         let (mut leader, new) = match opened {
             Ok(l) => l,
@@ -309,8 +317,8 @@ impl Replica {
                     tracing::info!(queue = %self.shared.name, leader = now, "quorum queue leader");
                     if claim && now != 0 {
                         claim = false;
-                        if now != raft_id(self.me) {
-                            self.cluster.transfer_leader(self.group, raft_id(self.me)).await;
+                        if now != self.raft {
+                            self.cluster.transfer_leader(self.group, self.raft).await;
                         }
                     }
                     self.repropose(true).await;
@@ -373,7 +381,7 @@ impl Replica {
     /// When the leader must propose a tick (TTL or x-expires due); followers never do, and
     /// the leader waits for its last one to apply (or to be lost, after `REPROPOSE`).
     fn tick_at(&self, leader: u64) -> Option<Instant> {
-        if leader != raft_id(self.me) {
+        if leader != self.raft {
             return None;
         }
         let at = self.state.next_deadline_ms()?;

@@ -145,20 +145,34 @@ impl Topology {
         &mut self,
         name: &str,
         id: u64,
-        members: Vec<NodeId>,
+        (members, ids): (Vec<NodeId>, Vec<u64>),
         ch: &mut Changes,
     ) {
         let Some(q) = self.queues.get_mut(name).filter(|q| q.id == id) else {
             return;
         };
-        let Some(p) = q
-            .quorum
-            .as_mut()
-            .filter(|p| p.members != members && !members.is_empty())
-        else {
+        let Some(p) = q.quorum.as_mut().filter(|_| !members.is_empty()) else {
             return;
         };
+        // Without ids (an entry logged before members had their own), members that stay
+        // keep theirs and one that joins has its node's.
+        let kept = p.raft_ids();
+        let ids = match ids.len() == members.len() {
+            true => ids,
+            false => members
+                .iter()
+                .map(|m| match p.members.iter().position(|b| b == m) {
+                    Some(i) => kept[i],
+                    None => crate::broker::queue::quorum::raft_id(*m),
+                })
+                .collect(),
+        };
+        if p.members == members && kept == ids {
+            return;
+        }
         let before = std::mem::replace(&mut p.members, members);
+        p.ids = ids;
+        p.changes += 1;
         ch.list.push(Change::QueueMembers {
             queue: q.clone(),
             before,

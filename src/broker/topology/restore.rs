@@ -44,10 +44,7 @@ impl Topology {
                 arguments: q.arguments,
                 // Restored from a single node's store: node 0.
                 home: 0,
-                quorum: q.group.map(|group| super::Quorum {
-                    group,
-                    members: vec![0],
-                }),
+                quorum: q.group.map(|group| super::Quorum::new(group, vec![0])),
             };
             self.insert_queue(record, ch);
         }

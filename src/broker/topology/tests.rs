@@ -578,10 +578,7 @@ fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    d.quorum = Some(Quorum {
-        group: 7,
-        members: vec![1, 2],
-    });
+    d.quorum = Some(Quorum::new(7, vec![1, 2]));
     run(&mut t, Cmd::DeclareQueue(d, conn(1)));
     run(&mut t, Cmd::DeclareQueue(q("classic"), conn(1)));
     let id = t.queue_record("qq").unwrap().id;
@@ -589,6 +586,7 @@ fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
         name: name.into(),
         id,
         members: m.to_vec(),
+        ids: Vec::new(),
     };
     let (code, ch) = run(&mut t, members("qq", id, &[1, 2, 3]));
     assert_eq!(code, 0);
@@ -620,4 +618,51 @@ fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
             .members,
         [1, 2, 3]
     );
+}
+
+/// A member that joins gets a Raft id of its own, the same if the join is asked again, a
+/// new one after any change; members that stay keep theirs; entries logged before members
+/// had their own ids (none given) keep the node ids.
+#[test]
+fn a_member_that_joins_again_gets_a_new_raft_id() {
+    let mut t = topo();
+    let mut d = q("qq");
+    d.arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    d.quorum = Some(Quorum::new(7, vec![1, 2]));
+    run(&mut t, Cmd::DeclareQueue(d, conn(1)));
+    let id = t.queue_record("qq").unwrap().id;
+    let placement = |t: &Topology| t.queue_record("qq").unwrap().quorum.clone().unwrap();
+    let set = |members: &[NodeId], ids: Vec<u64>| Cmd::QueueMembers {
+        name: "qq".into(),
+        id,
+        members: members.to_vec(),
+        ids,
+    };
+    let p = placement(&t);
+    assert_eq!(
+        p.raft_ids(),
+        [1, 2],
+        "a new group's members: their node ids"
+    );
+    let three = p.next_raft_id(3);
+    assert_eq!(p.next_raft_id(3), three, "asked again: the same id");
+    assert!(
+        three != 3 && crate::cluster::node_of(three) == 3,
+        "{three:#x}"
+    );
+    // Grow onto 3, shrink off 3, grow onto 3 again: a new id each time it joins.
+    run(&mut t, set(&[1, 2, 3], vec![1, 2, three]));
+    assert_eq!(placement(&t).raft_id_of(3), Some(three));
+    run(&mut t, set(&[1, 2], vec![1, 2]));
+    let again = placement(&t).next_raft_id(3);
+    assert!(again != three && crate::cluster::node_of(again) == 3);
+    run(&mut t, set(&[1, 2, 3], vec![1, 2, again]));
+    assert_eq!(placement(&t).raft_ids(), [1, 2, again]);
+    // An entry without ids (logged before): who stays keeps its id, who joins gets its node
+    // id.
+    run(&mut t, set(&[2, 3, 4], Vec::new()));
+    assert_eq!(placement(&t).raft_ids(), [2, again, 4]);
 }

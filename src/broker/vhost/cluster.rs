@@ -100,11 +100,8 @@ impl VHost {
             members: &memberships,
         };
         let members = quorum::place(locator, self.node, size, &load);
-        Ok(Some(Quorum {
-            // Never 0 (the metadata group), never reused (a queue's log outlives nothing).
-            group: rand::random::<u64>() | 1,
-            members,
-        }))
+        // Never 0 (the metadata group), never reused (a queue's log outlives nothing).
+        Ok(Some(Quorum::new(rand::random::<u64>() | 1, members)))
     }
 
     /// Record a quorum queue's new members (its Raft group has them already).
@@ -112,12 +109,13 @@ impl VHost {
         &self,
         name: &str,
         id: u64,
-        members: Vec<NodeId>,
+        (members, ids): (Vec<NodeId>, Vec<u64>),
     ) -> Result<(), Error> {
         let cmd = Cmd::QueueMembers {
             name: name.into(),
             id,
             members,
+            ids,
         };
         self.change(cmd).await.map(drop)
     }

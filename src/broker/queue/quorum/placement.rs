@@ -49,7 +49,7 @@ impl Locator {
 }
 
 /// How many of `groups` each node leads: its leader as this node knows it (`leader_of`, a
-/// Raft id, which is the node id in a cluster; 0: none known) or, for a group not led yet,
+/// Raft id, whose node is `cluster::node_of`; 0: none known) or, for a group not led yet,
 /// its first member, which stands for election.
 pub fn leading<'a>(
     groups: impl Iterator<Item = &'a Quorum>,
@@ -59,7 +59,7 @@ pub fn leading<'a>(
     for p in groups {
         let leader = match leader_of(p.group) {
             0 => p.members.first().copied(),
-            id => Some(id),
+            id => Some(crate::cluster::node_of(id)),
         };
         if let Some(l) = leader {
             *n.entry(l).or_insert(0) += 1;
@@ -207,10 +207,7 @@ mod tests {
 
     #[test]
     fn leaders_are_counted_as_known_or_as_placed() {
-        let q = |group, members: &[NodeId]| Quorum {
-            group,
-            members: members.to_vec(),
-        };
+        let q = |group, members: &[NodeId]| Quorum::new(group, members.to_vec());
         let groups = [
             q(10, &[1, 2, 3]),
             q(11, &[2, 1, 3]),
@@ -291,10 +288,7 @@ mod tests {
 
     #[test]
     fn memberships_count_every_member() {
-        let q = |group, members: &[NodeId]| Quorum {
-            group,
-            members: members.to_vec(),
-        };
+        let q = |group, members: &[NodeId]| Quorum::new(group, members.to_vec());
         let groups = [q(1, &[1, 2]), q(2, &[2, 3]), q(3, &[2])];
         let want: BTreeMap<NodeId, usize> = [(1, 1), (2, 3), (3, 1)].into();
         assert_eq!(memberships(groups.iter()), want);

@@ -101,10 +101,9 @@ fn command(rng: &mut Rng, t: &Topology) -> Cmd {
         2 | 3 => Cmd::Bind(bind(rng), conn),
         4 => Cmd::Unbind(bind(rng), conn),
         5 => {
-            let quorum = rng.chance(300).then(|| Quorum {
-                group: rng.next() | 1,
-                members: vec![1, 2],
-            });
+            let quorum = rng
+                .chance(300)
+                .then(|| Quorum::new(rng.next() | 1, vec![1, 2]));
             let mut arguments = FieldTable::default();
             if quorum.is_some() {
                 arguments.insert(
@@ -148,6 +147,7 @@ fn command(rng: &mut Rng, t: &Topology) -> Cmd {
                 name: name.into(),
                 id,
                 members,
+                ids: Vec::new(),
             }
         }
     }

@@ -79,10 +79,8 @@ fuzz_target!(|data: &[u8]| {
                     auto_delete: flags & 8 != 0,
                     arguments: queue_type(flags),
                     // Placed as a declaring node would place a quorum queue (or not at all).
-                    quorum: (flags & 64 != 0).then(|| Quorum {
-                        group: u64::from(flags) | 1,
-                        members: vec![0, 1, 2],
-                    }),
+                    quorum: (flags & 64 != 0)
+                        .then(|| Quorum::new(u64::from(flags) | 1, vec![0, 1, 2])),
                 },
                 conn,
             ),

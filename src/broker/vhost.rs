@@ -423,7 +423,6 @@ impl VHost {
         Ok(handle)
     }
 
-    /// A committed metadata entry's change, on every node in log order.
     /// This vhost's topology as the metadata snapshot keeps it.
     pub fn image(&self) -> Image {
         self.lock().topo.image()
@@ -438,6 +437,7 @@ impl VHost {
         drop(self.commit(&mut rt, changes));
     }
 
+    /// A committed metadata entry's change, on every node in log order.
     pub fn apply_committed(&self, cmd: Cmd) -> (Result<Option<QueueHandle>, Error>, Written) {
         if let Cmd::NodeDown { node } = &cmd {
             // Quorum queues return what the node's consumers held (each replica proposes

@@ -570,16 +570,22 @@ fn a_node_down_takes_its_exclusive_and_transient_queues_only() {
     assert!(again.list.is_empty());
 }
 
-#[test]
-fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
+/// A topology with the quorum queue `name` on `members` (group 7).
+fn with_quorum_queue(name: &str, members: &[NodeId]) -> Topology {
     let mut t = topo();
-    let mut d = q("qq");
+    let mut d = q(name);
     d.arguments.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    d.quorum = Some(Quorum::new(7, vec![1, 2]));
+    d.quorum = Some(Quorum::new(7, members.to_vec()));
     run(&mut t, Cmd::DeclareQueue(d, conn(1)));
+    t
+}
+
+#[test]
+fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
+    let mut t = with_quorum_queue("qq", &[1, 2]);
     run(&mut t, Cmd::DeclareQueue(q("classic"), conn(1)));
     let id = t.queue_record("qq").unwrap().id;
     let members = |name: &str, id: u64, m: &[NodeId]| Cmd::QueueMembers {
@@ -625,14 +631,7 @@ fn a_quorum_queue_takes_new_members_and_stale_changes_change_nothing() {
 /// had their own ids (none given) keep the node ids.
 #[test]
 fn a_member_that_joins_again_gets_a_new_raft_id() {
-    let mut t = topo();
-    let mut d = q("qq");
-    d.arguments.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString("quorum".into()),
-    );
-    d.quorum = Some(Quorum::new(7, vec![1, 2]));
-    run(&mut t, Cmd::DeclareQueue(d, conn(1)));
+    let mut t = with_quorum_queue("qq", &[1, 2]);
     let id = t.queue_record("qq").unwrap().id;
     let placement = |t: &Topology| t.queue_record("qq").unwrap().quorum.clone().unwrap();
     let set = |members: &[NodeId], ids: Vec<u64>| Cmd::QueueMembers {

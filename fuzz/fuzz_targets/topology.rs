@@ -1,6 +1,7 @@
-//! `Topology` under arbitrary declare/bind/unbind/delete sequences over a few names (so they
-//! collide): no panic, the binding indexes stay consistent, and a refused command changes
-//! nothing.
+//! `Topology` under arbitrary declare/bind/unbind/delete/member/node-down sequences over a
+//! few names (so they collide): no panic, the binding indexes stay consistent, a refused
+//! command changes nothing, and the image of the topology installed over a copy that fell
+//! behind (or a new one) gives the same topology.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -26,6 +27,8 @@ fn byte(b: &mut &[u8]) -> u8 {
 fuzz_target!(|data: &[u8]| {
     let mut b = data;
     let mut t = Topology::new("/", &mut Changes::default());
+    // A follower that installs the leader's image now and then.
+    let mut behind = Topology::new("/", &mut Changes::default());
     for _ in 0..128 {
         if b.is_empty() {
             break;
@@ -37,7 +40,7 @@ fuzz_target!(|data: &[u8]| {
             seq: 1,
         };
         let name = pick(&mut b, NAMES).to_string();
-        let cmd = match op % 7 {
+        let cmd = match op % 9 {
             0 => Cmd::DeclareExchange(ExchangeDecl {
                 name,
                 kind: pick(&mut b, KINDS).into(),
@@ -64,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
                     key: pick(&mut b, NAMES).into(),
                     arguments: Default::default(),
                 };
-                if op % 7 == 2 {
+                if op % 9 == 2 {
                     Cmd::Bind(decl, conn)
                 } else {
                     Cmd::Unbind(decl, conn)
@@ -91,9 +94,26 @@ fuzz_target!(|data: &[u8]| {
                 },
                 conn,
             ),
-            _ => Cmd::QueueDeleted {
+            6 => Cmd::QueueDeleted {
                 name: name.as_str().into(),
                 id: u64::from(flags % 8),
+            },
+            7 => {
+                let members: Vec<u64> = (0..4).filter(|n| flags & (1 << n) != 0).collect();
+                // With the members' Raft ids, or without (an entry logged before them).
+                let ids = match flags & 64 != 0 {
+                    true => members.iter().map(|n| n | u64::from(flags) << 32).collect(),
+                    false => Vec::new(),
+                };
+                Cmd::QueueMembers {
+                    name: name.as_str().into(),
+                    id: u64::from(flags >> 4 & 7),
+                    members,
+                    ids,
+                }
+            }
+            _ => Cmd::NodeDown {
+                node: u64::from(flags & 3),
             },
         };
         let before = format!("{t:?}");
@@ -107,7 +127,19 @@ fuzz_target!(|data: &[u8]| {
         if let Err(e) = t.check() {
             panic!("invariant broken: {e}");
         }
+        if op & 0x80 != 0 {
+            let image = t.image();
+            behind.install(image.clone());
+            assert_eq!(behind.image(), image, "installed over a copy behind");
+            if let Err(e) = behind.check() {
+                panic!("invariant broken after install: {e}");
+            }
+        }
     }
+    let image = t.image();
+    let mut fresh = Topology::new("/", &mut Changes::default());
+    fresh.install(image.clone());
+    assert_eq!(fresh.image(), image, "installed over a new topology");
 });
 
 /// x-queue-type from the flags: none, classic, quorum, or an unknown type.

@@ -3,9 +3,9 @@
 //! the entries after it, and a node down while the leader compacted past it catches up
 //! from the leader's snapshot, with what was made and deleted meanwhile.
 
+use lapin::Channel;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
 
 use crate::cluster::{TestCluster, count, queue_code};
 use crate::common::durable;
@@ -36,17 +36,9 @@ async fn churn(cluster: &TestCluster, node: usize, prefix: &str, channels: usize
 
 /// An exchange with a queue bound to it by `key`.
 async fn bound(ch: &Channel, exchange: &str, queue: &str, key: &str) {
-    ch.exchange_declare(
-        exchange.into(),
-        ExchangeKind::Direct,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .unwrap();
+    crate::cluster::declare_exchange(ch, exchange)
+        .await
+        .unwrap();
     ch.queue_declare(queue.into(), durable(), FieldTable::default())
         .await
         .unwrap();

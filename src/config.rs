@@ -82,6 +82,9 @@ pub struct Config {
     /// How many members a new quorum queue has without x-quorum-initial-group-size (all
     /// nodes if fewer): RabbitMQ's quorum_cluster_size.
     pub quorum_initial_group_size: usize,
+    /// `--rejoin`: only from the command line (it is for the start after a wipe).
+    #[serde(skip)]
+    pub rejoin: bool,
 }
 
 impl Default for Config {
@@ -125,6 +128,7 @@ impl Default for Config {
             default_queue_type: "classic".into(),
             queue_leader_locator: "balanced".into(),
             quorum_initial_group_size: 3,
+            rejoin: false,
         }
     }
 }
@@ -154,6 +158,10 @@ pub struct Args {
     /// Cluster: a node as ID=HOST:PORT; repeat for every node, this one included
     #[arg(long = "peer", env = "WARREN_PEERS", value_delimiter = ',')]
     pub peers: Vec<String>,
+    /// Cluster: this node's data dir was wiped while its peers remember it; it rejoins as a
+    /// new, empty member and catches up from them (README: "Mirrored queues")
+    #[arg(long)]
+    pub rejoin: bool,
 }
 
 impl Config {
@@ -181,6 +189,7 @@ impl Config {
         if !args.peers.is_empty() {
             config.peers = args.peers.clone();
         }
+        config.rejoin = args.rejoin;
         config.validate()?;
         Ok(config)
     }
@@ -277,6 +286,9 @@ impl Config {
     /// The cluster settings, checked: None on a single node (no cluster setting given).
     pub fn cluster(&self) -> Result<Option<crate::cluster::ClusterConfig>, String> {
         if self.node_id.is_none() && self.cluster_listen.is_none() && self.peers.is_empty() {
+            if self.rejoin {
+                return Err("--rejoin is for a cluster node".into());
+            }
             return Ok(None);
         }
         let (Some(node_id), Some(listen)) = (self.node_id, &self.cluster_listen) else {
@@ -333,6 +345,7 @@ impl Config {
             peer_timeout: std::time::Duration::from_millis(self.cluster_peer_timeout_ms),
             snapshot_bytes: self.quorum_snapshot_bytes,
             meta_snapshot_entries: self.metadata_snapshot_entries,
+            raft_id: node_id,
         }))
     }
 

@@ -34,6 +34,7 @@ mod members;
 
 use crate::broker::Broker;
 use crate::broker::ids::NodeId;
+use crate::broker::members::{self as changes, MemberError};
 use crate::broker::queue::{QueueCmd, QueueHandle};
 use crate::broker::topology::QueueRecord;
 
@@ -210,11 +211,11 @@ async fn transfer(
         ));
     }
     // Only a member's Raft runtime has the group (and forwards the request to its leader).
-    if let Some(r) = not_a_member_here(&broker, placement, &name, &vhost) {
-        return r;
+    if let Err(e) = changes::not_a_member_here(&broker, placement, &name, &vhost) {
+        return member_error(e);
     }
     let timeout = std::time::Duration::from_millis(broker.config.cluster_command_timeout_ms);
-    if !lead_to(cluster, placement, node, timeout).await {
+    if !changes::lead_to(cluster, placement, node, timeout).await {
         return unavailable(format!(
             "node {node} did not take the lead within {timeout:?}"
         ));
@@ -223,58 +224,18 @@ async fn transfer(
     axum::Json(info(&broker, &broker.live_nodes(), &vhost, &q)).into_response()
 }
 
-/// Hand `group`'s lead to `node`: true once it leads, false if not within `timeout`.
-async fn lead_to(
-    cluster: &crate::cluster::Cluster,
-    placement: &crate::broker::topology::Quorum,
-    node: NodeId,
-    timeout: std::time::Duration,
-) -> bool {
-    let group = placement.group;
-    let Some(to) = placement.raft_id_of(node) else {
-        return false;
-    };
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut asked = None;
-    while cluster.leader_of(group) != to {
-        let now = tokio::time::Instant::now();
-        if now >= deadline {
-            return false;
-        }
-        // Asked again now and then: a transfer is dropped if the leader changes meanwhile.
-        if asked.is_none_or(|at| now - at >= ASK_AGAIN) {
-            cluster.transfer_leader(group, to).await;
-            asked = Some(now);
-        }
-        tokio::time::sleep(POLL).await;
+/// A member change's refusal as the API answers it.
+fn member_error(e: MemberError) -> Response {
+    match e {
+        MemberError::NotFound => not_found(),
+        MemberError::Refused(why) => bad_request(why),
+        MemberError::Unavailable(why) => unavailable(why),
     }
-    true
 }
 
 fn unavailable(reason: String) -> Response {
     let body = axum::Json(serde_json::json!({ "error": "timeout", "reason": reason }));
     (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
-}
-
-/// How often a transfer checks whether the new leader leads, and asks again.
-const POLL: std::time::Duration = std::time::Duration::from_millis(20);
-const ASK_AGAIN: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// On a node that is not one of a quorum queue's members (it has no Raft group for it):
-/// the 400 that names the members to ask.
-fn not_a_member_here(
-    broker: &Broker,
-    placement: &crate::broker::topology::Quorum,
-    name: &str,
-    vhost: &str,
-) -> Option<Response> {
-    let me = broker.config.node_id.unwrap_or(0);
-    (!placement.members.contains(&me)).then(|| {
-        bad_request(format!(
-            "this node is not a member of queue '{name}' in vhost '{vhost}': ask one of {:?}",
-            placement.members
-        ))
-    })
 }
 
 fn bad_request(reason: String) -> Response {

@@ -112,6 +112,9 @@ fuzz_target!(|data: &[u8]| {
                     ids,
                 }
             }
+            8 if flags & 8 != 0 => Cmd::NodeWiped {
+                node: u64::from(flags & 3),
+            },
             _ => Cmd::NodeDown {
                 node: u64::from(flags & 3),
             },

@@ -7,8 +7,15 @@
 //! can be lost with a leader, so the proposer proposes again; the applier skips an
 //! (origin, request) it applied already, deterministically on every node); a change whose
 //! commit is not seen within the command timeout is reported as failed, never as done.
+//!
+//! A node that rejoined with a wiped data directory (`cluster::check_data_dir`) shows in
+//! the log as its new Raft id added to the group: applied, every node takes it out of the
+//! quorum queues it was a member of (`Cmd::NodeWiped`; their leaders add it back under new
+//! ids, `broker::members`), so it never opens their groups under ids whose state it lost.
+//! The rejoining node itself holds its quorum queues until it has applied that entry
+//! (`Gate`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +28,7 @@ use super::ids::NodeId;
 use super::queue::QueueHandle;
 use super::topology::{Cmd, Image};
 use super::vhost::{VHost, Written};
-use crate::cluster::{Apply, Cluster, ClusterError};
+use crate::cluster::{Apply, Cluster, ClusterError, node_of};
 use crate::error::{Error, code};
 
 /// A proposal not seen committed by then is proposed again (it may have been dropped).
@@ -73,7 +80,16 @@ pub struct Applier {
     snapshot_every: u64,
     /// A follower needs a snapshot newer than the last one.
     wanted: bool,
+    /// This node's Raft id in the metadata group.
+    raft_id: u64,
+    /// Nodes that rejoined with a wiped data dir: their Raft id since.
+    rejoined: BTreeMap<NodeId, u64>,
+    gate: watch::Sender<bool>,
 }
+
+/// Open (true) once this node may run its quorum queues' replicas: at once, unless it is
+/// rejoining with a wiped data dir, and then once it has applied its own rejoin.
+pub type Gate = watch::Receiver<bool>;
 
 /// The metadata group's snapshot: every vhost's topology and the requests applied (so
 /// that a copy committed after the snapshot is still skipped).
@@ -81,17 +97,20 @@ pub struct Applier {
 struct Snapshot {
     vhosts: Vec<(String, Image)>,
     applied: Vec<(NodeId, u64)>,
+    rejoined: Vec<(NodeId, u64)>,
 }
 
-/// The applier for `vhosts`, and what `Replicated::new` shares with it. `evicted` is
-/// bumped when another node took this one as down (see `Applier::evicted`).
+/// The applier for `vhosts` of node `node` (`raft_id` in the metadata group), what
+/// `Replicated::new` shares with it, and its gate. `evicted` is bumped when another node
+/// took this one as down (see `Applier::evicted`).
 pub fn applier(
-    node: NodeId,
+    (node, raft_id): (NodeId, u64),
     vhosts: HashMap<String, Arc<VHost>>,
     evicted: Arc<watch::Sender<u64>>,
     snapshot_every: u64,
-) -> (Box<dyn Apply>, Pending) {
+) -> (Box<dyn Apply>, Pending, Gate) {
     let pending = Pending::default();
+    let (gate, open) = watch::channel(raft_id == node);
     let a = Applier {
         node,
         vhosts,
@@ -101,8 +120,11 @@ pub fn applier(
         since_snapshot: 0,
         snapshot_every: snapshot_every.max(1),
         wanted: false,
+        raft_id,
+        rejoined: BTreeMap::new(),
+        gate,
     };
-    (Box::new(a), pending)
+    (Box::new(a), pending, open)
 }
 
 fn unavailable(why: impl std::fmt::Display) -> Error {
@@ -371,12 +393,38 @@ impl Apply for Applier {
             }
         }
         self.applied = Applied::from_vec(REMEMBERED, snap.applied);
+        self.rejoined = snap.rejoined.into_iter().collect();
+        if self.rejoined.get(&self.node) == Some(&self.raft_id) {
+            self.gate.send_replace(true);
+        }
         self.since_snapshot = 0;
         tracing::info!(index, "metadata restored from a snapshot");
     }
 
     fn want_snapshot(&mut self) {
         self.wanted = true;
+    }
+
+    /// A node's new Raft id added: it rejoined with a wiped data dir (the group's members
+    /// change for nothing else).
+    fn member_changed(&mut self, add: bool, raft_id: u64) {
+        let node = node_of(raft_id);
+        if !add || raft_id == node {
+            return;
+        }
+        tracing::info!(
+            node,
+            raft_id,
+            "node rejoined with a wiped data dir: it leaves its quorum queues, to join them \
+             again as a new member"
+        );
+        for v in self.vhosts.values() {
+            drop(v.apply_committed(Cmd::NodeWiped { node }));
+        }
+        self.rejoined.insert(node, raft_id);
+        if node == self.node && raft_id == self.raft_id {
+            self.gate.send_replace(true);
+        }
     }
 
     fn snapshot_due(&mut self) -> Option<Vec<u8>> {
@@ -394,6 +442,7 @@ impl Apply for Applier {
         let snap = Snapshot {
             vhosts,
             applied: self.applied.to_vec(),
+            rejoined: self.rejoined.iter().map(|(n, id)| (*n, *id)).collect(),
         };
         match postcard::to_stdvec(&snap) {
             Ok(data) => Some(data),
@@ -460,7 +509,11 @@ mod tests {
         let evicted = Arc::new(watch::Sender::new(0));
         let evictions = evicted.subscribe();
         let vhosts = HashMap::from([("/".to_string(), v.clone())]);
-        let (mut a, pending) = applier(1, vhosts, evicted, 1000);
+        let (mut a, pending, gate) = applier((1, 1), vhosts, evicted, 1000);
+        assert!(
+            *gate.borrow(),
+            "a node that did not rejoin runs its replicas at once"
+        );
         let (tx, rx) = oneshot::channel();
         pending.lock().unwrap().insert(7, tx);
 

@@ -9,6 +9,7 @@ pub mod disk;
 pub mod durable;
 pub mod exchange;
 pub mod ids;
+pub mod members;
 pub mod memory;
 pub mod message;
 pub mod meta;
@@ -62,13 +63,17 @@ impl Broker {
     /// cluster node, join the cluster and catch up with its metadata first.
     pub async fn open(config: Arc<Config>) -> Result<Arc<Broker>, Fatal> {
         let started = std::time::Instant::now();
-        let cluster_config = config.cluster().map_err(cluster::ClusterError::Config)?;
+        let mut cluster_config = config.cluster().map_err(cluster::ClusterError::Config)?;
         let (store, mut recovered) = Store::open(&config.data_dir)?;
-        cluster::check_data_dir(
+        let raft_id = cluster::check_data_dir(
             &config.data_dir,
             cluster_config.as_ref(),
             recovered.is_empty(),
+            config.rejoin,
         )?;
+        if let Some(cc) = cluster_config.as_mut() {
+            cc.raft_id = raft_id;
+        }
         let node = cluster_config.as_ref().map_or(0, |c| c.node_id);
         let limit = config.memory_high_watermark_bytes.unwrap_or_else(|| {
             let total = memory::total_memory().unwrap_or(4 << 30);
@@ -148,7 +153,7 @@ impl Broker {
             }
         };
         let raft = cluster.clone().or(local_raft);
-        Ok(Arc::new(Broker {
+        let broker = Arc::new(Broker {
             raft,
             disk,
             config,
@@ -164,7 +169,9 @@ impl Broker {
             cluster_name,
             evicted,
             alarms,
-        }))
+        });
+        members::start_repair(&broker);
+        Ok(broker)
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
@@ -231,8 +238,8 @@ async fn join(
         alarms,
         memory,
     } = with;
-    let (applier, pending) = meta::applier(
-        cc.node_id,
+    let (applier, pending, mut gate) = meta::applier(
+        (cc.node_id, cc.raft_id),
         vhosts.clone(),
         evicted,
         cc.meta_snapshot_entries,
@@ -244,6 +251,20 @@ async fn join(
     }
     let nodes: Vec<NodeId> = cc.peers.keys().copied().collect();
     let cluster = Cluster::start(cc, store.clone(), raft, applier, memory).await?;
+    if !*gate.borrow() {
+        tracing::info!("rejoining with a wiped data dir: catching up with the cluster");
+        let waiting = async {
+            for waited in (5u32..).step_by(5) {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                tracing::info!("still rejoining ({waited} s): a majority must be reachable");
+            }
+        };
+        tokio::select! {
+            _ = gate.wait_for(|open| *open) => {}
+            _ = waiting => {}
+        }
+        tracing::info!("rejoined the cluster as a new member");
+    }
     // Replicas of quorum queues started by the log replayed so far wait for this.
     let runtime = queue::quorum::Runtime {
         cluster: cluster.clone(),
@@ -313,6 +334,7 @@ fn local_quorum(
         peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
         snapshot_bytes: config.quorum_snapshot_bytes,
         meta_snapshot_entries: config.metadata_snapshot_entries,
+        raft_id: queue::quorum::raft_id(0),
     };
     queue::quorum::Runtime {
         cluster: Cluster::local(local, store.clone(), raft, memory.clone()),

@@ -61,6 +61,11 @@ pub struct Quorum {
     /// Member changes recorded so far (each gives a node that joins a new Raft id).
     #[serde(default)]
     pub changes: u32,
+    /// Members taken out because their node's data was wiped (`Cmd::NodeWiped`), with the
+    /// Raft id each had: still in the group until its leader replaces them
+    /// (`broker::members::repair`).
+    #[serde(default)]
+    pub stale: Vec<(NodeId, u64)>,
 }
 
 impl Quorum {
@@ -71,6 +76,7 @@ impl Quorum {
             members,
             ids: Vec::new(),
             changes: 0,
+            stale: Vec::new(),
         }
     }
 
@@ -171,6 +177,11 @@ pub enum Cmd {
         #[serde(default)]
         ids: Vec<u64>,
     },
+    /// A node rejoined with a wiped data dir: it leaves its quorum queues' members, to join
+    /// them again as a new member (see `Topology::node_wiped`).
+    NodeWiped {
+        node: NodeId,
+    },
 }
 
 impl Cmd {
@@ -209,10 +220,11 @@ pub enum Change {
     },
     QueueAdded(QueueRecord),
     QueueRemoved(Arc<str>),
-    /// A quorum queue's members changed: its record now, and the members before.
+    /// A quorum queue's placement changed (members, their Raft ids, stale members): its
+    /// record now, and the placement before.
     QueueMembers {
         queue: QueueRecord,
-        before: Vec<NodeId>,
+        before: Quorum,
     },
 }
 
@@ -308,6 +320,10 @@ impl Topology {
                 self.set_members(&name, id, (members, ids), &mut ch);
                 Ok(Reply::Done)
             }
+            Cmd::NodeWiped { node } => {
+                self.node_wiped(node, &mut ch);
+                Ok(Reply::Done)
+            }
         }?;
         Ok((reply, ch))
     }
@@ -342,6 +358,23 @@ impl Topology {
             return Err(format!(
                 "{total} indexed by destination, {indexed} by source"
             ));
+        }
+        for (name, p) in self
+            .queues
+            .iter()
+            .filter_map(|(n, q)| Some((n, q.quorum.as_ref()?)))
+        {
+            let ids = p.raft_ids();
+            let distinct: HashSet<&u64> = ids.iter().collect();
+            if p.members.is_empty() || distinct.len() != ids.len() {
+                return Err(format!("quorum queue '{name}': no members, or an id twice"));
+            }
+            if p.stale
+                .iter()
+                .any(|(n, id)| p.members.contains(n) || ids.contains(id))
+            {
+                return Err(format!("quorum queue '{name}': a stale member is a member"));
+            }
         }
         Ok(())
     }

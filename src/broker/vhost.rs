@@ -191,6 +191,16 @@ impl VHost {
             .collect()
     }
 
+    /// Quorum queues with stale members to replace (`Quorum::stale`).
+    pub fn stale_queues(&self) -> Vec<QueueRecord> {
+        let rt = self.lock();
+        rt.topo
+            .queue_records()
+            .filter(|q| q.quorum.as_ref().is_some_and(|p| !p.stale.is_empty()))
+            .cloned()
+            .collect()
+    }
+
     /// One queue's record and handle, as `queue_list` gives them.
     pub fn queue_entry(&self, name: &str) -> Option<(QueueRecord, Option<QueueHandle>)> {
         let rt = self.lock();

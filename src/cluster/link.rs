@@ -44,6 +44,7 @@ const HELLO: u8 = 1;
 const HEARTBEAT_FRAME: u8 = 2;
 const RAFT: u8 = 3;
 const FORWARD: u8 = 4;
+const REJOIN: u8 = 5;
 
 /// One connection of a link, numbered from 1 on each node (the two ends number alike only
 /// by chance: a session number is meaningful to its own node).
@@ -64,6 +65,11 @@ pub enum Frame {
     },
     /// Forwarded queue work (encoded by the broker).
     Forward(Bytes),
+    /// The sender's data was wiped: it asks to take part in the metadata group under this
+    /// new Raft id instead of its old one (`runtime::Runtime::rejoin`).
+    Rejoin {
+        raft_id: u64,
+    },
 }
 
 impl Frame {
@@ -86,6 +92,10 @@ impl Frame {
             Frame::Forward(msg) => {
                 out.put_u8(FORWARD);
                 out.put_slice(msg);
+            }
+            Frame::Rejoin { raft_id } => {
+                out.put_u8(REJOIN);
+                out.put_u64(*raft_id);
             }
         }
         let len = (out.len() - at - 4) as u32;
@@ -130,6 +140,12 @@ impl Frame {
                 Frame::Raft { group, msg: body }
             }
             FORWARD => Frame::Forward(body),
+            REJOIN => {
+                need(8, &body)?;
+                Frame::Rejoin {
+                    raft_id: body.get_u64(),
+                }
+            }
             other => return Err(format!("unknown frame kind {other}")),
         };
         Ok(Some(frame))
@@ -544,6 +560,9 @@ mod tests {
                 msg: Bytes::new(),
             },
             Frame::Forward(Bytes::from_static(b"work")),
+            Frame::Rejoin {
+                raft_id: 3 | 7 << 32,
+            },
         ];
         let mut all = BytesMut::new();
         for f in &frames {
@@ -566,12 +585,13 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_errors() {
-        let cases: [&[u8]; 5] = [
+        let cases: [&[u8]; 6] = [
             &[0, 0, 0, 0],
             &[0xff, 0xff, 0xff, 0xff],
             &[0, 0, 0, 1, 99],
             &[0, 0, 0, 2, HELLO, 0],
             &[0, 0, 0, 3, RAFT, 0, 0],
+            &[0, 0, 0, 2, REJOIN, 0],
         ];
         for c in cases {
             let mut buf = BytesMut::from(c);

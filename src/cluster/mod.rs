@@ -52,6 +52,9 @@ pub struct ClusterConfig {
     pub snapshot_bytes: usize,
     /// Entries after which the metadata group snapshots (`metadata_snapshot_entries`).
     pub meta_snapshot_entries: u64,
+    /// This node's Raft id in the metadata group: its node id, or the id it took when it
+    /// rejoined with a wiped data directory (`check_data_dir`).
+    pub raft_id: u64,
 }
 
 impl ClusterConfig {
@@ -92,43 +95,82 @@ const MARKER: &str = "cluster";
 
 /// A data directory belongs to one node of one cluster, or to a single node: check that it
 /// is used as what it was made for, and mark a new one. `fresh`: the store held nothing.
+/// Returns this node's Raft id in the metadata group (see `ClusterConfig::raft_id`).
+///
+/// `rejoin` (`warren --rejoin`): the node's data directory was wiped while its peers
+/// remember it. It must not take part under its old Raft id (it could vote twice in a term,
+/// or count towards a majority for entries it no longer has): it draws a new one, kept in
+/// the marker, and the cluster replaces the old one with it (`runtime`). Refused on a data
+/// directory that holds the node's data under its old id.
 pub fn check_data_dir(
     dir: &Path,
     cfg: Option<&ClusterConfig>,
     fresh: bool,
-) -> Result<(), ClusterError> {
+    rejoin: bool,
+) -> Result<u64, ClusterError> {
     let path = dir.join(MARKER);
     let found = std::fs::read_to_string(&path).ok();
-    let wanted = cfg.map(|c| {
-        format!(
-            "node_id = {}\nidentity = {:016x}\n",
-            c.node_id,
-            c.identity()
-        )
-    });
     let bad = |why: String| {
         Err(ClusterError::DataDir(format!(
             "data dir {}: {why}",
             dir.display()
         )))
     };
-    match (found, wanted) {
-        (None, None) => Ok(()),
-        (Some(f), Some(w)) if f == w => Ok(()),
-        (Some(f), None) => bad(format!(
-            "it belongs to a cluster node ({}); start it with its cluster settings",
-            f.lines().next().unwrap_or("")
-        )),
-        (Some(f), Some(_)) => bad(format!(
+    let Some(c) = cfg else {
+        return match found {
+            None => Ok(0),
+            Some(f) => bad(format!(
+                "it belongs to a cluster node ({}); start it with its cluster settings",
+                f.lines().next().unwrap_or("")
+            )),
+        };
+    };
+    let wanted = format!(
+        "node_id = {}\nidentity = {:016x}\n",
+        c.node_id,
+        c.identity()
+    );
+    let write = |raft_id: u64| {
+        let mut text = wanted.clone();
+        if raft_id != c.node_id {
+            text.push_str(&format!("raft_id = {raft_id}\n"));
+        }
+        std::fs::write(&path, text)
+            .map_err(|e| ClusterError::DataDir(format!("cannot write {}: {e}", path.display())))?;
+        Ok(raft_id)
+    };
+    // Rejoined before (perhaps interrupted): that id again, with or without the flag.
+    let rejoined = found.as_deref().and_then(|f| {
+        f.strip_prefix(wanted.as_str())?
+            .trim()
+            .strip_prefix("raft_id = ")?
+            .parse::<u64>()
+            .ok()
+            .filter(|id| node_of(*id) == c.node_id && *id != c.node_id)
+    });
+    match found {
+        _ if rejoined.is_some() => Ok(rejoined.unwrap_or(c.node_id)),
+        Some(f) if f == wanted && rejoin && fresh => write(new_raft_id(c.node_id)),
+        Some(f) if f == wanted && rejoin => bad(
+            "--rejoin is for a node whose data dir was wiped, and this one holds the node's \
+             data: start it without --rejoin"
+                .into(),
+        ),
+        Some(f) if f == wanted => Ok(c.node_id),
+        Some(f) => bad(format!(
             "it belongs to another cluster or node ({}), not this peer list and node id",
             f.lines().next().unwrap_or("")
         )),
-        (None, Some(_)) if !fresh => {
-            bad("it holds a single node's data, not a cluster node's".into())
-        }
-        (None, Some(w)) => std::fs::write(&path, w)
-            .map_err(|e| ClusterError::DataDir(format!("cannot write {}: {e}", path.display()))),
+        None if !fresh => bad("it holds a single node's data, not a cluster node's".into()),
+        None if rejoin => write(new_raft_id(c.node_id)),
+        None => write(c.node_id),
     }
+}
+
+/// A new Raft id for `node`: its node id with a random nonce above (never 0).
+fn new_raft_id(node: u64) -> u64 {
+    let nonce = u64::from(rand::random::<u32>().max(1));
+    node_of(node) | (nonce << 32)
 }
 
 #[cfg(test)]
@@ -148,6 +190,7 @@ mod tests {
             peer_timeout: Duration::from_secs(1),
             snapshot_bytes: 8 << 20,
             meta_snapshot_entries: 10_000,
+            raft_id: node_id,
         }
     }
 
@@ -161,24 +204,52 @@ mod tests {
     fn a_data_dir_serves_what_it_was_made_for() {
         let dir = tempfile::tempdir().unwrap();
         let (one, other) = (cfg(1, &[1, 2, 3]), cfg(1, &[1, 2, 4]));
-        check_data_dir(dir.path(), Some(&one), true).unwrap();
-        check_data_dir(dir.path(), Some(&one), false).unwrap();
+        assert_eq!(check_data_dir(dir.path(), Some(&one), true, false), Ok(1));
+        assert_eq!(check_data_dir(dir.path(), Some(&one), false, false), Ok(1));
         let refused = [
-            (None, "belongs to a cluster node"),
-            (Some(&other), "another cluster"),
-            (Some(&cfg(2, &[1, 2, 3])), "another cluster"),
+            (None, false, "belongs to a cluster node"),
+            (Some(&other), false, "another cluster"),
+            (Some(&cfg(2, &[1, 2, 3])), false, "another cluster"),
+            (Some(&one), true, "start it without --rejoin"),
         ];
-        for (c, why) in refused {
-            let e = check_data_dir(dir.path(), c, false)
+        for (c, rejoin, why) in refused {
+            let e = check_data_dir(dir.path(), c, false, rejoin)
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(why), "{e}");
         }
         let single = tempfile::tempdir().unwrap();
-        check_data_dir(single.path(), None, false).unwrap();
-        let e = check_data_dir(single.path(), Some(&one), false)
+        assert_eq!(check_data_dir(single.path(), None, false, false), Ok(0));
+        let e = check_data_dir(single.path(), Some(&one), false, false)
             .unwrap_err()
             .to_string();
         assert!(e.contains("single node"), "{e}");
+    }
+
+    #[test]
+    fn a_wiped_node_rejoins_under_a_new_raft_id_that_it_keeps() {
+        let two = cfg(2, &[1, 2, 3]);
+        // Wiped entirely, or only its store (the marker left): a new id either way.
+        for keep_marker in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            if keep_marker {
+                check_data_dir(dir.path(), Some(&two), true, false).unwrap();
+            }
+            let id = check_data_dir(dir.path(), Some(&two), true, true).unwrap();
+            assert_eq!(node_of(id), 2);
+            assert_ne!(id, 2, "a nonce above the node id");
+            // Restarted, with the flag still given or not, with data by then or not: the
+            // same id.
+            for (fresh, rejoin) in [(true, true), (false, true), (false, false)] {
+                let again = check_data_dir(dir.path(), Some(&two), fresh, rejoin);
+                assert_eq!(again, Ok(id));
+            }
+            // Another node's settings are still refused.
+            let e = check_data_dir(dir.path(), Some(&cfg(3, &[1, 2, 3])), false, false);
+            assert!(e.unwrap_err().to_string().contains("another cluster"));
+        }
+        let a = check_data_dir(tempfile::tempdir().unwrap().path(), Some(&two), true, true);
+        let b = check_data_dir(tempfile::tempdir().unwrap().path(), Some(&two), true, true);
+        assert_ne!(a, b, "each rejoin draws its own id");
     }
 }

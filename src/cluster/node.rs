@@ -36,6 +36,12 @@ pub trait Apply: Send + 'static {
     /// (`Cluster::snapshot`).
     fn want_snapshot(&mut self) {}
 
+    /// A membership change applied (Raft id `raft_id` added, or removed), just before its
+    /// entry's `apply` (with empty data); again for its entry after a restart.
+    fn member_changed(&mut self, add: bool, raft_id: u64) {
+        let _ = (add, raft_id);
+    }
+
     /// A state machine that lives on the cluster task (the metadata group's) snapshots
     /// here: asked after every round, it returns its state as applied so far when a
     /// snapshot is due. Others make theirs elsewhere and send them (`Cluster::snapshot`).
@@ -126,11 +132,14 @@ impl Cluster {
         let links = Links::start(&config, in_tx, fwd_tx)
             .await
             .map_err(|e| ClusterError::Listen(e.to_string()))?;
+        // Every node of a new cluster starts the group with all of them as voters; a node
+        // that rejoins under a new Raft id starts from the same (and is no voter there): the
+        // membership changes in the log, or the snapshot it is sent, bring it up to date.
         let voters = config.peers.keys().copied().collect();
         let cluster = Cluster::spawn(config, store, saved, links, (in_rx, fwd_rx), log_bytes);
         // The metadata group reports to the cluster's own leader watch (see `Runtime::open`).
         let unused = watch::Sender::new(0);
-        let me = cluster.config.node_id;
+        let me = cluster.config.raft_id;
         cluster
             .open(META_GROUP, (me, voters), false, apply, unused)
             .await?;

@@ -76,6 +76,8 @@ pub struct GroupStatus {
     pub snapshot_index: u64,
     /// On the leader: each voter's last entry known to be in its log.
     pub matched: Vec<(u64, u64)>,
+    /// The group's voters (Raft ids) as this node applied them, in order.
+    pub voters: Vec<u64>,
     /// Idle and not ticking (see `quiet`).
     pub quiet: bool,
 }
@@ -220,6 +222,12 @@ impl Group {
             Err(e) => return tracing::warn!(group = self.id, "undecodable raft message: {e}"),
         };
         let from = m.from;
+        // For another Raft id of this node: the one it had before its data was wiped, still
+        // a member until the leader replaces it (`replace_member`). Stepped, the leader's
+        // view of that member (a commit index past this log's end) would stop this node.
+        if m.to != self.node.raft.id {
+            return tracing::trace!(group = self.id, to = m.to, "raft message for an old id");
+        }
         self.quiet.stepped(m.get_msg_type());
         let node = &mut self.node;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.step(m))) {
@@ -231,7 +239,8 @@ impl Group {
                     peer = from,
                     "this node's raft state is behind what its peers know of it: its data \
                      directory was wiped or replaced by an older copy, and it cannot rejoin \
-                     as the same node; stopping"
+                     as the same node; stopping (start it with --rejoin on an empty data \
+                     directory)"
                 );
                 std::process::exit(2);
             }
@@ -499,6 +508,7 @@ impl Group {
             last_index: raft.raft_log.last_index(),
             snapshot_index: self.node.store().snapshot_index(),
             matched,
+            voters: self.voters(),
             quiet: self.quiet.is_quiet(),
         }
     }
@@ -527,7 +537,9 @@ impl Group {
             match e.get_entry_type() {
                 EntryType::EntryNormal => apply.apply(e.index, &e.data),
                 EntryType::EntryConfChange => {
-                    self.apply_member_change(&e);
+                    if let Some((add, id)) = self.apply_member_change(&e) {
+                        apply.member_changed(add, id);
+                    }
                     apply.apply(e.index, &[]);
                 }
                 EntryType::EntryConfChangeV2 => apply.apply(e.index, &[]),
@@ -537,16 +549,17 @@ impl Group {
 
     /// A committed membership change: the voters change here, and the conf state kept for
     /// snapshots with them. Applied again after a restart (a voter added twice, or one
-    /// absent removed, changes nothing).
-    fn apply_member_change(&mut self, e: &Entry) {
+    /// absent removed, changes nothing). Returns the change made: (added, Raft id).
+    fn apply_member_change(&mut self, e: &Entry) -> Option<(bool, u64)> {
         let cc = match ConfChange::parse_from_bytes(&e.data) {
             Ok(cc) => cc,
             Err(err) => {
-                return tracing::error!(
+                tracing::error!(
                     group = self.id,
                     index = e.index,
                     "undecodable membership change: {err}"
                 );
+                return None;
             }
         };
         match self.node.apply_conf_change(&cc) {
@@ -554,12 +567,59 @@ impl Group {
                 tracing::info!(group = self.id, index = e.index, voters = ?cs.voters, "raft group members changed");
                 self.node.mut_store().mem.wl().set_conf_state(cs);
                 self.conf_applied.push(e.context.to_vec());
+                let add = cc.get_change_type() != ConfChangeType::RemoveNode;
+                Some((add, cc.node_id))
             }
-            Err(err) => tracing::error!(
-                group = self.id,
-                index = e.index,
-                "membership change refused: {err}"
-            ),
+            Err(err) => {
+                tracing::error!(
+                    group = self.id,
+                    index = e.index,
+                    "membership change refused: {err}"
+                );
+                None
+            }
+        }
+    }
+
+    /// This node's Raft id in the group.
+    pub fn raft_id(&self) -> u64 {
+        self.node.raft.id
+    }
+
+    /// The group's voters as applied here, in order.
+    pub fn voters(&self) -> Vec<u64> {
+        let mut v: Vec<u64> = self.node.raft.prs().conf().voters().ids().iter().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The next step in replacing node `node`'s Raft id with `raft_id` (its data was wiped,
+    /// `cluster::check_data_dir`), proposed if this node leads and no other change is under
+    /// way: first its old id goes, then the new one comes; one change at a time, as
+    /// raft-rs allows. Asked again until done (a proposal can be lost).
+    pub fn replace_member(&mut self, node: u64, raft_id: u64) {
+        if !self.is_leader() || self.node.raft.has_pending_conf() {
+            return;
+        }
+        let voters = self.voters();
+        let old = voters
+            .iter()
+            .copied()
+            .find(|v| super::node_of(*v) == node && *v != raft_id);
+        let (add, id) = match old {
+            Some(old) => (false, old),
+            None if !voters.contains(&raft_id) => (true, raft_id),
+            None => return,
+        };
+        tracing::info!(
+            group = self.id,
+            node,
+            raft_id = id,
+            add,
+            "replacing a rejoining node's raft id"
+        );
+        if let Err(e) = self.propose_member(add, id, Vec::new()) {
+            tracing::debug!(group = self.id, "raft membership change: {e}");
         }
     }
 

@@ -3,6 +3,12 @@
 //! does each round's ready work with one sync for every group, handing each group's committed
 //! entries to its `Apply` in log order. Reads wait for their read index and then for this
 //! node to apply up to it.
+//!
+//! A node that rejoins with a wiped data directory takes part in the metadata group under a
+//! new Raft id (`check_data_dir`): until the group has it as a voter, it asks its peers every
+//! `REJOIN_ASK` to replace its old id with the new one (`Frame::Rejoin`), and the leader does
+//! so in two membership changes (`Group::replace_member`). It then catches up like a new
+//! member, from the leader's log or snapshot.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -16,6 +22,9 @@ use super::storage::LogBytes;
 use super::unopened::{Early, Unopened};
 use super::{ClusterError, META_GROUP};
 use crate::store::{Op, RaftLog, Store};
+
+/// How often (in ticks) a rejoining node asks its peers to take its new Raft id.
+const REJOIN_ASK: u32 = 10;
 
 /// Reads waiting for their read index, then for this node to apply up to it.
 #[derive(Default)]
@@ -112,6 +121,8 @@ pub(super) struct Runtime {
     next_change: u64,
     /// Messages for groups not open here yet (a new queue's, before its metadata is here).
     unopened: Unopened,
+    /// Ticks since this node last asked to rejoin (see the module doc).
+    rejoin_ticks: u32,
 }
 
 impl Runtime {
@@ -136,6 +147,7 @@ impl Runtime {
             log_bytes,
             next_change: 0,
             unopened: Unopened::default(),
+            rejoin_ticks: 0,
         }
     }
 
@@ -157,6 +169,7 @@ impl Runtime {
                         r.group.expire_snapshot();
                     }
                     self.unopened.expire(std::time::Instant::now());
+                    self.ask_to_rejoin();
                 }
                 changed = links.changed(), if links_open => match changed {
                     Ok(()) => {
@@ -270,6 +283,16 @@ impl Runtime {
         if !self.links.is_current(m.from, m.session) {
             return tracing::trace!(from = m.from, "message from a link that went down");
         }
+        if let Frame::Rejoin { raft_id } = m.frame {
+            // Only for the sender itself, and only for an id that is not a node's first.
+            if super::node_of(raft_id) == m.from
+                && raft_id != m.from
+                && let Some(r) = self.groups.get_mut(&META_GROUP)
+            {
+                r.group.replace_member(m.from, raft_id);
+            }
+            return;
+        }
         if let Frame::Raft { group, msg } = m.frame {
             match self.groups.get_mut(&group) {
                 Some(r) => r.group.step(&msg),
@@ -285,6 +308,30 @@ impl Runtime {
                     self.unopened.keep(group, early, std::time::Instant::now());
                 }
             }
+        }
+    }
+
+    /// A node that rejoins (its metadata Raft id is not its node id) asks every peer it
+    /// reaches to make its id a voter, until one is.
+    fn ask_to_rejoin(&mut self) {
+        let Some(r) = self.groups.get(&META_GROUP) else {
+            return;
+        };
+        let me = r.group.raft_id();
+        if me == self.node_id || r.group.voters().contains(&me) {
+            return;
+        }
+        self.rejoin_ticks += 1;
+        if self.rejoin_ticks < REJOIN_ASK {
+            return;
+        }
+        self.rejoin_ticks = 0;
+        tracing::info!(
+            raft_id = me,
+            "rejoining the cluster under a new raft id: asking the metadata leader"
+        );
+        for peer in up_peers(&self.links.up().borrow()) {
+            self.links.send(peer, Frame::Rejoin { raft_id: me });
         }
     }
 
@@ -426,7 +473,11 @@ impl Runtime {
 /// Tell who leads a group once it changes (the metadata group's in the log); true if it
 /// changed.
 fn report_leader(id: u64, r: &mut Running) -> bool {
-    let now = (r.group.leader(), r.group.term());
+    let mut now = (r.group.leader(), r.group.term());
+    if id == META_GROUP {
+        // By node: a node that rejoined leads under a Raft id of its own.
+        now.0 = super::node_of(now.0);
+    }
     if now == r.known {
         return false;
     }

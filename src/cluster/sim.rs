@@ -3,7 +3,9 @@
 //! them (tick, step, propose, then each round's ready work in two halves around the write),
 //! on an in-process network that drops, delays, duplicates and reorders messages, cuts
 //! nodes and single links off, and crashes nodes (also between a round's two halves, before
-//! its write) and restarts them from what their store kept. A small queue state machine
+//! its write) and restarts them from what their store kept, or wipes a node's store (a lost
+//! disk) and restarts it under a new Raft id, which the leader swaps in for its old one
+//! (`Group::replace_member`, as a `Frame::Rejoin` asks it to). A small queue state machine
 //! stands in for a quorum queue's, with its snapshots (made every few entries, and when a
 //! follower needs one), so that logs are compacted and followers far behind are sent one.
 //!
@@ -25,6 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::node::Apply;
+use super::node_of;
 use super::raft::{Group, GroupIo, Transport};
 use super::storage::Gauge;
 use crate::store::{Op, Store};
@@ -161,6 +164,9 @@ struct Up {
 
 struct Node {
     id: u64,
+    /// Its Raft id: `id`, or a new one after each wipe.
+    raft_id: u64,
+    wipes: u64,
     dir: PathBuf,
     up: Option<Up>,
     /// Down until this step.
@@ -203,7 +209,9 @@ impl Node {
             log_bytes: Arc::new(NoGauge),
         };
         let saved = recovered.raft.get(&GROUP);
-        let group = Group::open(GROUP, self.id, NODES.to_vec(), saved, io, &mut machine)
+        // A wiped node starts from the group's first voters too (and is none of them): the
+        // leader's log or snapshot brings it up to date.
+        let group = Group::open(GROUP, self.raft_id, NODES.to_vec(), saved, io, &mut machine)
             .expect("the group opens");
         machine.running = true;
         self.up = Some(Up {
@@ -232,6 +240,22 @@ impl Node {
         };
         self.down_until = until;
         installed
+    }
+
+    /// The node's disk is lost: it comes back empty, under a new Raft id.
+    fn wipe(&mut self, until: u64) -> u64 {
+        let installed = self.crash(until);
+        std::fs::remove_dir_all(&self.dir).expect("the store's directory goes");
+        self.wipes += 1;
+        self.raft_id = self.id | (self.wipes << 32);
+        installed
+    }
+
+    /// Waiting to be taken in under its new Raft id (after a wipe).
+    fn rejoining(&self) -> bool {
+        self.up
+            .as_ref()
+            .is_some_and(|up| self.raft_id != self.id && !up.group.voters().contains(&self.raft_id))
     }
 
     /// One round of ready work, as `node.rs` does it; with `crash`, the node dies after the
@@ -298,6 +322,7 @@ struct Counts {
     committed: usize,
     crashes: u64,
     crashes_mid_round: u64,
+    wipes: u64,
     partitions: u64,
     dropped: u64,
     duplicated: u64,
@@ -341,6 +366,8 @@ impl Sim {
             .iter()
             .map(|id| Node {
                 id: *id,
+                raft_id: *id,
+                wipes: 0,
                 dir: dir.join(format!("n{id}")),
                 up: None,
                 down_until: 0,
@@ -404,6 +431,7 @@ impl Sim {
             }
         }
         self.deliver(faults);
+        self.rejoin(faults);
         self.propose(new_work);
         for i in 0..self.nodes.len() {
             let crash = faults && self.rng.chance(1);
@@ -438,6 +466,13 @@ impl Sim {
             self.counts.installed += self.nodes[i].crash(until);
             self.counts.crashes += 1;
         }
+        // One lost disk at a time (a minority): the next only once the last wiped node is a
+        // voter again and its old id gone.
+        if self.rng.chance(1) && self.nodes[i].up.is_some() && self.replaced() {
+            let until = now + 20 + self.rng.below(300);
+            self.counts.installed += self.nodes[i].wipe(until);
+            self.counts.wipes += 1;
+        }
         if self.rng.chance(3) {
             // A node cut off from both others, both ways.
             let until = now + 50 + self.rng.below(600);
@@ -457,6 +492,38 @@ impl Sim {
                 self.cuts.cut(b, a, until);
             }
             self.counts.partitions += 1;
+        }
+    }
+
+    /// Every node's Raft id, and no other, is a voter as the leader has it.
+    fn replaced(&self) -> bool {
+        let ids: BTreeSet<u64> = self.nodes.iter().map(|n| n.raft_id).collect();
+        let leader = self.nodes.iter().filter_map(|n| n.up.as_ref());
+        leader
+            .filter(|up| up.group.is_leader())
+            .any(|up| up.group.voters().into_iter().collect::<BTreeSet<u64>>() == ids)
+    }
+
+    /// A rejoining node asks (every 40 steps, as its runtime does every second) the
+    /// leaders it can reach to take its new Raft id.
+    fn rejoin(&mut self, faults: bool) {
+        if !self.now.is_multiple_of(40) {
+            return;
+        }
+        let now = self.now;
+        let asking: Vec<(u64, u64)> = self
+            .nodes
+            .iter()
+            .filter(|n| n.rejoining())
+            .map(|n| (n.id, n.raft_id))
+            .collect();
+        for (node, raft_id) in asking {
+            for n in &mut self.nodes {
+                let cut = faults && self.cuts.is_cut(node, n.id, now);
+                if let Some(up) = n.up.as_mut().filter(|_| n.id != node && !cut) {
+                    up.group.replace_member(node, raft_id);
+                }
+            }
         }
     }
 
@@ -501,7 +568,7 @@ impl Sim {
                     due: self.now + delay,
                     seq: self.seq,
                     from,
-                    to,
+                    to: node_of(to),
                     msg: msg.clone(),
                 });
             }

@@ -216,10 +216,20 @@ impl Storage for GroupStorage {
         self.mem.last_index()
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+    /// The kept snapshot, if it is recent enough and names `to` as a member: raft-rs on a
+    /// follower ignores a snapshot whose members do not include it, so a member added after
+    /// the last snapshot (a grown queue, a wiped node back) needs a new one.
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let mut snaps = self.snaps();
+        let names = |snap: &Snapshot| {
+            let cs = snap.get_metadata().get_conf_state();
+            let ids = cs.get_voters().iter().chain(cs.get_learners());
+            ids.chain(cs.get_voters_outgoing()).any(|id| *id == to)
+        };
         match &snaps.kept {
-            Some((snap, _)) if snap.get_metadata().index >= request_index => Ok(snap.clone()),
+            Some((snap, _)) if snap.get_metadata().index >= request_index && names(snap) => {
+                Ok(snap.clone())
+            }
             _ => {
                 snaps.wanted = true;
                 Err(raft::Error::Store(

@@ -87,6 +87,11 @@ impl TestCluster {
     }
 
     pub(crate) fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    /// Start node `i` with `extra` command-line arguments.
+    pub(crate) fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let node = &mut self.nodes[i];
         let own = &self.peers[i];
         let cluster_listen = own.split_once('=').unwrap().1;
@@ -106,6 +111,7 @@ impl TestCluster {
         for p in &self.peers {
             cmd.arg("--peer").arg(p);
         }
+        cmd.args(extra);
         let mut child = cmd
             .env("WARREN_LOG", "info")
             .stderr(std::process::Stdio::piped())

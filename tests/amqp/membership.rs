@@ -319,3 +319,80 @@ async fn a_transaction_from_a_non_member_is_one_log_entry_on_the_member() {
     tch.close(200, "OK".into()).await.unwrap();
     assert_eq!(count(&ch1, "t1").await, 2);
 }
+
+/// A node whose data directory was wiped rejoins with `--rejoin`: under a new Raft id in
+/// the metadata group and in each quorum queue it was a member of, it catches up (by
+/// snapshot: the logs were compacted meanwhile) and then holds a full replica: with another
+/// node killed, every confirmed message is drained from it. A queue it was the only member
+/// of lost its contents with the wipe, and works again, empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_as_a_new_member_and_catches_up() {
+    let settings = "metadata_snapshot_entries = 20\nquorum_snapshot_bytes = 16384\n\
+                    cluster_command_timeout_ms = 3000\n";
+    let mut cluster = TestCluster::start(3, settings);
+    let mut apis = Vec::new();
+    for i in 0..3 {
+        apis.push(cluster.http(i).await);
+    }
+    let (_c1, ch1) = cluster.channel(0).await;
+    ch1.queue_declare("kept".into(), durable(), quorum_args(None))
+        .await
+        .unwrap();
+    let (c3, ch3) = cluster.channel(2).await;
+    ch3.queue_declare("solo".into(), durable(), quorum_args(Some(1)))
+        .await
+        .unwrap();
+    assert_eq!(members(apis[0], "solo").await, serde_json::json!([3]));
+    assert_eq!(publish_confirmed_from(&ch3, "solo", 0, 10).await, (10, 0));
+    drop(c3);
+    for i in 0..30 {
+        crate::cluster::declare_exchange(&ch1, &format!("before-{i}"))
+            .await
+            .unwrap();
+    }
+    let publisher = Publisher::start(ch1.clone(), "kept", None).await;
+    let until_published = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let publisher = &publisher;
+        async move {
+            while publisher.published() < n {
+                assert!(std::time::Instant::now() < deadline, "publishing stalled");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until_published(2000).await;
+    cluster.kill9(2);
+    cluster.wipe(2);
+    until_published(publisher.published() + 2000).await;
+    crate::cluster::declare_exchange(&ch1, "while-wiped")
+        .await
+        .unwrap();
+    cluster.spawn_with(2, &["--rejoin"]);
+    let (c3, ch3) = cluster.channel(2).await;
+    for x in ["before-0", "before-29", "while-wiped"] {
+        assert_eq!(crate::cluster::exchange_code(&c3, x).await, None, "{x}");
+    }
+    // The leader replaces node 3's old Raft id in the queue's group with a new one, and the
+    // new member catches up.
+    let outcome = publisher.finish().await;
+    until_lags(&apis[..2], "kept", &[(1, 0), (2, 0), (3, 0)]).await;
+    let id = raft_id(&apis[..2], "kept", 3).await;
+    assert!(id != 3 && id & 0xFFFF_FFFF == 3, "{id:#x}");
+    assert!(
+        cluster.said(2, "installed a snapshot from the leader") > 0,
+        "node 3 caught up by snapshot"
+    );
+    assert_eq!(members(apis[0], "solo").await, serde_json::json!([3]));
+    assert_eq!(count(&ch3, "solo").await, 0, "its only replica was wiped");
+    assert_eq!(publish_confirmed_from(&ch3, "solo", 0, 10).await, (10, 0));
+
+    // Node 1 (the queue's leader) goes: nodes 2 and 3 are a majority of both groups, and
+    // node 3's replica has every confirmed message.
+    cluster.kill9(0);
+    ch3.basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = crate::common::consume(&ch3, "kept", "drain", false).await;
+    check_total_queue(&mut consumer, Vec::new(), outcome, 0).await;
+}

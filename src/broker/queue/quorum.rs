@@ -132,8 +132,22 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
     let (me, placement) = (spec.me, spec.placement);
     let (handle, on_deleted, memory) = (shared.clone(), spec.on_deleted, spec.memory);
     tokio::spawn(async move {
-        let Ok(rt) = runtime.wait_for(Option::is_some).await.map(|r| r.clone()) else {
-            return;
+        let mut inbox = rx;
+        // Commands that come before the runtime (the node applies its metadata log as it
+        // starts) wait for the replica; a stop ends it before it opens its group: a replica
+        // of a placement replaced since must never take part under its old Raft id.
+        let mut early = Vec::new();
+        let rt = loop {
+            tokio::select! {
+                r = runtime.wait_for(Option::is_some) => match r {
+                    Ok(r) => break r.clone(),
+                    Err(_) => return,
+                },
+                cmd = inbox.recv() => match cmd {
+                    None | Some(QueueCmd::Stop) => return,
+                    Some(cmd) => early.push(cmd),
+                },
+            }
         };
         let Some(rt) = rt else { return };
         let replica = Replica {
@@ -161,7 +175,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             relays: HashMap::new(),
             snapshots: Default::default(),
         };
-        replica.run(rx, placement).await;
+        replica.run((inbox, early), placement).await;
     });
     shared
 }
@@ -250,7 +264,11 @@ struct Replica {
 }
 
 impl Replica {
-    async fn run(mut self, mut inbox: mpsc::Receiver<QueueCmd>, placement: Quorum) {
+    async fn run(
+        mut self,
+        (mut inbox, early): (mpsc::Receiver<QueueCmd>, Vec<QueueCmd>),
+        placement: Quorum,
+    ) {
         let (tx, mut committed) = mpsc::unbounded_channel();
         let voters = placement.raft_ids();
         let campaign = placement.members.first() == Some(&self.me);
@@ -275,6 +293,9 @@ impl Replica {
             }
         };
         let (reads_tx, mut reads_rx) = mpsc::unbounded_channel::<Read>();
+        for cmd in early {
+            self.command(cmd, &reads_tx).await;
+        }
         let mut alarm = self.memory.subscribe();
         // The first member of a new group stands for election at once, but another may win
         // (its election timer ran out first, or a vote request came before a peer had the

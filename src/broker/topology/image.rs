@@ -130,9 +130,9 @@ impl Topology {
                     ch.list.push(Change::QueueAdded(q.clone()));
                 }
                 Some(old) => {
-                    let before = old.quorum.as_ref().map(|p| p.members.clone());
-                    let now = q.quorum.as_ref().map(|p| &p.members);
-                    if let Some(before) = before.filter(|b| Some(b) != now) {
+                    if let Some(before) =
+                        old.quorum.clone().filter(|b| Some(b) != q.quorum.as_ref())
+                    {
                         ch.list.push(Change::QueueMembers {
                             queue: q.clone(),
                             before,

@@ -121,8 +121,7 @@ impl Topology {
         self.queues.insert(q.name.clone(), q);
     }
 
-    /// A queue went (it reports that itself): forget it and every binding to it. A stale
-    /// report (a queue of that name declared since) changes nothing.
+    /// A node is gone: its exclusive and transient queues go with it.
     pub(super) fn node_down(&mut self, node: NodeId, ch: &mut Changes) {
         let mut gone: Vec<(Arc<str>, u64)> = self
             .queues
@@ -170,13 +169,55 @@ impl Topology {
         if p.members == members && kept == ids {
             return;
         }
-        let before = std::mem::replace(&mut p.members, members);
+        let before = p.clone();
+        p.members = members;
         p.ids = ids;
         p.changes += 1;
+        // A wiped node back as a member: its old id is out of the group by then.
+        let members = &p.members;
+        p.stale.retain(|(node, _)| !members.contains(node));
         ch.list.push(Change::QueueMembers {
             queue: q.clone(),
             before,
         });
+    }
+
+    /// A node's data was wiped (it rejoined the cluster under a new Raft id): it leaves
+    /// every quorum queue it was a member of, its old Raft id kept in `Quorum::stale` for
+    /// the group's leader to replace. A queue it was the only member of lost its contents
+    /// with it: the node stays its member, under a new id, and the group starts again empty.
+    pub(super) fn node_wiped(&mut self, node: NodeId, ch: &mut Changes) {
+        let mut hit: Vec<(u64, Arc<str>)> = self
+            .queues
+            .values()
+            .filter(|q| q.quorum.as_ref().is_some_and(|p| p.members.contains(&node)))
+            .map(|q| (q.id, q.name.clone()))
+            .collect();
+        // In id order, so that every node makes the same changes in the same order.
+        hit.sort();
+        for (_, name) in hit {
+            let Some(q) = self.queues.get_mut(&name) else {
+                continue;
+            };
+            let Some(p) = q.quorum.as_mut() else { continue };
+            let mut ids = p.raft_ids();
+            let Some(i) = p.members.iter().position(|m| *m == node) else {
+                continue;
+            };
+            let before = p.clone();
+            if p.members.len() == 1 {
+                ids[i] = p.next_raft_id(node);
+            } else {
+                p.stale.push((node, ids.remove(i)));
+                p.members.remove(i);
+            }
+            p.ids = ids;
+            p.changes += 1;
+            ch.list.push(Change::QueueMembers {
+                queue: q.clone(),
+                before,
+            });
+        }
     }
 
     pub(super) fn remove_queue(&mut self, name: &str, id: u64, ch: &mut Changes) {

@@ -14,12 +14,14 @@ impl VHost {
     /// A quorum queue's members changed: a node that joined starts its replica (it catches
     /// up from the leader), one that left stops its own and deletes its log; either way its
     /// consumers of the queue are cancelled (basic.cancel). Other nodes use the new members.
-    pub(super) fn members_changed(&self, rt: &mut Runtime, q: QueueRecord, before: &[NodeId]) {
+    pub(super) fn members_changed(&self, rt: &mut Runtime, q: QueueRecord, before: &Quorum) {
         let Some(p) = &q.quorum else { return };
-        let (was, is) = (before.contains(&self.node), p.members.contains(&self.node));
+        // This node's replica runs under its Raft id: a new one (it joined, or rejoined
+        // after a wipe) needs a new replica, as does leaving (a stub instead).
+        let (was, is) = (before.raft_id_of(self.node), p.raft_id_of(self.node));
         tracing::info!(queue = %q.name, members = ?p.members, "quorum queue members changed");
         if was == is {
-            if let (false, Some(h)) = (is, rt.handles.get(&q.name)) {
+            if let (None, Some(h)) = (is, rt.handles.get(&q.name)) {
                 let (h, members) = (h.clone(), p.members.clone());
                 tokio::spawn(async move { h.send(queue::QueueCmd::Members(members)).await });
             }

@@ -27,8 +27,12 @@ fn run_with(seed: u64, steps: u64, work: u64) -> Counts {
         healed += 1;
         assert!(
             healed < 20_000,
-            "seed {seed}: the cluster did not settle after the faults ({} pending)",
-            sim.client.pending.len()
+            "seed {seed}: the cluster did not settle after the faults ({} pending): {:?}",
+            sim.client.pending.len(),
+            sim.nodes
+                .iter()
+                .map(|n| (n.raft_id, n.up.as_ref().map(|up| up.group.status())))
+                .collect::<Vec<_>>()
         );
     }
     // Three more rounds of heartbeats, so the last commit index reaches every follower.
@@ -91,6 +95,7 @@ fn three_replicas_converge_and_lose_no_committed_entry_under_faults() {
         total.committed += c.committed;
         total.crashes += c.crashes;
         total.crashes_mid_round += c.crashes_mid_round;
+        total.wipes += c.wipes;
         total.partitions += c.partitions;
         total.dropped += c.dropped;
         total.duplicated += c.duplicated;
@@ -99,7 +104,7 @@ fn three_replicas_converge_and_lose_no_committed_entry_under_faults() {
     // The faults were exercised, not only survived.
     assert!(total.committed > 12 * 1000, "{total:?}");
     assert!(
-        total.crashes_mid_round > 0 && total.partitions > 0,
+        total.crashes_mid_round > 0 && total.partitions > 0 && total.wipes > 0,
         "{total:?}"
     );
     assert!(total.dropped > 0 && total.duplicated > 0, "{total:?}");

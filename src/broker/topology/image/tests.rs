@@ -16,7 +16,7 @@ use crate::test_rng::Rng;
 #[derive(Debug, Default, PartialEq)]
 struct Runtime {
     routers: BTreeMap<Arc<str>, BTreeMap<BindingId, BindingKey>>,
-    queues: BTreeMap<Arc<str>, (u64, Option<Vec<NodeId>>)>,
+    queues: BTreeMap<Arc<str>, (u64, Option<Quorum>)>,
 }
 
 impl Runtime {
@@ -46,15 +46,15 @@ impl Runtime {
                     }
                 }
                 Change::QueueAdded(q) => {
-                    let members = q.quorum.as_ref().map(|p| p.members.clone());
-                    self.queues.insert(q.name.clone(), (q.id, members));
+                    self.queues.insert(q.name.clone(), (q.id, q.quorum.clone()));
                 }
                 Change::QueueRemoved(name) => {
                     self.queues.remove(name);
                 }
                 Change::QueueMembers { queue, .. } => {
-                    let members = queue.quorum.as_ref().map(|p| p.members.clone());
-                    self.queues.insert(queue.name.clone(), (queue.id, members));
+                    let placement = queue.quorum.clone();
+                    self.queues
+                        .insert(queue.name.clone(), (queue.id, placement));
                 }
             }
         }
@@ -86,7 +86,7 @@ fn command(rng: &mut Rng, t: &Topology) -> Cmd {
         key: pick(rng, &["a", "b"]).into(),
         arguments: FieldTable::default(),
     };
-    match rng.below(9) {
+    match rng.below(10) {
         0 => Cmd::DeclareExchange(ExchangeDecl {
             name: pick(rng, &EXCHANGES).into(),
             kind: pick(rng, &["direct", "fanout", "topic"]).into(),
@@ -133,6 +133,9 @@ fn command(rng: &mut Rng, t: &Topology) -> Cmd {
             }
         }
         7 => Cmd::NodeDown {
+            node: 1 + rng.below(3),
+        },
+        8 if rng.chance(300) => Cmd::NodeWiped {
             node: 1 + rng.below(3),
         },
         _ => {

@@ -222,6 +222,9 @@ struct Joining<'a> {
 
 /// A peer whose link stays down this many peer timeouts is taken as down.
 const NODE_DOWN_AFTER_TIMEOUTS: u32 = 5;
+/// How many command timeouts a node back from a wiped data dir waits, before it serves,
+/// for its quorum queues to take it back (`back_in_quorum_queues`).
+const REJOIN_WAIT: u32 = 5;
 
 /// Start this node's part of the cluster: the metadata group applies its log to `vhosts`
 /// (again from the first entry), then every change goes through it. Returns once this node
@@ -280,9 +283,40 @@ async fn join(
     }
     replicated.rejoin().await;
     tracing::info!("caught up with the cluster's metadata");
+    back_in_quorum_queues(&cluster, vhosts).await;
     let down_after = cluster.config.peer_timeout * NODE_DOWN_AFTER_TIMEOUTS;
     tokio::spawn(replicated.watch_nodes(down_after));
     Ok(cluster)
+}
+
+/// A node back from a wiped data dir was taken out of its quorum queues, and their leaders
+/// add it back (`members::repair`): it serves once they have, so that its clients'
+/// consumers start on its own replicas (a consumer of a queue its node joins later is
+/// cancelled), or after `REJOIN_WAIT` command timeouts if a queue cannot be repaired (a
+/// majority of its members lost). Returns at once on any other start.
+async fn back_in_quorum_queues(cluster: &Cluster, vhosts: &HashMap<String, Arc<VHost>>) {
+    let me = cluster.node_id();
+    let waiting = || {
+        let stale = vhosts.values().flat_map(|v| v.stale_queues());
+        stale
+            .filter(|q| {
+                q.quorum
+                    .as_ref()
+                    .is_some_and(|p| p.stale.iter().any(|(n, _)| *n == me))
+            })
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + cluster.config.command_timeout * REJOIN_WAIT;
+    while waiting() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    match waiting() {
+        0 => {}
+        n => tracing::warn!(
+            queues = n,
+            "quorum queues have not taken this node back as a member yet: serving anyway"
+        ),
+    }
 }
 
 /// Recovered queues by vhost, each message's row shared (one refcount per row, held by

@@ -370,14 +370,17 @@ async fn a_wiped_node_rejoins_as_a_new_member_and_catches_up() {
         .unwrap();
     cluster.spawn_with(2, &["--rejoin"]);
     let (c3, ch3) = cluster.channel(2).await;
+    // It serves once its queues took it back: consumers on it start on its own replica.
+    apis[2] = cluster.http(2).await;
+    assert_eq!(members(apis[2], "kept").await, serde_json::json!([1, 2, 3]));
     for x in ["before-0", "before-29", "while-wiped"] {
         assert_eq!(crate::cluster::exchange_code(&c3, x).await, None, "{x}");
     }
     // The leader replaces node 3's old Raft id in the queue's group with a new one, and the
     // new member catches up.
     let outcome = publisher.finish().await;
-    until_lags(&apis[..2], "kept", &[(1, 0), (2, 0), (3, 0)]).await;
-    let id = raft_id(&apis[..2], "kept", 3).await;
+    until_lags(&apis, "kept", &[(1, 0), (2, 0), (3, 0)]).await;
+    let id = raft_id(&apis, "kept", 3).await;
     assert!(id != 3 && id & 0xFFFF_FFFF == 3, "{id:#x}");
     assert!(
         cluster.said(2, "installed a snapshot from the leader") > 0,

@@ -399,3 +399,57 @@ async fn a_wiped_node_rejoins_as_a_new_member_and_catches_up() {
     let mut consumer = crate::common::consume(&ch3, "kept", "drain", false).await;
     check_total_queue(&mut consumer, Vec::new(), outcome, 0).await;
 }
+
+/// A consumer on a node that is not a member, under a publisher: the queue grows onto its
+/// node, and the consumer carries on through the member it used (new consumers there start
+/// on the node's own replica) with every confirmed message. A new consumer on its channel
+/// moves the channel to the node's replica: the old consumer is then cancelled
+/// (basic.cancel), not left waiting for deliveries that never come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_carries_on_when_its_node_joins_the_members() {
+    use futures_lite::StreamExt;
+    let cluster = TestCluster::start(3, "");
+    let (c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    ch1.queue_declare("joined".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(members(api, "joined").await, serde_json::json!([1, 2]));
+    let (_c3, ch3) = cluster.channel(2).await;
+    ch3.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch3, "joined", "before", false).await;
+    let publisher = Publisher::start(c1.create_channel().await.unwrap(), "joined", None).await;
+    let mut received = Vec::new();
+    while received.len() < 300 {
+        received.push(take_acked(&mut consumer).await);
+    }
+    let before = publisher.published();
+    let guest = Some(("guest", "guest"));
+    let path = "/api/queues/%2F/joined/members/3";
+    let (status, body) = crate::common::http_call(api, "PUT", path, guest).await;
+    assert_eq!(status, 200, "{body}");
+    while received.len() < before + 300 {
+        received.push(take_acked(&mut consumer).await);
+    }
+    let outcome = publisher.finish().await;
+    check_total_queue(&mut consumer, received, outcome, before).await;
+
+    let mut after = crate::common::consume(&ch3, "joined", "after", false).await;
+    let cancelled = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(d) = consumer.next().await {
+            drop(d);
+        }
+    });
+    cancelled.await.expect("the old consumer is cancelled");
+    assert_eq!(
+        publish_confirmed_from(&ch1, "joined", 1_000_000, 10).await,
+        (10, 0)
+    );
+    let mut got = BTreeSet::new();
+    while got.len() < 10 {
+        let n = take_acked(&mut after).await;
+        if n >= 1_000_000 {
+            got.insert(n);
+        }
+    }
+}

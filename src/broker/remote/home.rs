@@ -245,7 +245,7 @@ async fn handle(
             no_ack,
             entries,
         } => deliver(fwd, from, session, queue, consumer, no_ack, entries).await,
-        Fwd::ConsumerGone { consumer } => fwd.consumer_gone(consumer),
+        Fwd::ConsumerGone { consumer } => fwd.consumer_gone_from(from, consumer),
         Fwd::PoolWant { channel, want } => {
             let n = fwd.want((from, session, channel), want);
             if n > 0 {

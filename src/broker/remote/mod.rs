@@ -339,6 +339,20 @@ impl Forwarder {
     }
 
     /// The home node cancelled a consumer (its queue went away).
+    /// The queue that `from` serves a consumer here through cancelled it: gone, unless the
+    /// consumer has moved to another member since (a late word of the one it left).
+    fn consumer_gone_from(&self, from: NodeId, consumer: ConsumerId) {
+        let mut consumers = self.consumers.lock().unwrap_or_else(|e| e.into_inner());
+        if consumers.get(&consumer).is_none_or(|c| c.home != from) {
+            return;
+        }
+        let c = consumers.remove(&consumer);
+        drop(consumers);
+        if let Some(c) = c {
+            let _ = c.events.send(ConnEvent::Cancelled(consumer));
+        }
+    }
+
     fn consumer_gone(&self, consumer: ConsumerId) {
         let c = self
             .consumers

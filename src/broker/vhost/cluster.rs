@@ -27,8 +27,13 @@ impl VHost {
             }
             return;
         }
-        // A replica's Stop deletes its group's log (the group lives on elsewhere).
-        if let Some(old) = rt.handles.remove(&q.name) {
+        // A replica's Stop deletes its group's log (the group lives on elsewhere). A stub
+        // replaced by this node's new replica is not stopped: it ends with the last
+        // consumer or channel that holds it, and until then serves them through the member
+        // they use (new consumers start on the replica).
+        if let Some(old) = rt.handles.remove(&q.name)
+            && was.is_some()
+        {
             old.stop();
         }
         let name = q.name.clone();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{QBody, QEntry, QOp, Replica, Waiter};
-use crate::broker::ids::{ChannelId, NodeId};
+use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::queue::state::{Checkout, Command, Delivery, Effect, Meta, Reply};
 use crate::broker::queue::{ConnEvent, Entry, Stat};
 use crate::error::{Error, code};
@@ -127,9 +127,21 @@ impl Replica {
         } else {
             self.relays.insert(ch, origin);
         }
-        // This replica's registrations for the channel were for the old route.
+        // This replica's registrations for the channel were for the old route. Each is told
+        // it is gone: a consumer moved to another member with its channel is registered
+        // there already (its node ignores a cancel from the member it left), and one the new
+        // route does not carry (a node that became a member serves the channel's new
+        // consumers itself) must not wait for deliveries that never come.
         if origin != self.me {
-            self.consumers.retain(|id, _| id.channel != ch);
+            let gone: Vec<ConsumerId> = (self.consumers.keys())
+                .filter(|id| id.channel == ch)
+                .cloned()
+                .collect();
+            for id in gone {
+                if let Some(l) = self.consumers.remove(&id) {
+                    let _ = l.events.send(ConnEvent::Cancelled(id));
+                }
+            }
         }
         true
     }

@@ -338,7 +338,6 @@ impl Forwarder {
         Ok(())
     }
 
-    /// The home node cancelled a consumer (its queue went away).
     /// The queue that `from` serves a consumer here through cancelled it: gone, unless the
     /// consumer has moved to another member since (a late word of the one it left).
     fn consumer_gone_from(&self, from: NodeId, consumer: ConsumerId) {
@@ -353,6 +352,7 @@ impl Forwarder {
         }
     }
 
+    /// A consumer through a stub is gone (its queue went away, or its stub ended).
     fn consumer_gone(&self, consumer: ConsumerId) {
         let c = self
             .consumers

@@ -12,8 +12,9 @@ use crate::error::{Error, code};
 
 impl VHost {
     /// A quorum queue's members changed: a node that joined starts its replica (it catches
-    /// up from the leader), one that left stops its own and deletes its log; either way its
-    /// consumers of the queue are cancelled (basic.cancel). Other nodes use the new members.
+    /// up from the leader; its consumers so far carry on through their stub), one that left
+    /// stops its own and deletes its log (its consumers of the queue are cancelled,
+    /// basic.cancel). Other nodes use the new members.
     pub(super) fn members_changed(&self, rt: &mut Runtime, q: QueueRecord, before: &Quorum) {
         let Some(p) = &q.quorum else { return };
         // This node's replica runs under its Raft id: a new one (it joined, or rejoined

@@ -83,7 +83,7 @@ fuzz_target!(|data: &[u8]| {
                     arguments: queue_type(flags),
                     // Placed as a declaring node would place a quorum queue (or not at all).
                     quorum: (flags & 64 != 0)
-                        .then(|| Quorum::new(u64::from(flags) | 1, vec![0, 1, 2])),
+                        .then(|| Quorum::new(u64::from(flags) | 1, vec![1, 2, 3])),
                 },
                 conn,
             ),
@@ -99,7 +99,8 @@ fuzz_target!(|data: &[u8]| {
                 id: u64::from(flags % 8),
             },
             7 => {
-                let members: Vec<u64> = (0..4).filter(|n| flags & (1 << n) != 0).collect();
+                // Cluster nodes are numbered from 1 (node 0 is a single node, alone).
+                let members: Vec<u64> = (1..5).filter(|n| flags & (1 << (n - 1)) != 0).collect();
                 // With the members' Raft ids, or without (an entry logged before them).
                 let ids = match flags & 64 != 0 {
                     true => members.iter().map(|n| n | u64::from(flags) << 32).collect(),
@@ -113,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             8 if flags & 8 != 0 => Cmd::NodeWiped {
-                node: u64::from(flags & 3),
+                node: 1 + u64::from(flags & 3),
             },
             _ => Cmd::NodeDown {
                 node: u64::from(flags & 3),

@@ -185,8 +185,8 @@ pub async fn repair(broker: Weak<Broker>) {
         for v in b.vhosts().cloned().collect::<Vec<_>>() {
             for q in v.stale_queues() {
                 let Some(p) = &q.quorum else { continue };
-                let leading = p.raft_id_of(b.node_id());
-                if leading.is_none() || cluster.leader_of(p.group) != leading.unwrap_or(0) {
+                let here = p.raft_id_of(b.node_id());
+                if here.is_none_or(|id| cluster.leader_of(p.group) != id) {
                     continue;
                 }
                 for (node, old) in &p.stale {

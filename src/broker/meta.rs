@@ -134,6 +134,21 @@ fn unavailable(why: impl std::fmt::Display) -> Error {
     )
 }
 
+/// Wait for `until` (it needs a majority of cluster nodes, as long as that takes), saying
+/// so in the log every 5 s.
+pub async fn waiting_for_a_majority<F: std::future::Future>(until: F) {
+    let say = async {
+        for waited in (5u32..).step_by(5) {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            tracing::info!("waiting for a majority of cluster nodes ({waited} s)");
+        }
+    };
+    tokio::select! {
+        _ = until => {}
+        _ = say => {}
+    }
+}
+
 /// Forgets a request's waiter however its wait ends.
 struct Forget<'a>(&'a Pending, u64);
 
@@ -222,16 +237,7 @@ impl Replicated {
         // One request, proposed again until it commits: separate attempts could commit
         // late, after this node serves, and take its new connections' exclusive queues.
         let op = MetaOp::NodeDown { node: me };
-        let waiting = async {
-            for waited in (5u32..).step_by(5) {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                tracing::info!("waiting for a majority of cluster nodes ({waited} s)");
-            }
-        };
-        tokio::select! {
-            _ = self.commit(op, None) => {}
-            _ = waiting => {}
-        }
+        waiting_for_a_majority(self.commit(op, None)).await;
     }
 
     /// While this node leads, a peer whose link stays down for `down_after` is taken as down.

@@ -256,16 +256,7 @@ async fn join(
     let cluster = Cluster::start(cc, store.clone(), raft, applier, memory).await?;
     if !*gate.borrow() {
         tracing::info!("rejoining with a wiped data dir: catching up with the cluster");
-        let waiting = async {
-            for waited in (5u32..).step_by(5) {
-                tokio::time::sleep(Duration::from_secs(5)).await;
-                tracing::info!("still rejoining ({waited} s): a majority must be reachable");
-            }
-        };
-        tokio::select! {
-            _ = gate.wait_for(|open| *open) => {}
-            _ = waiting => {}
-        }
+        meta::waiting_for_a_majority(gate.wait_for(|open| *open)).await;
         tracing::info!("rejoined the cluster as a new member");
     }
     // Replicas of quorum queues started by the log replayed so far wait for this.

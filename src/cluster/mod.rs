@@ -148,8 +148,10 @@ pub fn check_data_dir(
             .ok()
             .filter(|id| node_of(*id) == c.node_id && *id != c.node_id)
     });
+    if let Some(id) = rejoined {
+        return Ok(id);
+    }
     match found {
-        _ if rejoined.is_some() => Ok(rejoined.unwrap_or(c.node_id)),
         Some(f) if f == wanted && rejoin && fresh => write(new_raft_id(c.node_id)),
         Some(f) if f == wanted && rejoin => bad(
             "--rejoin is for a node whose data dir was wiped, and this one holds the node's \

@@ -6,6 +6,7 @@
 //! each (`link`), and one task drives its groups (`node`): ticks, messages from peers,
 //! proposals, and each group's ready work.
 
+pub mod kept;
 pub mod link;
 mod node;
 mod quiet;

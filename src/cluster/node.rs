@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::kept::Keep;
 use super::link::{Inbound, Links, Session, Sessions};
 use super::raft::GroupStatus;
 use super::runtime::{Runtime, up_peers};
@@ -98,6 +99,7 @@ pub(super) enum Request {
         group: u64,
         index: u64,
         data: bytes::Bytes,
+        keep: Keep,
     },
 }
 
@@ -112,6 +114,8 @@ pub struct Cluster {
     idle_inbound: std::sync::Mutex<Option<mpsc::Sender<Inbound>>>,
     /// Who leads each queue group, as this node knows it (the runtime keeps it).
     leaders: Leaders,
+    /// Where the groups' logs are (kept entries are read from it).
+    store: Arc<Store>,
 }
 
 /// Each group's leader (Raft id, 0: none known) but the metadata group's.
@@ -187,7 +191,7 @@ impl Cluster {
         let runtime = Runtime::new(
             config.node_id,
             saved,
-            store,
+            store.clone(),
             links.clone(),
             (l_tx, leaders.clone()),
             log_bytes,
@@ -201,6 +205,7 @@ impl Cluster {
             forwarded: std::sync::Mutex::new(Some(forwarded)),
             idle_inbound: std::sync::Mutex::new(None),
             leaders,
+            store,
         })
     }
 
@@ -304,10 +309,36 @@ impl Cluster {
     }
 
     /// A snapshot of a group's state machine at `index` (an entry it has applied): the log
-    /// up to it is compacted, and a follower too far behind is sent it.
-    pub async fn snapshot(&self, group: u64, index: u64, data: bytes::Bytes) {
-        let req = Request::Snapshot { group, index, data };
+    /// up to it is compacted but the entries `keep` names, and a follower too far behind
+    /// is sent it if `keep` has the entries for it.
+    pub async fn snapshot(&self, group: u64, index: u64, data: bytes::Bytes, keep: Keep) {
+        let req = Request::Snapshot {
+            group,
+            index,
+            data,
+            keep,
+        };
         let _ = self.requests.send(req).await;
+    }
+
+    /// A group's stored entries as the store has them (None: not stored): entries of the
+    /// log, or kept past a snapshot. Blocking: never on an async worker.
+    pub fn read_stored(
+        &self,
+        group: u64,
+        indexes: &[u64],
+    ) -> Result<Vec<Option<Vec<u8>>>, ClusterError> {
+        self.store
+            .read_raft_entries(group, indexes)
+            .map_err(ClusterError::Store)
+    }
+
+    /// The data of a stored entry as `read_stored` gave it.
+    pub fn entry_data(stored: &[u8]) -> Result<bytes::Bytes, ClusterError> {
+        use protobuf::Message as _;
+        let e = raft::prelude::Entry::parse_from_bytes(stored)
+            .map_err(|e| ClusterError::Corrupt(format!("raft entry: {e}")))?;
+        Ok(e.data)
     }
 
     /// Leave a group for good (its queue is deleted): it stops and its log is deleted.

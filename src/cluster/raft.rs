@@ -22,11 +22,12 @@ use raft::prelude::{
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use super::ClusterError;
+use super::kept::{self, Keep};
 use super::link::{Frame, Links};
 use super::node::Apply;
 use super::quiet::Quiet;
 use super::storage::{GroupStorage, LogBytes};
-use crate::store::{Op, RaftLog, Store, StoreError};
+use crate::store::{Compact, Op, RaftLog, Store, StoreError};
 
 /// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
 const ELECTION_TICKS: usize = 10;
@@ -45,6 +46,9 @@ const SNAPSHOT_SENDABLE: usize = super::link::MAX_FRAME - (1 << 20);
 pub struct Prepared {
     ready: raft::Ready,
     pub ops: Vec<Op>,
+    /// A snapshot from the leader (its index and state machine data), and the committed
+    /// entries after it: applied once its kept entries are stored.
+    installed: Option<(u64, Vec<u8>, Vec<Entry>)>,
 }
 
 /// Sync the ops of a round (of every group) in one write of the store's group commit.
@@ -115,6 +119,11 @@ pub struct Group {
     /// Membership changes applied: their proposals' contexts.
     conf_applied: Vec<Vec<u8>>,
     quiet: Quiet,
+    /// Where the stored log proper starts: the entries before it are kept ones
+    /// (`kept`), the next compaction starts here.
+    floor: u64,
+    /// The entries kept past the last snapshot (sorted).
+    kept: Vec<u64>,
 }
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
@@ -158,8 +167,14 @@ impl Group {
         } = io;
         let storage = GroupStorage::new(voters, log_bytes);
         let mut applied = 0;
+        let mut floor = 0;
+        let mut kept = Vec::new();
         if let Some(log) = saved {
-            applied = load(&storage, log, apply)?;
+            (applied, kept) = load(&storage, log, apply)?;
+            floor = match log.floor {
+                0 => log.first,
+                f => f,
+            };
         }
         let config = raft::Config {
             id: node_id,
@@ -193,6 +208,8 @@ impl Group {
             snapshots_sent: Vec::new(),
             conf_applied: Vec::new(),
             quiet: Quiet::default(),
+            floor,
+            kept,
         })
     }
 
@@ -382,16 +399,26 @@ impl Group {
             self.read_states.push((rs.index, rs.request_ctx));
         }
         let mut ops = Vec::new();
+        let mut installed = None;
         if !ready.snapshot().is_empty() {
             // The leader's snapshot replaces this node's log and state (it was too far
-            // behind); the entries in this ready follow it.
-            let snap = ready.snapshot().clone();
+            // behind); the entries in this ready follow it. The state machine gets it once
+            // the entries it keeps are stored with it (it may read them at once).
+            let mut snap = ready.snapshot().clone();
             let index = snap.get_metadata().index;
+            let (kept, app) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
+            let app = app.to_vec();
+            self.kept = kept.iter().map(|(i, _)| *i).collect();
+            snap.data = kept::wrap(&app, &kept::listed(&self.kept)).into();
             ops.push(Op::RaftSnapshot {
                 group: self.id,
                 snapshot: snap.write_to_bytes().expect("a snapshot encodes"),
-                compact_below: u64::MAX,
+                compact: Compact::Replace {
+                    floor: index + 1,
+                    kept,
+                },
             });
+            self.floor = index + 1;
             self.node
                 .mut_store()
                 .install(&snap)
@@ -401,8 +428,7 @@ impl Group {
                 index,
                 "installed a snapshot from the leader"
             );
-            self.applied = index;
-            apply.restore(index, &snap.data);
+            installed = Some((index, app, ready.take_committed_entries()));
         }
         self.apply(ready.take_committed_entries(), apply);
         if !ready.entries().is_empty() {
@@ -426,13 +452,22 @@ impl Group {
             ops.push(self.state_op(hs));
             self.node.mut_store().set_hardstate(hs.clone());
         }
-        Ok(Some(Prepared { ready, ops }))
+        Ok(Some(Prepared {
+            ready,
+            ops,
+            installed,
+        }))
     }
 
     /// The second half, once `prepared.ops` are synced: messages that depend on them go
     /// out, and newly committed entries are applied.
     pub fn finish(&mut self, prepared: Prepared, apply: &mut dyn Apply) {
         let mut ready = prepared.ready;
+        if let Some((index, data, committed)) = prepared.installed {
+            self.applied = index;
+            apply.restore(index, &data);
+            self.apply(committed, apply);
+        }
         self.send(ready.take_persisted_messages());
         let mut light = self.node.advance(ready);
         if let Some(commit) = light.commit_index() {
@@ -457,10 +492,13 @@ impl Group {
 
     /// The state machine made a snapshot at `index` (applied here): it replaces the last
     /// one, and the log before it is compacted, except what a close follower still needs
-    /// from a leader. Returns the store write (None if the snapshot is not newer).
-    pub fn snapshot_made(&mut self, index: u64, data: Bytes) -> Option<Op> {
-        let size = data.len();
-        let snap = self.node.store().made(index, data)?;
+    /// from a leader and the entries `keep` names. Returns the store write (None if the
+    /// snapshot is not newer).
+    pub fn snapshot_made(&mut self, index: u64, data: Bytes, keep: Keep) -> Option<Op> {
+        let size = keep.size;
+        let sendable = keep.entries.map(|e| kept::wrap(&data, &e));
+        let saved = kept::wrap(&data, &kept::listed(&keep.live));
+        let snap = self.node.store().made(index, saved, sendable)?;
         let mut below = index + 1;
         if self.is_leader() {
             let me = self.node.raft.id;
@@ -472,11 +510,27 @@ impl Group {
             }
         }
         self.node.store().compact(below);
-        tracing::debug!(group = self.id, index, size, below, "raft snapshot");
+        tracing::debug!(
+            group = self.id,
+            index,
+            size,
+            below,
+            kept = keep.live.len(),
+            "raft snapshot"
+        );
+        let from = self.floor;
+        self.floor = from.max(below);
+        let forget = kept::forgotten(&self.kept, &keep.live);
+        self.kept = keep.live.clone();
         Some(Op::RaftSnapshot {
             group: self.id,
             snapshot: snap.write_to_bytes().expect("a snapshot encodes"),
-            compact_below: below,
+            compact: Compact::Below {
+                from,
+                below,
+                keep: keep.live,
+                forget,
+            },
         })
     }
 
@@ -644,16 +698,24 @@ impl Group {
 }
 
 /// Load a saved log into `storage`: the snapshot (handed to `apply`), the hard state, and
-/// the entries after the snapshot. Returns the snapshot's index (applied by then).
-fn load(storage: &GroupStorage, log: &RaftLog, apply: &mut dyn Apply) -> Result<u64, ClusterError> {
+/// the entries after the snapshot. Returns the snapshot's index (applied by then) and the
+/// entries kept past it.
+fn load(
+    storage: &GroupStorage,
+    log: &RaftLog,
+    apply: &mut dyn Apply,
+) -> Result<(u64, Vec<u64>), ClusterError> {
     let mut applied = 0;
+    let mut kept = Vec::new();
     if let Some(bytes) = &log.snapshot {
         let snap = Snapshot::parse_from_bytes(bytes).map_err(|e| corrupt("raft snapshot", e))?;
         applied = snap.get_metadata().index;
         storage
             .install(&snap)
             .map_err(|e| corrupt("raft snapshot", e))?;
-        apply.restore(applied, &snap.data);
+        let (listed, data) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
+        kept = listed.into_iter().map(|(i, _)| i).collect();
+        apply.restore(applied, data);
     }
     if let Some(state) = &log.state {
         let mut hs = HardState::parse_from_bytes(state).map_err(|e| corrupt("hard state", e))?;
@@ -685,5 +747,5 @@ fn load(storage: &GroupStorage, log: &RaftLog, apply: &mut dyn Apply) -> Result<
     storage
         .append(&entries)
         .map_err(|e| corrupt("raft log", e))?;
-    Ok(applied)
+    Ok((applied, kept))
 }

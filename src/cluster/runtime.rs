@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::kept::Keep;
 use super::link::{Frame, Inbound, Links, Sessions};
 use super::node::{Apply, Leaders, ROUND, Request};
 use super::raft::{Group, GroupIo, TICK, persist};
@@ -229,7 +230,8 @@ impl Runtime {
                 }
                 if let Some(data) = r.apply.snapshot_due() {
                     let index = r.group.applied();
-                    if let Some(op) = r.group.snapshot_made(index, data.into()) {
+                    let keep = Keep::nothing(data.len());
+                    if let Some(op) = r.group.snapshot_made(index, data.into(), keep) {
                         self.store.submit(vec![op], false, None);
                     }
                 }
@@ -401,11 +403,16 @@ impl Runtime {
             Request::Status { group, reply } => {
                 let _ = reply.send(self.groups.get(&group).map(|r| r.group.status()));
             }
-            Request::Snapshot { group, index, data } => {
+            Request::Snapshot {
+                group,
+                index,
+                data,
+                keep,
+            } => {
                 let op = self
                     .groups
                     .get_mut(&group)
-                    .and_then(|r| r.group.snapshot_made(index, data));
+                    .and_then(|r| r.group.snapshot_made(index, data, keep));
                 if let Some(op) = op {
                     // Unsynced: lost with a crash, the log it compacted is kept with it (one
                     // write), and the group replays from the snapshot before.

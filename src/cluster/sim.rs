@@ -284,7 +284,8 @@ impl Node {
             m.wanted = false;
             m.since = 0;
             let data = postcard::to_stdvec(&m.fifo).expect("a snapshot encodes");
-            if let Some(op) = up.group.snapshot_made(m.applied, data.into()) {
+            let keep = super::kept::Keep::nothing(data.len());
+            if let Some(op) = up.group.snapshot_made(m.applied, data.into(), keep) {
                 up.unsynced.push(op);
             }
         }

@@ -101,9 +101,11 @@ impl GroupStorage {
         std::mem::take(&mut self.snaps().wanted)
     }
 
-    /// The snapshot the state machine made at `index` (applied here), as raft-rs sends it;
-    /// None if it is not newer than the last one or its entry is unknown.
-    pub fn made(&self, index: u64, data: bytes::Bytes) -> Option<Snapshot> {
+    /// The snapshot the state machine made at `index` (applied here), with `data`; kept
+    /// for followers if `sendable` is the form they get (else a follower that needs one
+    /// waits for a new one). None if it is not newer than the last one or its entry is
+    /// unknown.
+    pub fn made(&self, index: u64, data: Vec<u8>, sendable: Option<Vec<u8>>) -> Option<Snapshot> {
         let term = self.mem.term(index).ok()?;
         let mut snaps = self.snaps();
         // The same index again is made anew for a follower once the kept one expired.
@@ -118,9 +120,13 @@ impl GroupStorage {
         meta.set_conf_state(self.mem.initial_state().ok()?.conf_state);
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
-        snap.data = data;
         snaps.last = (index, term);
-        snaps.kept = Some((snap.clone(), Instant::now()));
+        snaps.kept = sendable.map(|data| {
+            let mut sent = snap.clone();
+            sent.data = data.into();
+            (sent, Instant::now())
+        });
+        snap.data = data.into();
         Some(snap)
     }
 

@@ -14,6 +14,9 @@ pub const BINDING: u8 = b'b';
 pub const RAFT_STATE: u8 = b's';
 pub const RAFT_ENTRY: u8 = b'e';
 pub const RAFT_SNAPSHOT: u8 = b't';
+/// Where the log proper starts: the entries before it are the ones a state machine keeps
+/// past its snapshot (`Compact`). Sorts before the entries, so a read finds it first.
+pub const RAFT_FLOOR: u8 = b'a';
 
 /// `[group][kind]`, then for entries the index: big-endian, so a group's entries are
 /// contiguous and in index order.
@@ -41,7 +44,7 @@ pub fn decode_raft_key(key: &[u8]) -> Option<(u64, u8, u64)> {
     let group = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let kind = *key.get(8)?;
     match kind {
-        RAFT_STATE | RAFT_SNAPSHOT if key.len() == 9 => Some((group, kind, 0)),
+        RAFT_STATE | RAFT_SNAPSHOT | RAFT_FLOOR if key.len() == 9 => Some((group, kind, 0)),
         RAFT_ENTRY if key.len() == 17 => {
             Some((group, kind, u64::from_be_bytes(key[9..].try_into().ok()?)))
         }

@@ -128,17 +128,38 @@ pub enum Op {
         group: u64,
         state: Vec<u8>,
     },
-    /// A group's snapshot (encoded by the cluster) replaces the one before, and its entries
-    /// before `compact_below` go (all of them for `u64::MAX`: a snapshot from the leader
-    /// replaces the whole log).
+    /// A group's snapshot (encoded by the cluster) replaces the one before, and its log is
+    /// compacted as `compact` says.
     RaftSnapshot {
         group: u64,
         snapshot: Vec<u8>,
-        compact_below: u64,
+        compact: Compact,
     },
     /// A group left for good (its queue was deleted): its log, snapshot and hard state go.
     RaftDelete {
         group: u64,
+    },
+}
+
+/// How a snapshot compacts its group's log. Entries a state machine still reads past its
+/// snapshot (a quorum queue's live messages: their bodies are kept in the log only) stay
+/// under their keys, before the log proper's floor; the rest go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Compact {
+    /// The entries in `from..below` go but those in `keep` (sorted; others are ignored),
+    /// and so do the kept entries in `forget` (before `from`: their messages are settled).
+    /// The log proper starts at `below` (or `from`, if later).
+    Below {
+        from: u64,
+        below: u64,
+        keep: Vec<u64>,
+        forget: Vec<u64>,
+    },
+    /// A snapshot from the leader: every entry goes, the leader's kept ones (`(index, raw
+    /// entry)`, before `floor`) are written, and the log proper starts at `floor`.
+    Replace {
+        floor: u64,
+        kept: Vec<(u64, Vec<u8>)>,
     },
 }
 
@@ -148,7 +169,15 @@ impl Op {
         match self {
             Op::PutMessage { msg, .. } => 32 + msg.body.len() + msg.properties.len(),
             Op::RaftAppend { entries, .. } => 32 + entries.iter().map(Vec::len).sum::<usize>(),
-            Op::RaftSnapshot { snapshot, .. } => 32 + snapshot.len(),
+            Op::RaftSnapshot {
+                snapshot, compact, ..
+            } => {
+                let kept = match compact {
+                    Compact::Replace { kept, .. } => kept.iter().map(|(_, e)| e.len()).sum(),
+                    Compact::Below { .. } => 0,
+                };
+                32 + snapshot.len() + kept
+            }
             _ => 32,
         }
     }
@@ -178,8 +207,10 @@ pub struct RaftLog {
     pub snapshot: Option<Vec<u8>>,
     /// The index of the first entry in `entries`.
     pub first: u64,
-    /// From `first` on, without gaps.
+    /// From `first` on, without gaps (the kept entries before the floor are not read).
     pub entries: Vec<Vec<u8>>,
+    /// Where the log proper starts (0: no compaction written yet).
+    pub floor: u64,
 }
 
 /// Everything durable, read back at start (message bodies stay on disk until needed).

@@ -11,7 +11,9 @@ use rocksdb::{ColumnFamilyDescriptor, DB, IteratorMode, Options, WriteBatch, Wri
 use tokio::sync::{Notify, watch};
 
 use super::keys;
-use super::{Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoreError, StoredMessage};
+use super::{
+    Compact, Done, Op, Recovered, RecoveredMessage, RecoveredQueue, StoreError, StoredMessage,
+};
 
 const META: &str = "meta";
 const MESSAGES: &str = "messages";
@@ -28,6 +30,8 @@ const COMPACT_AFTER_BYTES: usize = 256 << 20;
 const COMPACT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Below this, deleted bytes are left for RocksDB's own compactions.
 const COMPACT_MIN_BYTES: usize = 8 << 20;
+/// How long a close waits for reads in flight to let go of the database.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 struct Request {
     ops: Vec<Op>,
@@ -196,6 +200,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Read a Raft group's stored entries (as the cluster encoded them): None for one that
+    /// is not stored. Blocking: never on an async worker.
+    pub fn read_raft_entries(
+        &self,
+        group: u64,
+        indexes: &[u64],
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let db = self.db.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let db = db.ok_or(StoreError::Unavailable)?;
+        let raft = db.cf_handle(RAFT).ok_or(StoreError::Unavailable)?;
+        let keys = indexes
+            .iter()
+            .map(|i| (&raft, keys::raft_key(group, keys::RAFT_ENTRY, *i)));
+        db.multi_get_cf(keys)
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| {
+                    tracing::error!("store read failed: {e}");
+                    StoreError::Unavailable
+                })
+            })
+            .collect()
+    }
+
     /// Write what is queued, stop the writer and close the database (clean shutdown).
     pub fn close(&self) {
         self.tx.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -212,6 +240,11 @@ impl Store {
         }
         if let Some(db) = self.db.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = db.flush_wal(true);
+            // Reads in flight hold the database open: closed means closed for a new `open`.
+            let waited = Instant::now();
+            while Arc::strong_count(&db) > 1 && waited.elapsed() < CLOSE_WAIT {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
         }
     }
 }
@@ -254,22 +287,55 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
             );
             batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0));
             batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_SNAPSHOT, 0));
+            batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_FLOOR, 0));
         }
         Op::RaftSnapshot {
             group,
             snapshot,
-            compact_below,
+            compact,
         } => {
             batch.put_cf(
                 &raft,
                 keys::raft_key(group, keys::RAFT_SNAPSHOT, 0),
                 snapshot,
             );
-            let end = match compact_below {
-                u64::MAX => keys::raft_entries_end(group),
-                below => keys::raft_key(group, keys::RAFT_ENTRY, below),
+            let entry = |i: u64| keys::raft_key(group, keys::RAFT_ENTRY, i);
+            let floor = match compact {
+                Compact::Below {
+                    from,
+                    below,
+                    keep,
+                    forget,
+                } => {
+                    // The span compacted now, around the entries kept in it.
+                    let mut start = from;
+                    for k in keep.into_iter().filter(|k| (from..below).contains(k)) {
+                        if start < k {
+                            batch.delete_range_cf(&raft, entry(start), entry(k));
+                        }
+                        start = k + 1;
+                    }
+                    if start < below {
+                        batch.delete_range_cf(&raft, entry(start), entry(below));
+                    }
+                    for k in forget.into_iter().filter(|k| *k < from) {
+                        batch.delete_cf(&raft, entry(k));
+                    }
+                    from.max(below)
+                }
+                Compact::Replace { floor, kept } => {
+                    batch.delete_range_cf(&raft, entry(0), keys::raft_entries_end(group));
+                    for (i, e) in kept {
+                        batch.put_cf(&raft, entry(i), e);
+                    }
+                    floor
+                }
             };
-            batch.delete_range_cf(&raft, keys::raft_key(group, keys::RAFT_ENTRY, 0), end);
+            batch.put_cf(
+                &raft,
+                keys::raft_key(group, keys::RAFT_FLOOR, 0),
+                floor.to_be_bytes(),
+            );
         }
         Op::RaftState { group, state } => {
             batch.put_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0), state)
@@ -436,22 +502,37 @@ fn start_compaction(
     spawned.ok()
 }
 
-/// Every Raft group's hard state, snapshot and entries, checking that each group's entries
-/// have no gaps.
+/// Every Raft group's hard state, snapshot and entries from its floor on (the kept entries
+/// before it are skipped unread: they are read when needed), checking that each group's
+/// entries have no gaps.
 fn read_raft(db: &DB, r: &mut Recovered) -> Result<(), String> {
     let raft = db.cf_handle(RAFT).ok_or("missing column family")?;
     let mut last: Option<(u64, u64)> = None;
-    for item in db.iterator_cf(&raft, IteratorMode::Start) {
-        let (k, v) = item.map_err(|e| e.to_string())?;
+    let mut it = db.raw_iterator_cf(&raft);
+    it.seek_to_first();
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
         let (group, kind, index) =
-            keys::decode_raft_key(&k).ok_or_else(|| format!("undecodable raft key {k:?}"))?;
+            keys::decode_raft_key(k).ok_or_else(|| format!("undecodable raft key {k:?}"))?;
         let log = r.raft.entry(group).or_default();
+        if kind == keys::RAFT_ENTRY && index < log.floor {
+            it.seek(keys::raft_key(group, keys::RAFT_ENTRY, log.floor));
+            continue;
+        }
+        let v = v.to_vec();
+        it.next();
+        if kind == keys::RAFT_FLOOR {
+            let floor = v
+                .try_into()
+                .map_err(|_| format!("raft group {group}: bad floor"))?;
+            log.floor = u64::from_be_bytes(floor);
+            continue;
+        }
         if kind == keys::RAFT_STATE {
-            log.state = Some(v.to_vec());
+            log.state = Some(v);
             continue;
         }
         if kind == keys::RAFT_SNAPSHOT {
-            log.snapshot = Some(v.to_vec());
+            log.snapshot = Some(v);
             continue;
         }
         if let Some((g, i)) = last
@@ -464,9 +545,9 @@ fn read_raft(db: &DB, r: &mut Recovered) -> Result<(), String> {
         if log.entries.is_empty() {
             log.first = index;
         }
-        log.entries.push(v.to_vec());
+        log.entries.push(v);
     }
-    Ok(())
+    it.status().map_err(|e| e.to_string())
 }
 
 /// Read back topology, queue indexes and the messages they reference; drop what nothing
@@ -605,7 +686,18 @@ mod tests {
         let snapshot = |group: u64, below: u64| Op::RaftSnapshot {
             group,
             snapshot: vec![group as u8, below as u8],
-            compact_below: below,
+            compact: match below {
+                u64::MAX => Compact::Replace {
+                    floor: 7,
+                    kept: Vec::new(),
+                },
+                below => Compact::Below {
+                    from: 1,
+                    below,
+                    keep: Vec::new(),
+                    forget: Vec::new(),
+                },
+            },
         };
         write(&store, vec![append(4, 1, 9), append(5, 1, 3)]);
         write(&store, vec![snapshot(4, 6), snapshot(5, u64::MAX)]);
@@ -624,6 +716,79 @@ mod tests {
         drop(store);
         let (store, r) = Store::open(dir.path()).unwrap();
         assert!(!r.raft.contains_key(&4), "{:?}", r.raft.get(&4));
+        store.close();
+    }
+
+    /// Entries kept past a snapshot stay readable but are not read at start; forgotten
+    /// ones go; a leader's snapshot writes its kept entries in place of the whole log.
+    #[test]
+    fn kept_entries_stay_before_the_floor_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let below = |from, below, keep: &[u64], forget: &[u64]| Op::RaftSnapshot {
+            group: 4,
+            snapshot: vec![below as u8],
+            compact: Compact::Below {
+                from,
+                below,
+                keep: keep.to_vec(),
+                forget: forget.to_vec(),
+            },
+        };
+        write(&store, vec![append(4, 1, 12), append(5, 1, 3)]);
+        // 2, 3 and 7 kept (9 is past `below`: still in the log proper).
+        write(&store, vec![below(1, 8, &[2, 3, 7, 9], &[])]);
+        let read = |store: &Store, g, ix: &[u64]| store.read_raft_entries(g, ix).unwrap();
+        let got = read(&store, 4, &[1, 2, 3, 4, 7, 8]);
+        let want = [
+            None,
+            Some(vec![2]),
+            Some(vec![3]),
+            None,
+            Some(vec![7]),
+            Some(vec![8]),
+        ];
+        assert_eq!(got, want);
+        // 3 is settled; 8 and 10 are compacted, 9 kept.
+        write(&store, vec![below(8, 11, &[2, 7, 9], &[3, 9])]);
+        store.close();
+        drop(store);
+        let (store, r) = Store::open(dir.path()).unwrap();
+        let log = &r.raft[&4];
+        assert_eq!((log.floor, log.first, log.entries.len()), (11, 11, 2));
+        let got = read(&store, 4, &[2, 3, 7, 8, 9, 10, 11]);
+        let want = [
+            Some(vec![2]),
+            None,
+            Some(vec![7]),
+            None,
+            Some(vec![9]),
+            None,
+        ];
+        assert_eq!(got[..6], want);
+        assert_eq!(r.raft[&5].entries.len(), 3, "another group untouched");
+        // The leader's snapshot at 20, with what it keeps.
+        let replace = Op::RaftSnapshot {
+            group: 4,
+            snapshot: vec![20],
+            compact: Compact::Replace {
+                floor: 21,
+                kept: vec![(5, vec![55]), (18, vec![18])],
+            },
+        };
+        write(&store, vec![replace, append(4, 21, 2)]);
+        store.close();
+        drop(store);
+        let (store, r) = Store::open(dir.path()).unwrap();
+        let log = &r.raft[&4];
+        assert_eq!((log.floor, log.first, log.entries.len()), (21, 21, 2));
+        let got = read(&store, 4, &[2, 5, 9, 18, 21]);
+        assert_eq!(
+            got,
+            [None, Some(vec![55]), None, Some(vec![18]), Some(vec![21])]
+        );
+        write(&store, vec![Op::RaftDelete { group: 4 }]);
+        assert_eq!(read(&store, 4, &[5, 18]), [None, None]);
         store.close();
     }
 }

@@ -211,3 +211,75 @@ async fn the_log_in_memory_counts_against_the_alarm_and_is_compacted_under_it() 
         log.entries.len()
     );
 }
+
+/// The entries kept on disk before the log's floor (bodies of live messages), by reading
+/// every index before it from the stopped broker's store.
+async fn kept_before_floor(b: &mut crate::common::TestBroker) -> (u64, usize) {
+    let (group, log) = stopped_queue_log(b).await;
+    let dir = b.dir.as_ref().unwrap().path().to_path_buf();
+    let (store, _) = warren::store::Store::open(&dir).unwrap();
+    let indexes: Vec<u64> = (1..log.floor).collect();
+    let kept = store.read_raft_entries(group, &indexes).unwrap();
+    store.close();
+    (log.floor, kept.iter().filter(|e| e.is_some()).count())
+}
+
+/// Bodies are stored once, in the log: past the queue's memory budget (64 KiB here) a
+/// message is held as its log position and read back when delivered; a snapshot keeps the
+/// entries of live messages (and the restart reads them only as they are delivered), and
+/// the first snapshot after they are settled deletes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_past_the_budget_are_read_back_from_the_log_and_deleted_once_settled() {
+    let mut b = crate::common::start_with(warren::Config {
+        quorum_snapshot_bytes: 16 << 10,
+        queue_memory_budget_bytes: 64 << 10,
+        ..warren::Config::default()
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    ch.queue_declare("bq".into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    publish_one_by_one(&ch, "bq", 0, 600).await;
+    // Read back before any restart: most are past the budget.
+    let (_c2, ch2) = channel(&b).await;
+    ch2.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch2, "bq", "c", false).await;
+    take_in_order(&mut consumer, 0, 100).await;
+    ch2.close(200, "bye".into()).await.unwrap();
+    publish_one_by_one(&ch, "bq", 600, 700).await;
+
+    // The 600 left were logged one entry each, and the log was compacted past most of them:
+    // their entries are kept before the floor, each once.
+    let (floor, kept) = kept_before_floor(&mut b).await;
+    assert!(floor > 400, "compacted (floor {floor})");
+    assert!(
+        kept > 300 && kept <= 600,
+        "live messages' entries kept before floor {floor}: {kept}"
+    );
+    let mut b = b.restart().await;
+    let (_c, ch) = channel(&b).await;
+    assert_eq!(crate::common::count(&ch, "bq").await, 600);
+    ch.basic_qos(50, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch, "bq", "after", false).await;
+    take_in_order(&mut consumer, 100, 700).await;
+    let (_c3, ch3) = channel(&b).await;
+    publish_one_by_one(&ch3, "bq", 700, 760).await;
+    take_in_order(&mut consumer, 700, 760).await;
+    ch.basic_cancel("after".into(), BasicCancelOptions::default())
+        .await
+        .unwrap();
+    // Every earlier message settled, the log goes on (40 KiB, past the snapshot size): the
+    // snapshots after it keep only the entries of the 40 new ones.
+    publish_one_by_one(&ch3, "bq", 760, 800).await;
+    let (floor, kept) = kept_before_floor(&mut b).await;
+    assert!(
+        kept <= 40,
+        "settled messages' entries deleted: {kept} kept before {floor}"
+    );
+    let b = b.restart().await;
+    let (_c, ch) = channel(&b).await;
+    let mut consumer = crate::common::consume(&ch, "bq", "last", false).await;
+    take_in_order(&mut consumer, 760, 800).await;
+    b.stop().await;
+}

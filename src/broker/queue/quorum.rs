@@ -20,6 +20,7 @@
 
 mod apply;
 mod entry;
+mod loader;
 mod placement;
 mod to_replica;
 
@@ -78,6 +79,9 @@ pub struct QuorumSpec {
     pub on_deleted: OnDeleted,
     /// Messages held count against the memory alarm, as a classic queue's do.
     pub memory: Arc<MemoryMonitor>,
+    /// Bytes of messages held in memory before new ones are read back from the log when
+    /// delivered (`queue_memory_budget_bytes`).
+    pub memory_budget: usize,
 }
 
 /// Where quorum queues run: this node's Raft runtime and the nodes that can be members.
@@ -120,7 +124,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
         durable: true,
         auto_delete: false,
         args,
-        memory_budget: usize::MAX,
+        memory_budget: spec.memory_budget,
         delivery_limit: delivery_limit(&spec.arguments),
         // RabbitMQ's quorum queues requeue to the tail unless a delivery limit is set.
         requeue_to_tail: true,
@@ -150,6 +154,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             }
         };
         let Some(rt) = rt else { return };
+        let loader = loader::Loader::start(rt.cluster.clone(), placement.group);
         let replica = Replica {
             shared: handle,
             me,
@@ -174,6 +179,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             enqueues: HashMap::new(),
             relays: HashMap::new(),
             snapshots: Default::default(),
+            loader,
         };
         replica.run((inbox, early), placement).await;
     });
@@ -261,6 +267,8 @@ struct Replica {
     /// through now (`apply::route`).
     relays: HashMap<ChannelId, NodeId>,
     snapshots: snapshot::Snapshots,
+    /// Deliveries whose bodies are read back from the log go through it, in order.
+    loader: loader::Loader,
 }
 
 impl Replica {

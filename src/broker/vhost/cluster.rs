@@ -67,6 +67,7 @@ impl VHost {
             inbox: self.settings.inbox,
             on_deleted: self.on_deleted(),
             memory: self.memory.clone(),
+            memory_budget: self.settings.memory_budget,
         }))
     }
 

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::entry::At;
+use super::loader::To;
 use super::{QBody, QEntry, QOp, Replica, Waiter};
 use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::queue::state::{Checkout, Command, Delivery, Effect, Meta, Reply};
@@ -63,9 +65,8 @@ impl Replica {
                 Reply::None
             }
             QOp::Commit { msgs, settles, .. } => {
-                let reply = self
-                    .state
-                    .apply(meta, Command::Enqueue(bodies(msgs)), &mut fx);
+                let reply =
+                    (self.state).apply(meta, Command::Enqueue(bodies(msgs, index)), &mut fx);
                 for (how, seqs) in settles {
                     self.state.apply(meta, Command::settle(how, seqs), &mut fx);
                 }
@@ -78,7 +79,7 @@ impl Replica {
                     QOp::Tick if e.origin == self.me => self.ticked = None,
                     _ => {}
                 }
-                self.state.apply(meta, command(op), &mut fx)
+                self.state.apply(meta, command(op, index), &mut fx)
             }
         };
         // Effects first: a deleted queue is forgotten before its delete-ok goes.
@@ -158,8 +159,11 @@ impl Replica {
             (Waiter::Cancel(tx), _) => {
                 let _ = tx.send(());
             }
-            (Waiter::Get(tx), Reply::Got(got)) => {
-                let _ = tx.send(got.map(|(d, n)| (entry(d, true), n)));
+            (Waiter::Get(reply), Reply::Got(Some((d, left)))) => {
+                self.loader.deliver(vec![d], To::Get { reply, left });
+            }
+            (Waiter::Get(tx), Reply::Got(None)) => {
+                let _ = tx.send(None);
             }
             (Waiter::Purge(tx), Reply::Purged(n)) => {
                 let _ = tx.send(n);
@@ -186,13 +190,13 @@ impl Replica {
                     if !no_ack {
                         c.pool.force(msgs.len() as u32);
                     }
-                    let ev = ConnEvent::Deliver {
+                    let to = To::Consumer {
+                        events: c.events.clone(),
                         consumer,
                         no_ack,
                         queue: self.shared.clone(),
-                        entries: msgs.into_iter().map(|d| entry(d, false)).collect(),
                     };
-                    let _ = c.events.send(ev);
+                    self.loader.deliver(msgs, to);
                 }
             }
             Effect::Cancelled(c) => {
@@ -228,11 +232,14 @@ impl Replica {
     }
 }
 
-/// A log operation as the state's command (`NodeDown` is handled before).
-fn command(op: QOp) -> Command<QBody> {
+/// A log operation (the entry at `index`) as the state's command (`NodeDown` is handled
+/// before).
+fn command(op: QOp, index: u64) -> Command<QBody> {
     match op {
         // A commit's settlements are applied by `Replica::apply`, after its publishes.
-        QOp::Enqueue { msgs, .. } | QOp::Commit { msgs, .. } => Command::Enqueue(bodies(msgs)),
+        QOp::Enqueue { msgs, .. } | QOp::Commit { msgs, .. } => {
+            Command::Enqueue(bodies(msgs, index))
+        }
         QOp::Checkout {
             consumer,
             no_ack,
@@ -263,17 +270,26 @@ fn command(op: QOp) -> Command<QBody> {
     }
 }
 
-fn bodies(msgs: Vec<crate::broker::remote::wire::WireMsg>) -> Vec<QBody> {
-    msgs.into_iter()
-        .map(|m| QBody(Arc::new(m.into_message())))
+/// The messages of the entry at `index`, each with its place in it.
+fn bodies(msgs: Vec<crate::broker::remote::wire::WireMsg>, index: u64) -> Vec<QBody> {
+    (msgs.into_iter().enumerate())
+        .map(|(pos, m)| {
+            QBody::new(
+                At {
+                    index,
+                    pos: pos as u32,
+                },
+                m.into_message(),
+            )
+        })
         .collect()
 }
 
-/// A delivery as a connection takes it. As RabbitMQ's quorum queues do, it carries
-/// `x-delivery-count` (the times it came back) once it has come back, and always for a
-/// basic.get.
-pub(super) fn entry(d: Delivery<QBody>, get: bool) -> Entry {
-    let mut msg = d.body.0;
+/// A delivery as a connection takes it (None: its body is not in memory). As RabbitMQ's
+/// quorum queues do, it carries `x-delivery-count` (the times it came back) once it has
+/// come back, and always for a basic.get.
+pub(super) fn entry(d: Delivery<QBody>, get: bool) -> Option<Entry> {
+    let mut msg = d.body.msg?;
     if d.returns > 0 || get {
         let count = crate::protocol::AMQPValue::LongLongInt(i64::from(d.returns));
         if let Some(p) = properties::with_header(&msg.properties, "x-delivery-count", count) {
@@ -282,12 +298,12 @@ pub(super) fn entry(d: Delivery<QBody>, get: bool) -> Entry {
             msg = Arc::new(m);
         }
     }
-    Entry {
+    Some(Entry {
         seq: d.seq,
         msg,
         redelivered: d.redelivered,
         expires_ms: d.expires_ms,
-    }
+    })
 }
 
 /// A proposal that was not applied in time: its waiter hears of the failure.

@@ -80,42 +80,96 @@ impl QEntry {
     }
 }
 
-/// A message as a quorum queue's state holds it: in memory (its bytes are also in the log,
-/// or in the snapshot, where it is written as the log has it).
+/// Where a message's body is: the log entry that enqueued it, and its place in the entry's
+/// batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct At {
+    pub index: u64,
+    pub pos: u32,
+}
+
+/// A message as a quorum queue's state holds it: where it is in the log, and what the state
+/// reads of it (size, expiry). The message itself is held in memory while the queue is
+/// within its memory budget; past it, and after a snapshot is restored, it is read back
+/// from the log when delivered (the log keeps the entry while the message lives: a body is
+/// stored once per node). A snapshot holds the position only.
 #[derive(Debug, Clone)]
-pub struct QBody(pub Arc<Message>);
+pub struct QBody {
+    pub at: At,
+    size: u32,
+    ttl_ms: Option<u64>,
+    pub msg: Option<Arc<Message>>,
+}
+
+impl QBody {
+    pub fn new(at: At, msg: Message) -> QBody {
+        QBody {
+            at,
+            size: msg.body.len() as u32,
+            ttl_ms: properties::expiration_ms(&msg.properties),
+            msg: Some(Arc::new(msg)),
+        }
+    }
+}
+
+/// What a snapshot holds of a message.
+#[derive(Serialize, Deserialize)]
+struct Placed {
+    at: At,
+    size: u32,
+    ttl_ms: Option<u64>,
+}
 
 impl Serialize for QBody {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        WireMsg::of(&self.0).serialize(s)
+        let (at, size, ttl_ms) = (self.at, self.size, self.ttl_ms);
+        Placed { at, size, ttl_ms }.serialize(s)
     }
 }
 
 impl<'de> Deserialize<'de> for QBody {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<QBody, D::Error> {
-        WireMsg::deserialize(d).map(|m| QBody(Arc::new(m.into_message())))
+        let p = Placed::deserialize(d)?;
+        Ok(QBody {
+            at: p.at,
+            size: p.size,
+            ttl_ms: p.ttl_ms,
+            msg: None,
+        })
     }
 }
 
 impl Payload for QBody {
     fn size(&self) -> u32 {
-        self.0.body.len() as u32
+        self.size
     }
 
     fn weight(&self) -> usize {
-        self.0.weight().max(PAGED_WEIGHT)
+        self.msg
+            .as_ref()
+            .map_or(PAGED_WEIGHT, |m| m.weight().max(PAGED_WEIGHT))
     }
 
     fn ttl_ms(&self) -> Option<u64> {
-        properties::expiration_ms(&self.0.properties)
+        self.ttl_ms
     }
 
-    /// Not in the message store: a quorum queue's bodies are in its log.
+    /// In the log, which keeps it while the message lives.
     fn stored(&self) -> bool {
-        false
+        true
     }
 
-    fn page_out(&mut self) {}
+    fn page_out(&mut self) {
+        self.msg = None;
+    }
+}
+
+/// The messages a stored entry's data enqueues (None: it enqueues none).
+pub fn messages_of(data: &[u8]) -> Option<Vec<WireMsg>> {
+    match QEntry::decode(data).ok()?.op {
+        QOp::Enqueue { msgs, .. } | QOp::Commit { msgs, .. } => Some(msgs),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

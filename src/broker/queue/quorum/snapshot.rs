@@ -5,7 +5,9 @@
 //! its log is more than 64 KiB and twice its state; the Raft runtime then compacts
 //! the log before it. A snapshot holds everything replicated: the `QueueState` image, the
 //! dedup sets (applied requests, each publisher run's last sequence) and which member each
-//! non-member's channel is used through.
+//! non-member's channel is used through. The image holds each message's log position, not
+//! its body: the compaction keeps the entries of live messages (`cluster::kept`), and a
+//! snapshot made for a follower carries them, read from the store.
 //!
 //! Restoring one (at a start, or on a follower the leader sent it to) replaces the state;
 //! what this node missed in between is made good: deliveries made to its own consumers go
@@ -17,12 +19,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use super::apply::entry;
+use super::loader::To;
 use super::{QBody, REMEMBERED, Replica, Waiter};
 use crate::broker::applied::Applied;
 use crate::broker::ids::{ChannelId, NodeId};
-use crate::broker::queue::ConnEvent;
-use crate::broker::queue::state::{Image, QueueState};
+use crate::broker::queue::state::{Image, Payload, QueueState};
+use crate::cluster::Cluster;
+use crate::cluster::kept::Keep;
 
 /// Log bytes since the last snapshot past which a replica snapshots under the memory alarm
 /// (unless its state is larger).
@@ -73,21 +76,23 @@ impl Replica {
             return;
         }
         s.since = 0;
-        s.wanted = false;
         let image = ReplicaImage {
             state: self.state.image(),
             applied_reqs: self.applied_reqs.to_vec(),
             enqueues: self.enqueues.iter().map(|(k, v)| (*k, *v)).collect(),
             relays: self.relays.iter().map(|(k, v)| (*k, *v)).collect(),
         };
+        // For a follower the kept entries go with it (only then: they may be large).
+        let sendable = std::mem::take(&mut s.wanted);
         let (cluster, group, index) = (self.cluster.clone(), self.group, self.applied);
         let busy = s.busy.clone();
         busy.store(true, Ordering::Release);
         tokio::spawn(async move {
-            let encoded = tokio::task::spawn_blocking(move || postcard::to_stdvec(&image)).await;
-            match encoded {
-                Ok(Ok(data)) => cluster.snapshot(group, index, data.into()).await,
-                Ok(Err(e)) => tracing::error!(group, "cannot encode a queue snapshot: {e}"),
+            let c = cluster.clone();
+            let made = tokio::task::spawn_blocking(move || make(&c, group, &image, sendable)).await;
+            match made {
+                Ok(Ok((data, keep))) => cluster.snapshot(group, index, data.into(), keep).await,
+                Ok(Err(e)) => tracing::error!(group, "cannot make a queue snapshot: {e}"),
                 Err(e) => tracing::error!(group, "queue snapshot task failed: {e}"),
             }
             busy.store(false, Ordering::Release);
@@ -113,6 +118,8 @@ impl Replica {
             .collect();
         let cfg = self.state.config().clone();
         self.state = QueueState::from_image(cfg, image.state);
+        // Its bodies are in the log: read back when delivered.
+        self.state.reweigh();
         self.applied_reqs = Applied::from_vec(REMEMBERED, image.applied_reqs);
         self.enqueues = image.enqueues.into_iter().collect::<HashMap<_, _>>();
         self.relays = image.relays.into_iter().collect::<HashMap<_, _>>();
@@ -151,18 +158,17 @@ impl Replica {
             let Some(local) = self.consumers.get(&consumer) else {
                 continue;
             };
-            let entries: Vec<_> = seqs
-                .iter()
+            let held: Vec<_> = (seqs.iter())
                 .filter_map(|s| self.state.held_delivery(*s))
-                .map(|d| entry(d, false))
                 .collect();
-            local.pool.force(entries.len() as u32);
-            let _ = local.events.send(ConnEvent::Deliver {
+            local.pool.force(held.len() as u32);
+            let to = To::Consumer {
+                events: local.events.clone(),
                 consumer,
                 no_ack: false,
                 queue: self.shared.clone(),
-                entries,
-            });
+            };
+            self.loader.deliver(held, to);
         }
     }
 
@@ -196,4 +202,40 @@ impl Replica {
             }
         }
     }
+}
+
+/// A snapshot's data and what it keeps of the log: the entries of its live messages, read
+/// from the store if it is for a follower. Blocking: never on an async worker.
+fn make(
+    cluster: &Cluster,
+    group: u64,
+    image: &ReplicaImage,
+    sendable: bool,
+) -> Result<(Vec<u8>, Keep), String> {
+    let data = postcard::to_stdvec(image).map_err(|e| e.to_string())?;
+    let mut live: Vec<u64> = image.state.bodies().map(|b| b.at.index).collect();
+    live.sort_unstable();
+    live.dedup();
+    // Roughly what the kept entries weigh (a batch's settled messages come along).
+    let bodies: usize = image.state.bodies().map(|b| b.size() as usize + 64).sum();
+    let size = data.len() + bodies;
+    let entries = match sendable {
+        false => None,
+        true => {
+            let stored = cluster
+                .read_stored(group, &live)
+                .map_err(|e| e.to_string())?;
+            let kept = live.iter().zip(stored).map(|(i, e)| match e {
+                Some(e) => Ok((*i, e)),
+                None => Err(format!("kept entry {i} is not stored")),
+            });
+            Some(kept.collect::<Result<Vec<_>, String>>()?)
+        }
+    };
+    let keep = Keep {
+        live,
+        entries,
+        size,
+    };
+    Ok((data, keep))
 }

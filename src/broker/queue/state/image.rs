@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Config, Consumer, Held, Msg, QueueState};
+use super::{Config, Consumer, Held, Msg, Payload, QueueState};
 use crate::broker::ids::{ChannelId, ConsumerId};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,6 +25,28 @@ pub struct Image<B> {
     ready_bytes: u64,
     last_used_ms: u64,
     deleted: bool,
+}
+
+impl<B> Image<B> {
+    /// Every message body the image holds (ready, then unacked).
+    pub fn bodies(&self) -> impl Iterator<Item = &B> {
+        let held = self.unacked.iter().map(|(_, h)| &h.msg.body);
+        self.ready.iter().map(|m| &m.body).chain(held)
+    }
+}
+
+impl<B: Payload> QueueState<B> {
+    /// Count every message at what its body weighs now: bodies restored from an image
+    /// may be held otherwise than when it was made (a quorum queue's come back paged out).
+    pub fn reweigh(&mut self) {
+        let msgs = self.unacked.values_mut().map(|h| &mut h.msg);
+        let mut total = 0;
+        for m in self.ready.iter_mut().chain(msgs) {
+            m.weight = m.body.weight() as u32;
+            total += m.weight as usize;
+        }
+        self.weight = total;
+    }
 }
 
 impl<B: Clone> QueueState<B> {

@@ -442,6 +442,8 @@ impl Group {
                 group: self.id,
                 first,
                 entries,
+                // What the log had past them: a new leader's entries replace it.
+                stale_to: self.node.store().last_index().unwrap_or(0),
             });
             self.node
                 .mut_store()

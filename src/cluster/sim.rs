@@ -8,6 +8,9 @@
 //! (`Group::replace_member`, as a `Frame::Rejoin` asks it to). A small queue state machine
 //! stands in for a quorum queue's, with its snapshots (made every few entries, and when a
 //! follower needs one), so that logs are compacted and followers far behind are sent one.
+//! As a quorum queue's, its state holds the log index of each queued id's enqueue, not the
+//! id: its snapshots keep those entries (`kept`), a snapshot sent to a follower carries
+//! them, and taking an id reads its enqueue back from the node's store, which must have it.
 //!
 //! Checked, for every seed: a log index applied on two nodes holds the same entry; after
 //! the faults stop and every node is back, the nodes converge to the same state, every
@@ -26,7 +29,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::node::Apply;
+use super::kept::Keep;
+use super::node::{Apply, Cluster};
 use super::node_of;
 use super::raft::{Group, GroupIo, Transport};
 use super::storage::Gauge;
@@ -81,7 +85,8 @@ fn entry(kind: u8, id: u64) -> Vec<u8> {
 #[derive(Default, Clone, PartialEq, Debug, Serialize, Deserialize)]
 struct Fifo {
     seen: BTreeSet<u64>,
-    queue: VecDeque<u64>,
+    /// (id, the index of the entry that enqueued it).
+    queue: VecDeque<(u64, u64)>,
     /// (the take's id, the id it took).
     taken: Vec<(u64, u64)>,
 }
@@ -96,6 +101,7 @@ struct Machine {
     /// Snapshots installed from a leader (not the node's own at a start).
     installed: u64,
     running: bool,
+    store: Arc<Store>,
 }
 
 impl Apply for Machine {
@@ -131,9 +137,16 @@ impl Apply for Machine {
             return;
         }
         match data[0] {
-            b'e' => self.fifo.queue.push_back(id),
+            b'e' => self.fifo.queue.push_back((id, index)),
             _ => {
-                if let Some(head) = self.fifo.queue.pop_front() {
+                if let Some((head, at)) = self.fifo.queue.pop_front() {
+                    let stored = self.stored(&[at]).pop().flatten();
+                    assert_eq!(
+                        stored.map(|raw| Cluster::entry_data(&raw).unwrap().to_vec()),
+                        Some(entry(b'e', head)),
+                        "node {}: the enqueue of {head} at {at} is not stored",
+                        self.me
+                    );
                     self.fifo.taken.push((id, head));
                 }
             }
@@ -151,6 +164,29 @@ impl Apply for Machine {
 
     fn want_snapshot(&mut self) {
         self.wanted = true;
+    }
+}
+
+impl Machine {
+    fn stored(&self, indexes: &[u64]) -> Vec<Option<Vec<u8>>> {
+        (self.store.read_raft_entries(GROUP, indexes)).expect("the store reads")
+    }
+
+    /// What a snapshot now keeps: the enqueues of the queued ids, with them if it is for a
+    /// follower.
+    fn keep(&self, size: usize, sendable: bool) -> Keep {
+        let mut live: Vec<u64> = self.fifo.queue.iter().map(|(_, at)| *at).collect();
+        live.sort_unstable();
+        let entries = sendable.then(|| {
+            let stored = self.stored(&live).into_iter().zip(&live);
+            let kept = stored.map(|(e, at)| (*at, e.expect("a kept entry is stored")));
+            kept.collect()
+        });
+        Keep {
+            live,
+            entries,
+            size,
+        }
     }
 }
 
@@ -199,6 +235,7 @@ impl Node {
             check: check.clone(),
             installed: 0,
             running: false,
+            store: store.clone(),
         };
         let io = GroupIo {
             store: store.clone(),
@@ -281,10 +318,10 @@ impl Node {
         }
         let m = &mut up.machine;
         if m.wanted || m.since >= SNAPSHOT_EVERY {
-            m.wanted = false;
+            let sendable = std::mem::take(&mut m.wanted);
             m.since = 0;
             let data = postcard::to_stdvec(&m.fifo).expect("a snapshot encodes");
-            let keep = super::kept::Keep::nothing(data.len());
+            let keep = m.keep(data.len(), sendable);
             if let Some(op) = up.group.snapshot_made(m.applied, data.into(), keep) {
                 up.unsynced.push(op);
             }

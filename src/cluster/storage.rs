@@ -106,8 +106,13 @@ impl GroupStorage {
     /// waits for a new one). None if it is not newer than the last one or its entry is
     /// unknown.
     pub fn made(&self, index: u64, data: Vec<u8>, sendable: Option<Vec<u8>>) -> Option<Snapshot> {
-        let term = self.mem.term(index).ok()?;
         let mut snaps = self.snaps();
+        // The last snapshot's entry may be compacted: one for a follower is often made
+        // again at the same index.
+        let term = match snaps.last {
+            (i, t) if i == index && i > 0 => t,
+            _ => self.mem.term(index).ok()?,
+        };
         // The same index again is made anew for a follower once the kept one expired.
         if index < snaps.last.0 || (index == snaps.last.0 && snaps.kept.is_some()) {
             return None;

@@ -117,11 +117,13 @@ pub enum Op {
         msg: u64,
     },
     /// Raft log entries of a group from index `first` on, in order (encoded by the cluster);
-    /// any stored entry after the last one goes (a new leader's log replaces a stale tail).
+    /// the stored entries after the last one up to `stale_to` go (a new leader's log
+    /// replaces a stale tail).
     RaftAppend {
         group: u64,
         first: u64,
         entries: Vec<Vec<u8>>,
+        stale_to: u64,
     },
     /// A Raft group's hard state (term, vote, commit), encoded by the cluster.
     RaftState {

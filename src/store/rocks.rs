@@ -30,6 +30,8 @@ const COMPACT_AFTER_BYTES: usize = 256 << 20;
 const COMPACT_WHEN_IDLE: std::time::Duration = std::time::Duration::from_secs(1);
 /// Below this, deleted bytes are left for RocksDB's own compactions.
 const COMPACT_MIN_BYTES: usize = 8 << 20;
+/// Gaps of at most this many entries are deleted key by key, not as a range.
+const POINT_DELETES: u64 = 64;
 /// How long a close waits for reads in flight to let go of the database.
 const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -249,6 +251,24 @@ impl Store {
     }
 }
 
+/// Delete a group's entries `from..to`. A few go key by key: range tombstones are costly
+/// for every later read (RocksDB fragments the memtable's on each), and a log interleaves
+/// kept publishes with acks, so compactions leave many short gaps.
+fn delete_entries(
+    batch: &mut WriteBatch,
+    raft: &impl rocksdb::AsColumnFamilyRef,
+    group: u64,
+    from: u64,
+    to: u64,
+) {
+    let entry = |i: u64| keys::raft_key(group, keys::RAFT_ENTRY, i);
+    match to.saturating_sub(from) {
+        0 => {}
+        n if n <= POINT_DELETES => (from..to).for_each(|i| batch.delete_cf(raft, entry(i))),
+        _ => batch.delete_range_cf(raft, entry(from), entry(to)),
+    }
+}
+
 fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
     let (Some(meta), Some(msgs), Some(index), Some(raft)) = (
         db.cf_handle(META),
@@ -263,6 +283,7 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
             group,
             first,
             entries,
+            stale_to,
         } => {
             let end = first + entries.len() as u64;
             for (i, e) in entries.into_iter().enumerate() {
@@ -272,11 +293,12 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                     e,
                 );
             }
-            // Entries only: the group's hard state sorts after them and must stay.
-            batch.delete_range_cf(
+            delete_entries(
+                batch,
                 &raft,
-                keys::raft_key(group, keys::RAFT_ENTRY, end),
-                keys::raft_entries_end(group),
+                group,
+                end,
+                stale_to.saturating_add(1).max(end),
             );
         }
         Op::RaftDelete { group } => {
@@ -310,14 +332,10 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                     // The span compacted now, around the entries kept in it.
                     let mut start = from;
                     for k in keep.into_iter().filter(|k| (from..below).contains(k)) {
-                        if start < k {
-                            batch.delete_range_cf(&raft, entry(start), entry(k));
-                        }
+                        delete_entries(batch, &raft, group, start, k);
                         start = k + 1;
                     }
-                    if start < below {
-                        batch.delete_range_cf(&raft, entry(start), entry(below));
-                    }
+                    delete_entries(batch, &raft, group, start, below.max(start));
                     for k in forget.into_iter().filter(|k| *k < from) {
                         batch.delete_cf(&raft, entry(k));
                     }
@@ -648,6 +666,7 @@ mod tests {
             group,
             first,
             entries: (first..first + n).map(|i| vec![i as u8]).collect(),
+            stale_to: u64::MAX,
         }
     }
 

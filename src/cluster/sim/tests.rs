@@ -54,7 +54,7 @@ fn run_with(seed: u64, steps: u64, work: u64) -> Counts {
     }
     let check = sim.check.lock().unwrap();
     let f = fifos[0];
-    let mut held: Vec<u64> = f.queue.iter().copied().collect();
+    let mut held: Vec<u64> = f.queue.iter().map(|(id, _)| *id).collect();
     held.extend(f.taken.iter().map(|(_, id)| *id));
     let kept: BTreeSet<u64> = held.iter().copied().collect();
     let committed_enqueues: BTreeSet<u64> = check

@@ -4,12 +4,15 @@
 //! serves every group of the node: `prepare` sends what a leader may send at once and
 //! returns the new entries and hard state to sync; once synced (`persist`), `finish` sends
 //! the messages that depend on them. Committed entries are handed to the state machine in
-//! log order. A state machine's snapshot (`snapshot_made`) lets the log before it go; a
-//! snapshot from the leader replaces this node's log and state.
+//! log order. A state machine's snapshot (`snapshot_made`) lets the log before it go, but
+//! the entries it keeps (`kept`: a quorum queue's live messages); a snapshot from the
+//! leader replaces this node's log and state, with the leader's kept entries.
 //!
 //! Invariants: the store holds every entry the mirror holds, contiguous from the first
-//! after its last snapshot; an entry is applied only once committed, and on restart the
-//! state machine gets the saved snapshot, then every committed entry after it again.
+//! after its last snapshot, and before its floor the kept entries of the last snapshot;
+//! an entry is applied only once committed, and on restart the state machine gets the
+//! saved snapshot, then every committed entry after it again. A snapshot from the leader
+//! reaches the state machine only once its kept entries are written.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;

@@ -1,9 +1,11 @@
 //! A group's Raft storage: raft-rs's `MemStorage` (the in-memory mirror of the log the store
 //! keeps) with the group's snapshots. raft-rs asks for a snapshot when a follower needs
 //! entries this node has compacted away; the state machine makes them (it alone holds the
-//! state), so a snapshot is kept here only while one is wanted or was just made: when none
-//! is at hand the answer is "temporarily unavailable", the group flags that one is wanted,
-//! and raft-rs asks again on a later heartbeat.
+//! state), so a snapshot is kept here only once made in the form a follower gets (with the
+//! entries it keeps, `kept`), and for a while: when none is at hand the answer is
+//! "temporarily unavailable", the group flags that one is wanted, and raft-rs asks again on
+//! a later heartbeat. The last snapshot's term stays known, so one for a follower can be
+//! made again at its index after the log past it is compacted.
 //!
 //! Invariants: the mirror always keeps at least its last entry (raft-rs's `MemStorage`
 //! forgets its first index when emptied), and the term of the snapshot's index stays

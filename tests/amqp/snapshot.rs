@@ -283,3 +283,45 @@ async fn bodies_past_the_budget_are_read_back_from_the_log_and_deleted_once_sett
     take_in_order(&mut consumer, 760, 800).await;
     b.stop().await;
 }
+
+/// A no-ack consumer of a backlog past the memory budget: its messages are settled as
+/// they are delivered, while their bodies are still being read back, and the snapshots
+/// that compact the log meanwhile (every 2 KiB logged here) must keep those entries until
+/// read. Every message arrives, in order, intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ack_deliveries_read_back_while_the_log_compacts_lose_nothing() {
+    let b = crate::common::start_with(warren::Config {
+        quorum_snapshot_bytes: 2 << 10,
+        queue_memory_budget_bytes: 16 << 10,
+        ..warren::Config::default()
+    })
+    .await;
+    let (_c, ch) = channel(&b).await;
+    ch.queue_declare("nq".into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    publish_one_by_one(&ch, "nq", 0, 1500).await;
+    let (_c2, ch2) = channel(&b).await;
+    let mut consumer = crate::common::consume(&ch2, "nq", "c", true).await;
+    // More publishes meanwhile keep the log growing, so snapshots come while reads wait.
+    let more = tokio::spawn(async move {
+        publish_one_by_one(&ch, "nq", 1500, 2000).await;
+        ch
+    });
+    for i in 0..2000 {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("m{i} delivered"))
+            .expect("a delivery")
+            .unwrap();
+        let want = format!("m{i};");
+        assert!(
+            d.data.starts_with(want.as_bytes()) && d.data.len() == 1024,
+            "expected {want}, got {:?}",
+            String::from_utf8_lossy(&d.data[..12])
+        );
+    }
+    let ch = more.await.unwrap();
+    assert_eq!(crate::common::count(&ch, "nq").await, 0);
+    b.stop().await;
+}

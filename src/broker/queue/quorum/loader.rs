@@ -5,10 +5,14 @@
 //!
 //! A body that cannot be read (the store failed) is logged and its delivery dropped: the
 //! message stays held by its consumer until the channel closes, then it comes back.
+//!
+//! Invariant: an entry waiting to be read here is named live by every snapshot made
+//! meanwhile (`reading`): a no-ack delivery's message is settled as it is made, and the
+//! compaction must not delete its entry before it is read.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -41,12 +45,18 @@ const BATCH: usize = 256;
 struct Job {
     deliveries: Vec<Delivery<QBody>>,
     to: To,
+    /// The entries it reads.
+    unread: Vec<u64>,
 }
+
+/// Entries waiting to be read, each with the number of jobs that read it.
+type Reading = Arc<Mutex<BTreeMap<u64, u32>>>;
 
 pub(super) struct Loader {
     jobs: mpsc::UnboundedSender<Job>,
     /// Jobs queued and not handed out yet.
     queued: Arc<AtomicUsize>,
+    reading: Reading,
 }
 
 impl Loader {
@@ -54,8 +64,18 @@ impl Loader {
     pub(super) fn start(cluster: Arc<Cluster>, group: u64) -> Loader {
         let (jobs, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(rx, cluster, group, queued.clone()));
-        Loader { jobs, queued }
+        let reading = Reading::default();
+        tokio::spawn(run(rx, cluster, group, queued.clone(), reading.clone()));
+        Loader {
+            jobs,
+            queued,
+            reading,
+        }
+    }
+
+    /// The entries waiting to be read (a snapshot keeps them).
+    pub(super) fn reading(&self) -> Vec<u64> {
+        lock(&self.reading).keys().copied().collect()
     }
 
     /// Hand deliveries out: at once if their bodies are in memory and none wait before
@@ -66,11 +86,46 @@ impl Loader {
             send(deliveries, to);
             return;
         }
+        let mut unread: Vec<u64> = (deliveries.iter())
+            .filter(|d| d.body.msg.is_none())
+            .map(|d| d.body.at.index)
+            .collect();
+        unread.sort_unstable();
+        unread.dedup();
+        {
+            let mut reading = lock(&self.reading);
+            for i in &unread {
+                *reading.entry(*i).or_default() += 1;
+            }
+        }
         self.queued.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = self.jobs.send(Job { deliveries, to }) {
+        let job = Job {
+            deliveries,
+            to,
+            unread,
+        };
+        if let Err(e) = self.jobs.send(job) {
             // The loader is gone only with the runtime; what it held is sent unread.
             self.queued.fetch_sub(1, Ordering::AcqRel);
+            done(&self.reading, &e.0.unread);
             send(e.0.deliveries, e.0.to);
+        }
+    }
+}
+
+fn lock(reading: &Reading) -> std::sync::MutexGuard<'_, BTreeMap<u64, u32>> {
+    reading.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job's entries are read (or given up).
+fn done(reading: &Reading, unread: &[u64]) {
+    let mut reading = lock(reading);
+    for i in unread {
+        if let Some(n) = reading.get_mut(i) {
+            *n -= 1;
+            if *n == 0 {
+                reading.remove(i);
+            }
         }
     }
 }
@@ -80,6 +135,7 @@ async fn run(
     cluster: Arc<Cluster>,
     group: u64,
     queued: Arc<AtomicUsize>,
+    reading: Reading,
 ) {
     while let Some(first) = jobs.recv().await {
         // Everything queued meanwhile is read at once.
@@ -91,9 +147,9 @@ async fn run(
             }
         }
         let unread = |d: &&mut Delivery<QBody>| d.body.msg.is_none();
-        let mut need: Vec<u64> = (batch.iter_mut())
-            .flat_map(|j| j.deliveries.iter_mut().filter(unread))
-            .map(|d| d.body.at.index)
+        let mut need: Vec<u64> = batch
+            .iter()
+            .flat_map(|j| j.unread.iter().copied())
             .collect();
         need.sort_unstable();
         need.dedup();
@@ -114,6 +170,7 @@ async fn run(
             }
         }
         for job in batch {
+            done(&reading, &job.unread);
             send(job.deliveries, job.to);
             queued.fetch_sub(1, Ordering::AcqRel);
         }

@@ -87,9 +87,13 @@ impl Replica {
         let (cluster, group, index) = (self.cluster.clone(), self.group, self.applied);
         let busy = s.busy.clone();
         busy.store(true, Ordering::Release);
+        // Deliveries waiting for their bodies: a no-ack one's message is settled already.
+        let reading = self.loader.reading();
         tokio::spawn(async move {
             let c = cluster.clone();
-            let made = tokio::task::spawn_blocking(move || make(&c, group, &image, sendable)).await;
+            let made =
+                tokio::task::spawn_blocking(move || make(&c, group, &image, reading, sendable))
+                    .await;
             match made {
                 Ok(Ok((data, keep))) => cluster.snapshot(group, index, data.into(), keep).await,
                 Ok(Err(e)) => tracing::error!(group, "cannot make a queue snapshot: {e}"),
@@ -204,16 +208,19 @@ impl Replica {
     }
 }
 
-/// A snapshot's data and what it keeps of the log: the entries of its live messages, read
-/// from the store if it is for a follower. Blocking: never on an async worker.
+/// A snapshot's data and what it keeps of the log: the entries of its live messages and
+/// those still being read for deliveries, read from the store if it is for a follower.
+/// Blocking: never on an async worker.
 fn make(
     cluster: &Cluster,
     group: u64,
     image: &ReplicaImage,
+    reading: Vec<u64>,
     sendable: bool,
 ) -> Result<(Vec<u8>, Keep), String> {
     let data = postcard::to_stdvec(image).map_err(|e| e.to_string())?;
     let mut live: Vec<u64> = image.state.bodies().map(|b| b.at.index).collect();
+    live.extend(reading);
     live.sort_unstable();
     live.dedup();
     // Roughly what the kept entries weigh (a batch's settled messages come along).

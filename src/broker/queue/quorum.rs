@@ -13,10 +13,15 @@
 //! Snapshots (`snapshot`) bound the log: a replica restarts from its last snapshot and the
 //! entries after it, and a follower too far behind is sent the leader's.
 //!
+//! A body is stored once, in the log: the state holds each message's log position, and the
+//! message itself only within the queue's memory budget; past it a delivery reads the body
+//! back from the log (`loader`), and the log keeps the entries of live messages past a
+//! snapshot until they are settled.
+//!
 //! Members are `x-quorum-initial-group-size` nodes; another node uses the queue through a
 //! member (`remote/stub.rs`), whose replica proposes for it and relays its deliveries.
 //! Members are added and removed by the Raft group first, then the metadata
-//! (`http/members.rs`), which starts or stops this node's replica.
+//! (`broker/members.rs`), which starts or stops this node's replica.
 
 mod apply;
 mod entry;

@@ -51,22 +51,41 @@ async fn publish_one_by_one(ch: &Channel, queue: &str, from: usize, to: usize) {
     }
 }
 
+/// The next delivery of `consumer`, which must be message `i`, whole.
+async fn next_is(consumer: &mut Consumer, i: usize) -> lapin::message::Delivery {
+    let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+        .await
+        .unwrap_or_else(|_| panic!("m{i} delivered"))
+        .expect("a delivery")
+        .unwrap();
+    let want = format!("m{i};");
+    assert!(
+        d.data.starts_with(want.as_bytes()) && d.data.len() == 1024,
+        "expected {want}, got {:?}",
+        String::from_utf8_lossy(&d.data[..12])
+    );
+    d
+}
+
 /// Take messages `from..to` in order from `consumer`, acking each.
 async fn take_in_order(consumer: &mut Consumer, from: usize, to: usize) {
     for i in from..to {
-        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("m{i} delivered"))
-            .expect("a delivery")
-            .unwrap();
-        let want = format!("m{i};");
-        assert!(
-            d.data.starts_with(want.as_bytes()),
-            "expected {want}, got {:?}",
-            String::from_utf8_lossy(&d.data[..12])
-        );
+        let d = next_is(consumer, i).await;
         d.ack(BasicAckOptions::default()).await.unwrap();
     }
+}
+
+/// A single node with `config`, and quorum queue `queue` declared on a channel of it.
+async fn node_with_queue(
+    config: warren::Config,
+    queue: &str,
+) -> (crate::common::TestBroker, lapin::Connection, Channel) {
+    let b = crate::common::start_with(config).await;
+    let (c, ch) = channel(&b).await;
+    ch.queue_declare(queue.into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    (b, c, ch)
 }
 
 /// Shut the broker down and read its one quorum queue's Raft log from the store (closed
@@ -91,15 +110,11 @@ async fn stopped_queue_log(b: &mut crate::common::TestBroker) -> (u64, warren::s
 /// entries after it: the 150 messages left, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quorum_queue_compacts_its_log_and_restarts_from_its_snapshot() {
-    let mut b = crate::common::start_with(warren::Config {
+    let config = warren::Config {
         quorum_snapshot_bytes: 16 << 10,
         ..warren::Config::default()
-    })
-    .await;
-    let (_c, ch) = channel(&b).await;
-    ch.queue_declare("sq".into(), crate::common::durable(), quorum_args())
-        .await
-        .unwrap();
+    };
+    let (mut b, _c, ch) = node_with_queue(config, "sq").await;
     publish_one_by_one(&ch, "sq", 0, 400).await;
     let (_c2, ch2) = channel(&b).await;
     ch2.basic_qos(10, BasicQosOptions::default()).await.unwrap();
@@ -176,16 +191,12 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
 /// disk ends up compacted behind a snapshot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_log_in_memory_counts_against_the_alarm_and_is_compacted_under_it() {
-    let mut b = crate::common::start_with(warren::Config {
+    let config = warren::Config {
         quorum_snapshot_bytes: 64 << 20,
         memory_high_watermark_bytes: Some(2 << 20),
         ..warren::Config::default()
-    })
-    .await;
-    let (_c, ch) = channel(&b).await;
-    ch.queue_declare("mq".into(), crate::common::durable(), quorum_args())
-        .await
-        .unwrap();
+    };
+    let (mut b, _c, ch) = node_with_queue(config, "mq").await;
     let (_c2, ch2) = channel(&b).await;
     ch2.basic_qos(100, BasicQosOptions::default())
         .await
@@ -230,16 +241,12 @@ async fn kept_before_floor(b: &mut crate::common::TestBroker) -> (u64, usize) {
 /// the first snapshot after they are settled deletes them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_past_the_budget_are_read_back_from_the_log_and_deleted_once_settled() {
-    let mut b = crate::common::start_with(warren::Config {
+    let config = warren::Config {
         quorum_snapshot_bytes: 16 << 10,
         queue_memory_budget_bytes: 64 << 10,
         ..warren::Config::default()
-    })
-    .await;
-    let (_c, ch) = channel(&b).await;
-    ch.queue_declare("bq".into(), crate::common::durable(), quorum_args())
-        .await
-        .unwrap();
+    };
+    let (mut b, _c, ch) = node_with_queue(config, "bq").await;
     publish_one_by_one(&ch, "bq", 0, 600).await;
     // Read back before any restart: most are past the budget.
     let (_c2, ch2) = channel(&b).await;
@@ -290,16 +297,12 @@ async fn bodies_past_the_budget_are_read_back_from_the_log_and_deleted_once_sett
 /// read. Every message arrives, in order, intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ack_deliveries_read_back_while_the_log_compacts_lose_nothing() {
-    let b = crate::common::start_with(warren::Config {
+    let config = warren::Config {
         quorum_snapshot_bytes: 2 << 10,
         queue_memory_budget_bytes: 16 << 10,
         ..warren::Config::default()
-    })
-    .await;
-    let (_c, ch) = channel(&b).await;
-    ch.queue_declare("nq".into(), crate::common::durable(), quorum_args())
-        .await
-        .unwrap();
+    };
+    let (b, _c, ch) = node_with_queue(config, "nq").await;
     publish_one_by_one(&ch, "nq", 0, 1500).await;
     let (_c2, ch2) = channel(&b).await;
     let mut consumer = crate::common::consume(&ch2, "nq", "c", true).await;
@@ -309,17 +312,7 @@ async fn no_ack_deliveries_read_back_while_the_log_compacts_lose_nothing() {
         ch
     });
     for i in 0..2000 {
-        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
-            .await
-            .unwrap_or_else(|_| panic!("m{i} delivered"))
-            .expect("a delivery")
-            .unwrap();
-        let want = format!("m{i};");
-        assert!(
-            d.data.starts_with(want.as_bytes()) && d.data.len() == 1024,
-            "expected {want}, got {:?}",
-            String::from_utf8_lossy(&d.data[..12])
-        );
+        next_is(&mut consumer, i).await;
     }
     let ch = more.await.unwrap();
     assert_eq!(crate::common::count(&ch, "nq").await, 0);

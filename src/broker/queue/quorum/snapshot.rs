@@ -219,13 +219,15 @@ fn make(
     sendable: bool,
 ) -> Result<(Vec<u8>, Keep), String> {
     let data = postcard::to_stdvec(image).map_err(|e| e.to_string())?;
-    let mut live: Vec<u64> = image.state.bodies().map(|b| b.at.index).collect();
-    live.extend(reading);
+    // Roughly what the kept entries weigh (a batch's settled messages come along).
+    let mut size = data.len();
+    let mut live = reading;
+    for b in image.state.bodies() {
+        live.push(b.at.index);
+        size += b.size() as usize + 64;
+    }
     live.sort_unstable();
     live.dedup();
-    // Roughly what the kept entries weigh (a batch's settled messages come along).
-    let bodies: usize = image.state.bodies().map(|b| b.size() as usize + 64).sum();
-    let size = data.len() + bodies;
     let entries = match sendable {
         false => None,
         true => {

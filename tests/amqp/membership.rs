@@ -453,3 +453,80 @@ async fn a_consumer_carries_on_when_its_node_joins_the_members() {
         }
     }
 }
+
+/// A consumer on a member node, under a publisher: its node leaves the queue's members, and
+/// the consumer carries on (through another member) with every confirmed message, as
+/// RabbitMQ's do, rather than being cancelled. A message got there and not acked yet comes
+/// back, redelivered (the channel moved to another member), rather than stay held by a
+/// replica that is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_carries_on_when_its_node_leaves_the_members() {
+    let cluster = TestCluster::start(3, "");
+    let (c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    for q in ["left", "held"] {
+        ch1.queue_declare(q.into(), durable(), quorum_args(None))
+            .await
+            .unwrap();
+    }
+    assert_eq!(members(api, "left").await, serde_json::json!([1, 2, 3]));
+    assert_eq!(publish_confirmed_from(&ch1, "held", 0, 1).await, (1, 0));
+    let (c3, ch3) = cluster.channel(2).await;
+    let got = ch3
+        .basic_get("held".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    assert!(!got.delivery.redelivered);
+    let consumer_ch = c3.create_channel().await.unwrap();
+    consumer_ch
+        .basic_qos(50, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = crate::common::consume(&consumer_ch, "left", "stays", false).await;
+    let publisher = Publisher::start(c1.create_channel().await.unwrap(), "left", None).await;
+    let mut received = Vec::new();
+    while received.len() < 300 {
+        received.push(take_acked(&mut consumer).await);
+    }
+    let before = publisher.published();
+    let guest = Some(("guest", "guest"));
+    for path in [
+        "/api/queues/%2F/left/members/3",
+        "/api/queues/%2F/held/members/3",
+    ] {
+        let (status, body) = crate::common::http_call(api, "DELETE", path, guest).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    // take_acked fails if the consumer is cancelled.
+    while received.len() < before + 300 {
+        received.push(take_acked(&mut consumer).await);
+    }
+    let outcome = publisher.finish().await;
+    check_total_queue(&mut consumer, received, outcome, before).await;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    let declared = (ch1.queue_declare("left".into(), passive, FieldTable::default()))
+        .await
+        .unwrap();
+    assert_eq!(declared.consumer_count(), 1, "the consumer is registered again");
+
+    // The message got on node 3 is back in the queue, redelivered.
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let got = ch1
+                .basic_get("held".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            match got {
+                Some(m) => return m,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+    let m = again.await.expect("the message held on node 3 comes back");
+    assert!(m.delivery.redelivered);
+    assert_eq!(m.delivery.data, got.delivery.data);
+}

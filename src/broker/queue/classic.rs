@@ -276,7 +276,10 @@ impl Classic {
                     let _ = reply.send(r);
                 }
             }
-            QueueCmd::NodeDown(_) | QueueCmd::Members(_) => {}
+            QueueCmd::NodeDown(_)
+            | QueueCmd::Members(_)
+            | QueueCmd::Leave(_)
+            | QueueCmd::Move(_) => {}
             QueueCmd::Stop => {
                 for (consumer, link) in self.links.drain() {
                     let _ = link.events.send(ConnEvent::Cancelled(consumer));

@@ -161,6 +161,11 @@ pub enum QueueCmd {
     NodeDown(NodeId),
     /// A quorum queue's members changed: a stub on a node that is not one uses these.
     Members(Vec<NodeId>),
+    /// This node left a quorum queue's members: its replica goes on as a stub that uses the
+    /// queue through these, with its consumers (`remote::take_over`).
+    Leave(Vec<NodeId>),
+    /// A quorum queue's member: a non-member's channel is used through it from now on.
+    Move(ChannelId),
 }
 
 /// What everyone else holds of a queue: its identity, declared properties and inbox.

@@ -24,14 +24,16 @@
 //! (`broker/members.rs`), which starts or stops this node's replica.
 
 mod apply;
+mod command;
 mod entry;
+mod leave;
 mod loader;
 mod placement;
+mod snapshot;
 mod to_replica;
 
 use apply::fail;
 use to_replica::{FromRaft, ToReplica};
-mod snapshot;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -44,18 +46,17 @@ use super::classic::OnDeleted;
 use super::receipt::Receipt;
 use super::state::{self, Meta, QueueState};
 use super::{
-    ConnEvent, ConnSender, ConsumerSpec, GetReply, QueueCmd, QueueHandle, QueueShared, Stat,
+    ConnEvent, ConsumerSpec, GetReply, QueueCmd, QueueHandle, QueueShared, Stat,
 };
 use crate::broker::applied::Applied;
 use crate::broker::args::{self, Overflow, QueueArgs};
 use crate::broker::clock;
-use crate::broker::consumer::ChannelLimit;
 use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::memory::MemoryMonitor;
-use crate::broker::remote::wire::WireMsg;
+use crate::broker::remote::{self, TakeOver};
 use crate::broker::topology::Quorum;
 use crate::cluster::Cluster;
-use crate::error::{Error, code};
+use crate::error::Error;
 use crate::protocol::FieldTable;
 pub use entry::{QBody, QEntry, QOp};
 pub use placement::{Load, Locator, leading, memberships, place};
@@ -87,6 +88,9 @@ pub struct QuorumSpec {
     /// Bytes of messages held in memory before new ones are read back from the log when
     /// delivered (`queue_memory_budget_bytes`).
     pub memory_budget: usize,
+    /// This node's forwarding (a cluster node): used as a stub once this node leaves the
+    /// queue's members.
+    pub remote: Option<Arc<remote::Forwarder>>,
 }
 
 /// Where quorum queues run: this node's Raft runtime and the nodes that can be members.
@@ -140,6 +144,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
     let mut runtime = spec.runtime;
     let (me, placement) = (spec.me, spec.placement);
     let (handle, on_deleted, memory) = (shared.clone(), spec.on_deleted, spec.memory);
+    let remote = spec.remote;
     tokio::spawn(async move {
         let mut inbox = rx;
         // Commands that come before the runtime (the node applies its metadata log as it
@@ -154,6 +159,12 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
                 },
                 cmd = inbox.recv() => match cmd {
                     None | Some(QueueCmd::Stop) => return,
+                    Some(QueueCmd::Leave(members)) => {
+                        let Some(fwd) = remote else { return };
+                        let vhost = cfg.vhost.to_string();
+                        let t = TakeOver { shared: handle, vhost, members, fwd, consumers: Vec::new(), channels: Vec::new(), again: early };
+                        return remote::take_over(t, inbox);
+                    }
                     Some(cmd) => early.push(cmd),
                 },
             }
@@ -185,6 +196,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             relays: HashMap::new(),
             snapshots: Default::default(),
             loader,
+            remote,
         };
         replica.run((inbox, early), placement).await;
     });
@@ -227,15 +239,6 @@ struct Pending {
     deadline: Instant,
 }
 
-/// A consumer whose deliveries this node hands out: its connection is here, or on a
-/// non-member that uses the queue through this node (then `events` relays them).
-struct Local {
-    events: ConnSender,
-    /// Its channel's pool: deliveries are counted in it (they are released on ack), so
-    /// that a global prefetch set later on the channel starts from the truth.
-    pool: Arc<ChannelLimit>,
-}
-
 struct Replica {
     shared: QueueHandle,
     me: NodeId,
@@ -250,7 +253,11 @@ struct Replica {
     next_req: u64,
     /// By request number: proposed again in that order, so a publisher's order holds.
     pending: BTreeMap<u64, Pending>,
-    consumers: HashMap<ConsumerId, Local>,
+    /// Consumers whose deliveries this node hands out: their connection is here, or on a
+    /// non-member that uses the queue through this node (then `events` relays them).
+    /// Deliveries are counted in their channel's pool (released on ack), so that a global
+    /// prefetch set later on the channel starts from the truth.
+    consumers: HashMap<ConsumerId, ConsumerSpec>,
     /// Declare-ok counts waiting for this replica to reach a read index, and for this
     /// node's proposals made before them (up to a request number) to apply.
     reads: Vec<Read>,
@@ -274,6 +281,7 @@ struct Replica {
     snapshots: snapshot::Snapshots,
     /// Deliveries whose bodies are read back from the log go through it, in order.
     loader: loader::Loader,
+    remote: Option<Arc<remote::Forwarder>>,
 }
 
 impl Replica {
@@ -319,11 +327,16 @@ impl Replica {
         // Deleted (here or from the metadata) the group goes with its log; at a shutdown
         // (the inbox closes) the log stays for the restart.
         let mut gone = true;
+        let mut left = None;
         while !self.done {
             let deadline = self.tick_at(*leader.borrow());
             tokio::select! {
                 cmd = inbox.recv() => match cmd {
                     Some(QueueCmd::Stop) => break,
+                    Some(QueueCmd::Leave(members)) => {
+                        left = Some(members);
+                        break;
+                    }
                     None => {
                         gone = false;
                         break;
@@ -371,8 +384,12 @@ impl Replica {
                 }
             }
         }
-        for (id, c) in self.consumers.drain() {
-            let _ = c.events.send(ConnEvent::Cancelled(id));
+        // Leaving, the replica goes on as a stub with its consumers.
+        let left = left.zip(self.remote.clone());
+        if left.is_none() {
+            for (id, c) in self.consumers.drain() {
+                let _ = c.events.send(ConnEvent::Cancelled(id));
+            }
         }
         committed.close();
         while let Ok(m) = committed.try_recv() {
@@ -381,6 +398,9 @@ impl Replica {
         self.memory.sub(std::mem::take(&mut self.counted));
         if gone {
             self.cluster.close_group(self.group).await;
+        }
+        if let Some((members, fwd)) = left {
+            self.hand_over(members, fwd, inbox);
         }
     }
 
@@ -537,161 +557,6 @@ impl Replica {
         self.run = rand::random();
         self.enqueued = 0;
     }
-
-    async fn command(&mut self, cmd: QueueCmd, reads: &mpsc::UnboundedSender<Read>) {
-        match cmd {
-            QueueCmd::Publish(msgs, receipt) => {
-                let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
-                self.enqueued += 1;
-                let op = QOp::Enqueue {
-                    run: self.run,
-                    seq: self.enqueued,
-                    msgs,
-                };
-                self.propose_op(op, Waiter::Publish(receipt)).await;
-            }
-            QueueCmd::Commit {
-                msgs,
-                settles,
-                receipt,
-            } => {
-                let msgs = msgs.iter().map(|m| WireMsg::of(m)).collect();
-                self.enqueued += 1;
-                let op = QOp::Commit {
-                    run: self.run,
-                    seq: self.enqueued,
-                    msgs,
-                    settles,
-                };
-                self.propose_op(op, Waiter::Publish(Some(receipt))).await;
-            }
-            QueueCmd::Consume(spec, reply) => self.consume(spec, reply).await,
-            QueueCmd::Cancel { consumer, reply } => {
-                self.propose_op(QOp::Cancel(consumer), Waiter::Cancel(reply))
-                    .await;
-            }
-            QueueCmd::Get {
-                channel,
-                no_ack,
-                reply,
-            } => {
-                self.propose_op(QOp::Get { channel, no_ack }, Waiter::Get(reply))
-                    .await;
-            }
-            QueueCmd::Ack(seqs) => self.propose_op(QOp::Ack(seqs), Waiter::Nothing).await,
-            QueueCmd::Requeue(seqs) => self.propose_op(QOp::Requeue(seqs), Waiter::Nothing).await,
-            QueueCmd::Discard(seqs) => self.propose_op(QOp::Discard(seqs), Waiter::Nothing).await,
-            QueueCmd::Return {
-                consumer,
-                entries,
-                no_ack,
-            } => {
-                // No-ack deliveries were settled as they were sent (at most once).
-                if !no_ack {
-                    let seqs = entries.iter().map(|e| e.seq).collect();
-                    self.propose_op(QOp::Return { consumer, seqs }, Waiter::Nothing)
-                        .await;
-                }
-            }
-            QueueCmd::ChannelClosed(ch) => {
-                self.consumers.retain(|id, _| id.channel != ch);
-                self.propose_op(QOp::ChannelDown(ch), Waiter::Nothing).await;
-            }
-            QueueCmd::NodeDown(node) => self.propose_op(QOp::NodeDown(node), Waiter::Nothing).await,
-            QueueCmd::Stat(reply) => self.stat(reply, reads),
-            QueueCmd::Purge(reply) => self.propose_op(QOp::Purge, Waiter::Purge(reply)).await,
-            QueueCmd::Delete {
-                if_unused,
-                if_empty,
-                reply,
-            } => self.delete(if_unused, if_empty, reply).await,
-            // Members change in the Raft group; the metadata only follows.
-            QueueCmd::Stop | QueueCmd::Members(_) => {}
-        }
-    }
-
-    /// basic.consume: a consumer of this node's, checked out through the log (a global
-    /// qos is refused, as by RabbitMQ's quorum queues).
-    async fn consume(&mut self, spec: ConsumerSpec, reply: oneshot::Sender<Result<(), Error>>) {
-        if spec.channel_limit.limit() > 0 {
-            let _ = reply.send(Err(Error::connection(
-                code::NOT_IMPLEMENTED,
-                format!(
-                    "queue '{}' in vhost '{}' does not support global qos",
-                    self.shared.name,
-                    self.state.config().vhost
-                ),
-            )));
-            return;
-        }
-        let prefetch = match spec.prefetch {
-            0 => DEFAULT_PREFETCH,
-            p => p,
-        };
-        self.consumers.insert(
-            spec.id.clone(),
-            Local {
-                events: spec.events.clone(),
-                pool: spec.channel_limit.clone(),
-            },
-        );
-        let op = QOp::Checkout {
-            consumer: spec.id.clone(),
-            no_ack: spec.no_ack,
-            prefetch,
-        };
-        self.propose_op(op, Waiter::Consume(spec.id, reply)).await;
-    }
-
-    /// queue.declare's counts: as of every change committed before the declare (so also
-    /// this connection's own earlier commands), once this replica has applied up to the
-    /// group's read index.
-    fn stat(&self, reply: oneshot::Sender<Stat>, reads: &mpsc::UnboundedSender<Read>) {
-        let after = self.next_req;
-        let (cluster, group, reads) = (self.cluster.clone(), self.group, reads.clone());
-        let timeout = cluster.config.command_timeout;
-        tokio::spawn(async move {
-            if let Some(index) = read_index(&cluster, group, timeout).await {
-                let _ = reads.send((index, after, reply));
-            }
-        });
-    }
-
-    /// queue.delete: if-unused and if-empty are refused, as by RabbitMQ's quorum queues.
-    async fn delete(
-        &mut self,
-        if_unused: bool,
-        if_empty: bool,
-        reply: oneshot::Sender<Result<u32, Error>>,
-    ) {
-        if if_unused || if_empty {
-            let flag = if if_unused { "if-unused" } else { "if-empty" };
-            let _ = reply.send(Err(Error::connection(
-                code::NOT_IMPLEMENTED,
-                format!(
-                    "cannot delete queue '{}' in vhost '{}'. queue.delete operations \
-                     with {flag} flag set are not supported by quorum queues",
-                    self.shared.name,
-                    self.state.config().vhost
-                ),
-            )));
-            return;
-        }
-        self.propose_op(QOp::Delete, Waiter::Delete(reply)).await;
-    }
-}
-
-/// The group's read index, asked again until `timeout`: a read is dropped without an
-/// answer while the group has no leader, or one that has not committed in its term yet.
-async fn read_index(cluster: &Cluster, group: u64, timeout: Duration) -> Option<u64> {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        tokio::select! {
-            r = cluster.read_group(group) => return r.ok(),
-            _ = tokio::time::sleep(READ_RETRY) => {}
-        }
-    }
-    None
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -338,6 +338,13 @@ async fn handle(
                 q.send(QueueCmd::ChannelClosed(channel)).await;
             }
         }
+        Fwd::Move { queue, channel } => {
+            if let Some(q) = local(fwd, &queue) {
+                // Closed on the queue if the session ends, as a channel that consumes.
+                (home.held.entry((from, session)).or_default()).insert((q.id, channel), q.clone());
+                q.send(QueueCmd::Move(channel)).await;
+            }
+        }
         Fwd::Stat { req, queue } => {
             let rx = ask_local(local(fwd, &queue), QueueCmd::Stat, move |s: Stat| {
                 Fwd::Counted {

@@ -41,7 +41,7 @@ use crate::cluster::Cluster;
 use crate::cluster::link::{Frame, Inbound, Session};
 use wire::Fwd;
 
-pub use stub::spawn_stub;
+pub use stub::{TakeOver, spawn_stub, take_over};
 
 /// An answer awaited: from which peer, on which session.
 struct Waiter {
@@ -93,6 +93,12 @@ pub struct Forwarder {
     alarms: OnceLock<Arc<alarms::Alarms>>,
     next_req: AtomicU64,
     waiting: Mutex<HashMap<u64, Waiter>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Forwarder")
+    }
 }
 
 impl Forwarder {

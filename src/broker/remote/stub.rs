@@ -27,7 +27,7 @@ use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::message::Message;
 use crate::broker::queue::receipt::Receipt;
 use crate::broker::queue::{
-    ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, RemoteHome,
+    ConnEvent, ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, RemoteHome,
     Settles, Stat,
 };
 use crate::broker::topology::QueueRecord;
@@ -74,24 +74,61 @@ pub fn spawn_stub(q: &QueueRecord, vhost: &str, fwd: Arc<Forwarder>, inbox: usiz
         }
     };
     let shared = Arc::new(shared);
-    let stub = Stub {
-        home,
-        members,
-        routed: None,
-        registered: HashMap::new(),
-        queue: QueueRef {
-            vhost: vhost.to_string(),
-            name: q.name.to_string(),
-            id: q.id,
-        },
-        fwd,
-        window: Arc::new(Semaphore::new(WINDOW / UNIT)),
-        held: Arc::default(),
-        flows: Arc::default(),
-        shared: shared.clone(),
-    };
+    let stub = Stub::new(shared.clone(), vhost, (home, members), fwd);
     tokio::spawn(stub.run(rx));
     shared
+}
+
+/// A quorum queue replica of a node that left the queue's members, to go on as a stub.
+pub struct TakeOver {
+    pub shared: QueueHandle,
+    pub vhost: String,
+    pub members: Vec<NodeId>,
+    pub fwd: Arc<Forwarder>,
+    /// The replica's consumers: registered again through a member.
+    pub consumers: Vec<ConsumerSpec>,
+    /// This node's channels the queue knows (consuming, or holding messages got): moved to
+    /// that member first, so that what they held comes back (redelivered) rather than wait
+    /// for a replica that is gone.
+    pub channels: Vec<ChannelId>,
+    /// Commands the replica had not carried out, asked again through the member.
+    pub again: Vec<QueueCmd>,
+}
+
+/// Serve a replica's inbox from now on by the stub of a node that left the queue's members:
+/// channels keep the queue's handle, so their consumers, acks and closes reach the stub.
+pub fn take_over(t: TakeOver, rx: mpsc::Receiver<QueueCmd>) {
+    tokio::spawn(taken_over(t, rx));
+}
+
+async fn taken_over(t: TakeOver, rx: mpsc::Receiver<QueueCmd>) {
+    let Some(home) = t.members.first().copied() else {
+        return;
+    };
+    let mut stub = Stub::new(t.shared, &t.vhost, (home, t.members), t.fwd);
+    match stub.session().await {
+        Some(session) => {
+            for channel in t.channels {
+                let queue = stub.queue.clone();
+                stub.fwd
+                    .send(stub.home, session, &Fwd::Move { queue, channel })
+                    .await;
+            }
+            for spec in t.consumers {
+                stub.consume(session, spec, None).await;
+            }
+        }
+        None => {
+            for spec in t.consumers {
+                let _ = spec.events.send(ConnEvent::Cancelled(spec.id));
+            }
+        }
+    }
+    for cmd in t.again {
+        stub.handle(cmd).await;
+    }
+    tracing::info!(queue = %stub.queue.name, member = stub.home, "this node left the quorum queue's members: used through a member now");
+    stub.run(rx).await;
 }
 
 /// What a consumer of a quorum queue asked for, to ask again through another member.
@@ -152,6 +189,30 @@ fn relay<T: Send + 'static>(
 }
 
 impl Stub {
+    fn new(
+        shared: QueueHandle,
+        vhost: &str,
+        (home, members): (NodeId, Vec<NodeId>),
+        fwd: Arc<Forwarder>,
+    ) -> Stub {
+        Stub {
+            home,
+            members,
+            routed: None,
+            registered: HashMap::new(),
+            queue: QueueRef {
+                vhost: vhost.to_string(),
+                name: shared.name.to_string(),
+                id: shared.id,
+            },
+            fwd,
+            window: Arc::new(Semaphore::new(WINDOW / UNIT)),
+            held: Arc::default(),
+            flows: Arc::default(),
+            shared,
+        }
+    }
+
     async fn run(mut self, mut rx: mpsc::Receiver<QueueCmd>) {
         // A quorum queue's stub watches the links, to move its consumers off a member that
         // went away before a command needs it.
@@ -164,7 +225,9 @@ impl Stub {
                 cmd = rx.recv() => {
                     match cmd {
                         None | Some(QueueCmd::Stop) => break,
-                        Some(QueueCmd::Members(m)) => self.members_changed(m).await,
+                        Some(QueueCmd::Members(m) | QueueCmd::Leave(m)) => {
+                            self.members_changed(m).await
+                        }
                         Some(cmd) => self.handle(cmd).await,
                     }
                 }
@@ -390,14 +453,18 @@ impl Stub {
                     _ => None,
                 });
             }
-            QueueCmd::Consume(spec, reply) => self.consume(session, spec, reply).await,
+            QueueCmd::Consume(spec, reply) => self.consume(session, spec, Some(reply)).await,
             QueueCmd::Cancel { consumer, reply } => self.cancel(session, consumer, reply).await,
             QueueCmd::Return {
                 consumer,
                 entries,
                 no_ack,
             } => self.give_back(session, consumer, entries, no_ack).await,
-            QueueCmd::Stop | QueueCmd::NodeDown(_) | QueueCmd::Members(_) => {}
+            QueueCmd::Stop
+            | QueueCmd::NodeDown(_)
+            | QueueCmd::Members(_)
+            | QueueCmd::Leave(_)
+            | QueueCmd::Move(_) => {}
         }
     }
 
@@ -507,11 +574,12 @@ impl Stub {
     /// A consumer of this channel's node, started at the home node: known here first (its
     /// deliveries may follow the home node's answer at once), with its channel's pool lent
     /// if it has a global prefetch, and registered to move with the queue if it can.
+    /// Without a reply (a consumer taken over), one the home node refuses is cancelled.
     async fn consume(
         &mut self,
         session: Session,
         spec: ConsumerSpec,
-        reply: oneshot::Sender<Result<(), Error>>,
+        reply: Option<oneshot::Sender<Result<(), Error>>>,
     ) {
         let q = self.queue.clone();
         let id = spec.id.clone();
@@ -576,9 +644,14 @@ impl Stub {
             };
             if result.is_err() {
                 flows.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-                fwd.remove_consumer(&id);
+                match &reply {
+                    Some(_) => _ = fwd.remove_consumer(&id),
+                    None => fwd.consumer_gone(id),
+                }
             }
-            let _ = reply.send(result);
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
         });
     }
 

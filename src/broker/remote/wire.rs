@@ -228,6 +228,12 @@ pub enum Fwd {
         msgs: Vec<WireMsg>,
         settles: crate::broker::queue::Settles,
     },
+    /// A quorum queue's channel is used through this member from now on (`QOp::Move`).
+    /// Last, so that the variants before keep their numbers on the wire.
+    Move {
+        queue: QueueRef,
+        channel: ChannelId,
+    },
 }
 
 impl Fwd {
@@ -286,7 +292,11 @@ mod tests {
                 how: Settle::Requeue,
                 seqs: vec![1, 5, 9],
             },
-            Fwd::ChannelClosed { queue, channel },
+            Fwd::ChannelClosed {
+                queue: queue.clone(),
+                channel,
+            },
+            Fwd::Move { queue, channel },
             Fwd::Taken {
                 req: 1,
                 refused: vec![0],

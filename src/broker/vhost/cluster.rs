@@ -13,8 +13,8 @@ use crate::error::{Error, code};
 impl VHost {
     /// A quorum queue's members changed: a node that joined starts its replica (it catches
     /// up from the leader; its consumers so far carry on through their stub), one that left
-    /// stops its own and deletes its log (its consumers of the queue are cancelled,
-    /// basic.cancel). Other nodes use the new members.
+    /// deletes its log and its replica goes on as a stub (its consumers carry on through a
+    /// member, `quorum/leave.rs`). Other nodes use the new members.
     pub(super) fn members_changed(&self, rt: &mut Runtime, q: QueueRecord, before: &Quorum) {
         let Some(p) = &q.quorum else { return };
         // This node's replica runs under its Raft id: a new one (it joined, or rejoined
@@ -26,6 +26,13 @@ impl VHost {
                 let (h, members) = (h.clone(), p.members.clone());
                 tokio::spawn(async move { h.send(queue::QueueCmd::Members(members)).await });
             }
+            return;
+        }
+        if let (Some(_), None, Some(h), Some(_)) =
+            (was, is, rt.handles.get(&q.name), self.remote.get())
+        {
+            let (h, leave) = (h.clone(), queue::QueueCmd::Leave(p.members.clone()));
+            tokio::spawn(async move { h.send(leave).await });
             return;
         }
         // A replica's Stop deletes its group's log (the group lives on elsewhere). A stub
@@ -68,6 +75,7 @@ impl VHost {
             on_deleted: self.on_deleted(),
             memory: self.memory.clone(),
             memory_budget: self.settings.memory_budget,
+            remote: self.remote.get().cloned(),
         }))
     }
 

@@ -73,6 +73,8 @@ impl Replica {
                 reply
             }
             op if !self.route(&op, e.origin, meta, &mut fx) => Reply::None,
+            // Moved by `route`: nothing else to do.
+            QOp::Move(_) => Reply::None,
             op => {
                 match &op {
                     QOp::Cancel(c) => _ = self.consumers.remove(c),
@@ -98,14 +100,14 @@ impl Replica {
     }
 
     /// A channel is used through one member at a time (the same on every replica, from the
-    /// log alone). A consume or get through another member moves it there: what it had
+    /// log alone). A consume, get or move through another member moves it there: what it had
     /// through the old one ends first, as if that channel had closed (its deliveries come
     /// back, redelivered; its consumers are registered again by the new one). A command
     /// for the channel through a member it has left is late, and skipped (false).
     fn route(&mut self, op: &QOp, origin: NodeId, meta: Meta, fx: &mut Vec<Effect<QBody>>) -> bool {
         let ch = match op {
             QOp::Checkout { consumer, .. } => consumer.channel,
-            QOp::Get { channel, .. } => *channel,
+            QOp::Get { channel, .. } | QOp::Move(channel) => *channel,
             QOp::Cancel(c) | QOp::Return { consumer: c, .. } => c.channel,
             QOp::ChannelDown(ch) => {
                 if self.via(ch) != origin {
@@ -119,7 +121,7 @@ impl Replica {
         if self.via(&ch) == origin {
             return true;
         }
-        if !matches!(op, QOp::Checkout { .. } | QOp::Get { .. }) {
+        if !matches!(op, QOp::Checkout { .. } | QOp::Get { .. } | QOp::Move(_)) {
             return false;
         }
         self.state.apply(meta, Command::ChannelDown(ch), fx);
@@ -188,7 +190,7 @@ impl Replica {
                 }
                 if let Some(c) = self.consumers.get(&consumer) {
                     if !no_ack {
-                        c.pool.force(msgs.len() as u32);
+                        c.channel_limit.force(msgs.len() as u32);
                     }
                     let to = To::Consumer {
                         events: c.events.clone(),
@@ -232,8 +234,8 @@ impl Replica {
     }
 }
 
-/// A log operation (the entry at `index`) as the state's command (`NodeDown` is handled
-/// before).
+/// A log operation (the entry at `index`) as the state's command (`NodeDown` and `Move`
+/// are handled before).
 fn command(op: QOp, index: u64) -> Command<QBody> {
     match op {
         // A commit's settlements are applied by `Replica::apply`, after its publishes.
@@ -266,7 +268,7 @@ fn command(op: QOp, index: u64) -> Command<QBody> {
             if_unused: false,
             if_empty: false,
         },
-        QOp::Tick | QOp::NodeDown(_) => Command::Tick,
+        QOp::Tick | QOp::NodeDown(_) | QOp::Move(_) => Command::Tick,
     }
 }
 

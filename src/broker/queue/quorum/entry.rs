@@ -68,6 +68,9 @@ pub enum QOp {
         msgs: Vec<WireMsg>,
         settles: crate::broker::queue::Settles,
     },
+    /// A channel is used through the proposer from now on (its node left the members, or
+    /// moved to another): what it had through the old route ends as if it had closed.
+    Move(ChannelId),
 }
 
 impl QEntry {
@@ -213,6 +216,7 @@ mod tests {
             },
             QOp::NodeDown(3),
             QOp::Tick,
+            QOp::Move(channel),
         ] {
             let e = QEntry {
                 origin: 2,

@@ -165,7 +165,7 @@ impl Replica {
             let held: Vec<_> = (seqs.iter())
                 .filter_map(|s| self.state.held_delivery(*s))
                 .collect();
-            local.pool.force(held.len() as u32);
+            local.channel_limit.force(held.len() as u32);
             let to = To::Consumer {
                 events: local.events.clone(),
                 consumer,

@@ -511,7 +511,11 @@ async fn a_consumer_carries_on_when_its_node_leaves_the_members() {
     let declared = (ch1.queue_declare("left".into(), passive, FieldTable::default()))
         .await
         .unwrap();
-    assert_eq!(declared.consumer_count(), 1, "the consumer is registered again");
+    assert_eq!(
+        declared.consumer_count(),
+        1,
+        "the consumer is registered again"
+    );
 
     // The message got on node 3 is back in the queue, redelivered.
     let again = tokio::time::timeout(Duration::from_secs(10), async {

@@ -45,9 +45,7 @@ use tokio::time::Instant;
 use super::classic::OnDeleted;
 use super::receipt::Receipt;
 use super::state::{self, Meta, QueueState};
-use super::{
-    ConnEvent, ConsumerSpec, GetReply, QueueCmd, QueueHandle, QueueShared, Stat,
-};
+use super::{ConnEvent, ConsumerSpec, GetReply, QueueCmd, QueueHandle, QueueShared, Stat};
 use crate::broker::applied::Applied;
 use crate::broker::args::{self, Overflow, QueueArgs};
 use crate::broker::clock;

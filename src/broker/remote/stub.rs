@@ -27,8 +27,8 @@ use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
 use crate::broker::message::Message;
 use crate::broker::queue::receipt::Receipt;
 use crate::broker::queue::{
-    ConnEvent, ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared, RemoteHome,
-    Settles, Stat,
+    ConnEvent, ConnSender, ConsumerSpec, Entry, GetReply, QueueCmd, QueueHandle, QueueShared,
+    RemoteHome, Settles, Stat,
 };
 use crate::broker::topology::QueueRecord;
 use crate::cluster::link::Session;

@@ -6,8 +6,9 @@
 //! applied indexes and, on the leader, each member's lag in entries.
 //! `PUT /api/queues/{vhost}/{name}/leader/{node}` hands a quorum queue's leadership to
 //! another member (for maintenance, or to even out where leaders are);
-//! `PUT` and `DELETE /api/queues/{vhost}/{name}/members/{node}` add and remove a member
-//! (`members`).
+//! `PUT` and `DELETE /api/queues/{vhost}/{name}/members/{node}` add and remove a member,
+//! and `POST /api/queues/{vhost}/{name}/force-shrink` recovers a queue that lost a majority
+//! of its members (`members`).
 //!
 //! Connections are limited in number and closed when idle (`limits`). Every request needs
 //! HTTP basic auth with the broker's user, who (as over AMQP) may be
@@ -22,7 +23,7 @@ use axum::Router;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::serve::ListenerExt as _;
 use base64::Engine;
 use serde::Serialize;
@@ -102,6 +103,10 @@ pub async fn serve(
         .route(
             "/api/queues/{vhost}/{name}/members/{node}",
             put(members::handle).delete(members::handle),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/force-shrink",
+            post(members::force_shrink),
         )
         .with_state(broker);
     let service = app.into_make_service_with_connect_info::<SocketAddr>();

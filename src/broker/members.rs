@@ -116,6 +116,84 @@ pub async fn change(
     Ok(())
 }
 
+/// Disaster recovery for quorum queue `name` in `vhost` that lost a majority of its
+/// members for good (RabbitMQ's `rabbitmq-queues force_shrink_member_to_current_member`),
+/// asked on a surviving member: this node becomes the queue's only member and leads it
+/// with what its replica has. Messages confirmed by the lost members alone are lost, so it
+/// is refused while a majority of the members is online (remove members one by one then).
+/// The group changes here alone first (`Cluster::force_alone`), then logs the removal of
+/// the others (so that a restart's replay ends the same), then the metadata records the
+/// one member, which makes the others, if they come back, drop their replicas and use the
+/// queue through this node. Asking again completes a change whose later step failed.
+pub async fn force_shrink(broker: &Broker, vhost: &str, name: &str) -> Result<(), MemberError> {
+    use MemberError::{NotFound, Refused, Unavailable};
+    let v = broker.vhost(vhost).ok_or(NotFound)?;
+    let (q, _) = v.queue_entry(name).ok_or(NotFound)?;
+    let rs = format!("queue '{name}' in vhost '{vhost}'");
+    let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {
+        return Err(Refused(format!("{rs} is not a quorum queue")));
+    };
+    not_a_member_here(broker, placement, name, vhost)?;
+    let live = broker.live_nodes();
+    let online = placement
+        .members
+        .iter()
+        .filter(|m| live.contains(m))
+        .count();
+    if placement.members.len() > 1 && online * 2 > placement.members.len() {
+        return Err(Refused(format!(
+            "a majority of the members of {rs} is online ({online} of {:?}): remove members \
+             one at a time instead",
+            placement.members
+        )));
+    }
+    let me = broker.node_id();
+    let Some(raft) = placement.raft_id_of(me) else {
+        return Err(NotFound);
+    };
+    let group = placement.group;
+    let timeout = cluster.config.command_timeout;
+    tracing::warn!(queue = %name, vhost = %vhost, members = ?placement.members, "forcing a quorum queue down to this node alone (disaster recovery)");
+    let dropped = cluster
+        .force_alone(group)
+        .await
+        .map_err(|e| Unavailable(format!("the group of {rs} was not changed: {e}")))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    while cluster.leader_of(group) != raft {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(Unavailable(format!(
+                "this node did not take the lead of {rs} within {timeout:?}"
+            )));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    // Also those of the metadata's members: a retry after a failed step finds them
+    // dropped already, and removing one absent changes nothing.
+    let mut gone: Vec<u64> = placement
+        .raft_ids()
+        .into_iter()
+        .filter(|id| *id != raft)
+        .collect();
+    gone.extend(dropped);
+    gone.sort_unstable();
+    gone.dedup();
+    for id in gone {
+        if !change_voter(cluster, group, false, id).await {
+            return Err(Unavailable(format!(
+                "the removal of Raft id {id:#x} from {rs} was not logged within {timeout:?}"
+            )));
+        }
+    }
+    if let Err(e) = v.set_members(name, q.id, (vec![me], vec![raft])).await {
+        return Err(Unavailable(format!(
+            "{rs} has this node alone, but the metadata did not record it ({}): ask again",
+            e.reply_text()
+        )));
+    }
+    tracing::warn!(queue = %name, vhost = %vhost, "quorum queue forced down to this node alone");
+    Ok(())
+}
+
 /// A voter added to (or removed from) `group`, within the command timeout: false if no
 /// majority committed it by then.
 async fn change_voter(cluster: &Cluster, group: u64, add: bool, raft: u64) -> bool {

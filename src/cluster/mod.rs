@@ -90,6 +90,9 @@ pub enum ClusterError {
     NoLeader,
     #[error("the cluster is shutting down")]
     Stopped,
+    /// A request this node cannot carry out as things stand.
+    #[error("{0}")]
+    Refused(String),
 }
 
 const MARKER: &str = "cluster";

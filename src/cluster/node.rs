@@ -81,6 +81,11 @@ pub(super) enum Request {
     Close { group: u64 },
     /// Hand the group's leadership to `to`.
     Transfer { group: u64, to: u64 },
+    /// Make this node the group's only voter (`Group::force_alone`).
+    ForceAlone {
+        group: u64,
+        done: oneshot::Sender<Result<Vec<u64>, ClusterError>>,
+    },
     /// Add (or remove) voter `node`: answered once the change is applied here; dropped if
     /// it is refused or lost (the caller bounds the wait).
     Member {
@@ -355,6 +360,18 @@ impl Cluster {
     /// `leader_of`.
     pub async fn transfer_leader(&self, group: u64, to: u64) {
         let _ = self.requests.send(Request::Transfer { group, to }).await;
+    }
+
+    /// Make this node `group`'s only voter, without the other members (a queue that lost
+    /// a majority of them for good): the voters dropped (Raft ids). It then leads alone
+    /// (see `leader_of`); their removal is for the caller to log (`change_member`).
+    pub async fn force_alone(&self, group: u64) -> Result<Vec<u64>, ClusterError> {
+        let (done, rx) = oneshot::channel();
+        self.requests
+            .send(Request::ForceAlone { group, done })
+            .await
+            .map_err(|_| ClusterError::Stopped)?;
+        rx.await.map_err(|_| ClusterError::Stopped)?
     }
 
     /// Add (`add`) or remove voter `node` (a Raft id) of `group`, a group of this node:

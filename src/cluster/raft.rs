@@ -20,7 +20,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use protobuf::Message as _;
 use raft::prelude::{
-    ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType, Snapshot,
+    ConfChange, ConfChangeType, Entry, EntryType, HardState, Message, MessageType,
 };
 use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 
@@ -29,7 +29,7 @@ use super::kept::{self, Keep};
 use super::link::{Frame, Links};
 use super::node::Apply;
 use super::quiet::Quiet;
-use super::storage::{GroupStorage, LogBytes};
+use super::storage::{GroupStorage, LogBytes, corrupt, load};
 use crate::store::{Compact, Op, RaftLog, Store, StoreError};
 
 /// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
@@ -146,10 +146,6 @@ impl slog::Drain for TracingDrain {
         }
         Ok(())
     }
-}
-
-fn corrupt(what: &str, e: impl std::fmt::Display) -> ClusterError {
-    ClusterError::Corrupt(format!("{what}: {e}"))
 }
 
 impl Group {
@@ -377,6 +373,35 @@ impl Group {
     pub fn transfer_leader(&mut self, to: u64) {
         self.quiet.wake();
         self.node.transfer_leader(to);
+    }
+
+    /// Disaster recovery: make this node the group's only voter, here alone (nothing is
+    /// logged, no other member asked), and stand for election, which it wins by itself;
+    /// what its log holds is committed then, whatever the lost members had. Returns the
+    /// voters dropped, for the new leader to log their removal (so that a restart, which
+    /// replays the log, ends with the same voters). Refused while a membership change
+    /// waits to be applied here (raft-rs would not campaign).
+    pub fn force_alone(&mut self) -> Result<Vec<u64>, ClusterError> {
+        if self.node.raft.has_pending_conf() {
+            return Err(ClusterError::Refused(
+                "a membership change of the group is not applied here yet".into(),
+            ));
+        }
+        let me = self.raft_id();
+        let others: Vec<u64> = self.voters().into_iter().filter(|v| *v != me).collect();
+        for id in &others {
+            let mut cc = ConfChange::default();
+            cc.set_change_type(ConfChangeType::RemoveNode);
+            cc.node_id = *id;
+            let cs = self
+                .node
+                .apply_conf_change(&cc)
+                .map_err(|e| ClusterError::Refused(e.to_string()))?;
+            self.node.mut_store().mem.wl().set_conf_state(cs);
+        }
+        tracing::warn!(group = self.id, dropped = ?others, "raft group forced down to this node alone");
+        self.campaign();
+        Ok(others)
     }
 
     /// Stand for election now (a new group's first member, so leaders spread as placed).
@@ -700,57 +725,4 @@ impl Group {
             }
         }
     }
-}
-
-/// Load a saved log into `storage`: the snapshot (handed to `apply`), the hard state, and
-/// the entries after the snapshot. Returns the snapshot's index (applied by then) and the
-/// entries kept past it.
-fn load(
-    storage: &GroupStorage,
-    log: &RaftLog,
-    apply: &mut dyn Apply,
-) -> Result<(u64, Vec<u64>), ClusterError> {
-    let mut applied = 0;
-    let mut kept = Vec::new();
-    if let Some(bytes) = &log.snapshot {
-        let snap = Snapshot::parse_from_bytes(bytes).map_err(|e| corrupt("raft snapshot", e))?;
-        applied = snap.get_metadata().index;
-        storage
-            .install(&snap)
-            .map_err(|e| corrupt("raft snapshot", e))?;
-        let (listed, data) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
-        kept = listed.into_iter().map(|(i, _)| i).collect();
-        apply.restore(applied, data);
-    }
-    if let Some(state) = &log.state {
-        let mut hs = HardState::parse_from_bytes(state).map_err(|e| corrupt("hard state", e))?;
-        // The commit index is written unsynced: it is at least the snapshot's.
-        hs.commit = hs.commit.max(applied);
-        storage.set_hardstate(hs);
-    }
-    let mut entries = Vec::with_capacity(log.entries.len());
-    for (i, bytes) in log.entries.iter().enumerate() {
-        let index = log.first + i as u64;
-        if index <= applied {
-            continue;
-        }
-        let e = Entry::parse_from_bytes(bytes).map_err(|e| corrupt("raft entry", e))?;
-        if e.index != index {
-            return Err(corrupt(
-                "raft entry",
-                format!("index {} out of place", e.index),
-            ));
-        }
-        entries.push(e);
-    }
-    if entries.first().is_some_and(|e| e.index != applied + 1) {
-        return Err(corrupt(
-            "raft log",
-            format!("does not start right after the snapshot at {applied}"),
-        ));
-    }
-    storage
-        .append(&entries)
-        .map_err(|e| corrupt("raft log", e))?;
-    Ok((applied, kept))
 }

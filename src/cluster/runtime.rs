@@ -381,6 +381,13 @@ impl Runtime {
                     r.group.transfer_leader(to);
                 }
             }
+            Request::ForceAlone { group, done } => {
+                let forced = match self.groups.get_mut(&group) {
+                    Some(r) => r.group.force_alone(),
+                    None => Err(ClusterError::Refused(format!("no group {group} here"))),
+                };
+                let _ = done.send(forced);
+            }
             Request::Member {
                 group,
                 add,

@@ -17,9 +17,15 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use protobuf::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::storage::MemStorage;
 use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+
+use super::ClusterError;
+use super::kept;
+use super::node::Apply;
+use crate::store::RaftLog;
 
 /// A snapshot made is kept this long for followers that may still ask for it.
 const KEEP: Duration = Duration::from_secs(30);
@@ -251,4 +257,61 @@ impl Storage for GroupStorage {
             }
         }
     }
+}
+
+/// Load a saved log into `storage`: the snapshot (handed to `apply`), the hard state, and
+/// the entries after the snapshot. Returns the snapshot's index (applied by then) and the
+/// entries kept past it.
+pub(super) fn load(
+    storage: &GroupStorage,
+    log: &RaftLog,
+    apply: &mut dyn Apply,
+) -> Result<(u64, Vec<u64>), ClusterError> {
+    let mut applied = 0;
+    let mut kept = Vec::new();
+    if let Some(bytes) = &log.snapshot {
+        let snap = Snapshot::parse_from_bytes(bytes).map_err(|e| corrupt("raft snapshot", e))?;
+        applied = snap.get_metadata().index;
+        storage
+            .install(&snap)
+            .map_err(|e| corrupt("raft snapshot", e))?;
+        let (listed, data) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
+        kept = listed.into_iter().map(|(i, _)| i).collect();
+        apply.restore(applied, data);
+    }
+    if let Some(state) = &log.state {
+        let mut hs = HardState::parse_from_bytes(state).map_err(|e| corrupt("hard state", e))?;
+        // The commit index is written unsynced: it is at least the snapshot's.
+        hs.commit = hs.commit.max(applied);
+        storage.set_hardstate(hs);
+    }
+    let mut entries = Vec::with_capacity(log.entries.len());
+    for (i, bytes) in log.entries.iter().enumerate() {
+        let index = log.first + i as u64;
+        if index <= applied {
+            continue;
+        }
+        let e = Entry::parse_from_bytes(bytes).map_err(|e| corrupt("raft entry", e))?;
+        if e.index != index {
+            return Err(corrupt(
+                "raft entry",
+                format!("index {} out of place", e.index),
+            ));
+        }
+        entries.push(e);
+    }
+    if entries.first().is_some_and(|e| e.index != applied + 1) {
+        return Err(corrupt(
+            "raft log",
+            format!("does not start right after the snapshot at {applied}"),
+        ));
+    }
+    storage
+        .append(&entries)
+        .map_err(|e| corrupt("raft log", e))?;
+    Ok((applied, kept))
+}
+
+pub(super) fn corrupt(what: &str, e: impl std::fmt::Display) -> ClusterError {
+    ClusterError::Corrupt(format!("{what}: {e}"))
 }

@@ -534,3 +534,64 @@ async fn a_consumer_carries_on_when_its_node_leaves_the_members() {
     assert!(m.delivery.redelivered);
     assert_eq!(m.delivery.data, got.delivery.data);
 }
+
+/// A queue on nodes 1 and 2 loses node 2 for good: no majority, nothing is committed. On
+/// node 1 `force-shrink` makes it the only member (refused on a non-member and on a queue
+/// with a majority online); it takes publishes again, from any node, keeps that after a
+/// restart (which replays the removal logged after snapshots with two voters), and node 2,
+/// back, uses it through node 1 with every message there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_that_lost_a_majority_is_forced_down_to_a_survivor() {
+    let settings = "quorum_snapshot_bytes = 4096\ncluster_command_timeout_ms = 3000\n";
+    let mut cluster = TestCluster::start(3, settings);
+    let apis = [cluster.http(0).await, cluster.http(2).await];
+    let (_c1, ch1) = cluster.channel(0).await;
+    ch1.queue_declare("lost".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    ch1.queue_declare("fine".into(), durable(), quorum_args(None))
+        .await
+        .unwrap();
+    assert_eq!(members(apis[0], "lost").await, serde_json::json!([1, 2]));
+    assert_eq!(publish_confirmed_from(&ch1, "lost", 0, 100).await, (100, 0));
+    let guest = Some(("guest", "guest"));
+    let force = |api, path| crate::common::http_call(api, "POST", path, guest);
+    let (status, body) = force(apis[0], "/api/queues/%2F/fine/force-shrink").await;
+    assert_eq!(status, 400, "a majority of its members is online: {body}");
+
+    cluster.kill9(1);
+    let (status, body) = force(apis[1], "/api/queues/%2F/lost/force-shrink").await;
+    assert_eq!(status, 400, "node 3 is not a member: {body}");
+    let (status, body) = force(apis[0], "/api/queues/%2F/lost/force-shrink").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["members"], serde_json::json!([1]), "{body}");
+    assert_eq!(publish_confirmed_from(&ch1, "lost", 100, 50).await, (50, 0));
+    let (_c3, ch3) = cluster.channel(2).await;
+    assert_eq!(publish_confirmed_from(&ch3, "lost", 150, 50).await, (50, 0));
+    assert_eq!(count(&ch3, "lost").await, 200);
+
+    // A restart replays the log past the old snapshot: node 1 leads alone again.
+    cluster.kill9(0);
+    cluster.spawn(0);
+    let (_c1, ch1) = cluster.channel(0).await;
+    assert_eq!(publish_confirmed_from(&ch1, "lost", 200, 10).await, (10, 0));
+    assert_eq!(count(&ch1, "lost").await, 210);
+
+    // Node 2 comes back: not a member any more, it uses the queue through node 1.
+    cluster.spawn(1);
+    let (_c2, ch2) = cluster.channel(1).await;
+    assert_eq!(
+        members(cluster.http(1).await, "lost").await,
+        serde_json::json!([1])
+    );
+    assert_eq!(count(&ch2, "lost").await, 210);
+    ch2.basic_qos(100, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let mut consumer = crate::common::consume(&ch2, "lost", "drain", false).await;
+    let mut got = BTreeSet::new();
+    while got.len() < 210 {
+        got.insert(take_acked(&mut consumer).await);
+    }
+    assert_eq!(got, (0..210).collect::<BTreeSet<usize>>());
+}

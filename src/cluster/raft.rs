@@ -36,6 +36,9 @@ use crate::store::{Compact, Op, RaftLog, Store, StoreError};
 const ELECTION_TICKS: usize = 10;
 /// Ticks between a leader's heartbeats.
 const HEARTBEAT_TICKS: usize = 2;
+/// Ticks in which a campaign made at a leader's link loss is made again while no leader
+/// is known (see `leader_link_lost`).
+const HURRY_TICKS: u8 = 5;
 /// How often a group ticks.
 pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 /// A leader compacts its log past a follower at most this many entries behind only by
@@ -127,6 +130,8 @@ pub struct Group {
     floor: u64,
     /// The entries kept past the last snapshot (sorted).
     kept: Vec<u64>,
+    /// Ticks left to campaign again after a leader's link loss (`leader_link_lost`).
+    hurry: u8,
 }
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
@@ -207,6 +212,7 @@ impl Group {
             snapshots_sent: Vec::new(),
             conf_applied: Vec::new(),
             quiet: Quiet::default(),
+            hurry: 0,
             floor,
             kept,
         })
@@ -215,8 +221,17 @@ impl Group {
     /// One tick, unless the group is quiet (see `quiet`); `up`: the peers whose node link
     /// is up.
     pub fn tick(&mut self, up: &BTreeSet<u64>) {
-        if !self.quiet.skip(&mut self.node.raft, up) {
-            self.node.tick();
+        if self.quiet.skip(&mut self.node.raft, up) {
+            return;
+        }
+        self.node.tick();
+        if self.hurry > 0 {
+            self.hurry -= 1;
+            let raft = &self.node.raft;
+            let waiting = matches!(raft.state, StateRole::PreCandidate | StateRole::Follower);
+            if waiting && raft.leader_id == raft::INVALID_ID {
+                let _ = self.node.campaign();
+            }
         }
     }
 
@@ -305,7 +320,10 @@ impl Group {
     /// voter still reachable (`up`: peers whose link is up) stands for election now. Only
     /// liveness changes: the campaign is raft-rs's own (pre-vote first), so a leader that
     /// is in fact alive keeps its followers' lease elsewhere and is not deposed; and reads
-    /// go through ReadIndex (raft-rs's default), never a lease, so none goes stale.
+    /// go through ReadIndex (raft-rs's default), never a lease, so none goes stale. A
+    /// survivor that sees the link go a moment later than this node still holds the lease
+    /// when the pre-vote comes, and ignores it: the campaign is made again on the next
+    /// ticks (`HURRY_TICKS`) while no leader is known, not only after the election timeout.
     pub fn leader_link_lost(&mut self, peer: u64, up: &BTreeSet<u64>) {
         self.quiet.wake();
         let raft = &mut self.node.raft;
@@ -313,7 +331,11 @@ impl Group {
         if super::node_of(raft.leader_id) != peer || raft.leader_id == me {
             return;
         }
-        raft.election_elapsed = raft.election_elapsed.max(raft.election_timeout());
+        // Forgetting the leader gives up its lease (raft-rs ignores a vote request while a
+        // known leader's lease runs). Not by running the election clock out, which would
+        // make this node campaign on its next tick as well: two campaigns at once split
+        // the vote, and the election then waits out the timeout.
+        raft.leader_id = raft::INVALID_ID;
         let first = raft
             .prs()
             .conf()
@@ -332,6 +354,7 @@ impl Group {
                 "leader's link lost: campaigning"
             );
             let _ = self.node.campaign();
+            self.hurry = HURRY_TICKS;
         }
     }
 

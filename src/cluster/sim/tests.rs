@@ -182,3 +182,55 @@ fn losing_the_leaders_link_elects_a_new_leader_without_waiting() {
         n.crash(0);
     }
 }
+
+/// The same, when the other survivor sees the leader's link go only after the first one's
+/// pre-vote reached it: it refused that (it still held the dead leader's lease), and the
+/// campaign is made again on the next tick rather than after the election timeout.
+#[test]
+fn a_survivor_that_keeps_the_lease_a_moment_longer_does_not_delay_the_election() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = Sim::new(7, dir.path());
+    let leader = |sim: &Sim, i: usize| sim.nodes[i].up.as_ref().unwrap().group.status().leader;
+    while sim.client.next < 20 || !sim.settled() {
+        sim.step(false, sim.client.next < 20);
+    }
+    let old = leader(&sim, 0);
+    sim.nodes[(old - 1) as usize].crash(u64::MAX);
+    sim.ticking = false;
+    let survivors: Vec<u64> = NODES.iter().copied().filter(|n| *n != old).collect();
+    let up =
+        |id: u64| -> BTreeSet<u64> { survivors.iter().copied().filter(|o| *o != id).collect() };
+    let (first, second) = (survivors[0], survivors[1]);
+    group_of(&mut sim, first).leader_link_lost(old, &up(first));
+    for _ in 0..50 {
+        sim.step(false, false);
+    }
+    assert_eq!(
+        leader(&sim, (first - 1) as usize),
+        0,
+        "the pre-vote went unanswered"
+    );
+    group_of(&mut sim, second).leader_link_lost(old, &up(second));
+    // Two ticks: far below the election timeout (ELECTION_TICKS).
+    for _ in 0..2 {
+        for id in [first, second] {
+            group_of(&mut sim, id).tick(&up(id));
+        }
+        for _ in 0..50 {
+            sim.step(false, false);
+        }
+    }
+    assert_eq!(
+        leader(&sim, (first - 1) as usize),
+        first,
+        "elected without waiting"
+    );
+    assert_eq!(leader(&sim, (second - 1) as usize), first);
+    for n in &mut sim.nodes {
+        n.crash(0);
+    }
+}
+
+fn group_of(sim: &mut Sim, id: u64) -> &mut crate::cluster::raft::Group {
+    &mut sim.nodes[(id - 1) as usize].up.as_mut().unwrap().group
+}

@@ -202,7 +202,13 @@ async fn transfer(
     if let Some(r) = refuse(&broker, peer, &headers) {
         return r;
     }
-    let Some((q, _)) = broker.vhost(&vhost).and_then(|v| v.queue_entry(&name)) else {
+    let Some(v) = broker.vhost(&vhost) else {
+        return not_found();
+    };
+    if let Err(e) = v.caught_up().await {
+        return unavailable(e.reply_text().to_string());
+    }
+    let Some((q, _)) = v.queue_entry(&name) else {
         return not_found();
     };
     let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {

@@ -46,6 +46,11 @@ pub async fn change(
 ) -> Result<(), MemberError> {
     use MemberError::{NotFound, Refused, Unavailable};
     let v = broker.vhost(vhost).ok_or(NotFound)?;
+    // The members as of every change committed before (one asked on another node just
+    // now included), so that a member removed there is not picked to lead here.
+    v.caught_up()
+        .await
+        .map_err(|e| Unavailable(e.reply_text()))?;
     let (q, _) = v.queue_entry(name).ok_or(NotFound)?;
     let rs = format!("queue '{name}' in vhost '{vhost}'");
     let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {
@@ -128,6 +133,9 @@ pub async fn change(
 pub async fn force_shrink(broker: &Broker, vhost: &str, name: &str) -> Result<(), MemberError> {
     use MemberError::{NotFound, Refused, Unavailable};
     let v = broker.vhost(vhost).ok_or(NotFound)?;
+    v.caught_up()
+        .await
+        .map_err(|e| Unavailable(e.reply_text()))?;
     let (q, _) = v.queue_entry(name).ok_or(NotFound)?;
     let rs = format!("queue '{name}' in vhost '{vhost}'");
     let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {

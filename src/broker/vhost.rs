@@ -419,6 +419,15 @@ impl VHost {
         records
     }
 
+    /// Wait until this node has applied every metadata change committed before the call
+    /// (on a cluster; at once on a single node), within the command timeout.
+    pub async fn caught_up(&self) -> Result<(), Error> {
+        match self.replicated.get() {
+            Some(r) => r.read().await,
+            None => Ok(()),
+        }
+    }
+
     /// Make a change: on a single node, apply it here and wait for its rows to be written;
     /// in a cluster, through the metadata log (every node applies it once committed).
     async fn change(&self, cmd: Cmd) -> Result<Option<QueueHandle>, Error> {

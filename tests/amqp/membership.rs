@@ -595,3 +595,45 @@ async fn a_queue_that_lost_a_majority_is_forced_down_to_a_survivor() {
     }
     assert_eq!(got, (0..210).collect::<BTreeSet<usize>>());
 }
+
+/// A node that is not a member got a message (not acked yet) through the member it uses,
+/// which then leaves the members: the node moves to the other member, and the message comes
+/// back, redelivered, rather than stay held through a member that no longer serves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_got_through_a_member_that_leaves_comes_back() {
+    let cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    let api = cluster.http(0).await;
+    ch1.queue_declare("via".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    assert_eq!(members(api, "via").await, serde_json::json!([1, 2]));
+    assert_eq!(publish_confirmed_from(&ch1, "via", 0, 1).await, (1, 0));
+    // Node 3 uses the queue through node 1 (the first member).
+    let (_c3, ch3) = cluster.channel(2).await;
+    let got = ch3
+        .basic_get("via".into(), BasicGetOptions { no_ack: false })
+        .await
+        .unwrap()
+        .expect("a message");
+    let guest = Some(("guest", "guest"));
+    let path = "/api/queues/%2F/via/members/1";
+    let (status, body) = crate::common::http_call(api, "DELETE", path, guest).await;
+    assert_eq!(status, 200, "{body}");
+    let (_c2, ch2) = cluster.channel(1).await;
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let got = ch2
+                .basic_get("via".into(), BasicGetOptions { no_ack: true })
+                .await
+                .unwrap();
+            match got {
+                Some(m) => return m,
+                None => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    });
+    let m = again.await.expect("the message got on node 3 comes back");
+    assert!(m.delivery.redelivered);
+    assert_eq!(m.delivery.data, got.delivery.data);
+}

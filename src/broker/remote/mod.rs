@@ -68,8 +68,9 @@ struct Consuming {
     moves: bool,
 }
 
-/// Messages held unacked through a stub, by seq, with the session they came on.
-type Held = Arc<Mutex<HashMap<u64, Session>>>;
+/// Messages held unacked through a stub, by seq, with the node and session they came on
+/// (session numbers are per link) and the channel that holds them.
+type Held = Arc<Mutex<HashMap<u64, (NodeId, Session, ChannelId)>>>;
 
 /// A channel's pool as lent to one home node over one session.
 struct Lent {
@@ -331,7 +332,7 @@ impl Forwarder {
             }
             let mut held = c.held.lock().unwrap_or_else(|e| e.into_inner());
             for e in &entries {
-                held.insert(e.seq, session);
+                held.insert(e.seq, (from, session, consumer.channel));
             }
         }
         let ev = ConnEvent::Deliver {

@@ -15,7 +15,7 @@
 //! consumers carry on with no message lost, and no channel is served by two members at once
 //! (a message held at the switch comes again, redelivered).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
@@ -233,7 +233,7 @@ impl Stub {
                 }
                 _ = self.shared.woken() => self.credit().await,
                 Some(()) = changed(&mut links) => {
-                    if !self.registered.is_empty() {
+                    if self.holds() {
                         self.session().await;
                     }
                 }
@@ -322,9 +322,16 @@ impl Stub {
             self.routed = None;
         }
         self.members = members;
-        if !self.registered.is_empty() {
+        if self.holds() {
             self.session().await;
         }
+    }
+
+    /// Whether something here moves with the queue to another member: consumers, or
+    /// messages held.
+    fn holds(&self) -> bool {
+        !self.registered.is_empty()
+            || !(self.held.lock().unwrap_or_else(|e| e.into_inner())).is_empty()
     }
 
     /// Use the queue through `node` from now on: the consumers are registered there again
@@ -335,6 +342,26 @@ impl Stub {
         }
         self.home = node;
         self.routed = Some(session);
+        // Channels that hold messages got or delivered through another route move to this
+        // member first: the queue gives those back (redelivered), as it does when a
+        // consumer is registered again, also for a channel that only got messages (no
+        // consumer to register), which would otherwise keep them for good.
+        let moved: BTreeSet<ChannelId> = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            let here = |n: &NodeId, s: &Session| (*n, *s) == (node, session);
+            let moved = (held.values())
+                .filter(|(n, s, _)| !here(n, s))
+                .map(|(_, _, ch)| *ch)
+                .collect();
+            held.retain(|_, (n, s, _)| here(n, s));
+            moved
+        };
+        for channel in moved {
+            let queue = self.queue.clone();
+            (self.fwd)
+                .send(node, session, &Fwd::Move { queue, channel })
+                .await;
+        }
         // Only consumers still here (not cancelled meanwhile, nor refused) go along.
         self.registered.retain(|id, _| self.fwd.has_consumer(id));
         let ids: Vec<ConsumerId> = self.registered.keys().cloned().collect();
@@ -536,14 +563,14 @@ impl Stub {
                 no_ack,
             })
             .await;
-        let held = self.held.clone();
+        let (held, home) = (self.held.clone(), self.home);
         relay(rx, reply, move |f| {
             let Fwd::Got { got, .. } = f else { return None };
             let got = got.map(|(e, n)| (e.into_entry(), n));
             if let (Some((e, _)), false) = (&got, no_ack) {
                 held.lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(e.seq, session);
+                    .insert(e.seq, (home, session, channel));
             }
             Some(got)
         });
@@ -701,11 +728,14 @@ impl Stub {
         self.fwd.send(self.home, session, &msg).await;
     }
 
-    /// Of `seqs`, those got on `session` (no longer held once settled).
+    /// Of `seqs`, those got on `session` with the home node (no longer held once settled).
     fn held_here(&self, session: Session, seqs: Vec<u64>) -> Vec<u64> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         seqs.into_iter()
-            .filter(|s| held.remove(s) == Some(session))
+            .filter(|s| {
+                held.remove(s)
+                    .is_some_and(|(n, s, _)| (n, s) == (self.home, session))
+            })
             .collect()
     }
 

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::{QEntry, QOp, Replica, Waiter, fail};
 use crate::broker::ids::NodeId;
-use crate::broker::queue::{ConnEvent, QueueCmd};
+use crate::broker::queue::QueueCmd;
 use crate::broker::remote::{self, Forwarder, TakeOver};
 
 impl Replica {
@@ -59,14 +59,13 @@ impl Replica {
                 .into_iter()
                 .map(|(_, _, reply)| QueueCmd::Stat(reply)),
         );
-        // Consumers of non-members relayed by this node: their stubs move them to another
-        // member (their node ignores this cancel once they have).
-        let (own, relayed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.consumers)
+        // Consumers of non-members relayed by this node are left to their stubs, which
+        // register them with another member as they learn of the change (cancelled here,
+        // one could be cancelled at its node before its stub moved it).
+        let own: Vec<_> = std::mem::take(&mut self.consumers)
             .into_values()
-            .partition(|c| c.id.channel.conn.node == self.me);
-        for c in relayed {
-            let _ = c.events.send(ConnEvent::Cancelled(c.id));
-        }
+            .filter(|c| c.id.channel.conn.node == self.me)
+            .collect();
         let t = TakeOver {
             shared: self.shared.clone(),
             vhost: self.state.config().vhost.to_string(),

@@ -35,6 +35,34 @@ pub enum MemberError {
     Unavailable(String),
 }
 
+/// A quorum queue whose members are to change, and how errors name it.
+struct Found<'a> {
+    v: Arc<super::vhost::VHost>,
+    q: super::topology::QueueRecord,
+    placement: Quorum,
+    cluster: &'a Arc<Cluster>,
+    rs: String,
+}
+
+/// Quorum queue `name` in `vhost` as of every metadata change committed before (one asked
+/// on another node just now included), so that a member removed there is not picked here.
+async fn find<'a>(broker: &'a Broker, vhost: &str, name: &str) -> Result<Found<'a>, MemberError> {
+    let v = broker.vhost(vhost).ok_or(MemberError::NotFound)?;
+    (v.caught_up().await).map_err(|e| MemberError::Unavailable(e.reply_text()))?;
+    let (q, _) = v.queue_entry(name).ok_or(MemberError::NotFound)?;
+    let rs = format!("queue '{name}' in vhost '{vhost}'");
+    let (Some(placement), Some(cluster)) = (q.quorum.clone(), broker.quorum_cluster()) else {
+        return Err(MemberError::Refused(format!("{rs} is not a quorum queue")));
+    };
+    Ok(Found {
+        v,
+        q,
+        placement,
+        cluster,
+        rs,
+    })
+}
+
 /// Add (`add`) or remove `node` as a member of quorum queue `name` in `vhost`, asked on a
 /// member node (only a member runs the queue's Raft group).
 pub async fn change(
@@ -44,18 +72,15 @@ pub async fn change(
     node: NodeId,
     add: bool,
 ) -> Result<(), MemberError> {
-    use MemberError::{NotFound, Refused, Unavailable};
-    let v = broker.vhost(vhost).ok_or(NotFound)?;
-    // The members as of every change committed before (one asked on another node just
-    // now included), so that a member removed there is not picked to lead here.
-    v.caught_up()
-        .await
-        .map_err(|e| Unavailable(e.reply_text()))?;
-    let (q, _) = v.queue_entry(name).ok_or(NotFound)?;
-    let rs = format!("queue '{name}' in vhost '{vhost}'");
-    let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {
-        return Err(Refused(format!("{rs} is not a quorum queue")));
-    };
+    use MemberError::{Refused, Unavailable};
+    let Found {
+        v,
+        q,
+        placement,
+        cluster,
+        rs,
+    } = find(broker, vhost, name).await?;
+    let placement = &placement;
     if broker.cluster.is_none() {
         return Err(Refused(
             "a single node's quorum queues have one member".into(),
@@ -132,15 +157,14 @@ pub async fn change(
 /// queue through this node. Asking again completes a change whose later step failed.
 pub async fn force_shrink(broker: &Broker, vhost: &str, name: &str) -> Result<(), MemberError> {
     use MemberError::{NotFound, Refused, Unavailable};
-    let v = broker.vhost(vhost).ok_or(NotFound)?;
-    v.caught_up()
-        .await
-        .map_err(|e| Unavailable(e.reply_text()))?;
-    let (q, _) = v.queue_entry(name).ok_or(NotFound)?;
-    let rs = format!("queue '{name}' in vhost '{vhost}'");
-    let (Some(placement), Some(cluster)) = (&q.quorum, broker.quorum_cluster()) else {
-        return Err(Refused(format!("{rs} is not a quorum queue")));
-    };
+    let Found {
+        v,
+        q,
+        placement,
+        cluster,
+        rs,
+    } = find(broker, vhost, name).await?;
+    let placement = &placement;
     not_a_member_here(broker, placement, name, vhost)?;
     let live = broker.live_nodes();
     let online = placement

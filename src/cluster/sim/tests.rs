@@ -142,21 +142,32 @@ fn a_run_is_reproducible_from_its_seed() {
     assert_eq!(a, b);
 }
 
-/// A follower that sees its leader's link go down does not wait out the election timeout:
-/// with every clock stopped, the two survivors elect the lower-numbered one, and the group
-/// commits again.
-#[test]
-fn losing_the_leaders_link_elects_a_new_leader_without_waiting() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(5, dir.path());
-    let leader = |sim: &Sim, i: usize| sim.nodes[i].up.as_ref().unwrap().group.status().leader;
+/// The group's leader as node `i` knows it.
+fn leader(sim: &Sim, i: usize) -> u64 {
+    sim.nodes[i].up.as_ref().unwrap().group.status().leader
+}
+
+/// A simulation (from `seed`) whose settled leader crashed, with every clock stopped: the
+/// old leader and the survivors.
+fn leader_crashed(seed: u64, dir: &std::path::Path) -> (Sim, u64, Vec<u64>) {
+    let mut sim = Sim::new(seed, dir);
     while sim.client.next < 20 || !sim.settled() {
         sim.step(false, sim.client.next < 20);
     }
     let old = leader(&sim, 0);
     sim.nodes[(old - 1) as usize].crash(u64::MAX);
     sim.ticking = false;
-    let survivors: Vec<u64> = NODES.iter().copied().filter(|n| *n != old).collect();
+    let survivors = NODES.iter().copied().filter(|n| *n != old).collect();
+    (sim, old, survivors)
+}
+
+/// A follower that sees its leader's link go down does not wait out the election timeout:
+/// with every clock stopped, the two survivors elect the lower-numbered one, and the group
+/// commits again.
+#[test]
+fn losing_the_leaders_link_elects_a_new_leader_without_waiting() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut sim, old, survivors) = leader_crashed(5, dir.path());
     for id in &survivors {
         let up: BTreeSet<u64> = survivors.iter().copied().filter(|o| o != id).collect();
         let node = sim.nodes[(*id - 1) as usize].up.as_mut().unwrap();
@@ -189,15 +200,7 @@ fn losing_the_leaders_link_elects_a_new_leader_without_waiting() {
 #[test]
 fn a_survivor_that_keeps_the_lease_a_moment_longer_does_not_delay_the_election() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sim = Sim::new(7, dir.path());
-    let leader = |sim: &Sim, i: usize| sim.nodes[i].up.as_ref().unwrap().group.status().leader;
-    while sim.client.next < 20 || !sim.settled() {
-        sim.step(false, sim.client.next < 20);
-    }
-    let old = leader(&sim, 0);
-    sim.nodes[(old - 1) as usize].crash(u64::MAX);
-    sim.ticking = false;
-    let survivors: Vec<u64> = NODES.iter().copied().filter(|n| *n != old).collect();
+    let (mut sim, old, survivors) = leader_crashed(7, dir.path());
     let up =
         |id: u64| -> BTreeSet<u64> { survivors.iter().copied().filter(|o| *o != id).collect() };
     let (first, second) = (survivors[0], survivors[1]);

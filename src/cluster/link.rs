@@ -26,8 +26,10 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::ClusterConfig;
+use super::parts::Parts;
 
-/// Frames bigger than this close the link (a Raft batch is bounded far below it).
+/// Frames bigger than this close the link (a Raft batch is bounded far below it, and a
+/// bigger message goes in parts, `parts`).
 pub const MAX_FRAME: usize = 64 << 20;
 /// Frames queued for one peer; past it, new ones are dropped until the link drains.
 const PEER_QUEUE: usize = 4096;
@@ -45,6 +47,7 @@ const HEARTBEAT_FRAME: u8 = 2;
 const RAFT: u8 = 3;
 const FORWARD: u8 = 4;
 const REJOIN: u8 = 5;
+const RAFT_PART: u8 = 6;
 
 /// One connection of a link, numbered from 1 on each node (the two ends number alike only
 /// by chance: a session number is meaningful to its own node).
@@ -69,6 +72,14 @@ pub enum Frame {
     /// new Raft id instead of its old one (`runtime::Runtime::rejoin`).
     Rejoin {
         raft_id: u64,
+    },
+    /// Part of a Raft message too big for one frame (`parts`): its bytes from `offset` of
+    /// `total`.
+    RaftPart {
+        group: u64,
+        total: u64,
+        offset: u64,
+        data: Bytes,
     },
 }
 
@@ -96,6 +107,18 @@ impl Frame {
             Frame::Rejoin { raft_id } => {
                 out.put_u8(REJOIN);
                 out.put_u64(*raft_id);
+            }
+            Frame::RaftPart {
+                group,
+                total,
+                offset,
+                data,
+            } => {
+                out.put_u8(RAFT_PART);
+                out.put_u64(*group);
+                out.put_u64(*total);
+                out.put_u64(*offset);
+                out.put_slice(data);
             }
         }
         let len = (out.len() - at - 4) as u32;
@@ -144,6 +167,15 @@ impl Frame {
                 need(8, &body)?;
                 Frame::Rejoin {
                     raft_id: body.get_u64(),
+                }
+            }
+            RAFT_PART => {
+                need(24, &body)?;
+                Frame::RaftPart {
+                    group: body.get_u64(),
+                    total: body.get_u64(),
+                    offset: body.get_u64(),
+                    data: body,
                 }
             }
             other => return Err(format!("unknown frame kind {other}")),
@@ -470,6 +502,7 @@ impl Peer {
         let mut wbuf = BytesMut::new();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         let mut last_recv = Instant::now();
+        let mut parts = Parts::default();
         let replaced = loop {
             tokio::select! {
                 r = reader.read_buf(&mut rbuf) => {
@@ -486,6 +519,16 @@ impl Peer {
                                 // windows its senders keep (see broker::remote).
                                 let msg = Inbound { from: self.id, session, frame };
                                 let _ = self.forwarded.send(msg);
+                            }
+                            Ok(Some(Frame::RaftPart { group, total, offset, data })) => {
+                                let Some(msg) = parts.take(group, total, offset, &data) else {
+                                    continue;
+                                };
+                                let frame = Frame::Raft { group, msg };
+                                let msg = Inbound { from: self.id, session, frame };
+                                if self.inbound.send(msg).await.is_err() {
+                                    return None;
+                                }
                             }
                             Ok(Some(frame)) => {
                                 let msg = Inbound { from: self.id, session, frame };
@@ -563,6 +606,12 @@ mod tests {
             Frame::Rejoin {
                 raft_id: 3 | 7 << 32,
             },
+            Frame::RaftPart {
+                group: 4,
+                total: 9,
+                offset: 5,
+                data: Bytes::from_static(b"part"),
+            },
         ];
         let mut all = BytesMut::new();
         for f in &frames {
@@ -585,13 +634,14 @@ mod tests {
 
     #[test]
     fn malformed_frames_are_errors() {
-        let cases: [&[u8]; 6] = [
+        let cases: [&[u8]; 7] = [
             &[0, 0, 0, 0],
             &[0xff, 0xff, 0xff, 0xff],
             &[0, 0, 0, 1, 99],
             &[0, 0, 0, 2, HELLO, 0],
             &[0, 0, 0, 3, RAFT, 0, 0],
             &[0, 0, 0, 2, REJOIN, 0],
+            &[0, 0, 0, 9, RAFT_PART, 0, 0, 0, 0, 0, 0, 0, 1],
         ];
         for c in cases {
             let mut buf = BytesMut::from(c);

@@ -9,6 +9,7 @@
 pub mod kept;
 pub mod link;
 mod node;
+mod parts;
 mod quiet;
 pub mod raft;
 mod runtime;

@@ -26,7 +26,7 @@ use raft::{RawNode, SnapshotStatus, StateRole, Storage as _};
 
 use super::ClusterError;
 use super::kept::{self, Keep};
-use super::link::{Frame, Links};
+use super::link::Links;
 use super::node::Apply;
 use super::quiet::Quiet;
 use super::storage::{GroupStorage, LogBytes, corrupt, load};
@@ -44,9 +44,6 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(100);
 /// A leader compacts its log past a follower at most this many entries behind only by
 /// sending it a snapshot: one closer gets entries.
 const LAG_KEPT: u64 = 1024;
-/// Snapshots travel as one link frame: a leader keeps the log for a follower behind rather
-/// than make it need a larger one.
-const SNAPSHOT_SENDABLE: usize = super::link::MAX_FRAME - (1 << 20);
 
 /// A group's ready work between its two halves: the ops to sync first.
 pub struct Prepared {
@@ -100,7 +97,9 @@ pub trait Transport: Send + Sync {
 
 impl Transport for Links {
     fn send_raft(&self, to: u64, group: u64, msg: Bytes) {
-        self.send(super::node_of(to), Frame::Raft { group, msg });
+        for frame in super::parts::split(group, msg) {
+            self.send(super::node_of(to), frame);
+        }
     }
 }
 
@@ -502,7 +501,7 @@ impl Group {
         if self.is_leader() {
             let me = self.node.raft.id;
             for (id, pr) in self.node.raft.prs().iter() {
-                let far = pr.matched + LAG_KEPT < index && size <= SNAPSHOT_SENDABLE;
+                let far = pr.matched + LAG_KEPT < index;
                 if *id != me && !far {
                     below = below.min(pr.matched + 1);
                 }

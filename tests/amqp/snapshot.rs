@@ -318,3 +318,74 @@ async fn no_ack_deliveries_read_back_while_the_log_compacts_lose_nothing() {
     assert_eq!(crate::common::count(&ch, "nq").await, 0);
     b.stop().await;
 }
+
+/// Message `i` of 1 MiB: "m{i};" then bytes of value `i`.
+fn big_body(i: usize) -> Vec<u8> {
+    let mut b = format!("m{i};").into_bytes();
+    b.resize(1 << 20, i as u8);
+    b
+}
+
+/// A follower far behind a queue whose live messages pass the 64 MiB link frame (80 of
+/// 1 MiB, and over a thousand small ones after them, so that the leader compacts its log
+/// past the follower) gets the snapshot with their entries in parts (`cluster::parts`),
+/// installs it and, with the leader killed, serves every message whole from its own
+/// replica. Before, the leader could not send it (one frame) and the follower never caught
+/// up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_far_behind_gets_a_snapshot_bigger_than_a_link_frame() {
+    let mut cluster = crate::cluster::TestCluster::start(3, "quorum_snapshot_bytes = 16384\n");
+    let (_c1, ch1) = cluster.channel(0).await;
+    // Led by node 1 (client-local), so that killing node 3 leaves the leader in place.
+    let mut args = quorum_args();
+    args.insert(
+        "x-queue-leader-locator".into(),
+        AMQPValue::LongString("client-local".into()),
+    );
+    ch1.queue_declare("huge".into(), crate::common::durable(), args)
+        .await
+        .unwrap();
+    let (_c2, ch2) = cluster.channel(1).await;
+    publish_one_by_one(&ch2, "huge", 0, 10).await;
+    cluster.kill9(2);
+    // One at a time: 80 MiB in flight at once on this loaded machine can hold heartbeats
+    // back past the election timeout (see the README's Limits).
+    for i in 10..90 {
+        let confirm = ch2
+            .basic_publish(
+                "".into(),
+                "huge".into(),
+                BasicPublishOptions::default(),
+                &big_body(i),
+                persistent(),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        assert!(confirm.is_ack(), "m{i} nacked");
+    }
+    publish_one_by_one(&ch2, "huge", 90, 1200).await;
+
+    let before = cluster.said(2, "installed a snapshot from the leader");
+    cluster.spawn(2);
+    cluster
+        .until_said(2, "installed a snapshot from the leader", before)
+        .await;
+    let (_c3, ch3) = cluster.channel(2).await;
+    assert_eq!(crate::common::count(&ch3, "huge").await, 1200);
+    cluster.kill9(0);
+    ch3.basic_qos(4, BasicQosOptions::default()).await.unwrap();
+    let mut consumer = crate::common::consume(&ch3, "huge", "far", false).await;
+    take_in_order(&mut consumer, 0, 10).await;
+    for i in 10..90 {
+        let d = tokio::time::timeout(Duration::from_secs(20), consumer.next())
+            .await
+            .unwrap_or_else(|_| panic!("m{i} delivered"))
+            .expect("a delivery")
+            .unwrap();
+        assert!(d.data == big_body(i), "m{i} whole");
+        d.ack(BasicAckOptions::default()).await.unwrap();
+    }
+    take_in_order(&mut consumer, 90, 1200).await;
+}

@@ -70,6 +70,9 @@ pub struct Config {
     /// A quorum queue's replica snapshots its state (and compacts its log) once this many
     /// bytes were logged since its last snapshot, or twice its state's size if larger.
     pub quorum_snapshot_bytes: usize,
+    /// A quorum queue's replica takes no new commands while this many bytes it proposed
+    /// wait to apply: its publishers wait (flow control) instead of piling up proposals.
+    pub quorum_max_pending_bytes: usize,
     /// Cluster: the metadata group snapshots the topology (and compacts its log) every
     /// this many entries.
     pub metadata_snapshot_entries: u64,
@@ -124,6 +127,7 @@ impl Default for Config {
             cluster_command_timeout_ms: 5_000,
             cluster_peer_timeout_ms: 1_000,
             quorum_snapshot_bytes: 8 << 20,
+            quorum_max_pending_bytes: 32 << 20,
             metadata_snapshot_entries: 10_000,
             default_queue_type: "classic".into(),
             queue_leader_locator: "balanced".into(),
@@ -225,6 +229,9 @@ impl Config {
         }
         if self.max_pending_handshakes == 0 {
             return Err("max_pending_handshakes must be at least 1".into());
+        }
+        if self.quorum_max_pending_bytes == 0 {
+            return Err("quorum_max_pending_bytes must be at least 1".into());
         }
         if self.http_max_connections == 0 || self.http_idle_timeout_ms == 0 {
             return Err("http_max_connections and http_idle_timeout_ms must be at least 1".into());
@@ -344,6 +351,7 @@ impl Config {
             command_timeout: std::time::Duration::from_millis(self.cluster_command_timeout_ms),
             peer_timeout: std::time::Duration::from_millis(self.cluster_peer_timeout_ms),
             snapshot_bytes: self.quorum_snapshot_bytes,
+            pending_bytes: self.quorum_max_pending_bytes,
             meta_snapshot_entries: self.metadata_snapshot_entries,
             raft_id: node_id,
         }))

@@ -358,6 +358,7 @@ fn local_quorum(
         command_timeout: Duration::from_millis(config.cluster_command_timeout_ms),
         peer_timeout: Duration::from_millis(config.cluster_peer_timeout_ms),
         snapshot_bytes: config.quorum_snapshot_bytes,
+        pending_bytes: config.quorum_max_pending_bytes,
         meta_snapshot_entries: config.metadata_snapshot_entries,
         raft_id: queue::quorum::raft_id(0),
     };

@@ -21,9 +21,9 @@ use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
-use tokio::time::Instant;
 
 use super::ClusterConfig;
 use super::parts::Parts;
@@ -485,68 +485,100 @@ impl Peer {
     }
 
     /// Carry frames both ways until the link fails or a newer connection from the peer
-    /// replaces it (returned, to serve next).
+    /// replaces it (returned, to serve next). Reading and writing go on independently: an
+    /// end that stopped reading while its write waits could wait for good on a peer doing
+    /// the same (both sockets' buffers full).
     async fn serve(
         &self,
         stream: TcpStream,
-        mut rbuf: BytesMut,
+        rbuf: BytesMut,
         session: Session,
         out: &mut mpsc::Receiver<Outgoing>,
         accepted: &mut mpsc::Receiver<(TcpStream, BytesMut)>,
     ) -> Option<(TcpStream, BytesMut)> {
         let _ = stream.set_nodelay(true);
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, writer) = stream.into_split();
         self.set_up(Some(session));
+        let replaced = tokio::select! {
+            () = self.read(reader, rbuf, session) => None,
+            () = self.write(writer, session, out) => None,
+            // Only the accepting side gets new connections from the peer.
+            s = accepted.recv(), if self.me > self.id => s,
+        };
+        self.set_up(None);
+        replaced
+    }
+
+    /// Hand what the peer sends to this node, until the link fails or is silent for the
+    /// peer timeout.
+    async fn read(&self, mut reader: OwnedReadHalf, mut rbuf: BytesMut, session: Session) {
+        let mut parts = Parts::default();
+        loop {
+            match tokio::time::timeout(self.timeout, reader.read_buf(&mut rbuf)).await {
+                Ok(Ok(0) | Err(_)) => return,
+                Ok(Ok(_)) => {}
+                Err(_) => {
+                    return tracing::warn!(peer = self.id, "node link silent; closing it");
+                }
+            }
+            loop {
+                let frame = match Frame::decode(&mut rbuf) {
+                    Ok(Some(Frame::Heartbeat | Frame::Hello { .. })) => continue,
+                    Ok(Some(frame @ Frame::Forward(_))) => {
+                        // Not waited for: what a peer forwards is bounded by the windows
+                        // its senders keep (see broker::remote).
+                        let _ = self.forwarded.send(Inbound {
+                            from: self.id,
+                            session,
+                            frame,
+                        });
+                        continue;
+                    }
+                    Ok(Some(Frame::RaftPart {
+                        group,
+                        total,
+                        offset,
+                        data,
+                    })) => {
+                        let Some(msg) = parts.take(group, total, offset, &data) else {
+                            continue;
+                        };
+                        Frame::Raft { group, msg }
+                    }
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        return tracing::warn!(peer = self.id, "bad frame on node link: {e}");
+                    }
+                };
+                let msg = Inbound {
+                    from: self.id,
+                    session,
+                    frame,
+                };
+                if self.inbound.send(msg).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Write what this node queues for the peer (and a heartbeat while idle), until the
+    /// link fails.
+    async fn write(
+        &self,
+        mut writer: OwnedWriteHalf,
+        session: Session,
+        out: &mut mpsc::Receiver<Outgoing>,
+    ) {
         // Only frames for this session (or for any) go out on it.
         let keep = |o: &Outgoing| o.session.is_none_or(|s| s == session);
         let mut wbuf = BytesMut::new();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let mut last_recv = Instant::now();
-        let mut parts = Parts::default();
-        let replaced = loop {
+        loop {
             tokio::select! {
-                r = reader.read_buf(&mut rbuf) => {
-                    match r {
-                        Ok(0) | Err(_) => break None,
-                        Ok(_) => {}
-                    }
-                    last_recv = Instant::now();
-                    loop {
-                        match Frame::decode(&mut rbuf) {
-                            Ok(Some(Frame::Heartbeat | Frame::Hello { .. })) => {}
-                            Ok(Some(frame @ Frame::Forward(_))) => {
-                                // Not waited for: what a peer forwards is bounded by the
-                                // windows its senders keep (see broker::remote).
-                                let msg = Inbound { from: self.id, session, frame };
-                                let _ = self.forwarded.send(msg);
-                            }
-                            Ok(Some(Frame::RaftPart { group, total, offset, data })) => {
-                                let Some(msg) = parts.take(group, total, offset, &data) else {
-                                    continue;
-                                };
-                                let frame = Frame::Raft { group, msg };
-                                let msg = Inbound { from: self.id, session, frame };
-                                if self.inbound.send(msg).await.is_err() {
-                                    return None;
-                                }
-                            }
-                            Ok(Some(frame)) => {
-                                let msg = Inbound { from: self.id, session, frame };
-                                if self.inbound.send(msg).await.is_err() {
-                                    return None;
-                                }
-                            }
-                            Ok(None) => break,
-                            Err(e) => {
-                                tracing::warn!(peer = self.id, "bad frame on node link: {e}");
-                                self.set_up(None);
-                                return None;
-                            }
-                        }
-                    }
-                }
                 f = out.recv() => {
-                    let Some(f) = f else { break None };
+                    let Some(f) = f else { return };
                     if keep(&f) {
                         f.frame.encode(&mut wbuf);
                     }
@@ -557,28 +589,14 @@ impl Peer {
                             Err(_) => break,
                         }
                     }
-                    if writer.write_all(&wbuf).await.is_err() {
-                        break None;
-                    }
-                    wbuf.clear();
                 }
-                _ = heartbeat.tick() => {
-                    if last_recv.elapsed() > self.timeout {
-                        tracing::warn!(peer = self.id, "node link silent; closing it");
-                        break None;
-                    }
-                    Frame::Heartbeat.encode(&mut wbuf);
-                    if writer.write_all(&wbuf).await.is_err() {
-                        break None;
-                    }
-                    wbuf.clear();
-                }
-                // Only the accepting side gets new connections from the peer.
-                s = accepted.recv(), if self.me > self.id => break s,
+                _ = heartbeat.tick() => Frame::Heartbeat.encode(&mut wbuf),
             }
-        };
-        self.set_up(None);
-        replaced
+            if writer.write_all(&wbuf).await.is_err() {
+                return;
+            }
+            wbuf.clear();
+        }
     }
 }
 
@@ -630,6 +648,94 @@ mod tests {
             assert_eq!(got, frames, "cut at {cut}");
             assert!(buf.is_empty());
         }
+    }
+
+    /// Two nodes' links, on free loopback ports.
+    async fn pair() -> [(
+        Arc<Links>,
+        mpsc::UnboundedReceiver<Inbound>,
+        mpsc::Receiver<Inbound>,
+    ); 2] {
+        let ports: Vec<u16> = (0..2)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            })
+            .collect();
+        let peers: BTreeMap<u64, SocketAddr> = (1..=2)
+            .map(|id| {
+                (
+                    id,
+                    SocketAddr::from(([127, 0, 0, 1], ports[id as usize - 1])),
+                )
+            })
+            .collect();
+        let mut out = Vec::new();
+        for id in 1..=2 {
+            let cfg = ClusterConfig {
+                node_id: id,
+                listen: peers[&id],
+                peers: peers.clone(),
+                command_timeout: Duration::from_secs(5),
+                peer_timeout: Duration::from_secs(1),
+                snapshot_bytes: 1 << 20,
+                pending_bytes: 1 << 20,
+                meta_snapshot_entries: 1000,
+                raft_id: id,
+            };
+            let (inbound, raft) = mpsc::channel(16);
+            let (fwd_tx, fwd_rx) = mpsc::unbounded_channel();
+            let links = Links::start(&cfg, inbound, fwd_tx).await.unwrap();
+            out.push((links, fwd_rx, raft));
+        }
+        out.try_into().ok().unwrap()
+    }
+
+    /// The session of `links`' link to `peer`, once it is up.
+    async fn session(links: &Links, peer: u64) -> Session {
+        let mut up = links.up();
+        loop {
+            if let Some(Some(s)) = up.borrow_and_update().get(&peer) {
+                return *s;
+            }
+            up.changed().await.unwrap();
+        }
+    }
+
+    /// Both ends sending more than the sockets buffer at once: each end must go on reading
+    /// while its writes wait, or both wait on each other for good.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_link_full_both_ways_keeps_moving() {
+        const FRAMES: usize = 64;
+        let [(l1, r1, _raft1), (l2, r2, _raft2)] = pair().await;
+        let (s1, s2) = (session(&l1, 2).await, session(&l2, 1).await);
+        let body = Bytes::from(vec![7u8; 1 << 20]);
+        let send = |links: Arc<Links>, to: u64, session: Session| {
+            let body = body.clone();
+            tokio::spawn(async move {
+                for _ in 0..FRAMES {
+                    links.forward(to, session, body.clone()).await;
+                }
+            })
+        };
+        let (a, b) = (send(l1.clone(), 2, s1), send(l2.clone(), 1, s2));
+        let take = |mut rx: mpsc::UnboundedReceiver<Inbound>| async move {
+            let mut bytes = 0;
+            for _ in 0..FRAMES {
+                match rx.recv().await.map(|m| m.frame) {
+                    Some(Frame::Forward(b)) => bytes += b.len(),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            bytes
+        };
+        let both = async { tokio::join!(take(r1), take(r2)) };
+        let (got1, got2) = tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .expect("both directions delivered");
+        assert_eq!((got1, got2), (FRAMES << 20, FRAMES << 20));
+        a.await.unwrap();
+        b.await.unwrap();
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct ClusterConfig {
     pub peer_timeout: Duration,
     /// Log bytes after which a quorum queue replica snapshots (`quorum_snapshot_bytes`).
     pub snapshot_bytes: usize,
+    /// Proposed bytes a quorum queue replica lets wait to apply (`quorum_max_pending_bytes`).
+    pub pending_bytes: usize,
     /// Entries after which the metadata group snapshots (`metadata_snapshot_entries`).
     pub meta_snapshot_entries: u64,
     /// This node's Raft id in the metadata group: its node id, or the id it took when it
@@ -196,6 +198,7 @@ mod tests {
             command_timeout: Duration::from_secs(1),
             peer_timeout: Duration::from_secs(1),
             snapshot_bytes: 8 << 20,
+            pending_bytes: 32 << 20,
             meta_snapshot_entries: 10_000,
             raft_id: node_id,
         }

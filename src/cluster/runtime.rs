@@ -24,6 +24,11 @@ use super::unopened::{Early, Unopened};
 use super::{ClusterError, META_GROUP};
 use crate::store::{Op, RaftLog, Store};
 
+/// Bytes of messages and proposals one round takes, besides `ROUND` of them: a round
+/// persists what it took before it steps anything else (ticks, heartbeats and votes wait
+/// for it), so a burst of large messages must not make it long.
+const ROUND_BYTES: usize = 16 << 20;
+
 /// How often (in ticks) a rejoining node asks its peers to take its new Raft id.
 const REJOIN_ASK: u32 = 10;
 
@@ -194,15 +199,32 @@ impl Runtime {
                     None => break,
                 },
             }
+            let mut bytes = 0;
             for _ in 0..ROUND {
+                if bytes >= ROUND_BYTES {
+                    break;
+                }
                 match inbound.try_recv() {
-                    Ok(m) => self.step(m),
+                    Ok(m) => {
+                        if let Frame::Raft { msg, .. } = &m.frame {
+                            bytes += msg.len();
+                        }
+                        self.step(m);
+                    }
                     Err(_) => break,
                 }
             }
             for _ in 0..ROUND {
+                if bytes >= ROUND_BYTES {
+                    break;
+                }
                 match requests.try_recv() {
-                    Ok(r) => self.request(r),
+                    Ok(r) => {
+                        if let Request::Propose { data, .. } = &r {
+                            bytes += data.len();
+                        }
+                        self.request(r);
+                    }
                     Err(_) => break,
                 }
             }

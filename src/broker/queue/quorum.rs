@@ -185,6 +185,8 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             on_deleted,
             done: false,
             ticked: None,
+            progress: Instant::now(),
+            newest_applied: None,
             memory,
             pending_bytes: 0,
             counted: 0,
@@ -263,6 +265,12 @@ struct Replica {
     done: bool,
     /// When this node last proposed a tick not applied yet (one at a time).
     ticked: Option<Instant>,
+    /// When a proposal of this node last applied (or the leader changed): while they
+    /// apply, the ones still waiting are slow, not lost, and are not proposed again.
+    progress: Instant,
+    /// The latest time a proposal of this node seen applied had been proposed: one
+    /// proposed before it and still waiting was lost on the way.
+    newest_applied: Option<Instant>,
     memory: Arc<MemoryMonitor>,
     /// The encoded proposals in `pending`: counted in `memory` with the state.
     pending_bytes: usize,
@@ -329,7 +337,9 @@ impl Replica {
         while !self.done {
             let deadline = self.tick_at(*leader.borrow());
             tokio::select! {
-                cmd = inbox.recv() => match cmd {
+                // Flow control: commands wait in the inbox (and their senders behind it)
+                // while enough of what this node proposed waits to apply.
+                cmd = inbox.recv(), if self.pending_bytes < self.cluster.config.pending_bytes => match cmd {
                     Some(QueueCmd::Stop) => break,
                     Some(QueueCmd::Leave(members)) => {
                         left = Some(members);
@@ -366,6 +376,7 @@ impl Replica {
                             self.cluster.transfer_leader(self.group, self.raft).await;
                         }
                     }
+                    self.progress = Instant::now();
                     self.repropose(true).await;
                 }
                 // Only while proposals wait: a thousand idle queues would wake every second.
@@ -490,8 +501,11 @@ impl Replica {
         self.cluster.propose_in_flight(self.group, data).await;
     }
 
-    /// Propose again what was not applied: everything after a leader change, else what has
-    /// waited for `REPROPOSE`; what has waited past the command timeout fails.
+    /// Propose again what was not applied: everything after a leader change; else what was
+    /// lost (a later proposal applied) or, once none has applied for `REPROPOSE`, what has
+    /// waited that long. Proposing again what is only slow (a disk busy with large
+    /// messages) would add its bytes to the load that makes it slow. What has waited past
+    /// the command timeout fails.
     async fn repropose(&mut self, all: bool) {
         let now = Instant::now();
         let expired: Vec<u64> = self
@@ -515,10 +529,14 @@ impl Replica {
         self.count_memory();
         // From the oldest one that waited too long on, everything again, in order: what
         // followed a lost publish was skipped when it applied out of order.
+        let idle = now - self.progress >= REPROPOSE;
         let stale = self
             .pending
             .iter()
-            .find(|(_, p)| all || now - p.proposed >= REPROPOSE)
+            .find(|(_, p)| {
+                let lost = Some(p.proposed) < self.newest_applied;
+                all || lost || (idle && now - p.proposed >= REPROPOSE)
+            })
             .map(|(r, _)| *r);
         let again: Vec<Vec<u8>> = match stale {
             None => Vec::new(),

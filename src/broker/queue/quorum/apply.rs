@@ -30,6 +30,12 @@ impl Replica {
                 return;
             }
         };
+        if e.origin == self.me
+            && let Some(p) = self.pending.get(&e.req)
+        {
+            // Applied, or skipped as out of order: either way it got through.
+            self.newest_applied = self.newest_applied.max(Some(p.proposed));
+        }
         if let QOp::Enqueue { run, seq, .. } | QOp::Commit { run, seq, .. } = &e.op {
             // In order per (origin, run): a duplicate or a publish after a gap is skipped
             // (the gap's own is proposed again, then this one).
@@ -45,6 +51,9 @@ impl Replica {
             true => self.take_pending(e.req).map(|p| p.waiter),
             false => None,
         };
+        if waiter.is_some() {
+            self.progress = tokio::time::Instant::now();
+        }
         let meta = Meta { now_ms: e.at_ms };
         let mut fx = Vec::new();
         let reply = match e.op {

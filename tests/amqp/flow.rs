@@ -96,6 +96,66 @@ async fn a_consumer_that_does_not_read_stops_receiving() {
     b.stop().await;
 }
 
+/// The same for a quorum queue's no-ack consumer, whose credit is in the queue's log: it
+/// takes its credit and what its socket holds, and the rest stays in the queue for others.
+/// Before, the log handed it the whole backlog at once, settled (lost with its connection)
+/// and read back into memory to wait for a socket that was never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_ack_consumer_of_a_quorum_queue_that_does_not_read_stops_receiving() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    crate::quorum::declare_quorum(&ch, "slowq").await;
+    let stuck = stuck_consumer(&b, "slowq", true).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    let body = vec![7u8; SIZE];
+    let mut confirms = Vec::new();
+    for _ in 0..MESSAGES {
+        let c = ch
+            .basic_publish(
+                "".into(),
+                "slowq".into(),
+                Default::default(),
+                &body,
+                persistent(),
+            )
+            .await
+            .unwrap();
+        confirms.push(c);
+    }
+    for c in confirms {
+        assert!(c.await.unwrap().is_ack());
+    }
+    let left = count(&ch, "slowq").await as usize;
+    assert!(
+        left >= MESSAGES - 800,
+        "the stuck consumer took {}",
+        MESSAGES - left
+    );
+    let (_c2, ch2) = channel(&b).await;
+    let mut live = ch2
+        .basic_consume(
+            "slowq".into(),
+            "live".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    for _ in 0..MESSAGES - 800 {
+        let d = tokio::time::timeout(std::time::Duration::from_secs(30), live.next())
+            .await
+            .expect("the live consumer keeps receiving")
+            .unwrap()
+            .unwrap();
+        assert_eq!(d.data.len(), SIZE);
+    }
+    drop(stuck);
+    b.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_alarm_blocks_publishers_until_queues_drain() {
     let b = start_with(warren::Config {

@@ -6,6 +6,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use futures_lite::StreamExt;
 use lapin::options::*;
 use lapin::types::{AMQPValue, FieldTable};
 
@@ -32,6 +33,56 @@ fn quorum_args(size: Option<i32>) -> FieldTable {
 
 async fn members(api: std::net::SocketAddr, name: &str) -> serde_json::Value {
     crate::common::http_queue(api, name).await["members"].clone()
+}
+
+/// No-ack consumers on a member that does not lead and on a node that is not a member take
+/// many times their logged credit (`quorum/credit.rs`): each in order, every
+/// message once, and both take a good share, as the credit their connections grant comes
+/// through the log (for the non-member, relayed by the member it uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_ack_consumers_on_other_nodes_get_past_their_first_credit() {
+    const N: usize = 6000;
+    let cluster = TestCluster::start(3, "");
+    let (_c1, ch1) = cluster.channel(0).await;
+    ch1.queue_declare("na".into(), durable(), quorum_args(Some(2)))
+        .await
+        .unwrap();
+    let mut consumers = Vec::new();
+    for node in [1, 2] {
+        let (c, ch) = cluster.channel(node).await;
+        let opts = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let consumer = ch
+            .basic_consume("na".into(), "n".into(), opts, FieldTable::default())
+            .await
+            .unwrap();
+        consumers.push((c, ch, consumer));
+    }
+    let publishing = tokio::spawn(async move { publish_confirmed_from(&ch1, "na", 0, N).await });
+    let mut seen = BTreeSet::new();
+    let (mut last, mut got) = ([None, None], [0, 0]);
+    let [(_ca, _, mut a), (_cb, _, mut b)] = <[_; 2]>::try_from(consumers).ok().unwrap();
+    while seen.len() < N {
+        let next = async {
+            tokio::select! {
+                d = a.next() => (0, d),
+                d = b.next() => (1, d),
+            }
+        };
+        let (k, d) = tokio::time::timeout(Duration::from_secs(30), next)
+            .await
+            .unwrap_or_else(|_| panic!("stalled after {} of {N}", seen.len()));
+        let i = crate::cluster::body_number(&d.expect("a delivery").unwrap().data);
+        assert!(last[k] < Some(i), "m{i} after m{:?}", last[k]);
+        last[k] = Some(i);
+        got[k] += 1;
+        assert!(seen.insert(i), "m{i} twice");
+    }
+    assert!(got.iter().all(|&g| g >= N / 4), "shares {got:?}");
+    assert_eq!(publishing.await.unwrap(), (N, 0));
+    assert_eq!(seen.len(), N);
 }
 
 /// Every command works from a node that is not a member; the members are as asked.

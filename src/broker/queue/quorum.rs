@@ -25,6 +25,7 @@
 
 mod apply;
 mod command;
+mod credit;
 mod entry;
 mod leave;
 mod loader;
@@ -181,6 +182,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
             next_req: rand::random::<u64>() >> 1 | 1,
             pending: BTreeMap::new(),
             consumers: HashMap::new(),
+            credited: HashMap::new(),
             reads: Vec::new(),
             on_deleted,
             done: false,
@@ -258,6 +260,8 @@ struct Replica {
     /// Deliveries are counted in their channel's pool (released on ack), so that a global
     /// prefetch set later on the channel starts from the truth.
     consumers: HashMap<ConsumerId, ConsumerSpec>,
+    /// The no-ack ones among them, whose credit this node logs.
+    credited: HashMap<ConsumerId, credit::Credited>,
     /// Declare-ok counts waiting for this replica to reach a read index, and for this
     /// node's proposals made before them (up to a request number) to apply.
     reads: Vec<Read>,
@@ -334,6 +338,7 @@ impl Replica {
         // (the inbox closes) the log stays for the restart.
         let mut gone = true;
         let mut left = None;
+        let shared = self.shared.clone();
         while !self.done {
             let deadline = self.tick_at(*leader.borrow());
             tokio::select! {
@@ -359,7 +364,10 @@ impl Replica {
                     self.count_memory();
                     self.answer_reads();
                     self.maybe_snapshot();
+                    self.grant_credit().await;
                 }
+                // A consumer's connection granted credit the state ran out of.
+                () = shared.woken() => self.grant_credit().await,
                 Some((index, after, reply)) = reads_rx.recv() => {
                     self.reads.push((index, after, reply));
                     self.answer_reads();

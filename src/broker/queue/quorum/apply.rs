@@ -9,7 +9,7 @@ use super::entry::At;
 use super::loader::To;
 use super::{QBody, QEntry, QOp, Replica, Waiter};
 use crate::broker::ids::{ChannelId, ConsumerId, NodeId};
-use crate::broker::queue::state::{Checkout, Command, Delivery, Effect, Meta, Reply};
+use crate::broker::queue::state::{Checkout, Command, Credit, Delivery, Effect, Meta, Reply};
 use crate::broker::queue::{ConnEvent, Entry, Stat};
 use crate::error::{Error, code};
 use crate::protocol::properties;
@@ -117,7 +117,9 @@ impl Replica {
         let ch = match op {
             QOp::Checkout { consumer, .. } => consumer.channel,
             QOp::Get { channel, .. } | QOp::Move(channel) => *channel,
-            QOp::Cancel(c) | QOp::Return { consumer: c, .. } => c.channel,
+            QOp::Cancel(c) | QOp::Return { consumer: c, .. } | QOp::Credit { consumer: c, .. } => {
+                c.channel
+            }
             QOp::ChannelDown(ch) => {
                 if self.via(ch) != origin {
                     return false;
@@ -219,11 +221,9 @@ impl Replica {
                 self.done = true;
                 (self.on_deleted)(&self.shared);
             }
-            // No store rows (the log is the store) and no connection credit in the state.
-            Effect::Starved(_)
-            | Effect::MarkDelivered(_)
-            | Effect::Release(_)
-            | Effect::Reacquire(_) => {}
+            Effect::Starved(c) => self.starved(&c),
+            // No store rows: the log is the store.
+            Effect::MarkDelivered(_) | Effect::Release(_) | Effect::Reacquire(_) => {}
         }
     }
 
@@ -261,9 +261,18 @@ fn command(op: QOp, index: u64) -> Command<QBody> {
             // RabbitMQ does not enforce an exclusive consume on a quorum queue.
             exclusive: false,
             prefetch,
-            // Connection credit is not logged: the prefetch bounds what is in flight.
-            limit: u64::MAX,
+            // The prefetch bounds what an ack-mode consumer has in flight; a no-ack one's
+            // credit is logged (`credit`), starting from its checkout's.
+            limit: if no_ack {
+                u64::from(prefetch)
+            } else {
+                u64::MAX
+            },
             pooled: false,
+        }),
+        QOp::Credit { consumer, limit } => Command::Credit(Credit {
+            consumers: vec![(consumer, limit)],
+            pools: Vec::new(),
         }),
         QOp::Cancel(c) => Command::Cancel(c),
         QOp::Get { channel, no_ack } => Command::Get { channel, no_ack },

@@ -103,6 +103,11 @@ impl Replica {
             return;
         }
         let prefetch = match spec.prefetch {
+            _ if spec.no_ack => {
+                let (first, credited) = super::credit::first(&spec);
+                self.credited.insert(spec.id.clone(), credited);
+                first
+            }
             0 => DEFAULT_PREFETCH,
             p => p,
         };

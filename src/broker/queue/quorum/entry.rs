@@ -35,6 +35,7 @@ pub enum QOp {
         seq: u64,
         msgs: Vec<WireMsg>,
     },
+    /// `prefetch`: an ack-mode consumer's; a no-ack one's first delivery limit (`credit`).
     Checkout {
         consumer: ConsumerId,
         no_ack: bool,
@@ -71,6 +72,12 @@ pub enum QOp {
     /// A channel is used through the proposer from now on (its node left the members, or
     /// moved to another): what it had through the old route ends as if it had closed.
     Move(ChannelId),
+    /// A no-ack consumer may be sent deliveries while fewer than `limit` were sent to it
+    /// since its checkout (`credit`).
+    Credit {
+        consumer: ConsumerId,
+        limit: u64,
+    },
 }
 
 impl QEntry {
@@ -211,8 +218,12 @@ mod tests {
                 prefetch: 10,
             },
             QOp::Return {
-                consumer,
+                consumer: consumer.clone(),
                 seqs: vec![1, 2],
+            },
+            QOp::Credit {
+                consumer,
+                limit: 1 << 40,
             },
             QOp::NodeDown(3),
             QOp::Tick,

@@ -168,15 +168,7 @@ async fn a_follower_far_behind_catches_up_from_a_snapshot() {
         .unwrap();
     publish_one_by_one(&ch2, "fq", 700, 1300).await;
 
-    let before = cluster.said(2, "installed a snapshot from the leader");
-    cluster.spawn(2);
-    cluster
-        .until_said(2, "installed a snapshot from the leader", before)
-        .await;
-    // Node 3 counts from its own replica, once it has applied what was committed.
-    let (_c3, ch3) = cluster.channel(2).await;
-    assert_eq!(crate::common::count(&ch3, "fq").await, 600);
-    cluster.kill9(0);
+    let (_c3, ch3) = caught_up_by_snapshot(&mut cluster, "fq", 600).await;
     let mut consumer = crate::common::consume(&ch3, "fq", "far", false).await;
     take_in_order(&mut consumer, 700, 1300).await;
     publish_one_by_one(&ch3, "fq", 1300, 1310).await;
@@ -319,6 +311,26 @@ async fn no_ack_deliveries_read_back_while_the_log_compacts_lose_nothing() {
     b.stop().await;
 }
 
+/// Node 3, down while the others went on, is started and installs the leader's snapshot;
+/// its own replica counts `n` messages in `queue` (once it has applied what was
+/// committed), and the leader (node 1) is killed, so that what follows is served from what
+/// node 3 caught up with. Its connection is returned.
+async fn caught_up_by_snapshot(
+    cluster: &mut crate::cluster::TestCluster,
+    queue: &str,
+    n: u32,
+) -> (lapin::Connection, Channel) {
+    let before = cluster.said(2, "installed a snapshot from the leader");
+    cluster.spawn(2);
+    cluster
+        .until_said(2, "installed a snapshot from the leader", before)
+        .await;
+    let (c3, ch3) = cluster.channel(2).await;
+    assert_eq!(crate::common::count(&ch3, queue).await, n);
+    cluster.kill9(0);
+    (c3, ch3)
+}
+
 /// Message `i` of 1 MiB: "m{i};" then bytes of value `i`.
 fn big_body(i: usize) -> Vec<u8> {
     let mut b = format!("m{i};").into_bytes();
@@ -369,14 +381,7 @@ async fn a_follower_far_behind_gets_a_snapshot_bigger_than_a_link_frame() {
     }
     publish_one_by_one(&ch2, "huge", 90, 1200).await;
 
-    let before = cluster.said(2, "installed a snapshot from the leader");
-    cluster.spawn(2);
-    cluster
-        .until_said(2, "installed a snapshot from the leader", before)
-        .await;
-    let (_c3, ch3) = cluster.channel(2).await;
-    assert_eq!(crate::common::count(&ch3, "huge").await, 1200);
-    cluster.kill9(0);
+    let (_c3, ch3) = caught_up_by_snapshot(&mut cluster, "huge", 1200).await;
     ch3.basic_qos(4, BasicQosOptions::default()).await.unwrap();
     let mut consumer = crate::common::consume(&ch3, "huge", "far", false).await;
     take_in_order(&mut consumer, 0, 10).await;

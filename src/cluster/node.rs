@@ -77,8 +77,9 @@ pub(super) enum Request {
         /// Answered with whether the group is new here (no saved log).
         done: oneshot::Sender<Result<bool, ClusterError>>,
     },
-    /// Leave a group for good: it stops and its log is deleted.
-    Close { group: u64 },
+    /// Leave a group for good: it stops and its log is deleted. `unopened`: only if it
+    /// is not running here (a log left from before, not a group a replica opened since).
+    Close { group: u64, unopened: bool },
     /// Hand the group's leadership to `to`.
     Transfer { group: u64, to: u64 },
     /// Make this node the group's only voter (`Group::force_alone`).
@@ -348,7 +349,21 @@ impl Cluster {
 
     /// Leave a group for good (its queue is deleted): it stops and its log is deleted.
     pub async fn close_group(&self, group: u64) {
-        let _ = self.requests.send(Request::Close { group }).await;
+        let req = Request::Close {
+            group,
+            unopened: false,
+        };
+        let _ = self.requests.send(req).await;
+    }
+
+    /// Delete `group`'s log unless the group runs here: for a replica that learnt it left
+    /// the group before it could open it, whose node may have been added back since.
+    pub async fn drop_unopened(&self, group: u64) {
+        let req = Request::Close {
+            group,
+            unopened: true,
+        };
+        let _ = self.requests.send(req).await;
     }
 
     /// The metadata leader as this node knows it (0: none), as it changes.

@@ -386,7 +386,10 @@ impl Runtime {
             } => {
                 let _ = done.send(self.open(group, (me, voters), campaign, apply, leader));
             }
-            Request::Close { group } => {
+            Request::Close { group, unopened } => {
+                if unopened && self.groups.contains_key(&group) {
+                    return;
+                }
                 if let Some(r) = self.groups.remove(&group) {
                     r.leader.send_replace(0);
                 }

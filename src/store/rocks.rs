@@ -635,6 +635,7 @@ fn recover(db: &DB) -> Result<(Recovered, u64), String> {
         queues = r.queues.len(),
         bindings = r.bindings.len(),
         messages = referenced,
+        raft_groups = r.raft.len(),
         ms = started.elapsed().as_millis() as u64,
         "store read"
     );

@@ -578,7 +578,7 @@ async fn a_consumer_carries_on_when_its_node_leaves_the_members() {
 /// node 1 `force-shrink` makes it the only member (refused on a non-member and on a queue
 /// with a majority online); it takes publishes again, from any node, keeps that after a
 /// restart (which replays the removal logged after snapshots with two voters), and node 2,
-/// back, uses it through node 1 with every message there.
+/// back, uses it through node 1 with every message there, having deleted its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queue_that_lost_a_majority_is_forced_down_to_a_survivor() {
     let settings = "quorum_snapshot_bytes = 4096\ncluster_command_timeout_ms = 3000\n";
@@ -633,6 +633,17 @@ async fn a_queue_that_lost_a_majority_is_forced_down_to_a_survivor() {
         got.insert(take_acked(&mut consumer).await);
     }
     assert_eq!(got, (0..210).collect::<BTreeSet<usize>>());
+
+    // Node 2 deleted the log of the group it left: its next start reads two groups' logs
+    // (the metadata's and "fine"'s), not three.
+    cluster.kill9(1);
+    let (read, two) = (
+        cluster.said(1, "store read"),
+        cluster.said(1, "raft_groups=2"),
+    );
+    cluster.spawn(1);
+    cluster.until_said(1, "store read", read).await;
+    assert_eq!(cluster.said(1, "raft_groups=2"), two + 1);
 }
 
 /// A node that is not a member got a message (not acked yet) through the member it uses,

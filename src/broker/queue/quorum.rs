@@ -150,6 +150,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
         // starts) wait for the replica; a stop ends it before it opens its group: a replica
         // of a placement replaced since must never take part under its old Raft id.
         let mut early = Vec::new();
+        let later = runtime.clone();
         let rt = loop {
             tokio::select! {
                 r = runtime.wait_for(Option::is_some) => match r {
@@ -159,6 +160,7 @@ pub fn spawn(spec: QuorumSpec) -> QueueHandle {
                 cmd = inbox.recv() => match cmd {
                     None | Some(QueueCmd::Stop) => return,
                     Some(QueueCmd::Leave(members)) => {
+                        drop_log_later(later, placement.group);
                         let Some(fwd) = remote else { return };
                         let vhost = cfg.vhost.to_string();
                         let t = TakeOver { shared: handle, vhost, members, fwd, consumers: Vec::new(), channels: Vec::new(), again: early };
@@ -581,6 +583,21 @@ impl Replica {
         self.run = rand::random();
         self.enqueued = 0;
     }
+}
+
+/// A replica that left its group before it opened it (its node learnt of the change while
+/// replaying the metadata log at a start): the group's log from before goes once the
+/// runtime is up, unless the group runs here by then (the node was added back).
+fn drop_log_later(mut runtime: watch::Receiver<Option<Runtime>>, group: u64) {
+    tokio::spawn(async move {
+        let rt = match runtime.wait_for(Option::is_some).await {
+            Ok(rt) => rt.clone(),
+            Err(_) => return,
+        };
+        if let Some(rt) = rt {
+            rt.cluster.drop_unopened(group).await;
+        }
+    });
 }
 
 async fn sleep_until(at: Option<Instant>) {

@@ -9,6 +9,7 @@
 //! removed hands its lead to another member first. A node that joins gets a new Raft id in
 //! the group (`Quorum::next_raft_id`).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -284,8 +285,12 @@ pub async fn lead_to(
 /// that have stale members (their node rejoined with a wiped data dir, `Cmd::NodeWiped`)
 /// get them back as new members: the old Raft id leaves the group, then the node joins
 /// under a new one (`change`) and catches up from the leader. Tried again every
-/// `REPAIR_EVERY` until done (a majority may be out of reach for a while).
+/// `REPAIR_EVERY` until done (a majority may be out of reach for a while). A vhost whose
+/// topology has not changed since a look found nothing stale is not looked at again, so
+/// that an idle node does not scan every queue's record each second.
 pub async fn repair(broker: Weak<Broker>) {
+    // By vhost: its topology's changes when last looked at, if nothing was stale then.
+    let mut clean: HashMap<String, u64> = HashMap::new();
     loop {
         tokio::time::sleep(REPAIR_EVERY).await;
         let Some(b) = broker.upgrade() else { return };
@@ -293,7 +298,16 @@ pub async fn repair(broker: Weak<Broker>) {
             return;
         };
         for v in b.vhosts().cloned().collect::<Vec<_>>() {
-            for q in v.stale_queues() {
+            let changes = v.changes();
+            if clean.get(v.name.as_str()) == Some(&changes) {
+                continue;
+            }
+            let stale = v.stale_queues();
+            match stale.is_empty() {
+                true => clean.insert(v.name.to_string(), changes),
+                false => clean.remove(v.name.as_str()),
+            };
+            for q in stale {
                 let Some(p) = &q.quorum else { continue };
                 let here = p.raft_id_of(b.node_id());
                 if here.is_none_or(|id| cluster.leader_of(p.group) != id) {

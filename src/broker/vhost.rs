@@ -191,6 +191,11 @@ impl VHost {
             .collect()
     }
 
+    /// The number of commands applied to the topology so far: unchanged, so is it.
+    pub fn changes(&self) -> u64 {
+        *self.applied.borrow()
+    }
+
     /// Quorum queues with stale members to replace (`Quorum::stale`).
     pub fn stale_queues(&self) -> Vec<QueueRecord> {
         let rt = self.lock();

@@ -38,60 +38,61 @@ async fn stuck_consumer(b: &TestBroker, queue: &str, no_ack: bool) -> Raw {
 }
 const SIZE: usize = 64 * 1024;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_consumer_that_does_not_read_stops_receiving() {
-    let b = start().await;
-    let (_c, ch) = channel(&b).await;
-    declare(&ch, "slow").await;
-
-    // A consumer with no prefetch limit that never reads after consume-ok.
-    let stuck = stuck_consumer(&b, "slow", false).await;
-
+/// Publish `MESSAGES` bodies of `SIZE` to `queue` with confirms: every one is acked.
+async fn publish_all(ch: &lapin::Channel, queue: &str, props: lapin::BasicProperties) {
     ch.confirm_select(Default::default()).await.unwrap();
     let body = vec![7u8; SIZE];
     let mut confirms = Vec::new();
     for _ in 0..MESSAGES {
-        confirms.push(
-            ch.basic_publish(
+        let c = ch
+            .basic_publish(
                 "".into(),
-                "slow".into(),
+                queue.into(),
                 Default::default(),
                 &body,
-                Default::default(),
+                props.clone(),
             )
             .await
-            .unwrap(),
-        );
+            .unwrap();
+        confirms.push(c);
     }
     for c in confirms {
         assert!(c.await.unwrap().is_ack());
     }
+}
 
-    // A second consumer gets what the stuck one could not take: everything but the stuck
-    // consumer's credit and socket buffers (well under 800 of the 2000 messages, 125 MiB).
-    let (_c2, ch2) = channel(&b).await;
+/// A second consumer (no-ack) gets what the stuck one could not take: everything but the
+/// stuck consumer's credit and socket buffers (well under 800 of the 2000 messages, 125
+/// MiB), each within 30 s.
+async fn the_rest_goes_to_a_live_consumer(b: &TestBroker, queue: &str) {
+    let (_c2, ch2) = channel(b).await;
+    let opts = BasicConsumeOptions {
+        no_ack: true,
+        ..Default::default()
+    };
     let mut live = ch2
-        .basic_consume(
-            "slow".into(),
-            "live".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
+        .basic_consume(queue.into(), "live".into(), opts, FieldTable::default())
         .await
         .unwrap();
-    let mut got = 0;
-    while got < MESSAGES - 800 {
+    for _ in 0..MESSAGES - 800 {
         let d = tokio::time::timeout(std::time::Duration::from_secs(30), live.next())
             .await
             .expect("the live consumer keeps receiving")
             .unwrap()
             .unwrap();
         assert_eq!(d.data.len(), SIZE);
-        got += 1;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_does_not_read_stops_receiving() {
+    let b = start().await;
+    let (_c, ch) = channel(&b).await;
+    declare(&ch, "slow").await;
+    // A consumer with no prefetch limit that never reads after consume-ok.
+    let stuck = stuck_consumer(&b, "slow", false).await;
+    publish_all(&ch, "slow", Default::default()).await;
+    the_rest_goes_to_a_live_consumer(&b, "slow").await;
     drop(stuck);
     b.stop().await;
 }
@@ -106,52 +107,11 @@ async fn a_no_ack_consumer_of_a_quorum_queue_that_does_not_read_stops_receiving(
     let (_c, ch) = channel(&b).await;
     crate::quorum::declare_quorum(&ch, "slowq").await;
     let stuck = stuck_consumer(&b, "slowq", true).await;
-    ch.confirm_select(Default::default()).await.unwrap();
-    let body = vec![7u8; SIZE];
-    let mut confirms = Vec::new();
-    for _ in 0..MESSAGES {
-        let c = ch
-            .basic_publish(
-                "".into(),
-                "slowq".into(),
-                Default::default(),
-                &body,
-                persistent(),
-            )
-            .await
-            .unwrap();
-        confirms.push(c);
-    }
-    for c in confirms {
-        assert!(c.await.unwrap().is_ack());
-    }
+    publish_all(&ch, "slowq", persistent()).await;
     let left = count(&ch, "slowq").await as usize;
-    assert!(
-        left >= MESSAGES - 800,
-        "the stuck consumer took {}",
-        MESSAGES - left
-    );
-    let (_c2, ch2) = channel(&b).await;
-    let mut live = ch2
-        .basic_consume(
-            "slowq".into(),
-            "live".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    for _ in 0..MESSAGES - 800 {
-        let d = tokio::time::timeout(std::time::Duration::from_secs(30), live.next())
-            .await
-            .expect("the live consumer keeps receiving")
-            .unwrap()
-            .unwrap();
-        assert_eq!(d.data.len(), SIZE);
-    }
+    let took = MESSAGES - left;
+    assert!(took <= 800, "the stuck consumer took {took}");
+    the_rest_goes_to_a_live_consumer(&b, "slowq").await;
     drop(stuck);
     b.stop().await;
 }

@@ -563,8 +563,8 @@ impl Peer {
         }
     }
 
-    /// Write what this node queues for the peer (and a heartbeat while idle), until the
-    /// link fails.
+    /// Write what this node queues for the peer, and a heartbeat every `HEARTBEAT`, until
+    /// the link fails.
     async fn write(
         &self,
         mut writer: OwnedWriteHalf,

@@ -44,6 +44,12 @@ QUORUM_SCENARIOS = [
      "confirms (window 1000), a consumer on each, ack multiple 100",
      "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
      "--multiple-ack 100 --prefetch 1000 --fanout 10"),
+    ("qbig", "quorum queue, persistent 1 MiB, confirms (window 64), ack multiple 8",
+     "--size 1048576 --persistent --durable --queue-arg x-queue-type=quorum --confirm 64 "
+     "--multiple-ack 8 --prefetch 64"),
+    ("qna", "quorum queue, persistent 1 KiB, confirms (window 1000), a no-ack consumer",
+     "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "
+     "--auto-ack"),
     ("q1000", "1,000 quorum queues, persistent 1 KiB, confirms (window 1000), the producer "
      "publishing to each in turn, one consumer on all of them, ack multiple 100",
      "--size 1024 --persistent --durable --queue-arg x-queue-type=quorum --confirm 1000 "

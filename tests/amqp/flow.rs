@@ -38,12 +38,12 @@ async fn stuck_consumer(b: &TestBroker, queue: &str, no_ack: bool) -> Raw {
 }
 const SIZE: usize = 64 * 1024;
 
-/// Publish `MESSAGES` bodies of `SIZE` to `queue` with confirms: every one is acked.
-async fn publish_all(ch: &lapin::Channel, queue: &str, props: lapin::BasicProperties) {
+/// Publish `n` bodies of `SIZE` to `queue` with confirms: every one is acked.
+async fn publish_all(ch: &lapin::Channel, queue: &str, n: usize, props: lapin::BasicProperties) {
     ch.confirm_select(Default::default()).await.unwrap();
     let body = vec![7u8; SIZE];
     let mut confirms = Vec::new();
-    for _ in 0..MESSAGES {
+    for _ in 0..n {
         let c = ch
             .basic_publish(
                 "".into(),
@@ -61,10 +61,9 @@ async fn publish_all(ch: &lapin::Channel, queue: &str, props: lapin::BasicProper
     }
 }
 
-/// A second consumer (no-ack) gets what the stuck one could not take: everything but the
-/// stuck consumer's credit and socket buffers (well under 800 of the 2000 messages, 125
-/// MiB), each within 30 s.
-async fn the_rest_goes_to_a_live_consumer(b: &TestBroker, queue: &str) {
+/// A second consumer (no-ack) gets `n` messages, each within 30 s: what the stuck one could
+/// not take.
+async fn the_rest_goes_to_a_live_consumer(b: &TestBroker, queue: &str, n: usize) {
     let (_c2, ch2) = channel(b).await;
     let opts = BasicConsumeOptions {
         no_ack: true,
@@ -74,7 +73,7 @@ async fn the_rest_goes_to_a_live_consumer(b: &TestBroker, queue: &str) {
         .basic_consume(queue.into(), "live".into(), opts, FieldTable::default())
         .await
         .unwrap();
-    for _ in 0..MESSAGES - 800 {
+    for _ in 0..n {
         let d = tokio::time::timeout(std::time::Duration::from_secs(30), live.next())
             .await
             .expect("the live consumer keeps receiving")
@@ -91,27 +90,30 @@ async fn a_consumer_that_does_not_read_stops_receiving() {
     declare(&ch, "slow").await;
     // A consumer with no prefetch limit that never reads after consume-ok.
     let stuck = stuck_consumer(&b, "slow", false).await;
-    publish_all(&ch, "slow", Default::default()).await;
-    the_rest_goes_to_a_live_consumer(&b, "slow").await;
+    publish_all(&ch, "slow", MESSAGES, Default::default()).await;
+    // Everything but the stuck consumer's credit and socket buffers: well under 800 of the
+    // 2000 messages (125 MiB).
+    the_rest_goes_to_a_live_consumer(&b, "slow", MESSAGES - 800).await;
     drop(stuck);
     b.stop().await;
 }
 
 /// The same for a quorum queue's no-ack consumer, whose credit is in the queue's log: it
-/// takes its credit and what its socket holds, and the rest stays in the queue for others.
-/// Before, the log handed it the whole backlog at once, settled (lost with its connection)
-/// and read back into memory to wait for a socket that was never read.
+/// takes its window (2,000, `quorum/credit.rs`) and what its socket holds, and the rest
+/// stays in the queue for others. Before, the log handed it the whole backlog at once,
+/// settled (lost with its connection) and read back into memory to wait for a socket that
+/// was never read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_no_ack_consumer_of_a_quorum_queue_that_does_not_read_stops_receiving() {
     let b = start().await;
     let (_c, ch) = channel(&b).await;
     crate::quorum::declare_quorum(&ch, "slowq").await;
     let stuck = stuck_consumer(&b, "slowq", true).await;
-    publish_all(&ch, "slowq", persistent()).await;
+    publish_all(&ch, "slowq", 2 * MESSAGES, persistent()).await;
     let left = count(&ch, "slowq").await as usize;
-    let took = MESSAGES - left;
-    assert!(took <= 800, "the stuck consumer took {took}");
-    the_rest_goes_to_a_live_consumer(&b, "slowq").await;
+    let took = 2 * MESSAGES - left;
+    assert!(took <= MESSAGES + 400, "the stuck consumer took {took}");
+    the_rest_goes_to_a_live_consumer(&b, "slowq", MESSAGES - 400).await;
     drop(stuck);
     b.stop().await;
 }

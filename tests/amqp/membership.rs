@@ -41,7 +41,8 @@ async fn members(api: std::net::SocketAddr, name: &str) -> serde_json::Value {
 /// through the log (for the non-member, relayed by the member it uses).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_ack_consumers_on_other_nodes_get_past_their_first_credit() {
-    const N: usize = 6000;
+    // A quarter of it is past a consumer's first window (2,000).
+    const N: usize = 12_000;
     let cluster = TestCluster::start(3, "");
     let (_c1, ch1) = cluster.channel(0).await;
     ch1.queue_declare("na".into(), durable(), quorum_args(Some(2)))

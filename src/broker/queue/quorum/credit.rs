@@ -6,12 +6,22 @@
 //! for a no-ack consumer), and the node that serves the consumer logs a higher one
 //! (`QOp::Credit`) as the consumer's connection writes deliveries out (its `ConsumerFlow`).
 //!
+//! The logged limit runs `AHEAD` of the flow's: a credit that came back through the log
+//! only once the connection had written nearly all of the last one would hold deliveries
+//! to one window per commit. A no-ack consumer thus has up to `WINDOW` deliveries on their
+//! way (as many as an ack-mode consumer without a prefetch, `DEFAULT_PREFETCH`).
+//!
 //! Invariant: a limit logged for a consumer is its flow's limit less the `base` it had at
-//! the checkout, so it starts at `CONSUMER_CREDIT` at most and only grows; every replica
-//! applies the same limits, in log order.
+//! the checkout, plus `AHEAD`, so it starts at `WINDOW` at most and only grows; every
+//! replica applies the same limits, in log order.
 
-use super::{QOp, Replica, Waiter};
+use super::{DEFAULT_PREFETCH, QOp, Replica, Waiter};
 use crate::broker::consumer::CONSUMER_CREDIT;
+
+/// Deliveries a no-ack consumer may have on their way.
+const WINDOW: u64 = DEFAULT_PREFETCH as u64;
+/// How far the logged limit runs ahead of the connection's.
+const AHEAD: u64 = WINDOW - CONSUMER_CREDIT as u64;
 use crate::broker::ids::ConsumerId;
 use crate::broker::queue::ConsumerSpec;
 
@@ -30,7 +40,7 @@ pub(super) struct Credited {
 pub(super) fn first(spec: &ConsumerSpec) -> (u32, Credited) {
     let limit = spec.flow.limit();
     let base = limit.saturating_sub(u64::from(CONSUMER_CREDIT));
-    let first = (limit - base) as u32;
+    let first = (limit - base + AHEAD) as u32;
     let c = Credited {
         base,
         logged: u64::from(first),
@@ -53,7 +63,8 @@ impl Replica {
     }
 
     /// Log the credit this node's no-ack consumers were granted: for one that ran out, as
-    /// soon as any came; else once half a window came, so that deliveries do not wait.
+    /// soon as any came; else once a quarter of a window came, so that deliveries do not
+    /// wait.
     pub(super) async fn grant_credit(&mut self) {
         let consumers = &self.consumers;
         let mut due = Vec::new();
@@ -61,9 +72,8 @@ impl Replica {
             let Some(spec) = consumers.get(id) else {
                 return false;
             };
-            let limit = spec.flow.limit().saturating_sub(c.base);
-            let half = u64::from(CONSUMER_CREDIT / 2);
-            if limit > c.logged && (c.starved || limit >= c.logged + half) {
+            let limit = spec.flow.limit().saturating_sub(c.base) + AHEAD;
+            if limit > c.logged && (c.starved || limit >= c.logged + WINDOW / 4) {
                 c.logged = limit;
                 c.starved = false;
                 due.push((id.clone(), limit));

@@ -17,13 +17,13 @@
 
 use super::{DEFAULT_PREFETCH, QOp, Replica, Waiter};
 use crate::broker::consumer::CONSUMER_CREDIT;
+use crate::broker::ids::ConsumerId;
+use crate::broker::queue::ConsumerSpec;
 
 /// Deliveries a no-ack consumer may have on their way.
 const WINDOW: u64 = DEFAULT_PREFETCH as u64;
 /// How far the logged limit runs ahead of the connection's.
 const AHEAD: u64 = WINDOW - CONSUMER_CREDIT as u64;
-use crate::broker::ids::ConsumerId;
-use crate::broker::queue::ConsumerSpec;
 
 /// A no-ack consumer this node serves.
 #[derive(Debug)]

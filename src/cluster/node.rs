@@ -349,21 +349,17 @@ impl Cluster {
 
     /// Leave a group for good (its queue is deleted): it stops and its log is deleted.
     pub async fn close_group(&self, group: u64) {
-        let req = Request::Close {
-            group,
-            unopened: false,
-        };
-        let _ = self.requests.send(req).await;
+        self.close(group, false).await;
     }
 
     /// Delete `group`'s log unless the group runs here: for a replica that learnt it left
     /// the group before it could open it, whose node may have been added back since.
     pub async fn drop_unopened(&self, group: u64) {
-        let req = Request::Close {
-            group,
-            unopened: true,
-        };
-        let _ = self.requests.send(req).await;
+        self.close(group, true).await;
+    }
+
+    async fn close(&self, group: u64, unopened: bool) {
+        let _ = self.requests.send(Request::Close { group, unopened }).await;
     }
 
     /// The metadata leader as this node knows it (0: none), as it changes.

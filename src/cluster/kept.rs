@@ -6,25 +6,23 @@
 //! reads (under their own keys, before the log proper's floor: `store::Compact`), and the
 //! first snapshot after their messages are all settled deletes them. So a body is stored
 //! once per node, and a snapshot saved here is the state alone (small, cheap to make).
-//! One sent to a follower carries the kept entries too, written in place with it there.
+//! One sent to a follower lists the kept entries too; they go ahead of it (`transfer`).
 //!
-//! A snapshot saved here lists the kept entries' indexes (with no bytes), so the group
-//! knows after a restart which stored entries the next compaction may forget.
+//! A snapshot lists the kept entries' indexes (with no bytes), so the group knows after a
+//! restart which stored entries the next compaction may forget, and a follower which
+//! entries must be staged before it takes the snapshot.
 //!
 //! Invariants: `live` names every entry at or before the snapshot that the state reads;
 //! an entry leaves it only once nothing in the state refers to it, and never comes back.
-
-/// Kept entries as stored: (index, the entry's bytes).
-pub type Entries = Vec<(u64, Vec<u8>)>;
 
 /// A snapshot's kept entries (a state machine that keeps none: `Keep::nothing`).
 #[derive(Debug, Default)]
 pub struct Keep {
     /// The entries the state still reads, sorted.
     pub live: Vec<u64>,
-    /// The kept entries as stored, for a follower (None: this snapshot is only saved
-    /// here, a follower that needs one gets a new one made with them).
-    pub entries: Option<Entries>,
+    /// Made for a follower: kept to be sent (else only saved here, and a follower that
+    /// needs one gets a new one).
+    pub send: bool,
     /// The size of the snapshot as sent (the state and the kept entries).
     pub size: usize,
 }
@@ -33,31 +31,24 @@ impl Keep {
     /// A snapshot that is the whole state, sendable as it is.
     pub fn nothing(size: usize) -> Keep {
         Keep {
-            entries: Some(Vec::new()),
+            send: true,
             size,
             ..Keep::default()
         }
     }
 }
 
-/// A snapshot's data: the kept entries (count, then each index, length and bytes), then
-/// the state machine's data.
-pub fn wrap(app: &[u8], entries: &[(u64, Vec<u8>)]) -> Vec<u8> {
-    let kept: usize = entries.iter().map(|(_, e)| 12 + e.len()).sum();
-    let mut out = Vec::with_capacity(4 + kept + app.len());
-    out.extend_from_slice(&(entries.len() as u32).to_be_bytes());
-    for (index, e) in entries {
+/// A snapshot's data: the kept entries' indexes (count, then each index and a zero
+/// length: the format once carried their bytes), then the state machine's data.
+pub fn wrap(app: &[u8], live: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + 12 * live.len() + app.len());
+    out.extend_from_slice(&(live.len() as u32).to_be_bytes());
+    for index in live {
         out.extend_from_slice(&index.to_be_bytes());
-        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
-        out.extend_from_slice(e);
+        out.extend_from_slice(&0u32.to_be_bytes());
     }
     out.extend_from_slice(app);
     out
-}
-
-/// The indexes alone, as a saved snapshot lists them.
-pub fn listed(live: &[u64]) -> Entries {
-    live.iter().map(|i| (*i, Vec::new())).collect()
 }
 
 /// Sorted `before` less sorted `now`.
@@ -73,8 +64,8 @@ pub fn forgotten(before: &[u64], now: &[u64]) -> Vec<u64> {
     out
 }
 
-/// The kept entries and the state machine's data of a snapshot's data.
-pub fn unwrap(data: &[u8]) -> Result<(Entries, &[u8]), String> {
+/// The kept entries' indexes and the state machine's data of a snapshot's data.
+pub fn unwrap(data: &[u8]) -> Result<(Vec<u64>, &[u8]), String> {
     fn take<'a>(data: &mut &'a [u8], n: usize) -> Result<&'a [u8], String> {
         if data.len() < n {
             return Err("truncated snapshot envelope".into());
@@ -85,13 +76,14 @@ pub fn unwrap(data: &[u8]) -> Result<(Entries, &[u8]), String> {
     }
     let mut data = data;
     let count = u32::from_be_bytes(take(&mut data, 4)?.try_into().expect("4 bytes"));
-    let mut entries = Vec::with_capacity((count as usize).min(data.len() / 12));
+    let mut live = Vec::with_capacity((count as usize).min(data.len() / 12));
     for _ in 0..count {
         let index = u64::from_be_bytes(take(&mut data, 8)?.try_into().expect("8 bytes"));
         let len = u32::from_be_bytes(take(&mut data, 4)?.try_into().expect("4 bytes"));
-        entries.push((index, take(&mut data, len as usize)?.to_vec()));
+        take(&mut data, len as usize)?;
+        live.push(index);
     }
-    Ok((entries, data))
+    Ok((live, data))
 }
 
 #[cfg(test)]
@@ -114,13 +106,10 @@ mod tests {
 
     #[test]
     fn envelopes_round_trip_and_truncated_ones_are_refused() {
-        for entries in [
-            vec![],
-            vec![(3, vec![1, 2]), (9, vec![]), (10, vec![7; 300])],
-        ] {
+        for live in [vec![], vec![3, 9, 10]] {
             for app in [&b""[..], b"state"] {
-                let data = wrap(app, &entries);
-                assert_eq!(unwrap(&data).unwrap(), (entries.clone(), app));
+                let data = wrap(app, &live);
+                assert_eq!(unwrap(&data).unwrap(), (live.clone(), app));
                 for cut in 0..data.len().min(40) {
                     if cut < data.len() - app.len() {
                         assert!(unwrap(&data[..cut]).is_err(), "cut at {cut}");

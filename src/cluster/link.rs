@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{mpsc, watch};
 
 use super::ClusterConfig;
-use super::parts::Parts;
+use super::parts::{Kind, Parts};
 
 /// Frames bigger than this close the link (a Raft batch is bounded far below it, and a
 /// bigger message goes in parts, `parts`).
@@ -48,6 +48,8 @@ const RAFT: u8 = 3;
 const FORWARD: u8 = 4;
 const REJOIN: u8 = 5;
 const RAFT_PART: u8 = 6;
+const KEPT: u8 = 7;
+const KEPT_ACK: u8 = 8;
 
 /// One connection of a link, numbered from 1 on each node (the two ends number alike only
 /// by chance: a session number is meaningful to its own node).
@@ -68,14 +70,27 @@ pub enum Frame {
     },
     /// Forwarded queue work (encoded by the broker).
     Forward(Bytes),
+    /// A chunk of the kept entries of a snapshot for the receiver (`transfer::Chunk`).
+    Kept {
+        group: u64,
+        msg: Bytes,
+    },
+    /// The receiver staged chunk `seq` of the snapshot at `index` (`transfer::REFUSED`: it
+    /// cannot take the snapshot).
+    KeptAck {
+        group: u64,
+        index: u64,
+        seq: u64,
+    },
     /// The sender's data was wiped: it asks to take part in the metadata group under this
     /// new Raft id instead of its old one (`runtime::Runtime::rejoin`).
     Rejoin {
         raft_id: u64,
     },
-    /// Part of a Raft message too big for one frame (`parts`): its bytes from `offset` of
+    /// Part of a message too big for one frame (`parts`): its bytes from `offset` of
     /// `total`.
     RaftPart {
+        kind: Kind,
         group: u64,
         total: u64,
         offset: u64,
@@ -104,17 +119,33 @@ impl Frame {
                 out.put_u8(FORWARD);
                 out.put_slice(msg);
             }
+            Frame::Kept { group, msg } => {
+                out.put_u8(KEPT);
+                out.put_u64(*group);
+                out.put_slice(msg);
+            }
+            Frame::KeptAck { group, index, seq } => {
+                out.put_u8(KEPT_ACK);
+                out.put_u64(*group);
+                out.put_u64(*index);
+                out.put_u64(*seq);
+            }
             Frame::Rejoin { raft_id } => {
                 out.put_u8(REJOIN);
                 out.put_u64(*raft_id);
             }
             Frame::RaftPart {
+                kind,
                 group,
                 total,
                 offset,
                 data,
             } => {
                 out.put_u8(RAFT_PART);
+                out.put_u8(match kind {
+                    Kind::Raft => RAFT,
+                    Kind::Kept => KEPT,
+                });
                 out.put_u64(*group);
                 out.put_u64(*total);
                 out.put_u64(*offset);
@@ -162,6 +193,19 @@ impl Frame {
                 let group = body.get_u64();
                 Frame::Raft { group, msg: body }
             }
+            KEPT => {
+                need(8, &body)?;
+                let group = body.get_u64();
+                Frame::Kept { group, msg: body }
+            }
+            KEPT_ACK => {
+                need(24, &body)?;
+                Frame::KeptAck {
+                    group: body.get_u64(),
+                    index: body.get_u64(),
+                    seq: body.get_u64(),
+                }
+            }
             FORWARD => Frame::Forward(body),
             REJOIN => {
                 need(8, &body)?;
@@ -170,8 +214,13 @@ impl Frame {
                 }
             }
             RAFT_PART => {
-                need(24, &body)?;
+                need(25, &body)?;
                 Frame::RaftPart {
+                    kind: match body.get_u8() {
+                        RAFT => Kind::Raft,
+                        KEPT => Kind::Kept,
+                        other => return Err(format!("unknown part kind {other}")),
+                    },
                     group: body.get_u64(),
                     total: body.get_u64(),
                     offset: body.get_u64(),
@@ -280,6 +329,18 @@ impl Links {
             && tx.try_send(item).is_err()
         {
             tracing::trace!(peer = to, "link queue full; frame dropped");
+        }
+    }
+
+    /// Queue a frame for a peer, waiting for room (a snapshot's chunks, which the follower
+    /// acknowledges: not dropped for a moment's backlog); dropped if its link is down.
+    pub async fn send_waiting(&self, to: u64, frame: Frame) {
+        if let Some(tx) = self.out.get(&to) {
+            let item = Outgoing {
+                session: None,
+                frame,
+            };
+            let _ = tx.send(item).await;
         }
     }
 
@@ -535,15 +596,16 @@ impl Peer {
                         continue;
                     }
                     Ok(Some(Frame::RaftPart {
+                        kind,
                         group,
                         total,
                         offset,
                         data,
                     })) => {
-                        let Some(msg) = parts.take(group, total, offset, &data) else {
+                        let Some(msg) = parts.take((kind, group), total, offset, &data) else {
                             continue;
                         };
-                        Frame::Raft { group, msg }
+                        kind.whole(group, msg)
                     }
                     Ok(Some(frame)) => frame,
                     Ok(None) => break,

@@ -16,6 +16,7 @@ mod runtime;
 #[cfg(test)]
 mod sim;
 mod storage;
+mod transfer;
 mod unopened;
 
 use std::collections::BTreeMap;

@@ -6,17 +6,19 @@
 //! the messages that depend on them. Committed entries are handed to the state machine in
 //! log order. A state machine's snapshot (`snapshot_made`) lets the log before it go, but
 //! the entries it keeps (`kept`: a quorum queue's live messages); a snapshot from the
-//! leader replaces this node's log and state, with the leader's kept entries.
+//! leader replaces this node's log and state, with the leader's kept entries, which come
+//! ahead of it in a stream (`transfer`).
 //!
 //! Invariants: the store holds every entry the mirror holds, contiguous from the first
 //! after its last snapshot, and before its floor the kept entries of the last snapshot;
 //! an entry is applied only once committed, and on restart the state machine gets the
 //! saved snapshot, then every committed entry after it again. A snapshot from the leader
-//! reaches the state machine only once its kept entries are written.
+//! is stepped only once its kept entries are staged here, and staged entries are deleted
+//! only when no snapshot stepped or installed keeps them.
 
 mod members;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -30,6 +32,7 @@ use super::link::Links;
 use super::node::Apply;
 use super::quiet::Quiet;
 use super::storage::{GroupStorage, LogBytes, corrupt, load};
+use super::transfer::{Chunk, Sending, Staging};
 use crate::store::{Compact, Op, RaftLog, Store, StoreError};
 
 /// Ticks (of `TICK`) without a heartbeat before a follower stands for election.
@@ -50,7 +53,7 @@ pub struct Prepared {
     ready: raft::Ready,
     pub ops: Vec<Op>,
     /// A snapshot from the leader (its index and state machine data), and the committed
-    /// entries after it: applied once its kept entries are stored.
+    /// entries after it: applied once it is stored.
     installed: Option<(u64, Vec<u8>, Vec<Entry>)>,
 }
 
@@ -97,7 +100,7 @@ pub trait Transport: Send + Sync {
 
 impl Transport for Links {
     fn send_raft(&self, to: u64, group: u64, msg: Bytes) {
-        for frame in super::parts::split(group, msg) {
+        for frame in super::parts::split(super::parts::Kind::Raft, group, msg) {
             self.send(super::node_of(to), frame);
         }
     }
@@ -129,6 +132,16 @@ pub struct Group {
     floor: u64,
     /// The entries kept past the last snapshot (sorted).
     kept: Vec<u64>,
+    /// Snapshots being sent to followers (by Raft id): their index and kept entries, which
+    /// compactions keep until the sending ends.
+    pins: BTreeMap<u64, (u64, Vec<u64>)>,
+    /// Sendings for the runtime to start (`take_sendings`).
+    sendings: Vec<Sending>,
+    /// A leader's snapshot being received: its kept entries staged so far.
+    staging: Option<Staging>,
+    /// The kept entries of a leader's snapshot stepped and not installed yet: staged, and
+    /// not to be deleted.
+    accepted: Option<(u64, Vec<u64>)>,
     /// Ticks left to campaign again after a leader's link loss (`leader_link_lost`).
     hurry: u8,
 }
@@ -214,6 +227,10 @@ impl Group {
             hurry: 0,
             floor,
             kept,
+            pins: BTreeMap::new(),
+            sendings: Vec::new(),
+            staging: None,
+            accepted: None,
         })
     }
 
@@ -259,6 +276,24 @@ impl Group {
             return tracing::trace!(group = self.id, to = m.to, "raft message for an old id");
         }
         self.quiet.stepped(m.get_msg_type());
+        let mut listed = None;
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            let index = m.get_snapshot().get_metadata().index;
+            let kept = match kept::unwrap(&m.get_snapshot().data) {
+                Ok((kept, _)) => kept,
+                Err(e) => return tracing::warn!(group = self.id, "undecodable snapshot: {e}"),
+            };
+            if !kept.is_empty() {
+                if !(self.staging.as_ref()).is_some_and(|s| s.holds(index, &kept)) {
+                    return tracing::debug!(
+                        group = self.id,
+                        index,
+                        "a snapshot whose kept entries are not staged here: dropped"
+                    );
+                }
+                listed = Some((index, kept));
+            }
+        }
         let node = &mut self.node;
         match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| node.step(m))) {
             Ok(Ok(())) => {}
@@ -275,6 +310,76 @@ impl Group {
                 std::process::exit(2);
             }
         }
+        if let Some((index, kept)) = listed {
+            self.stepped_snapshot(index, kept);
+        }
+    }
+
+    /// A snapshot whose kept entries are staged was stepped: they stay for its install if
+    /// Raft took it, else they go.
+    fn stepped_snapshot(&mut self, index: u64, kept: Vec<u64>) {
+        let staged = self.staging.take().map(Staging::into_staged);
+        let raft_log = &self.node.raft.raft_log;
+        let pending = (raft_log.unstable.snapshot.as_ref()).map(|s| s.get_metadata().index);
+        let unneeded = match pending == Some(index) {
+            true => (self.accepted.replace((index, kept))).map(|(_, k)| k),
+            false => staged,
+        };
+        if let Some(op) = unneeded.and_then(|u| self.unstage(&u)) {
+            self.store.submit(vec![op], false, None);
+        }
+    }
+
+    /// Delete staged entries no longer needed, but those the state reads or a snapshot
+    /// stepped keeps.
+    fn unstage(&self, staged: &[u64]) -> Option<Op> {
+        let mut indexes = kept::forgotten(staged, &self.kept);
+        if let Some((_, accepted)) = &self.accepted {
+            indexes = kept::forgotten(&indexes, accepted);
+        }
+        (!indexes.is_empty()).then_some(Op::RaftUnstage {
+            group: self.id,
+            indexes,
+        })
+    }
+
+    /// A chunk of a leader's snapshot for this node: the store writes that stage it (None:
+    /// not the chunk expected, ignored), and its index and number to acknowledge once
+    /// written.
+    pub fn stage(&mut self, msg: &[u8]) -> Option<(Vec<Op>, u64, u64)> {
+        let chunk = match Chunk::decode(msg) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(group = self.id, "bad snapshot chunk: {e}");
+                return None;
+            }
+        };
+        let stage = Staging::take(&mut self.staging, chunk)?;
+        let mut ops: Vec<Op> = self.unstage(&stage.given_up).into_iter().collect();
+        ops.push(Op::RaftStage {
+            group: self.id,
+            entries: stage.entries,
+        });
+        Some((ops, stage.index, stage.seq))
+    }
+
+    /// Snapshots to send to followers, for the runtime to start.
+    pub fn take_sendings(&mut self) -> Vec<Sending> {
+        std::mem::take(&mut self.sendings)
+    }
+
+    /// The sending of the snapshot at `index` to `to` ended: handed to the link (`ok`) or
+    /// given up. Raft sends another when the follower still needs one.
+    pub fn sent(&mut self, to: u64, index: u64, ok: bool) {
+        if self.pins.get(&to).is_none_or(|(i, _)| *i != index) {
+            return;
+        }
+        self.pins.remove(&to);
+        let status = match ok {
+            true => SnapshotStatus::Finish,
+            false => SnapshotStatus::Failure,
+        };
+        self.node.report_snapshot(to, status);
     }
 
     /// Propose an entry (forwarded to the leader if this node is not it); refused while no
@@ -400,18 +505,21 @@ impl Group {
             // The leader's snapshot replaces this node's log and state (it was too far
             // behind); the entries in this ready follow it. The state machine gets it once
             // the entries it keeps are stored with it (it may read them at once).
-            let mut snap = ready.snapshot().clone();
+            let snap = ready.snapshot().clone();
             let index = snap.get_metadata().index;
             let (kept, app) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
             let app = app.to_vec();
-            self.kept = kept.iter().map(|(i, _)| *i).collect();
-            snap.data = kept::wrap(&app, &kept::listed(&self.kept)).into();
+            // Staged (checked when stepped), as stored from now on.
+            self.accepted = None;
+            let forget = kept::forgotten(&self.kept, &kept);
+            self.kept = kept.clone();
             ops.push(Op::RaftSnapshot {
                 group: self.id,
                 snapshot: snap.write_to_bytes().expect("a snapshot encodes"),
                 compact: Compact::Replace {
                     floor: index + 1,
                     kept,
+                    forget,
                 },
             });
             self.floor = index + 1;
@@ -490,13 +598,18 @@ impl Group {
 
     /// The state machine made a snapshot at `index` (applied here): it replaces the last
     /// one, and the log before it is compacted, except what a close follower still needs
-    /// from a leader and the entries `keep` names. Returns the store write (None if the
-    /// snapshot is not newer).
+    /// from a leader, the entries `keep` names and those of snapshots being sent. Returns
+    /// the store write (None if the snapshot is not newer).
     pub fn snapshot_made(&mut self, index: u64, data: Bytes, keep: Keep) -> Option<Op> {
         let size = keep.size;
-        let sendable = keep.entries.map(|e| kept::wrap(&data, &e));
-        let saved = kept::wrap(&data, &kept::listed(&keep.live));
-        let snap = self.node.store().made(index, saved, sendable)?;
+        let mut live = keep.live;
+        if !self.pins.is_empty() {
+            live.extend(self.pins.values().flat_map(|(_, k)| k.iter().copied()));
+            live.sort_unstable();
+            live.dedup();
+        }
+        let data = kept::wrap(&data, &live);
+        let snap = self.node.store().made(index, data, keep.send)?;
         let mut below = index + 1;
         if self.is_leader() {
             let me = self.node.raft.id;
@@ -513,20 +626,20 @@ impl Group {
             index,
             size,
             below,
-            kept = keep.live.len(),
+            kept = live.len(),
             "raft snapshot"
         );
         let from = self.floor;
         self.floor = from.max(below);
-        let forget = kept::forgotten(&self.kept, &keep.live);
-        self.kept = keep.live.clone();
+        let forget = kept::forgotten(&self.kept, &live);
+        self.kept = live.clone();
         Some(Op::RaftSnapshot {
             group: self.id,
             snapshot: snap.write_to_bytes().expect("a snapshot encodes"),
             compact: Compact::Below {
                 from,
                 below,
-                keep: keep.live,
+                keep: live,
                 forget,
             },
         })
@@ -607,19 +720,33 @@ impl Group {
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
             let to = m.to;
+            let bytes = match m.write_to_bytes() {
+                Ok(bytes) => Bytes::from(bytes),
+                Err(e) => {
+                    tracing::error!(group = self.id, "cannot encode a raft message: {e}");
+                    continue;
+                }
+            };
             if m.get_msg_type() == MessageType::MsgSnapshot {
+                let index = m.get_snapshot().get_metadata().index;
+                let kept = (kept::unwrap(&m.get_snapshot().data)).map_or(Vec::new(), |k| k.0);
                 tracing::info!(
                     group = self.id,
                     to,
-                    index = m.get_snapshot().get_metadata().index,
+                    index,
+                    kept = kept.len(),
                     "sending a snapshot"
                 );
+                if !kept.is_empty() {
+                    // Its kept entries go first, streamed (`transfer`); Raft hears how the
+                    // sending ended (`sent`).
+                    self.pins.insert(to, (index, kept.clone()));
+                    (self.sendings).push(Sending::new(self.id, to, index, bytes, kept));
+                    continue;
+                }
                 self.snapshots_sent.push(to);
             }
-            match m.write_to_bytes() {
-                Ok(bytes) => self.links.send_raft(to, self.id, Bytes::from(bytes)),
-                Err(e) => tracing::error!(group = self.id, "cannot encode a raft message: {e}"),
-            }
+            self.links.send_raft(to, self.id, bytes);
         }
     }
 }

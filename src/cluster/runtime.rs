@@ -20,6 +20,7 @@ use super::link::{Frame, Inbound, Links, Sessions};
 use super::node::{Apply, Leaders, ROUND, Request};
 use super::raft::{Group, GroupIo, TICK, persist};
 use super::storage::LogBytes;
+use super::transfer::{self, Sending};
 use super::unopened::{Early, Unopened};
 use super::{ClusterError, META_GROUP};
 use crate::store::{Op, RaftLog, Store};
@@ -100,6 +101,24 @@ pub(super) fn up_peers(sessions: &Sessions) -> BTreeSet<u64> {
         .collect()
 }
 
+/// How a snapshot's sending ended (`transfer::run`).
+struct Sent {
+    group: u64,
+    to: u64,
+    index: u64,
+    /// Which sending to this node it was (a newer one replaces it).
+    number: u64,
+    ok: bool,
+}
+
+/// Snapshots being sent from this node, by (group, peer node): the sending's number, the
+/// snapshot's index, and where the follower's acknowledgements go.
+#[derive(Default)]
+struct Sendings {
+    next: u64,
+    open: HashMap<(u64, u64), (u64, u64, watch::Sender<u64>)>,
+}
+
 /// A group this node takes part in.
 struct Running {
     group: Group,
@@ -129,6 +148,8 @@ pub(super) struct Runtime {
     unopened: Unopened,
     /// Ticks since this node last asked to rejoin (see the module doc).
     rejoin_ticks: u32,
+    sendings: Sendings,
+    sent: (mpsc::Sender<Sent>, Option<mpsc::Receiver<Sent>>),
 }
 
 impl Runtime {
@@ -154,6 +175,11 @@ impl Runtime {
             next_change: 0,
             unopened: Unopened::default(),
             rejoin_ticks: 0,
+            sendings: Sendings::default(),
+            sent: {
+                let (tx, rx) = mpsc::channel(64);
+                (tx, Some(rx))
+            },
         }
     }
 
@@ -167,6 +193,7 @@ impl Runtime {
         let mut links = self.links.up();
         let mut links_up = up_peers(&links.borrow_and_update());
         let mut links_open = true;
+        let mut sent = self.sent.1.take().expect("the runtime runs once");
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -198,6 +225,7 @@ impl Runtime {
                     Some(r) => self.request(r),
                     None => break,
                 },
+                Some(s) = sent.recv() => self.sent(s),
             }
             let mut bytes = 0;
             for _ in 0..ROUND {
@@ -206,7 +234,7 @@ impl Runtime {
                 }
                 match inbound.try_recv() {
                     Ok(m) => {
-                        if let Frame::Raft { msg, .. } = &m.frame {
+                        if let Frame::Raft { msg, .. } | Frame::Kept { msg, .. } = &m.frame {
                             bytes += msg.len();
                         }
                         self.step(m);
@@ -236,7 +264,9 @@ impl Runtime {
                 tracing::error!("raft groups stopped: {e}");
                 break;
             }
+            let mut sendings = Vec::new();
             for (id, r) in self.groups.iter_mut() {
+                sendings.extend(r.group.take_sendings());
                 r.reads.answer(&mut r.group);
                 for ctx in r.group.take_conf_applied() {
                     if let Some(done) = r.changes.remove(&ctx) {
@@ -257,6 +287,9 @@ impl Runtime {
                         self.store.submit(vec![op], false, None);
                     }
                 }
+            }
+            for s in sendings {
+                self.start_sending(s);
             }
         }
         self.meta_leader.send_replace(0);
@@ -290,6 +323,66 @@ impl Runtime {
         Ok(())
     }
 
+    /// Send a snapshot with its kept entries (`transfer`), in a task of its own; one
+    /// sending to the same node for the same group before it is given up.
+    fn start_sending(&mut self, s: Sending) {
+        let (group, to, index) = (s.group, s.to, s.index);
+        let (acks_tx, acks) = watch::channel(0);
+        self.sendings.next += 1;
+        let number = self.sendings.next;
+        let key = (group, super::node_of(to));
+        self.sendings.open.insert(key, (number, index, acks_tx));
+        let (store, links, done) = (self.store.clone(), self.links.clone(), self.sent.0.clone());
+        tokio::spawn(async move {
+            let ok = transfer::run(s, store, links, acks).await;
+            let sent = Sent {
+                group,
+                to,
+                index,
+                number,
+                ok,
+            };
+            let _ = done.send(sent).await;
+        });
+    }
+
+    fn sent(&mut self, s: Sent) {
+        let key = (s.group, super::node_of(s.to));
+        if self
+            .sendings
+            .open
+            .get(&key)
+            .is_some_and(|o| o.0 == s.number)
+        {
+            self.sendings.open.remove(&key);
+        }
+        if let Some(r) = self.groups.get_mut(&s.group) {
+            r.group.sent(s.to, s.index, s.ok);
+        }
+    }
+
+    /// A chunk of a snapshot for one of this node's groups: staged, then acknowledged (a
+    /// group not open here refuses it: the leader tries again later).
+    fn stage(&mut self, from: u64, group: u64, msg: &[u8]) {
+        let Some(r) = self.groups.get_mut(&group) else {
+            if let Ok(c) = transfer::Chunk::decode(msg) {
+                let refused = transfer::ack(group, c.index, transfer::REFUSED);
+                self.links.send(from, refused);
+            }
+            return;
+        };
+        let Some((ops, index, seq)) = r.group.stage(msg) else {
+            return;
+        };
+        let links = self.links.clone();
+        let acked = Box::new(move |r: Result<(), crate::store::StoreError>| {
+            if r.is_ok() {
+                links.send(from, transfer::ack(group, index, seq));
+            }
+        });
+        self.store.submit(ops, false, Some(acked));
+    }
+
     /// Links that went down since `was`: groups they led elect a new leader now.
     fn links_lost(&mut self, was: &BTreeSet<u64>, now: &BTreeSet<u64>) {
         for lost in was.difference(now) {
@@ -314,6 +407,17 @@ impl Runtime {
                 && let Some(r) = self.groups.get_mut(&META_GROUP)
             {
                 r.group.replace_member(m.from, raft_id);
+            }
+            return;
+        }
+        if let Frame::Kept { group, msg } = m.frame {
+            return self.stage(m.from, group, &msg);
+        }
+        if let Frame::KeptAck { group, index, seq } = m.frame {
+            if let Some((_, i, acks)) = self.sendings.open.get(&(group, m.from))
+                && *i == index
+            {
+                acks.send_replace(seq);
             }
             return;
         }

@@ -9,8 +9,9 @@
 //! stands in for a quorum queue's, with its snapshots (made every few entries, and when a
 //! follower needs one), so that logs are compacted and followers far behind are sent one.
 //! As a quorum queue's, its state holds the log index of each queued id's enqueue, not the
-//! id: its snapshots keep those entries (`kept`), a snapshot sent to a follower carries
-//! them, and taking an id reads its enqueue back from the node's store, which must have it.
+//! id: its snapshots keep those entries (`kept`), a snapshot sent to a follower has them
+//! streamed ahead of it in small chunks over the same faulty network (`transfer`), and
+//! taking an id reads its enqueue back from the node's store, which must have it.
 //!
 //! Checked, for every seed: a log index applied on two nodes holds the same entry; after
 //! the faults stop and every node is back, the nodes converge to the same state, every
@@ -34,6 +35,7 @@ use super::node::{Apply, Cluster};
 use super::node_of;
 use super::raft::{Group, GroupIo, Transport};
 use super::storage::Gauge;
+use super::transfer::Sending;
 use crate::store::{Op, Store};
 use crate::test_rng::Rng;
 
@@ -41,6 +43,10 @@ const GROUP: u64 = 7;
 const NODES: [u64; 3] = [1, 2, 3];
 /// A node's state machine snapshots after this many entries.
 const SNAPSHOT_EVERY: usize = 25;
+/// Entry bytes in a snapshot's chunk: a few entries each.
+const CHUNK: usize = 60;
+/// Steps without an acknowledgement after which a sending is given up.
+const SENDING_WAIT: u64 = 200;
 
 struct NoGauge;
 
@@ -49,9 +55,19 @@ impl Gauge for NoGauge {
     fn sub(&self, _: usize) {}
 }
 
+/// What goes over the network.
+#[derive(Clone, Debug)]
+enum Msg {
+    Raft(Bytes),
+    /// A chunk of a snapshot's kept entries (`Frame::Kept`).
+    Chunk(Bytes),
+    /// Its acknowledgement (`Frame::KeptAck`): the snapshot's index, the chunk's number.
+    Ack(u64, u64),
+}
+
 /// Messages the nodes sent since the network last took them: (from, to, message).
 #[derive(Default)]
-struct Wire(Mutex<Vec<(u64, u64, Bytes)>>);
+struct Wire(Mutex<Vec<(u64, u64, Msg)>>);
 
 struct Outbox {
     from: u64,
@@ -61,7 +77,11 @@ struct Outbox {
 impl Transport for Outbox {
     fn send_raft(&self, to: u64, group: u64, msg: Bytes) {
         assert_eq!(group, GROUP);
-        self.wire.0.lock().unwrap().push((self.from, to, msg));
+        self.wire
+            .0
+            .lock()
+            .unwrap()
+            .push((self.from, to, Msg::Raft(msg)));
     }
 }
 
@@ -172,21 +192,11 @@ impl Machine {
         (self.store.read_raft_entries(GROUP, indexes)).expect("the store reads")
     }
 
-    /// What a snapshot now keeps: the enqueues of the queued ids, with them if it is for a
-    /// follower.
-    fn keep(&self, size: usize, sendable: bool) -> Keep {
+    /// What a snapshot now keeps: the enqueues of the queued ids.
+    fn keep(&self, size: usize, send: bool) -> Keep {
         let mut live: Vec<u64> = self.fifo.queue.iter().map(|(_, at)| *at).collect();
         live.sort_unstable();
-        let entries = sendable.then(|| {
-            let stored = self.stored(&live).into_iter().zip(&live);
-            let kept = stored.map(|(e, at)| (*at, e.expect("a kept entry is stored")));
-            kept.collect()
-        });
-        Keep {
-            live,
-            entries,
-            size,
-        }
+        Keep { live, send, size }
     }
 }
 
@@ -196,6 +206,8 @@ struct Up {
     machine: Machine,
     /// A snapshot's write, unsynced as the runtime makes it: it goes with the next write.
     unsynced: Vec<Op>,
+    /// Snapshots being sent, and the step each last made progress.
+    sendings: Vec<(Sending, u64)>,
 }
 
 struct Node {
@@ -256,6 +268,7 @@ impl Node {
             group,
             machine,
             unsynced: Vec::new(),
+            sendings: Vec::new(),
         });
     }
 
@@ -293,6 +306,66 @@ impl Node {
         self.up
             .as_ref()
             .is_some_and(|up| self.raft_id != self.id && !up.group.voters().contains(&self.raft_id))
+    }
+
+    /// Drive the node's sendings (`transfer::run`): chunks out as the window allows, the
+    /// snapshot's message once all are acknowledged; given up without progress.
+    fn send_snapshots(&mut self, wire: &Wire, now: u64) {
+        let Some(up) = self.up.as_mut() else {
+            return;
+        };
+        for s in up.group.take_sendings() {
+            up.sendings.push((s.chunked(CHUNK), now));
+        }
+        let mut out = wire.0.lock().unwrap();
+        let store = &up.store;
+        up.sendings.retain_mut(|(s, last)| {
+            while s.wants_chunk() {
+                let group = s.group;
+                let chunk = s.next_chunk(|ix| store.read_raft_entries(group, ix));
+                let chunk = chunk.expect("a pinned kept entry is stored");
+                out.push((self.id, s.to, Msg::Chunk(chunk.encode())));
+            }
+            let (done, ok) = match (s.finished(), *last + SENDING_WAIT < now) {
+                (true, _) => (true, true),
+                (false, late) => (late, false),
+            };
+            if ok {
+                out.push((self.id, s.to, Msg::Raft(s.msg.clone())));
+            }
+            if done {
+                up.group.sent(s.to, s.index, ok);
+            }
+            !done
+        });
+    }
+
+    /// A message for this node.
+    fn receive(&mut self, from: u64, msg: &Msg, wire: &Wire, now: u64) {
+        let Some(up) = self.up.as_mut() else {
+            return;
+        };
+        match msg {
+            Msg::Raft(m) => up.group.step(m),
+            Msg::Chunk(c) => {
+                if let Some((ops, index, seq)) = up.group.stage(c) {
+                    let mut all = std::mem::take(&mut up.unsynced);
+                    all.extend(ops);
+                    write(&up.store, all);
+                    wire.0
+                        .lock()
+                        .unwrap()
+                        .push((self.id, from, Msg::Ack(index, seq)));
+                }
+            }
+            Msg::Ack(index, seq) => {
+                for (s, last) in &mut up.sendings {
+                    if node_of(s.to) == from && s.index == *index && s.ack(*seq) {
+                        *last = now;
+                    }
+                }
+            }
+        }
     }
 
     /// One round of ready work, as `node.rs` does it; with `crash`, the node dies after the
@@ -336,7 +409,7 @@ struct Flight {
     seq: u64,
     from: u64,
     to: u64,
-    msg: Bytes,
+    msg: Msg,
 }
 
 /// Cuts between nodes: (from, to) pairs and the step each heals at.
@@ -365,6 +438,9 @@ struct Counts {
     dropped: u64,
     duplicated: u64,
     installed: u64,
+    /// Chunks of snapshots' kept entries delivered, and lost (dropped or cut off).
+    chunks: u64,
+    chunks_lost: u64,
     /// Ticks a node's group skipped, idle.
     quiet_ticks: u64,
     final_step: u64,
@@ -480,6 +556,9 @@ impl Sim {
                 self.counts.crashes_mid_round += 1;
             }
         }
+        for n in &mut self.nodes {
+            n.send_snapshots(&self.wire, now);
+        }
         self.take_sent(faults);
         let check = self.check.lock().unwrap();
         self.client
@@ -574,13 +653,14 @@ impl Sim {
         self.flights = later;
         due.sort_by_key(|f| (f.due, f.seq));
         for f in due {
+            let chunk = matches!(f.msg, Msg::Chunk(_));
             if faults && self.cuts.is_cut(f.from, f.to, now) {
                 self.counts.dropped += 1;
+                self.counts.chunks_lost += u64::from(chunk);
                 continue;
             }
-            if let Some(up) = self.nodes[(f.to - 1) as usize].up.as_mut() {
-                up.group.step(&f.msg);
-            }
+            self.counts.chunks += u64::from(chunk);
+            self.nodes[(f.to - 1) as usize].receive(f.from, &f.msg, &self.wire, now);
         }
     }
 
@@ -589,6 +669,7 @@ impl Sim {
         for (from, to, msg) in sent {
             if faults && self.rng.chance(50) {
                 self.counts.dropped += 1;
+                self.counts.chunks_lost += u64::from(matches!(msg, Msg::Chunk(_)));
                 continue;
             }
             let copies = match faults && self.rng.chance(30) {

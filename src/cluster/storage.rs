@@ -1,8 +1,8 @@
 //! A group's Raft storage: raft-rs's `MemStorage` (the in-memory mirror of the log the store
 //! keeps) with the group's snapshots. raft-rs asks for a snapshot when a follower needs
 //! entries this node has compacted away; the state machine makes them (it alone holds the
-//! state), so a snapshot is kept here only once made in the form a follower gets (with the
-//! entries it keeps, `kept`), and for a while: when none is at hand the answer is
+//! state), so a snapshot is kept here only once made for a follower, and for a while
+//! (its data may be large): when none is at hand the answer is
 //! "temporarily unavailable", the group flags that one is wanted, and raft-rs asks again on
 //! a later heartbeat. The last snapshot's term stays known, so one for a follower can be
 //! made again at its index after the log past it is compacted.
@@ -110,10 +110,9 @@ impl GroupStorage {
     }
 
     /// The snapshot the state machine made at `index` (applied here), with `data`; kept
-    /// for followers if `sendable` is the form they get (else a follower that needs one
-    /// waits for a new one). None if it is not newer than the last one or its entry is
-    /// unknown.
-    pub fn made(&self, index: u64, data: Vec<u8>, sendable: Option<Vec<u8>>) -> Option<Snapshot> {
+    /// for followers if `send` (else a follower that needs one waits for a new one). None
+    /// if it is not newer than the last one or its entry is unknown.
+    pub fn made(&self, index: u64, data: Vec<u8>, send: bool) -> Option<Snapshot> {
         let mut snaps = self.snaps();
         // The last snapshot's entry may be compacted: one for a follower is often made
         // again at the same index.
@@ -134,12 +133,8 @@ impl GroupStorage {
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
         snaps.last = (index, term);
-        snaps.kept = sendable.map(|data| {
-            let mut sent = snap.clone();
-            sent.data = data.into();
-            (sent, Instant::now())
-        });
         snap.data = data.into();
+        snaps.kept = send.then(|| (snap.clone(), Instant::now()));
         Some(snap)
     }
 
@@ -275,8 +270,8 @@ pub(super) fn load(
         storage
             .install(&snap)
             .map_err(|e| corrupt("raft snapshot", e))?;
-        let (listed, data) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
-        kept = listed.into_iter().map(|(i, _)| i).collect();
+        let data;
+        (kept, data) = kept::unwrap(&snap.data).map_err(|e| corrupt("raft snapshot", e))?;
         apply.restore(applied, data);
     }
     if let Some(state) = &log.state {

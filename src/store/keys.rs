@@ -17,6 +17,9 @@ pub const RAFT_SNAPSHOT: u8 = b't';
 /// Where the log proper starts: the entries before it are the ones a state machine keeps
 /// past its snapshot (`Compact`). Sorts before the entries, so a read finds it first.
 pub const RAFT_FLOOR: u8 = b'a';
+/// Entries of a leader's snapshot staged on a follower (`Op::RaftStage`): kept entries
+/// that came in chunks ahead of the snapshot. Read where an entry key has none.
+pub const RAFT_STAGED: u8 = b'k';
 
 /// `[group][kind]`, then for entries the index: big-endian, so a group's entries are
 /// contiguous and in index order.
@@ -24,7 +27,7 @@ pub fn raft_key(group: u64, kind: u8, index: u64) -> Vec<u8> {
     let mut k = Vec::with_capacity(17);
     k.extend_from_slice(&group.to_be_bytes());
     k.push(kind);
-    if kind == RAFT_ENTRY {
+    if kind == RAFT_ENTRY || kind == RAFT_STAGED {
         k.extend_from_slice(&index.to_be_bytes());
     }
     k
@@ -39,13 +42,21 @@ pub fn raft_entries_end(group: u64) -> Vec<u8> {
     k
 }
 
+/// Just past a group's last possible staged entry key.
+pub fn raft_staged_end(group: u64) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9);
+    k.extend_from_slice(&group.to_be_bytes());
+    k.push(RAFT_STAGED + 1);
+    k
+}
+
 /// (group, kind, index) of a Raft key.
 pub fn decode_raft_key(key: &[u8]) -> Option<(u64, u8, u64)> {
     let group = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
     let kind = *key.get(8)?;
     match kind {
         RAFT_STATE | RAFT_SNAPSHOT | RAFT_FLOOR if key.len() == 9 => Some((group, kind, 0)),
-        RAFT_ENTRY if key.len() == 17 => {
+        RAFT_ENTRY | RAFT_STAGED if key.len() == 17 => {
             Some((group, kind, u64::from_be_bytes(key[9..].try_into().ok()?)))
         }
         _ => None,

@@ -137,6 +137,18 @@ pub enum Op {
         snapshot: Vec<u8>,
         compact: Compact,
     },
+    /// Kept entries of a leader's snapshot, sent ahead of it (`cluster::transfer`), staged
+    /// under their own keys: `(index, raw entry)`. They are committed entries, the same on
+    /// every node, so writing one again or over one kept here changes nothing.
+    RaftStage {
+        group: u64,
+        entries: Vec<(u64, Vec<u8>)>,
+    },
+    /// Staged entries of a leader's snapshot that was not installed.
+    RaftUnstage {
+        group: u64,
+        indexes: Vec<u64>,
+    },
     /// A group left for good (its queue was deleted): its log, snapshot and hard state go.
     RaftDelete {
         group: u64,
@@ -157,11 +169,14 @@ pub enum Compact {
         keep: Vec<u64>,
         forget: Vec<u64>,
     },
-    /// A snapshot from the leader: every entry goes, the leader's kept ones (`(index, raw
-    /// entry)`, before `floor`) are written, and the log proper starts at `floor`.
+    /// A snapshot from the leader: every entry goes but the staged ones it keeps (`kept`,
+    /// sorted: they came ahead of it, `Op::RaftStage`), and the log proper starts at
+    /// `floor`. Staged entries outside `kept`'s span go, and inside it those in `forget`
+    /// (none of `kept`).
     Replace {
         floor: u64,
-        kept: Vec<(u64, Vec<u8>)>,
+        kept: Vec<u64>,
+        forget: Vec<u64>,
     },
 }
 
@@ -171,14 +186,9 @@ impl Op {
         match self {
             Op::PutMessage { msg, .. } => 32 + msg.body.len() + msg.properties.len(),
             Op::RaftAppend { entries, .. } => 32 + entries.iter().map(Vec::len).sum::<usize>(),
-            Op::RaftSnapshot {
-                snapshot, compact, ..
-            } => {
-                let kept = match compact {
-                    Compact::Replace { kept, .. } => kept.iter().map(|(_, e)| e.len()).sum(),
-                    Compact::Below { .. } => 0,
-                };
-                32 + snapshot.len() + kept
+            Op::RaftSnapshot { snapshot, .. } => 32 + snapshot.len(),
+            Op::RaftStage { entries, .. } => {
+                32 + entries.iter().map(|(_, e)| 12 + e.len()).sum::<usize>()
             }
             _ => 32,
         }

@@ -209,8 +209,9 @@ impl Store {
             .collect()
     }
 
-    /// Read a Raft group's stored entries (as the cluster encoded them): None for one that
-    /// is not stored. Blocking: never on an async worker.
+    /// Read a Raft group's stored entries (as the cluster encoded them), from the log or
+    /// staged from a leader's snapshot: None for one that is not stored. Blocking: never
+    /// on an async worker.
     pub fn read_raft_entries(
         &self,
         group: u64,
@@ -219,7 +220,18 @@ impl Store {
         let keys = indexes
             .iter()
             .map(|i| keys::raft_key(group, keys::RAFT_ENTRY, *i));
-        self.read(RAFT, keys)
+        let mut got = self.read(RAFT, keys)?;
+        // A committed entry is the same wherever it is stored: an entry key, if it has
+        // one, holds what the staged key would.
+        let missing: Vec<usize> = (0..got.len()).filter(|i| got[*i].is_none()).collect();
+        if !missing.is_empty() {
+            let keys =
+                (missing.iter()).map(|i| keys::raft_key(group, keys::RAFT_STAGED, indexes[*i]));
+            for (i, e) in missing.iter().zip(self.read(RAFT, keys)?) {
+                got[*i] = e;
+            }
+        }
+        Ok(got)
     }
 
     /// Write what is queued, stop the writer and close the database (clean shutdown).
@@ -253,11 +265,11 @@ impl Store {
 fn delete_entries(
     batch: &mut WriteBatch,
     raft: &impl rocksdb::AsColumnFamilyRef,
-    group: u64,
+    (group, kind): (u64, u8),
     from: u64,
     to: u64,
 ) {
-    let entry = |i: u64| keys::raft_key(group, keys::RAFT_ENTRY, i);
+    let entry = |i: u64| keys::raft_key(group, kind, i);
     match to.saturating_sub(from) {
         0 => {}
         n if n <= POINT_DELETES => (from..to).for_each(|i| batch.delete_cf(raft, entry(i))),
@@ -292,7 +304,7 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
             delete_entries(
                 batch,
                 &raft,
-                group,
+                (group, keys::RAFT_ENTRY),
                 end,
                 stale_to.saturating_add(1).max(end),
             );
@@ -303,9 +315,24 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                 keys::raft_key(group, keys::RAFT_ENTRY, 0),
                 keys::raft_entries_end(group),
             );
+            batch.delete_range_cf(
+                &raft,
+                keys::raft_key(group, keys::RAFT_STAGED, 0),
+                keys::raft_staged_end(group),
+            );
             batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STATE, 0));
             batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_SNAPSHOT, 0));
             batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_FLOOR, 0));
+        }
+        Op::RaftStage { group, entries } => {
+            for (i, e) in entries {
+                batch.put_cf(&raft, keys::raft_key(group, keys::RAFT_STAGED, i), e);
+            }
+        }
+        Op::RaftUnstage { group, indexes } => {
+            for i in indexes {
+                batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STAGED, i));
+            }
         }
         Op::RaftSnapshot {
             group,
@@ -317,7 +344,8 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                 keys::raft_key(group, keys::RAFT_SNAPSHOT, 0),
                 snapshot,
             );
-            let entry = |i: u64| keys::raft_key(group, keys::RAFT_ENTRY, i);
+            let entries = (group, keys::RAFT_ENTRY);
+            let staged = (group, keys::RAFT_STAGED);
             let floor = match compact {
                 Compact::Below {
                     from,
@@ -328,19 +356,40 @@ fn apply(db: &DB, batch: &mut WriteBatch, op: Op) {
                     // The span compacted now, around the entries kept in it.
                     let mut start = from;
                     for k in keep.into_iter().filter(|k| (from..below).contains(k)) {
-                        delete_entries(batch, &raft, group, start, k);
+                        delete_entries(batch, &raft, entries, start, k);
                         start = k + 1;
                     }
-                    delete_entries(batch, &raft, group, start, below.max(start));
+                    delete_entries(batch, &raft, entries, start, below.max(start));
+                    // A kept entry is under its entry key, or staged if it came with a
+                    // leader's snapshot.
                     for k in forget.into_iter().filter(|k| *k < from) {
-                        batch.delete_cf(&raft, entry(k));
+                        batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_ENTRY, k));
+                        batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STAGED, k));
                     }
                     from.max(below)
                 }
-                Compact::Replace { floor, kept } => {
-                    batch.delete_range_cf(&raft, entry(0), keys::raft_entries_end(group));
-                    for (i, e) in kept {
-                        batch.put_cf(&raft, entry(i), e);
+                Compact::Replace {
+                    floor,
+                    kept,
+                    forget,
+                } => {
+                    let first = keys::raft_key(group, keys::RAFT_ENTRY, 0);
+                    batch.delete_range_cf(&raft, first, keys::raft_entries_end(group));
+                    // Staged entries it does not keep: an earlier snapshot's, or those of
+                    // one whose sending was given up. Two ranges and the known ones, not a
+                    // range per gap (range deletes slow every later read).
+                    let (low, high) = match (kept.first(), kept.last()) {
+                        (Some(l), Some(h)) => (*l, h + 1),
+                        _ => (u64::MAX, u64::MAX),
+                    };
+                    delete_entries(batch, &raft, staged, 0, low);
+                    batch.delete_range_cf(
+                        &raft,
+                        keys::raft_key(group, keys::RAFT_STAGED, high),
+                        keys::raft_staged_end(group),
+                    );
+                    for k in forget {
+                        batch.delete_cf(&raft, keys::raft_key(group, keys::RAFT_STAGED, k));
                     }
                     floor
                 }
@@ -530,6 +579,11 @@ fn read_raft(db: &DB, r: &mut Recovered) -> Result<(), String> {
         let log = r.raft.entry(group).or_default();
         if kind == keys::RAFT_ENTRY && index < log.floor {
             it.seek(keys::raft_key(group, keys::RAFT_ENTRY, log.floor));
+            continue;
+        }
+        if kind == keys::RAFT_STAGED {
+            // Read when needed, as the kept entries before the floor.
+            it.seek(keys::raft_staged_end(group));
             continue;
         }
         let v = v.to_vec();

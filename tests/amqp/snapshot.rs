@@ -340,10 +340,10 @@ fn big_body(i: usize) -> Vec<u8> {
 
 /// A follower far behind a queue whose live messages pass the 64 MiB link frame (80 of
 /// 1 MiB, and over a thousand small ones after them, so that the leader compacts its log
-/// past the follower) gets the snapshot with their entries in parts (`cluster::parts`),
-/// installs it and, with the leader killed, serves every message whole from its own
-/// replica. Before, the leader could not send it (one frame) and the follower never caught
-/// up.
+/// past the follower) gets the snapshot, their entries streamed ahead of it in chunks
+/// (`cluster::transfer`), installs it and, with the leader killed, serves every message
+/// whole from its own replica, read from the staged entries. Before parts, the leader
+/// could not send it (one frame) and the follower never caught up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_far_behind_gets_a_snapshot_bigger_than_a_link_frame() {
     let mut cluster = crate::cluster::TestCluster::start(3, "quorum_snapshot_bytes = 16384\n");

@@ -23,10 +23,27 @@ fn frames_round_trip_and_split_anywhere() {
             raft_id: 3 | 7 << 32,
         },
         Frame::RaftPart {
+            kind: Kind::Raft,
             group: 4,
             total: 9,
             offset: 5,
             data: Bytes::from_static(b"part"),
+        },
+        Frame::RaftPart {
+            kind: Kind::Kept,
+            group: 4,
+            total: 9,
+            offset: 0,
+            data: Bytes::from_static(b"kept"),
+        },
+        Frame::Kept {
+            group: 5,
+            msg: Bytes::from_static(b"chunk"),
+        },
+        Frame::KeptAck {
+            group: 5,
+            index: 10,
+            seq: u64::MAX,
         },
     ];
     let mut all = BytesMut::new();

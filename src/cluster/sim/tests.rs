@@ -100,6 +100,8 @@ fn three_replicas_converge_and_lose_no_committed_entry_under_faults() {
         total.dropped += c.dropped;
         total.duplicated += c.duplicated;
         total.installed += c.installed;
+        total.chunks += c.chunks;
+        total.chunks_lost += c.chunks_lost;
     }
     // The faults were exercised, not only survived.
     assert!(total.committed > 12 * 1000, "{total:?}");
@@ -111,6 +113,11 @@ fn three_replicas_converge_and_lose_no_committed_entry_under_faults() {
     assert!(
         total.installed > 0,
         "no follower was ever sent a snapshot: {total:?}"
+    );
+    // Snapshots' kept entries went in several chunks each, some of them lost on the way.
+    assert!(
+        total.chunks > 2 * total.installed && total.chunks_lost > 0,
+        "{total:?}"
     );
 }
 

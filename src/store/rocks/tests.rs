@@ -63,6 +63,7 @@ fn a_snapshot_compacts_the_log_before_it_and_a_leaders_replaces_it_all() {
             u64::MAX => Compact::Replace {
                 floor: 7,
                 kept: Vec::new(),
+                forget: Vec::new(),
             },
             below => Compact::Below {
                 from: 1,
@@ -93,7 +94,8 @@ fn a_snapshot_compacts_the_log_before_it_and_a_leaders_replaces_it_all() {
 }
 
 /// Entries kept past a snapshot stay readable but are not read at start; forgotten
-/// ones go; a leader's snapshot writes its kept entries in place of the whole log.
+/// ones go; a leader's snapshot replaces the whole log, but the kept entries staged ahead
+/// of it.
 #[test]
 fn kept_entries_stay_before_the_floor_until_forgotten() {
     let dir = tempfile::tempdir().unwrap();
@@ -140,13 +142,39 @@ fn kept_entries_stay_before_the_floor_until_forgotten() {
     ];
     assert_eq!(got[..6], want);
     assert_eq!(r.raft[&5].entries.len(), 3, "another group untouched");
-    // The leader's snapshot at 20, with what it keeps.
+    // A leader's snapshot at 20 comes: first its kept entries 5 and 18, staged, with 3, 12
+    // and 19 of a sending given up, and 11 (in the log proper: read from there).
+    let stage = |entries: &[(u64, u8)]| Op::RaftStage {
+        group: 4,
+        entries: entries.iter().map(|(i, b)| (*i, vec![*b])).collect(),
+    };
+    write(&store, vec![stage(&[(3, 33), (5, 55), (11, 99), (12, 12)])]);
+    write(&store, vec![stage(&[(18, 18), (19, 19)])]);
+    store.close();
+    drop(store);
+    let (store, r) = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        r.raft[&4].entries.len(),
+        2,
+        "staged entries are not read at start"
+    );
+    let got = read(&store, 4, &[3, 5, 11, 18]);
+    assert_eq!(
+        got,
+        [
+            Some(vec![33]),
+            Some(vec![55]),
+            Some(vec![11]),
+            Some(vec![18])
+        ]
+    );
     let replace = Op::RaftSnapshot {
         group: 4,
         snapshot: vec![20],
         compact: Compact::Replace {
             floor: 21,
-            kept: vec![(5, vec![55]), (18, vec![18])],
+            kept: vec![5, 18],
+            forget: vec![11, 12],
         },
     };
     write(&store, vec![replace, append(4, 21, 2)]);
@@ -155,12 +183,30 @@ fn kept_entries_stay_before_the_floor_until_forgotten() {
     let (store, r) = Store::open(dir.path()).unwrap();
     let log = &r.raft[&4];
     assert_eq!((log.floor, log.first, log.entries.len()), (21, 21, 2));
-    let got = read(&store, 4, &[2, 5, 9, 18, 21]);
-    assert_eq!(
-        got,
-        [None, Some(vec![55]), None, Some(vec![18]), Some(vec![21])]
+    let got = read(&store, 4, &[2, 3, 5, 9, 11, 12, 18, 19, 21]);
+    let want = [
+        None,
+        None,
+        Some(vec![55]),
+        None,
+        None,
+        None,
+        Some(vec![18]),
+        None,
+    ];
+    assert_eq!(got[..8], want);
+    assert_eq!(got[8], Some(vec![21]));
+    // A staging given up goes; a deleted group's staged entries go with it.
+    write(&store, vec![stage(&[(30, 30), (31, 31)])]);
+    write(
+        &store,
+        vec![Op::RaftUnstage {
+            group: 4,
+            indexes: vec![30],
+        }],
     );
+    assert_eq!(read(&store, 4, &[30, 31]), [None, Some(vec![31])]);
     write(&store, vec![Op::RaftDelete { group: 4 }]);
-    assert_eq!(read(&store, 4, &[5, 18]), [None, None]);
+    assert_eq!(read(&store, 4, &[5, 18, 31]), [None, None, None]);
     store.close();
 }

@@ -7,7 +7,7 @@
 //! dedup sets (applied requests, each publisher run's last sequence) and which member each
 //! non-member's channel is used through. The image holds each message's log position, not
 //! its body: the compaction keeps the entries of live messages (`cluster::kept`), and a
-//! snapshot made for a follower carries them, read from the store.
+//! follower sent the snapshot gets them ahead of it, streamed from the store.
 //!
 //! Restoring one (at a start, or on a follower the leader sent it to) replaces the state;
 //! what this node missed in between is made good: deliveries made to its own consumers go
@@ -24,7 +24,6 @@ use super::{QBody, REMEMBERED, Replica, Waiter};
 use crate::broker::applied::Applied;
 use crate::broker::ids::{ChannelId, NodeId};
 use crate::broker::queue::state::{Image, Payload, QueueState};
-use crate::cluster::Cluster;
 use crate::cluster::kept::Keep;
 
 /// Log bytes since the last snapshot past which a replica snapshots under the memory alarm
@@ -82,18 +81,15 @@ impl Replica {
             enqueues: self.enqueues.iter().map(|(k, v)| (*k, *v)).collect(),
             relays: self.relays.iter().map(|(k, v)| (*k, *v)).collect(),
         };
-        // For a follower the kept entries go with it (only then: they may be large).
-        let sendable = std::mem::take(&mut s.wanted);
+        // Kept to be sent to a follower only if one needs it (its data may be large).
+        let send = std::mem::take(&mut s.wanted);
         let (cluster, group, index) = (self.cluster.clone(), self.group, self.applied);
         let busy = s.busy.clone();
         busy.store(true, Ordering::Release);
         // Deliveries waiting for their bodies: a no-ack one's message is settled already.
         let reading = self.loader.reading();
         tokio::spawn(async move {
-            let c = cluster.clone();
-            let made =
-                tokio::task::spawn_blocking(move || make(&c, group, &image, reading, sendable))
-                    .await;
+            let made = tokio::task::spawn_blocking(move || make(&image, reading, send)).await;
             match made {
                 Ok(Ok((data, keep))) => cluster.snapshot(group, index, data.into(), keep).await,
                 Ok(Err(e)) => tracing::error!(group, "cannot make a queue snapshot: {e}"),
@@ -209,15 +205,9 @@ impl Replica {
 }
 
 /// A snapshot's data and what it keeps of the log: the entries of its live messages and
-/// those still being read for deliveries, read from the store if it is for a follower.
-/// Blocking: never on an async worker.
-fn make(
-    cluster: &Cluster,
-    group: u64,
-    image: &ReplicaImage,
-    reading: Vec<u64>,
-    sendable: bool,
-) -> Result<(Vec<u8>, Keep), String> {
+/// those still being read for deliveries. Blocking (a long queue's image is large): never
+/// on an async worker.
+fn make(image: &ReplicaImage, reading: Vec<u64>, send: bool) -> Result<(Vec<u8>, Keep), String> {
     let data = postcard::to_stdvec(image).map_err(|e| e.to_string())?;
     // Roughly what the kept entries weigh (a batch's settled messages come along).
     let mut size = data.len();
@@ -228,23 +218,5 @@ fn make(
     }
     live.sort_unstable();
     live.dedup();
-    let entries = match sendable {
-        false => None,
-        true => {
-            let stored = cluster
-                .read_stored(group, &live)
-                .map_err(|e| e.to_string())?;
-            let kept = live.iter().zip(stored).map(|(i, e)| match e {
-                Some(e) => Ok((*i, e)),
-                None => Err(format!("kept entry {i} is not stored")),
-            });
-            Some(kept.collect::<Result<Vec<_>, String>>()?)
-        }
-    };
-    let keep = Keep {
-        live,
-        entries,
-        size,
-    };
-    Ok((data, keep))
+    Ok((data, Keep { live, send, size }))
 }

@@ -610,7 +610,9 @@ impl Group {
         }
         let data = kept::wrap(&data, &live);
         let snap = self.node.store().made(index, data, keep.send)?;
-        let mut below = index + 1;
+        // A follower being sent a snapshot needs the entries after it next: compacted
+        // meanwhile, it would be sent another one, as large.
+        let mut below = (self.pins.values()).fold(index + 1, |b, (p, _)| b.min(p + 1));
         if self.is_leader() {
             let me = self.node.raft.id;
             for (id, pr) in self.node.raft.prs().iter() {

@@ -346,16 +346,14 @@ impl Runtime {
         });
     }
 
+    /// A sending ended; one replaced by a newer one is not Raft's concern (the newer one
+    /// may be of the same snapshot).
     fn sent(&mut self, s: Sent) {
         let key = (s.group, super::node_of(s.to));
-        if self
-            .sendings
-            .open
-            .get(&key)
-            .is_some_and(|o| o.0 == s.number)
-        {
-            self.sendings.open.remove(&key);
+        if (self.sendings.open.get(&key)).is_none_or(|o| o.0 != s.number) {
+            return;
         }
+        self.sendings.open.remove(&key);
         if let Some(r) = self.groups.get_mut(&s.group) {
             r.group.sent(s.to, s.index, s.ok);
         }

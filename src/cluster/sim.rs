@@ -315,6 +315,8 @@ impl Node {
             return;
         };
         for s in up.group.take_sendings() {
+            // A newer sending to a follower replaces the one before, as in the runtime.
+            up.sendings.retain(|(o, _)| o.to != s.to);
             up.sendings.push((s.chunked(CHUNK), now));
         }
         let mut out = wire.0.lock().unwrap();

@@ -13,7 +13,7 @@ With 1 GiB queued (the default), warren's leader has compacted its log by then a
 node 3 a snapshot, its messages streamed ahead of it; RabbitMQ's sends its own.
 Reported: the fill rate, the seconds from node 3's start until it caught up, and each
 node's resident memory before node 3 starts and its peak while it catches up (sampled every
-50 ms).
+50 ms); for warren also how many snapshots node 1 started sending (1 unless one failed).
 
 Writes catchup.json to --out.
 """
@@ -69,6 +69,11 @@ class Warren(cluster.Cluster):
 
     def start_node3(self):
         self.procs[2] = self._popen(2)
+
+    def sendings(self):
+        """Snapshots node 1 started sending (one is enough for node 3 to catch up)."""
+        with open(f"{self.dir}-n1.log") as f:
+            return sum("sending a snapshot" in line for line in f)
 
     def lag3(self):
         """Node 3's lag in entries as node 1 (the leader) sees it; None if unknown."""
@@ -159,6 +164,8 @@ def one(name, start, perf, a, workdir):
         secs = time.monotonic() - t0
         r = {"fill_per_sec": rate, "catchup_s": secs, "rss_before_mib": before,
              "rss_peak_mib": peak}
+        if hasattr(c, "sendings"):
+            r["snapshots_sent"] = c.sendings()
         log(f"  {name}: {r}")
         return r
     finally:

@@ -132,9 +132,9 @@ pub struct Group {
     floor: u64,
     /// The entries kept past the last snapshot (sorted).
     kept: Vec<u64>,
-    /// Snapshots being sent to followers (by Raft id): their index and kept entries, which
-    /// compactions keep until the sending ends.
-    pins: BTreeMap<u64, (u64, Vec<u64>)>,
+    /// Snapshots sent to followers (by Raft id), which compactions respect until the
+    /// follower has taken them (`Pin`).
+    pins: BTreeMap<u64, Pin>,
     /// Sendings for the runtime to start (`take_sendings`).
     sendings: Vec<Sending>,
     /// A leader's snapshot being received: its kept entries staged so far.
@@ -145,6 +145,21 @@ pub struct Group {
     /// Ticks left to campaign again after a leader's link loss (`leader_link_lost`).
     hurry: u8,
 }
+
+/// A snapshot being sent to a follower, or sent and not yet taken: until then compactions
+/// keep its kept entries (read for the sending) and the log after it (what the follower is
+/// sent next), and its term stays known (an append after it names it).
+struct Pin {
+    index: u64,
+    term: u64,
+    kept: Vec<u64>,
+    /// When it was handed to the link (None: being sent).
+    sent: Option<std::time::Instant>,
+}
+
+/// How long a snapshot handed to the link is waited for before compactions go on without
+/// it (the follower may be gone).
+const PIN_SENT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// raft-rs logs through slog; its lines go to tracing under the `raft` target.
 struct TracingDrain;
@@ -371,15 +386,41 @@ impl Group {
     /// The sending of the snapshot at `index` to `to` ended: handed to the link (`ok`) or
     /// given up. Raft sends another when the follower still needs one.
     pub fn sent(&mut self, to: u64, index: u64, ok: bool) {
-        if self.pins.get(&to).is_none_or(|(i, _)| *i != index) {
+        let Some(pin) = self.pins.get_mut(&to).filter(|p| p.index == index) else {
             return;
-        }
-        self.pins.remove(&to);
+        };
         let status = match ok {
-            true => SnapshotStatus::Finish,
-            false => SnapshotStatus::Failure,
+            true => {
+                pin.sent = Some(std::time::Instant::now());
+                SnapshotStatus::Finish
+            }
+            false => {
+                self.pins.remove(&to);
+                self.pins_changed();
+                SnapshotStatus::Failure
+            }
         };
         self.node.report_snapshot(to, status);
+    }
+
+    /// Pins of snapshots the follower has taken (or that waited too long) go.
+    fn unpin_taken(&mut self) {
+        let leader = self.is_leader();
+        let prs = self.node.raft.prs();
+        let before = self.pins.len();
+        self.pins.retain(|to, p| {
+            let taken = prs.get(*to).is_none_or(|pr| pr.matched >= p.index);
+            let late = p.sent.is_some_and(|t| t.elapsed() > PIN_SENT);
+            leader && !taken && !late
+        });
+        if self.pins.len() != before {
+            self.pins_changed();
+        }
+    }
+
+    fn pins_changed(&self) {
+        let terms = self.pins.values().map(|p| (p.index, p.term)).collect();
+        self.node.store().set_sent(terms);
     }
 
     /// Propose an entry (forwarded to the leader if this node is not it); refused while no
@@ -603,8 +644,9 @@ impl Group {
     pub fn snapshot_made(&mut self, index: u64, data: Bytes, keep: Keep) -> Option<Op> {
         let size = keep.size;
         let mut live = keep.live;
+        self.unpin_taken();
         if !self.pins.is_empty() {
-            live.extend(self.pins.values().flat_map(|(_, k)| k.iter().copied()));
+            live.extend(self.pins.values().flat_map(|p| p.kept.iter().copied()));
             live.sort_unstable();
             live.dedup();
         }
@@ -612,7 +654,7 @@ impl Group {
         let snap = self.node.store().made(index, data, keep.send)?;
         // A follower being sent a snapshot needs the entries after it next: compacted
         // meanwhile, it would be sent another one, as large.
-        let mut below = (self.pins.values()).fold(index + 1, |b, (p, _)| b.min(p + 1));
+        let mut below = (self.pins.values()).fold(index + 1, |b, p| b.min(p.index + 1));
         if self.is_leader() {
             let me = self.node.raft.id;
             for (id, pr) in self.node.raft.prs().iter() {
@@ -742,7 +784,16 @@ impl Group {
                 if !kept.is_empty() {
                     // Its kept entries go first, streamed (`transfer`); Raft hears how the
                     // sending ended (`sent`).
-                    self.pins.insert(to, (index, kept.clone()));
+                    let term = m.get_snapshot().get_metadata().term;
+                    let sent = None;
+                    let pin = Pin {
+                        index,
+                        term,
+                        kept: kept.clone(),
+                        sent,
+                    };
+                    self.pins.insert(to, pin);
+                    self.pins_changed();
                     (self.sendings).push(Sending::new(self.id, to, index, bytes, kept));
                     continue;
                 }

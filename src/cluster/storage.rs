@@ -38,6 +38,9 @@ struct Snapshots {
     kept: Option<(Snapshot, Instant)>,
     /// raft-rs asked for one newer than `kept` (a follower needs it).
     wanted: bool,
+    /// The index and term of snapshots sent to followers and not yet taken: an append
+    /// after one names its term, known here after newer snapshots compacted the log.
+    sent: Vec<(u64, u64)>,
 }
 
 /// Where a node's log mirrors count their bytes (the broker's memory alarm).
@@ -102,6 +105,11 @@ impl GroupStorage {
     /// The index of the last snapshot (0: none).
     pub fn snapshot_index(&self) -> u64 {
         self.snaps().last.0
+    }
+
+    /// The snapshots sent to followers and not yet taken (`Snapshots::sent`).
+    pub fn set_sent(&self, sent: Vec<(u64, u64)>) {
+        self.snaps().sent = sent;
     }
 
     /// A follower needs a snapshot newer than the one kept: the flag is cleared.
@@ -215,9 +223,12 @@ impl Storage for GroupStorage {
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        let (index, term) = self.snaps().last;
-        if idx == index && index > 0 {
-            return Ok(term);
+        {
+            let snaps = self.snaps();
+            let known = std::iter::once(&snaps.last).chain(&snaps.sent);
+            if let Some((_, term)) = known.into_iter().find(|(i, _)| *i == idx && idx > 0) {
+                return Ok(*term);
+            }
         }
         self.mem.term(idx)
     }

@@ -40,28 +40,11 @@ def log(msg):
     print(f"catchup: {msg}", file=sys.stderr, flush=True)
 
 
-class Warren(cluster.Cluster):
+class Warren(cluster.WarrenCluster):
     """cluster.WarrenCluster, with the status API on every node."""
 
     def __init__(self, binary):
-        super().__init__("warren-3")
-        hosts = [f"127.0.0.{2 + i}" for i in range(3)]
-        links = [cluster.free_port(h) for h in hosts]
-        amqp = [cluster.free_port(h) for h in hosts]
-        self.http = [cluster.free_port(h) for h in hosts]
-        peers = []
-        for i, h in enumerate(hosts):
-            peers += ["--peer", f"{i + 1}={h}:{links[i]}"]
-        for i, h in enumerate(hosts):
-            self.spawn([binary, "--node-id", str(i + 1), "--listen", f"{h}:{amqp[i]}",
-                        "--cluster-listen", f"{h}:{links[i]}", "--http-listen",
-                        f"{h}:{self.http[i]}", "--data-dir", f"{self.dir}/n{i + 1}"] + peers,
-                       f"{self.dir}-n{i + 1}.log")
-        self.hosts = hosts
-        self.ports = list(zip(hosts, amqp))
-        for h, p in zip(hosts, amqp):
-            cluster.wait_port(h, p, self.procs)
-        self.urls = [f"amqp://guest:guest@{h}:{p}/%2f" for h, p in zip(hosts, amqp)]
+        super().__init__(binary, http=True)
 
     def stop_node3(self):
         os.killpg(self.procs[2].pid, signal.SIGKILL)

@@ -164,18 +164,22 @@ class WarrenSingle(Cluster):
 
 
 class WarrenCluster(Cluster):
-    def __init__(self, binary):
+    def __init__(self, binary, http=False):
+        """Three nodes; with `http`, each serves the status API (its ports in self.http)."""
         super().__init__("warren-3")
         hosts = [f"127.0.0.{2 + i}" for i in range(3)]
         links = [free_port(h) for h in hosts]
         amqp = [free_port(h) for h in hosts]
+        self.hosts = hosts
+        self.http = [free_port(h) for h in hosts] if http else []
         peers = []
         for i, h in enumerate(hosts):
             peers += ["--peer", f"{i + 1}={h}:{links[i]}"]
         for i, h in enumerate(hosts):
+            api = ["--http-listen", f"{h}:{self.http[i]}"] if http else []
             self.spawn([binary, "--node-id", str(i + 1), "--listen", f"{h}:{amqp[i]}",
                         "--cluster-listen", f"{h}:{links[i]}", "--data-dir",
-                        f"{self.dir}/n{i + 1}"] + peers,
+                        f"{self.dir}/n{i + 1}"] + api + peers,
                        f"{self.dir}-n{i + 1}.log")
         self.ports = list(zip(hosts, amqp))
         for h, p in zip(hosts, amqp):

@@ -299,3 +299,79 @@ fn the_minority_side_of_a_quorum_queue_confirms_nothing_and_loses_nothing() {
         );
     });
 }
+
+/// One link of three cut (nodes 1 and 2 no longer reach each other; both still reach node
+/// 3) under publishers with confirms on the queue's leader (node 1) and on node 3: node 2
+/// cannot depose the leader (node 3 still hears it: pre-vote and check-quorum), so both
+/// publishers go on; once healed every confirmed message is in the queue (lost 0) and
+/// nothing unpublished is.
+#[test]
+fn one_cut_link_of_three_stops_no_publisher_and_loses_nothing() {
+    in_private_network(|| async {
+        let settings = "cluster_peer_timeout_ms = 300\ncluster_command_timeout_ms = 2000\n";
+        let cluster = TestCluster::start(3, settings);
+        for i in 0..3 {
+            cluster.url(i).await;
+        }
+        let ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|n| n.ip).collect();
+        let (_c1, ch1) = cluster.channel(0).await;
+        ch1.queue_declare("lq".into(), crate::common::durable(), quorum_args())
+            .await
+            .unwrap();
+        let before = publish_ids(&ch1, "lq", 0..100).await;
+        assert_eq!(before.len(), 100);
+        let (_c3, ch3) = cluster.channel(2).await;
+        let down = cluster.said(0, "node link down peer=2");
+        let campaigned = cluster.said(1, "leader's link lost: campaigning");
+        cut_off(ips[0], &[ips[1]]);
+        // The cut is seen, and node 2, which lost the leader's link, stands for election.
+        cluster.until_said(0, "node link down peer=2", down).await;
+        cluster
+            .until_said(1, "leader's link lost: campaigning", campaigned)
+            .await;
+        let (leader_side, third) = tokio::join!(
+            publish_ids(&ch1, "lq", 100..400),
+            publish_ids(&ch3, "lq", 1000..1300)
+        );
+        assert_eq!(leader_side.len(), 300, "the leader's publisher goes on");
+        assert_eq!(third.len(), 300, "node 3's publisher goes on");
+        heal();
+        let confirmed: Vec<usize> = (before.iter().chain(&leader_side).chain(&third))
+            .copied()
+            .collect();
+        let (_c, ch) = cluster.channel(2).await;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut received = 0;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(m) = ch
+            .basic_get(
+                "lq".into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let n: usize = std::str::from_utf8(&m.delivery.data)
+                .unwrap()
+                .parse()
+                .unwrap();
+            seen.insert(n);
+            received += 1;
+            assert!(Instant::now() < deadline);
+        }
+        let lost: Vec<_> = confirmed.iter().filter(|n| !seen.contains(n)).collect();
+        assert!(lost.is_empty(), "lost {lost:?}");
+        let unexpected: Vec<_> = seen
+            .iter()
+            .filter(|n| !(**n < 400 || (1000..1300).contains(*n)))
+            .collect();
+        assert!(unexpected.is_empty(), "{unexpected:?}");
+        eprintln!(
+            "confirmed {} ({} during the cut), received {received} ({} duplicates), lost 0, \
+             unexpected 0",
+            confirmed.len(),
+            leader_side.len() + third.len(),
+            received - seen.len()
+        );
+    });
+}

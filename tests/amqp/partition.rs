@@ -189,6 +189,24 @@ fn quorum_args() -> FieldTable {
     t
 }
 
+/// Take every message of `queue` with no-ack gets: the ids seen, and how many came.
+async fn drain_ids(ch: &lapin::Channel, queue: &str) -> (std::collections::BTreeSet<usize>, usize) {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut received = 0;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let no_ack = lapin::options::BasicGetOptions { no_ack: true };
+    while let Some(m) = ch.basic_get(queue.into(), no_ack).await.unwrap() {
+        let n: usize = std::str::from_utf8(&m.delivery.data)
+            .unwrap()
+            .parse()
+            .unwrap();
+        seen.insert(n);
+        received += 1;
+        assert!(Instant::now() < deadline);
+    }
+    (seen, received)
+}
+
 /// Publish `ids` persistent with confirms on `ch`; the ids acked.
 async fn publish_ids(ch: &lapin::Channel, queue: &str, ids: std::ops::Range<usize>) -> Vec<usize> {
     ch.confirm_select(lapin::options::ConfirmSelectOptions::default())
@@ -261,24 +279,7 @@ fn the_minority_side_of_a_quorum_queue_confirms_nothing_and_loses_nothing() {
         cluster.until_said(2, "took this node as down", 0).await;
         // Everything confirmed is there, read from the healed node's own replica.
         let (_c, ch) = cluster.channel(2).await;
-        let mut seen = std::collections::BTreeSet::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let got = ch
-                .basic_get(
-                    "pq".into(),
-                    lapin::options::BasicGetOptions { no_ack: true },
-                )
-                .await
-                .unwrap();
-            let Some(m) = got else { break };
-            let n: usize = std::str::from_utf8(&m.delivery.data)
-                .unwrap()
-                .parse()
-                .unwrap();
-            seen.insert(n);
-            assert!(Instant::now() < deadline);
-        }
+        let (seen, _) = drain_ids(&ch, "pq").await;
         let lost: Vec<_> = before
             .iter()
             .chain(&majority)
@@ -340,25 +341,7 @@ fn one_cut_link_of_three_stops_no_publisher_and_loses_nothing() {
             .copied()
             .collect();
         let (_c, ch) = cluster.channel(2).await;
-        let mut seen = std::collections::BTreeSet::new();
-        let mut received = 0;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(m) = ch
-            .basic_get(
-                "lq".into(),
-                lapin::options::BasicGetOptions { no_ack: true },
-            )
-            .await
-            .unwrap()
-        {
-            let n: usize = std::str::from_utf8(&m.delivery.data)
-                .unwrap()
-                .parse()
-                .unwrap();
-            seen.insert(n);
-            received += 1;
-            assert!(Instant::now() < deadline);
-        }
+        let (seen, received) = drain_ids(&ch, "lq").await;
         let lost: Vec<_> = confirmed.iter().filter(|n| !seen.contains(n)).collect();
         assert!(lost.is_empty(), "lost {lost:?}");
         let unexpected: Vec<_> = seen

@@ -189,6 +189,32 @@ fn quorum_args() -> FieldTable {
     t
 }
 
+/// A 3-node cluster that takes a node as down soon, with quorum queue `queue` declared on
+/// node 1 (its first leader) and ids 0..100 published there, all confirmed: the cluster,
+/// the nodes' addresses, node 1's connection and channel, and the ids.
+async fn quorum_queue_with_100(
+    queue: &str,
+) -> (
+    TestCluster,
+    Vec<Ipv4Addr>,
+    (lapin::Connection, lapin::Channel),
+    Vec<usize>,
+) {
+    let settings = "cluster_peer_timeout_ms = 300\ncluster_command_timeout_ms = 2000\n";
+    let cluster = TestCluster::start(3, settings);
+    for i in 0..3 {
+        cluster.url(i).await;
+    }
+    let ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|n| n.ip).collect();
+    let (c1, ch1) = cluster.channel(0).await;
+    ch1.queue_declare(queue.into(), crate::common::durable(), quorum_args())
+        .await
+        .unwrap();
+    let before = publish_ids(&ch1, queue, 0..100).await;
+    assert_eq!(before.len(), 100);
+    (cluster, ips, (c1, ch1), before)
+}
+
 /// Take every message of `queue` with no-ack gets: the ids seen, and how many came.
 async fn drain_ids(ch: &lapin::Channel, queue: &str) -> (std::collections::BTreeSet<usize>, usize) {
     let mut seen = std::collections::BTreeSet::new();
@@ -242,19 +268,8 @@ async fn publish_ids(ch: &lapin::Channel, queue: &str, ids: std::ops::Range<usiz
 #[test]
 fn the_minority_side_of_a_quorum_queue_confirms_nothing_and_loses_nothing() {
     in_private_network(|| async {
-        let settings = "cluster_peer_timeout_ms = 300\ncluster_command_timeout_ms = 2000\n";
-        let cluster = TestCluster::start(3, settings);
-        for i in 0..3 {
-            cluster.url(i).await;
-        }
-        let ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|n| n.ip).collect();
         // Declared on node 1 (its first leader); node 3 is cut off.
-        let (_c1, ch1) = cluster.channel(0).await;
-        ch1.queue_declare("pq".into(), crate::common::durable(), quorum_args())
-            .await
-            .unwrap();
-        let before = publish_ids(&ch1, "pq", 0..100).await;
-        assert_eq!(before.len(), 100);
+        let (cluster, ips, (_c1, ch1), before) = quorum_queue_with_100("pq").await;
         let (_c3, ch3) = cluster.channel(2).await;
         cut_off(ips[2], &[ips[0], ips[1]]);
         let started = Instant::now();
@@ -309,18 +324,7 @@ fn the_minority_side_of_a_quorum_queue_confirms_nothing_and_loses_nothing() {
 #[test]
 fn one_cut_link_of_three_stops_no_publisher_and_loses_nothing() {
     in_private_network(|| async {
-        let settings = "cluster_peer_timeout_ms = 300\ncluster_command_timeout_ms = 2000\n";
-        let cluster = TestCluster::start(3, settings);
-        for i in 0..3 {
-            cluster.url(i).await;
-        }
-        let ips: Vec<Ipv4Addr> = cluster.nodes.iter().map(|n| n.ip).collect();
-        let (_c1, ch1) = cluster.channel(0).await;
-        ch1.queue_declare("lq".into(), crate::common::durable(), quorum_args())
-            .await
-            .unwrap();
-        let before = publish_ids(&ch1, "lq", 0..100).await;
-        assert_eq!(before.len(), 100);
+        let (cluster, ips, (_c1, ch1), before) = quorum_queue_with_100("lq").await;
         let (_c3, ch3) = cluster.channel(2).await;
         let down = cluster.said(0, "node link down peer=2");
         let campaigned = cluster.said(1, "leader's link lost: campaigning");
